@@ -1,0 +1,135 @@
+/*
+ * config: drover's configuration. One table of options (section, key, type,
+ * bounds, default, environment names) drives parsing (inih), environment
+ * overrides, validation and the reference documentation. Precedence:
+ * environment > file > default. All errors are collected, each formatted as
+ *   FILE:LINE: [section] key: what is wrong (allowed: ...)
+ * (for an environment override, FILE:LINE is replaced by "env NAME").
+ */
+#ifndef DROVER_CONFIG_H
+#define DROVER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "log.h"
+
+#define CONFIG_MAX_WORKERS 256
+#define CONFIG_MAX_CONCURRENT 256
+#define CONFIG_DEFAULT_FILE "/etc/drover/drover.ini"
+
+enum queue_backend { BACKEND_SPOOL, BACKEND_KAFKA };
+enum security_protocol { SECURITY_PLAINTEXT, SECURITY_SSL, SECURITY_SASL_PLAINTEXT, SECURITY_SASL_SSL };
+
+struct config_pair {
+	char *key;
+	char *value;
+	int line;
+};
+
+struct topic_config {
+	char *name;
+	int partitions;
+	int replication_factor;
+	long long retention_ms;
+	int line;
+};
+
+struct config {
+	char *file; /* the path it was loaded from */
+
+	/* [supervisor] */
+	int workers;
+	char *control_socket;
+	int control_socket_mode;
+	char *pid_file;
+	char *user;
+	char *group;
+	char *log_file;
+	enum log_level log_level;
+	enum log_format log_format;
+	long long shutdown_timeout_ms;
+	long long restart_delay_ms;
+	long long restart_delay_max_ms;
+	long long heartbeat_timeout_ms;
+
+	/* [jobs] */
+	char *handler;       /* as written */
+	char **handler_argv; /* split (argv.h), NULL-terminated */
+	int max_concurrent;
+	long long timeout_ms;
+	long long kill_grace_ms;
+	int max_attempts;
+	long long retry_delay_ms;
+	bool no_retry_exit[256]; /* no_retry_exit_codes as a set */
+	long long max_result_bytes;
+	char *working_dir;       /* "" = inherit */
+	struct config_pair *handler_env; /* env.NAME = value, value unexpanded */
+	size_t handler_env_count;
+
+	/* [queue] */
+	enum queue_backend backend;
+
+	/* [spool] */
+	char *spool_dir;
+
+	/* [kafka] */
+	char *kafka_brokers;
+	char *kafka_client_id;
+	char *kafka_group_id;
+	char *requests_topic;
+	char *status_topic; /* "" = no status events */
+	char *complete_topic;
+	char *failed_topic;
+	bool static_membership;
+	char *instance_id; /* defaults to the host name */
+	enum security_protocol security_protocol;
+	char *sasl_mechanism;
+	char *sasl_username;
+	char *sasl_password; /* from sasl_password or read from sasl_password_file: a secret */
+	char *sasl_password_file;
+	char *ssl_ca_location;
+
+	/* [topic:NAME], with the four default topics always present */
+	struct topic_config *topics;
+	size_t topic_count;
+
+	/* [librdkafka] pass-through properties */
+	struct config_pair *librdkafka;
+	size_t librdkafka_count;
+};
+
+struct config_errors {
+	char **lines;
+	size_t count;
+};
+
+/*
+ * Loads path (or CONFIG_DEFAULT_FILE when NULL), applies the environment, and
+ * validates, including that the handler exists and is executable. Returns the
+ * config, or NULL with every problem appended to errs.
+ */
+struct config *config_load(const char *path, struct config_errors *errs);
+void config_free(struct config *cfg);
+void config_errors_clear(struct config_errors *errs);
+/* All errors joined with "; " into buf (for stats.last_reload). */
+void config_errors_join(const struct config_errors *errs, char *buf, size_t len);
+
+/* True when everything a worker runs with (all but [supervisor]) is the same. */
+bool config_worker_equal(const struct config *a, const struct config *b);
+
+/* Environment variable names that carry secrets: never logged, never passed to handlers. */
+bool config_env_is_secret(const char *name);
+
+/* Canonical names, for stats and logs. */
+const char *config_backend_name(enum queue_backend backend);
+const char *config_security_name(enum security_protocol protocol);
+
+/*
+ * The option table as text: one "[section] key = default ; help" line per option,
+ * for the reference in conf/drover.ini and drover.ini(5) (drover --print-options).
+ */
+void config_print_reference(FILE *out);
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * scoreboard: shared memory the supervisor maps before forking, one slot per
+ * worker. A slot is written only by the worker that owns it (and by the
+ * supervisor only while no worker owns it); the supervisor reads it without
+ * asking the worker, so stats and metrics answer even when every worker is
+ * busy, and a dead worker's in-flight jobs and handler process groups are
+ * known. Writers bracket updates with scoreboard_write_begin/end (a seqlock);
+ * readers take a consistent copy with scoreboard_read_slot.
+ */
+#ifndef DROVER_SCOREBOARD_H
+#define DROVER_SCOREBOARD_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+
+#define SCOREBOARD_ID_MAX 128
+#define SCOREBOARD_FAULT_MAX 200
+#define SCOREBOARD_PARTITIONS 64
+#define SCOREBOARD_TOPIC_MAX 96
+
+/* Upper bounds (seconds) of drover_job_duration_seconds; +Inf is implicit. */
+#define SCOREBOARD_DURATION_BUCKETS 10
+extern const double scoreboard_duration_bounds[SCOREBOARD_DURATION_BUCKETS];
+
+struct scoreboard_job {
+	int32_t used;
+	int32_t pgid;      /* handler process group, 0 while none runs (retry wait) */
+	int32_t attempt;   /* 1-based */
+	float progress;    /* 0..1, or -1 when the handler reported none */
+	int64_t started_ms; /* wall clock of this attempt's start */
+	char id[SCOREBOARD_ID_MAX];
+};
+
+struct scoreboard_partition {
+	char topic[SCOREBOARD_TOPIC_MAX];
+	int32_t partition;
+	int64_t lag; /* -1 = unknown */
+};
+
+/* Counters only grow while one worker owns the slot. */
+struct scoreboard_counters {
+	uint64_t started;
+	uint64_t completed;
+	uint64_t failed;
+	uint64_t timed_out;
+	uint64_t retried;
+	uint64_t duration_buckets[SCOREBOARD_DURATION_BUCKETS + 1]; /* last = +Inf */
+	uint64_t duration_count;
+	double duration_sum_s;
+};
+
+struct scoreboard_slot {
+	uint32_t seq;        /* seqlock: odd while the owner writes */
+	int32_t pid;         /* owner, 0 = none */
+	uint32_t generation; /* config generation the owner runs */
+	int64_t started_ms;  /* wall clock */
+	int64_t heartbeat_ms; /* monotonic clock (now_ms) of the owner's last loop tick */
+	int32_t draining;
+	int32_t in_flight;
+	struct scoreboard_counters counters;
+	char fault[SCOREBOARD_FAULT_MAX]; /* pool fault (handler cannot start, queue down), "" = none */
+	int32_t partition_count;          /* Kafka: assigned partitions */
+	struct scoreboard_partition partitions[SCOREBOARD_PARTITIONS];
+	struct scoreboard_job jobs[CONFIG_MAX_CONCURRENT];
+};
+
+struct scoreboard;
+
+/* Maps CONFIG_MAX_WORKERS zeroed slots (MAP_SHARED|MAP_ANONYMOUS). NULL/errno. */
+struct scoreboard *scoreboard_create(void);
+void scoreboard_destroy(struct scoreboard *sb);
+struct scoreboard_slot *scoreboard_slot(struct scoreboard *sb, int slot);
+
+void scoreboard_write_begin(struct scoreboard_slot *slot);
+void scoreboard_write_end(struct scoreboard_slot *slot);
+/* Consistent copy; gives up after a bounded number of tries (a writer that died mid-update). */
+void scoreboard_read_slot(const struct scoreboard_slot *slot, struct scoreboard_slot *copy);
+/* Supervisor only, while no process owns the slot. */
+void scoreboard_reset_slot(struct scoreboard_slot *slot);
+
+/* Owner helpers: each wraps its own write_begin/end. Index into jobs[] or -1 when full. */
+int scoreboard_job_add(struct scoreboard_slot *slot, const char *id, int attempt);
+void scoreboard_job_set_pgid(struct scoreboard_slot *slot, int index, pid_t pgid);
+void scoreboard_job_set_attempt(struct scoreboard_slot *slot, int index, int attempt);
+void scoreboard_job_set_progress(struct scoreboard_slot *slot, int index, float progress);
+void scoreboard_job_remove(struct scoreboard_slot *slot, int index);
+void scoreboard_record_duration(struct scoreboard_counters *counters, double seconds);
+void scoreboard_counters_add(struct scoreboard_counters *into, const struct scoreboard_counters *from);
+
+#endif

@@ -1,0 +1,61 @@
+/*
+ * supervisor: the master process's state and the actions that both a signal
+ * and a control-socket command can trigger (one function per action, as in
+ * s6-svscan: `reload` and SIGHUP call the same code).
+ */
+#ifndef DROVER_SUPERVISOR_H
+#define DROVER_SUPERVISOR_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "scoreboard.h"
+
+enum slot_state { SLOT_EMPTY, SLOT_STARTING, SLOT_RUNNING, SLOT_DRAINING, SLOT_BACKOFF, SLOT_STOPPED };
+
+/* What the control socket and stats see of one slot. */
+struct slot_view {
+	int slot;
+	pid_t pid;                /* 0 when none */
+	enum slot_state state;
+	long long started_ms;     /* wall clock, 0 when none */
+	unsigned restarts;
+	char last_exit[64];       /* "" or "exit 1" / "signal 9" / "heartbeat timeout" */
+	long long backoff_until_ms; /* wall clock, when state is backoff */
+};
+
+enum stop_mode { STOP_GRACEFUL, STOP_FAST };
+
+struct supervisor {
+	struct ev_loop *loop;
+	struct config *cfg;
+	const char *config_path;
+	struct scoreboard *scoreboard;
+	struct pool *pool;
+	struct control *control;
+	long long started_ms;      /* wall clock */
+	unsigned generation;       /* 1 for the start-up config, +1 per applied reload */
+	unsigned reloads;          /* applied reloads */
+	char last_reload[2048];    /* "ok", "" before any, or the errors */
+	struct scoreboard_counters retired; /* counters of workers that have exited */
+	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
+	bool stopping;
+};
+
+const char *slot_state_name(enum slot_state state);
+
+/* Each returns 0, or -1 with a message in err. */
+int supervisor_reload(struct supervisor *sup, char *err, size_t errlen);
+int supervisor_scale(struct supervisor *sup, int workers, char *err, size_t errlen);
+void supervisor_stop(struct supervisor *sup, enum stop_mode mode);
+
+/* The slot table, for stats. */
+int supervisor_slot_count(const struct supervisor *sup); /* slots in use or desired */
+bool supervisor_slot_view(const struct supervisor *sup, int slot, struct slot_view *view);
+int supervisor_workers_desired(const struct supervisor *sup);
+int supervisor_workers_alive(const struct supervisor *sup);
+
+#endif
