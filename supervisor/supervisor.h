@@ -43,7 +43,13 @@ struct supervisor {
 	struct scoreboard_counters retired; /* counters of workers that have exited */
 	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
 	bool stopping;
+	int stop_stage;            /* 0 draining, 1 jobs killed (QUIT), 2 workers killed */
+	ev_timer stop_timer;
+	ev_signal signals[8];
 };
+
+/* Sets up signal watchers, forks the workers, serves until stopped. Returns the exit code. */
+int supervisor_run(struct supervisor *sup);
 
 const char *slot_state_name(enum slot_state state);
 
@@ -51,6 +57,8 @@ const char *slot_state_name(enum slot_state state);
 int supervisor_reload(struct supervisor *sup, char *err, size_t errlen);
 int supervisor_scale(struct supervisor *sup, int workers, char *err, size_t errlen);
 void supervisor_stop(struct supervisor *sup, enum stop_mode mode);
+/* Called by the pool when the last worker of a stop has exited. */
+void supervisor_workers_gone(struct supervisor *sup);
 
 /* The slot table, for stats. */
 int supervisor_slot_count(const struct supervisor *sup); /* slots in use or desired */

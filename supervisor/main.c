@@ -1,0 +1,303 @@
+/*
+ * drover: the supervisor's entry point. Start-up is the only place allowed to
+ * give up: it checks the configuration (-t), takes the pid file lock and the
+ * control socket (never clobbering a live instance), daemonizes (-d), drops
+ * privileges, prepares the queue, maps the scoreboard, and hands over to
+ * supervisor_run. Exit codes follow sysexits(3): 64 usage, 78 configuration,
+ * 69 cannot start, 70 internal error.
+ */
+#include "config.h"
+#include "control.h"
+#include "log.h"
+#include "notify.h"
+#include "pool.h"
+#include "scoreboard.h"
+#include "spool.h"
+#include "supervisor.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EXIT_USAGE 64
+#define EXIT_UNAVAILABLE 69
+#define EXIT_SOFTWARE 70
+#define EXIT_CONFIG 78
+#define NOFILE_WANTED 65536
+
+struct options {
+	const char *config_path;
+	bool test_only;
+	bool daemonize;
+};
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: drover [-c FILE] [-t] [-d] [-V]\n");
+	exit(EXIT_USAGE);
+}
+
+static void parse_options(int argc, char **argv, struct options *opts)
+{
+	int c;
+	opts->config_path = CONFIG_DEFAULT_FILE;
+	while ((c = getopt(argc, argv, "c:tdVh")) != -1) {
+		switch (c) {
+		case 'c': opts->config_path = optarg; break;
+		case 't': opts->test_only = true; break;
+		case 'd': opts->daemonize = true; break;
+		case 'V':
+			printf("drover %s\n", DROVER_VERSION);
+			exit(0);
+		default: usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+}
+
+static struct config *load_or_exit(const char *path, bool test_only)
+{
+	struct config_errors errors = { 0 };
+	struct config *cfg = config_load(path, &errors);
+	if (cfg == NULL) {
+		for (size_t i = 0; i < errors.count; i++)
+			fprintf(stderr, "%s\n", errors.lines[i]);
+		fprintf(stderr, "drover: configuration %s has %zu error(s)\n", path, errors.count);
+		config_errors_clear(&errors);
+		exit(EXIT_CONFIG);
+	}
+	if (test_only) {
+		printf("drover: configuration %s is ok\n", path);
+		config_free(cfg);
+		exit(0);
+	}
+	return cfg;
+}
+
+static void raise_fd_limit(void)
+{
+	struct rlimit limit;
+	if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
+		return;
+	rlim_t wanted = limit.rlim_max < NOFILE_WANTED ? limit.rlim_max : NOFILE_WANTED;
+	if (limit.rlim_cur < wanted) {
+		limit.rlim_cur = wanted;
+		if (setrlimit(RLIMIT_NOFILE, &limit) < 0)
+			log_warn("cannot raise the open file limit");
+	}
+}
+
+/* ---- pid file ----------------------------------------------------------- */
+
+static void make_parent_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash == NULL || slash == dir)
+		return;
+	*slash = '\0';
+	if (mkdir_p(dir, 0755) < 0)
+		log_warn("cannot create %s", dir);
+}
+
+/* Opens and locks the pid file; the lock (not the pid in it) says an instance lives. */
+static int pidfile_lock(const char *path)
+{
+	make_parent_dir(path);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		log_fatal(EXIT_UNAVAILABLE, "cannot open pid file %s", path);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		char pid[32] = "";
+		ssize_t n = read_full(fd, pid, sizeof(pid) - 1);
+		pid[n > 0 ? n : 0] = '\0';
+		pid[strcspn(pid, "\n")] = '\0';
+		log_fatalx(EXIT_UNAVAILABLE, "pid file %s is held by a running drover (pid %s)", path,
+		           pid[0] != '\0' ? pid : "unknown");
+	}
+	return fd;
+}
+
+static void pidfile_write(int fd, const char *path)
+{
+	char buf[32];
+	int len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || write_all(fd, buf, (size_t)len) < 0)
+		log_fatal(EXIT_UNAVAILABLE, "cannot write pid file %s", path);
+}
+
+/* ---- daemon and privileges -------------------------------------------------- */
+
+static void daemonize(void)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		log_fatal(EXIT_SOFTWARE, "fork");
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		log_fatal(EXIT_SOFTWARE, "setsid");
+	pid = fork();
+	if (pid < 0)
+		log_fatal(EXIT_SOFTWARE, "fork");
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") < 0)
+		log_fatal(EXIT_SOFTWARE, "chdir /");
+	int null = open("/dev/null", O_RDWR);
+	if (null < 0)
+		log_fatal(EXIT_SOFTWARE, "/dev/null");
+	dup2(null, STDIN_FILENO);
+	dup2(null, STDOUT_FILENO);
+	if (log_fd() != STDERR_FILENO)
+		dup2(null, STDERR_FILENO);
+	if (null > STDERR_FILENO)
+		close(null);
+}
+
+struct identity {
+	bool drop;
+	uid_t uid;
+	gid_t gid;
+	const char *name;
+};
+
+static struct identity resolve_identity(const struct config *cfg)
+{
+	struct identity id = { .drop = false, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+	if (geteuid() != 0)
+		return id;
+	if (cfg->user[0] == '\0') {
+		log_warnx("running as root: set [supervisor] user to drop privileges");
+		if (cfg->group[0] != '\0') {
+			struct group *gr = getgrnam(cfg->group);
+			if (gr == NULL)
+				log_fatalx(EXIT_UNAVAILABLE, "[supervisor] group %s does not exist", cfg->group);
+			id.gid = gr->gr_gid;
+		}
+		return id;
+	}
+	struct passwd *pw = getpwnam(cfg->user);
+	if (pw == NULL)
+		log_fatalx(EXIT_UNAVAILABLE, "[supervisor] user %s does not exist", cfg->user);
+	id.drop = true;
+	id.uid = pw->pw_uid;
+	id.gid = pw->pw_gid;
+	id.name = cfg->user;
+	if (cfg->group[0] != '\0') {
+		struct group *gr = getgrnam(cfg->group);
+		if (gr == NULL)
+			log_fatalx(EXIT_UNAVAILABLE, "[supervisor] group %s does not exist", cfg->group);
+		id.gid = gr->gr_gid;
+	}
+	return id;
+}
+
+static void drop_privileges(const struct identity *id)
+{
+	if (!id->drop)
+		return;
+	if (initgroups(id->name, id->gid) < 0 || setgid(id->gid) < 0 || setuid(id->uid) < 0)
+		log_fatal(EXIT_UNAVAILABLE, "cannot drop privileges to %s", id->name);
+	if (setuid(0) == 0)
+		log_fatalx(EXIT_UNAVAILABLE, "privileges could be regained after dropping them");
+	log_info("running as user %s (uid %d, gid %d)", id->name, (int)id->uid, (int)id->gid);
+}
+
+static void prepare_queue(const struct config *cfg)
+{
+	char err[512];
+	if (cfg->backend != BACKEND_SPOOL)
+		return;
+	if (spool_prepare(cfg->spool_dir, err, sizeof(err)) < 0)
+		log_fatalx(EXIT_UNAVAILABLE, "spool %s: %s", cfg->spool_dir, err);
+	int returned = spool_reclaim(cfg->spool_dir);
+	if (returned > 0)
+		log_info("returned %d claim(s) of a previous run to the queue", returned);
+}
+
+/* An absolute path, so that reload still finds the file after -d's chdir("/"). */
+static const char *absolute_config_path(const char *path)
+{
+	static char resolved[PATH_MAX];
+	if (realpath(path, resolved) == NULL)
+		return path;
+	return resolved;
+}
+
+int main(int argc, char **argv)
+{
+	struct options opts = { 0 };
+	char err[512];
+
+	log_init("supervisor", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+	parse_options(argc, argv, &opts);
+	struct config *cfg = load_or_exit(opts.config_path, opts.test_only);
+
+	log_set_level(cfg->log_level);
+	log_set_format(cfg->log_format);
+	if (log_open(cfg->log_file) < 0)
+		log_fatal(EXIT_UNAVAILABLE, "cannot open log file %s", cfg->log_file);
+	if (notify_init() < 0)
+		log_warnx("systemd notification is off");
+	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit();
+
+	static struct supervisor sup;
+	sup.cfg = cfg;
+	sup.config_path = absolute_config_path(opts.config_path);
+	sup.generation = 1;
+	sup.started_ms = wall_ms();
+	sup.loop = EV_DEFAULT;
+
+	struct identity id = resolve_identity(cfg);
+	char *pid_path = strdup(cfg->pid_file); /* a reload must not move it */
+	int pid_fd = pidfile_lock(cfg->pid_file);
+	make_parent_dir(cfg->control_socket);
+	sup.control = control_open(&sup, cfg->control_socket, cfg->control_socket_mode,
+	                           id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
+	if (sup.control == NULL)
+		log_fatalx(EXIT_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
+	if (opts.daemonize)
+		daemonize();
+	pidfile_write(pid_fd, cfg->pid_file);
+	drop_privileges(&id);
+	prepare_queue(cfg);
+
+	sup.scoreboard = scoreboard_create();
+	if (sup.scoreboard == NULL)
+		log_fatal(EXIT_SOFTWARE, "cannot map the scoreboard");
+	/* Orphaned handler processes of a dead worker come back to us to be reaped. */
+	if (getpid() != 1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+		log_warn("cannot become a child subreaper");
+	sup.pool = pool_create(&sup);
+	if (sup.pool == NULL)
+		log_fatal(EXIT_SOFTWARE, "cannot create the worker pool");
+
+	int code = supervisor_run(&sup);
+
+	control_close(sup.control);
+	pool_destroy(sup.pool);
+	if (pid_path != NULL && unlink(pid_path) < 0 && errno != ENOENT)
+		log_warn("cannot remove pid file %s", pid_path);
+	free(pid_path);
+	close(pid_fd);
+	scoreboard_destroy(sup.scoreboard);
+	log_info("stopped");
+	config_free(sup.cfg);
+	return code;
+}

@@ -1,0 +1,516 @@
+/*
+ * pool: the slot table (see pool.h).
+ *
+ * A slot's life: EMPTY -> STARTING (forked) -> RUNNING (the worker published
+ * itself in the scoreboard) -> DRAINING (asked to stop) -> EMPTY/STOPPED, or,
+ * when the worker dies unasked, BACKOFF -> STARTING after a delay that doubles
+ * per consecutive crash. Every exit of a worker goes through
+ * pool_worker_exited, which also kills the handler process groups the
+ * scoreboard says it left behind and gives its spool claims back.
+ */
+#include "pool.h"
+#include "log.h"
+#include "spool.h"
+#include "util.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* A worker that lived this long before dying was not crash-looping. */
+#define STABLE_UPTIME_MS 10000
+#define HEARTBEAT_CHECK_S 0.5
+/* After QUIT, how long a draining worker gets before SIGKILL, beyond kill_grace_ms. */
+#define QUIT_MARGIN_MS 3000
+
+struct slot {
+	struct pool *pool;
+	int index;
+	enum slot_state state;
+	pid_t pid;
+	long long started_wall_ms;
+	long long started_mono_ms;
+	unsigned restarts;
+	unsigned consecutive_crashes;
+	unsigned generation;
+	bool wanted;           /* index < desired */
+	bool replacing;        /* draining to be replaced by a worker of the current config */
+	bool heartbeat_killed;
+	int stop_stage;        /* 0 TERM sent, 1 QUIT sent, 2 KILL sent */
+	long long backoff_until_ms;
+	char last_exit[64];
+	ev_timer backoff_timer;
+	ev_timer stop_timer;
+};
+
+struct pool {
+	struct supervisor *sup;
+	struct slot slots[CONFIG_MAX_WORKERS];
+	int desired;
+	bool stopping;
+	int death_pipe[2]; /* workers hold the read end; EOF tells them the supervisor is gone */
+	ev_child child_watcher;
+	ev_timer heartbeat_timer;
+};
+
+static void pool_spawn(struct slot *s);
+static void pool_replace_next(struct pool *pool);
+
+static bool slot_alive(const struct slot *s)
+{
+	return s->pid > 0;
+}
+
+static struct slot *pool_find(struct pool *pool, pid_t pid)
+{
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+		if (pool->slots[i].pid == pid)
+			return &pool->slots[i];
+	return NULL;
+}
+
+/* ---- the forked child ---------------------------------------------------- */
+
+static int compare_int(const void *a, const void *b)
+{
+	return *(const int *)a - *(const int *)b;
+}
+
+/* Closes every inherited fd but stdio and keep[]: the control socket, the pid
+ * file lock and the supervisor's libev fds must not live on in a worker. */
+static void close_inherited_fds(int *keep, size_t count)
+{
+	qsort(keep, count, sizeof(int), compare_int);
+	unsigned from = 3;
+	for (size_t i = 0; i < count; i++) {
+		if (keep[i] < 3)
+			continue;
+		if ((unsigned)keep[i] > from)
+			close_range(from, (unsigned)keep[i] - 1, 0);
+		from = (unsigned)keep[i] + 1;
+	}
+	close_range(from, ~0U, 0);
+}
+
+static void pool_child(struct slot *s)
+{
+	struct pool *pool = s->pool;
+	struct supervisor *sup = pool->sup;
+	int keep[] = { pool->death_pipe[0], log_fd() };
+
+	close_inherited_fds(keep, ARRAY_LEN(keep));
+	struct worker_params params = {
+		.cfg = sup->cfg,
+		.slot = s->index,
+		.generation = sup->generation,
+		.board = scoreboard_slot(sup->scoreboard, s->index),
+		.parent_fd = pool->death_pipe[0],
+	};
+	_exit(worker_main(&params));
+}
+
+/* ---- spawning and back-off ----------------------------------------------- */
+
+static long long backoff_delay_ms(const struct config *cfg, unsigned crashes)
+{
+	long long delay = cfg->restart_delay_ms;
+	for (unsigned i = 1; i < crashes && delay < cfg->restart_delay_max_ms; i++)
+		delay *= 2;
+	/* +-20% jitter so that slots crashing together do not restart in lock step. */
+	delay = delay * (80 + random() % 41) / 100;
+	if (delay > cfg->restart_delay_max_ms)
+		delay = cfg->restart_delay_max_ms;
+	return delay < 1 ? 1 : delay;
+}
+
+static void pool_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct slot *s = timer->data;
+	if (s->state == SLOT_BACKOFF && s->wanted && !s->pool->stopping)
+		pool_spawn(s);
+}
+
+static void pool_schedule_restart(struct slot *s)
+{
+	const struct config *cfg = s->pool->sup->cfg;
+	if (now_ms() - s->started_mono_ms >= STABLE_UPTIME_MS)
+		s->consecutive_crashes = 0;
+	s->consecutive_crashes++;
+	s->restarts++;
+	long long delay = backoff_delay_ms(cfg, s->consecutive_crashes);
+	s->state = SLOT_BACKOFF;
+	s->backoff_until_ms = wall_ms() + delay;
+	log_warnx("worker %d exited unexpectedly (%s); restart %u in %lld ms", s->index, s->last_exit, s->restarts,
+	          delay);
+	ev_timer_set(&s->backoff_timer, (double)delay / 1000.0, 0);
+	ev_timer_start(s->pool->sup->loop, &s->backoff_timer);
+}
+
+static void pool_spawn(struct slot *s)
+{
+	struct pool *pool = s->pool;
+	struct supervisor *sup = pool->sup;
+	sigset_t all, old;
+
+	scoreboard_reset_slot(scoreboard_slot(sup->scoreboard, s->index));
+	sigfillset(&all);
+	sigprocmask(SIG_SETMASK, &all, &old); /* no libev handler may run in the child */
+	pid_t pid = fork();
+	if (pid == 0)
+		pool_child(s);
+	int saved = errno;
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	s->started_mono_ms = now_ms();
+	s->started_wall_ms = wall_ms();
+	if (pid < 0) {
+		errno = saved;
+		log_warn("cannot fork worker %d", s->index);
+		snprintf(s->last_exit, sizeof(s->last_exit), "fork failed");
+		pool_schedule_restart(s);
+		return;
+	}
+	s->pid = pid;
+	s->state = SLOT_STARTING;
+	s->generation = sup->generation;
+	s->heartbeat_killed = false;
+	s->stop_stage = 0;
+	log_info("worker %d started, pid %d", s->index, (int)pid);
+}
+
+/* ---- stopping one worker --------------------------------------------------- */
+
+static void pool_stop_escalate_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct slot *s = timer->data;
+	const struct config *cfg = s->pool->sup->cfg;
+	if (!slot_alive(s))
+		return;
+	if (s->stop_stage == 0) {
+		log_warnx("worker %d did not drain within %lld ms; stopping its jobs", s->index,
+		          cfg->shutdown_timeout_ms);
+		kill(s->pid, SIGQUIT);
+		s->stop_stage = 1;
+		ev_timer_set(timer, (double)(cfg->kill_grace_ms + QUIT_MARGIN_MS) / 1000.0, 0);
+		ev_timer_start(loop, timer);
+	} else if (s->stop_stage == 1) {
+		log_warnx("worker %d ignored QUIT; killing it", s->index);
+		kill(s->pid, SIGKILL);
+		s->stop_stage = 2;
+	}
+}
+
+/* TERM now; QUIT after shutdown_timeout_ms; KILL after kill_grace_ms more. */
+static void pool_drain_slot(struct slot *s)
+{
+	const struct config *cfg = s->pool->sup->cfg;
+	if (!slot_alive(s) || s->state == SLOT_DRAINING)
+		return;
+	s->state = SLOT_DRAINING;
+	s->stop_stage = 0;
+	kill(s->pid, SIGTERM);
+	ev_timer_set(&s->stop_timer, (double)cfg->shutdown_timeout_ms / 1000.0, 0);
+	ev_timer_start(s->pool->sup->loop, &s->stop_timer);
+}
+
+/* ---- reaping --------------------------------------------------------------- */
+
+static void pool_kill_handler_groups(const struct scoreboard_slot *copy)
+{
+	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
+		const struct scoreboard_job *job = &copy->jobs[i];
+		if (job->used && job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
+			log_info("killed handler group %d of job %s", (int)job->pgid, job->id);
+	}
+}
+
+/* What the dead worker leaves: its handler groups are killed, its counters
+ * kept, its spool claims returned. */
+static void pool_bury(struct slot *s, bool clean)
+{
+	struct supervisor *sup = s->pool->sup;
+	struct scoreboard_slot *board = scoreboard_slot(sup->scoreboard, s->index);
+	static struct scoreboard_slot copy; /* large: keep it off the stack */
+
+	scoreboard_read_slot(board, &copy);
+	pool_kill_handler_groups(&copy);
+	if (!clean && copy.in_flight > 0) {
+		sup->jobs_lost += (uint64_t)copy.in_flight;
+		log_warnx("worker %d died with %d job(s) in flight; they will run again", s->index, copy.in_flight);
+	}
+	scoreboard_counters_add(&sup->retired, &copy.counters);
+	scoreboard_reset_slot(board);
+	if (sup->cfg->backend == BACKEND_SPOOL) {
+		int returned = spool_reclaim(sup->cfg->spool_dir);
+		if (returned > 0)
+			log_info("returned %d claim(s) of worker %d to the queue", returned, s->index);
+	}
+}
+
+static void pool_worker_exited(struct slot *s, int status)
+{
+	struct pool *pool = s->pool;
+	bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+
+	if (s->heartbeat_killed)
+		snprintf(s->last_exit, sizeof(s->last_exit), "heartbeat timeout");
+	else
+		describe_wait_status(status, s->last_exit, sizeof(s->last_exit));
+	log_info("worker %d (pid %d) exited: %s", s->index, (int)s->pid, s->last_exit);
+	s->pid = 0;
+	ev_timer_stop(pool->sup->loop, &s->stop_timer);
+	pool_bury(s, clean);
+
+	if (pool->stopping) {
+		s->state = SLOT_STOPPED;
+		if (pool_alive(pool) == 0)
+			supervisor_workers_gone(pool->sup);
+		return;
+	}
+	if (!s->wanted) {
+		s->state = SLOT_EMPTY;
+	} else if (s->replacing) {
+		s->replacing = false;
+		pool_spawn(s);
+	} else {
+		pool_schedule_restart(s);
+	}
+	pool_replace_next(pool);
+}
+
+static void pool_child_cb(struct ev_loop *loop, ev_child *watcher, int revents)
+{
+	struct pool *pool = watcher->data;
+	char how[64];
+	struct slot *s = pool_find(pool, watcher->rpid);
+
+	if (s != NULL) {
+		pool_worker_exited(s, watcher->rstatus);
+		return;
+	}
+	/* An orphan re-parented to us (PID 1 or subreaper): reaped, nothing more. */
+	describe_wait_status(watcher->rstatus, how, sizeof(how));
+	log_debug("reaped pid %d, not a worker (%s)", (int)watcher->rpid, how);
+}
+
+/* ---- heartbeat ----------------------------------------------------------- */
+
+static void pool_check_slot(struct slot *s, long long now)
+{
+	const struct config *cfg = s->pool->sup->cfg;
+	const struct scoreboard_slot *board = scoreboard_slot(s->pool->sup->scoreboard, s->index);
+	pid_t board_pid = __atomic_load_n(&board->pid, __ATOMIC_ACQUIRE);
+	long long heartbeat = s->started_mono_ms;
+
+	if (board_pid == s->pid) {
+		heartbeat = __atomic_load_n(&board->heartbeat_ms, __ATOMIC_ACQUIRE);
+		if (s->state == SLOT_STARTING) {
+			s->state = SLOT_RUNNING;
+			pool_replace_next(s->pool);
+		}
+	}
+	if (now - heartbeat > cfg->heartbeat_timeout_ms && !s->heartbeat_killed) {
+		log_error("worker %d (pid %d) silent for %lld ms; killing it", s->index, (int)s->pid, now - heartbeat);
+		s->heartbeat_killed = true;
+		kill(s->pid, SIGKILL);
+	}
+}
+
+static void pool_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct pool *pool = timer->data;
+	long long now = now_ms();
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+		if (slot_alive(&pool->slots[i]))
+			pool_check_slot(&pool->slots[i], now);
+}
+
+/* ---- rolling replacement ------------------------------------------------ */
+
+static void pool_replace_next(struct pool *pool)
+{
+	if (pool->stopping)
+		return;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		const struct slot *s = &pool->slots[i];
+		if (s->replacing || (s->state == SLOT_STARTING && s->wanted))
+			return; /* one at a time: wait for the current one to be up */
+	}
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		struct slot *s = &pool->slots[i];
+		if (s->state == SLOT_RUNNING && s->wanted && s->generation != pool->sup->generation) {
+			log_info("replacing worker %d (generation %u -> %u)", s->index, s->generation,
+			         pool->sup->generation);
+			s->replacing = true;
+			pool_drain_slot(s);
+			return;
+		}
+	}
+}
+
+void pool_replace_outdated(struct pool *pool)
+{
+	pool_replace_next(pool);
+}
+
+void pool_adopt_generation(struct pool *pool)
+{
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+		if (slot_alive(&pool->slots[i]))
+			pool->slots[i].generation = pool->sup->generation;
+}
+
+/* ---- public --------------------------------------------------------------- */
+
+struct pool *pool_create(struct supervisor *sup)
+{
+	struct pool *pool = calloc(1, sizeof(*pool));
+	if (pool == NULL)
+		return NULL;
+	pool->sup = sup;
+	if (pipe2(pool->death_pipe, O_CLOEXEC) < 0) {
+		free(pool);
+		return NULL;
+	}
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		struct slot *s = &pool->slots[i];
+		s->pool = pool;
+		s->index = i;
+		ev_timer_init(&s->backoff_timer, pool_backoff_cb, 0, 0);
+		s->backoff_timer.data = s;
+		ev_timer_init(&s->stop_timer, pool_stop_escalate_cb, 0, 0);
+		s->stop_timer.data = s;
+	}
+	ev_child_init(&pool->child_watcher, pool_child_cb, 0, 0);
+	pool->child_watcher.data = pool;
+	ev_timer_init(&pool->heartbeat_timer, pool_heartbeat_cb, HEARTBEAT_CHECK_S, HEARTBEAT_CHECK_S);
+	pool->heartbeat_timer.data = pool;
+	srandom((unsigned)(getpid() ^ wall_ms()));
+	return pool;
+}
+
+void pool_destroy(struct pool *pool)
+{
+	if (pool == NULL)
+		return;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		ev_timer_stop(pool->sup->loop, &pool->slots[i].backoff_timer);
+		ev_timer_stop(pool->sup->loop, &pool->slots[i].stop_timer);
+	}
+	ev_child_stop(pool->sup->loop, &pool->child_watcher);
+	ev_timer_stop(pool->sup->loop, &pool->heartbeat_timer);
+	close(pool->death_pipe[0]);
+	close(pool->death_pipe[1]);
+	free(pool);
+}
+
+void pool_start(struct pool *pool)
+{
+	ev_child_start(pool->sup->loop, &pool->child_watcher);
+	ev_timer_start(pool->sup->loop, &pool->heartbeat_timer);
+	pool_scale(pool, pool->sup->cfg->workers);
+}
+
+void pool_scale(struct pool *pool, int workers)
+{
+	if (pool->stopping)
+		return;
+	pool->desired = workers;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		struct slot *s = &pool->slots[i];
+		s->wanted = i < workers;
+		if (s->wanted && (s->state == SLOT_EMPTY || s->state == SLOT_STOPPED)) {
+			s->restarts = 0;
+			s->consecutive_crashes = 0;
+			s->last_exit[0] = '\0';
+			pool_spawn(s);
+		} else if (!s->wanted && s->state == SLOT_BACKOFF) {
+			ev_timer_stop(pool->sup->loop, &s->backoff_timer);
+			s->state = SLOT_EMPTY;
+		} else if (!s->wanted && slot_alive(s)) {
+			s->replacing = false;
+			pool_drain_slot(s);
+		}
+	}
+}
+
+void pool_stop(struct pool *pool, enum stop_mode mode)
+{
+	pool->stopping = true;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		struct slot *s = &pool->slots[i];
+		ev_timer_stop(pool->sup->loop, &s->backoff_timer);
+		ev_timer_stop(pool->sup->loop, &s->stop_timer);
+		if (!slot_alive(s)) {
+			if (s->state != SLOT_EMPTY)
+				s->state = SLOT_STOPPED;
+			continue;
+		}
+		s->state = SLOT_DRAINING;
+		kill(s->pid, mode == STOP_FAST ? SIGQUIT : SIGTERM);
+	}
+	if (pool_alive(pool) == 0)
+		supervisor_workers_gone(pool->sup);
+}
+
+void pool_kill_all(struct pool *pool)
+{
+	static struct scoreboard_slot copy;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		struct slot *s = &pool->slots[i];
+		if (!slot_alive(s))
+			continue;
+		kill(s->pid, SIGKILL);
+		scoreboard_read_slot(scoreboard_slot(pool->sup->scoreboard, i), &copy);
+		pool_kill_handler_groups(&copy);
+	}
+}
+
+void pool_signal_all(struct pool *pool, int signo)
+{
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+		if (slot_alive(&pool->slots[i]))
+			kill(pool->slots[i].pid, signo);
+}
+
+int pool_desired(const struct pool *pool)
+{
+	return pool->desired;
+}
+
+int pool_alive(const struct pool *pool)
+{
+	int alive = 0;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+		alive += slot_alive(&pool->slots[i]);
+	return alive;
+}
+
+int pool_slot_count(const struct pool *pool)
+{
+	int count = pool->desired;
+	for (int i = count; i < CONFIG_MAX_WORKERS; i++)
+		if (pool->slots[i].state != SLOT_EMPTY)
+			count = i + 1;
+	return count;
+}
+
+bool pool_view(const struct pool *pool, int index, struct slot_view *view)
+{
+	if (index < 0 || index >= CONFIG_MAX_WORKERS)
+		return false;
+	const struct slot *s = &pool->slots[index];
+	memset(view, 0, sizeof(*view));
+	view->slot = index;
+	view->pid = s->pid;
+	view->state = s->state;
+	view->started_ms = slot_alive(s) ? s->started_wall_ms : 0;
+	view->restarts = s->restarts;
+	view->backoff_until_ms = s->state == SLOT_BACKOFF ? s->backoff_until_ms : 0;
+	snprintf(view->last_exit, sizeof(view->last_exit), "%s", s->last_exit);
+	return true;
+}

@@ -1,0 +1,246 @@
+/*
+ * supervisor: the master's actions and signals. Each signal and its control
+ * command run the same function (reload, scale, stop), and signal watchers
+ * only feed the libev loop: no work happens in a signal handler.
+ */
+#include "supervisor.h"
+#include "control.h"
+#include "log.h"
+#include "notify.h"
+#include "pool.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+/* After QUIT, how long workers get to kill their jobs and exit, beyond kill_grace_ms. */
+#define STOP_KILL_MARGIN_MS 3000
+
+const char *slot_state_name(enum slot_state state)
+{
+	switch (state) {
+	case SLOT_STARTING: return "starting";
+	case SLOT_RUNNING: return "running";
+	case SLOT_DRAINING: return "draining";
+	case SLOT_BACKOFF: return "backoff";
+	case SLOT_STOPPED: return "stopped";
+	case SLOT_EMPTY: break;
+	}
+	return "stopped";
+}
+
+/* ---- reload ---------------------------------------------------------------- */
+
+static void warn_restart_only(const char *key, const char *old_value, const char *new_value)
+{
+	if (strcmp(old_value, new_value) != 0)
+		log_warnx("reload: [supervisor] %s changed; it takes effect at the next start", key);
+}
+
+static void apply_supervisor_settings(const struct config *old, const struct config *next)
+{
+	log_set_level(next->log_level);
+	log_set_format(next->log_format);
+	if (strcmp(old->log_file, next->log_file) != 0 && log_open(next->log_file) < 0)
+		log_warn("reload: cannot open log file %s; keeping the old one", next->log_file);
+	warn_restart_only("control_socket", old->control_socket, next->control_socket);
+	warn_restart_only("pid_file", old->pid_file, next->pid_file);
+	warn_restart_only("user", old->user, next->user);
+	warn_restart_only("group", old->group, next->group);
+}
+
+int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
+{
+	struct config_errors errors = { 0 };
+
+	if (sup->stopping) {
+		snprintf(err, errlen, "stopping");
+		return -1;
+	}
+	notify_reloading();
+	log_info("reloading %s", sup->config_path);
+	struct config *next = config_load(sup->config_path, &errors);
+	if (next == NULL) {
+		for (size_t i = 0; i < errors.count; i++)
+			log_error("reload: %s", errors.lines[i]);
+		config_errors_join(&errors, sup->last_reload, sizeof(sup->last_reload));
+		config_errors_clear(&errors);
+		log_error("reload refused; the running configuration stays in force");
+		snprintf(err, errlen, "%s", sup->last_reload);
+		notify_ready("reload refused");
+		return -1;
+	}
+	struct config *old = sup->cfg;
+	bool workers_unchanged = config_worker_equal(old, next);
+	apply_supervisor_settings(old, next);
+	sup->cfg = next;
+	config_free(old);
+	sup->generation++;
+	sup->reloads++;
+	snprintf(sup->last_reload, sizeof(sup->last_reload), "ok");
+	if (workers_unchanged)
+		pool_adopt_generation(sup->pool);
+	pool_scale(sup->pool, next->workers);
+	if (!workers_unchanged)
+		pool_replace_outdated(sup->pool);
+	log_info("configuration generation %u applied (%s)", sup->generation,
+	         workers_unchanged ? "workers keep running" : "workers are replaced one at a time");
+	notify_ready("reloaded");
+	return 0;
+}
+
+/* ---- scale ----------------------------------------------------------------- */
+
+int supervisor_scale(struct supervisor *sup, int workers, char *err, size_t errlen)
+{
+	if (sup->stopping) {
+		snprintf(err, errlen, "stopping");
+		return -1;
+	}
+	if (workers < 1 || workers > CONFIG_MAX_WORKERS) {
+		snprintf(err, errlen, "workers must be 1..%d", CONFIG_MAX_WORKERS);
+		return -1;
+	}
+	log_info("scaling to %d worker(s)", workers);
+	pool_scale(sup->pool, workers);
+	return 0;
+}
+
+/* ---- stop ------------------------------------------------------------------ */
+
+static void supervisor_stop_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct supervisor *sup = timer->data;
+	if (sup->stop_stage == 0) {
+		log_warnx("shutdown timeout (%lld ms): stopping the jobs still running; they will run again",
+		          sup->cfg->shutdown_timeout_ms);
+		supervisor_stop(sup, STOP_FAST);
+	} else if (sup->stop_stage == 1) {
+		log_error("workers did not exit after QUIT; killing them");
+		sup->stop_stage = 2;
+		pool_kill_all(sup->pool);
+	}
+}
+
+void supervisor_stop(struct supervisor *sup, enum stop_mode mode)
+{
+	if (sup->stopping) {
+		if (sup->stop_stage >= 1)
+			return;
+		mode = STOP_FAST; /* a second TERM/INT, or QUIT while draining: stop at once */
+	}
+	ev_timer_stop(sup->loop, &sup->stop_timer);
+	if (!sup->stopping) {
+		sup->stopping = true;
+		notify_stopping();
+	}
+	long long wait_ms;
+	if (mode == STOP_GRACEFUL) {
+		log_info("graceful stop: draining workers (up to %lld ms)", sup->cfg->shutdown_timeout_ms);
+		sup->stop_stage = 0;
+		wait_ms = sup->cfg->shutdown_timeout_ms;
+	} else {
+		log_info("fast stop: stopping running jobs");
+		sup->stop_stage = 1;
+		wait_ms = sup->cfg->kill_grace_ms + STOP_KILL_MARGIN_MS;
+	}
+	ev_timer_set(&sup->stop_timer, (double)wait_ms / 1000.0, 0);
+	ev_timer_start(sup->loop, &sup->stop_timer);
+	pool_stop(sup->pool, mode);
+}
+
+void supervisor_workers_gone(struct supervisor *sup)
+{
+	log_info("all workers have exited");
+	ev_timer_stop(sup->loop, &sup->stop_timer);
+	ev_break(sup->loop, EVBREAK_ALL);
+}
+
+/* ---- slot views for stats ------------------------------------------------- */
+
+int supervisor_slot_count(const struct supervisor *sup)
+{
+	return pool_slot_count(sup->pool);
+}
+
+bool supervisor_slot_view(const struct supervisor *sup, int slot, struct slot_view *view)
+{
+	return pool_view(sup->pool, slot, view);
+}
+
+int supervisor_workers_desired(const struct supervisor *sup)
+{
+	return pool_desired(sup->pool);
+}
+
+int supervisor_workers_alive(const struct supervisor *sup)
+{
+	return pool_alive(sup->pool);
+}
+
+/* ---- signals ------------------------------------------------------------- */
+
+static void supervisor_signal_cb(struct ev_loop *loop, ev_signal *watcher, int revents)
+{
+	struct supervisor *sup = watcher->data;
+	char err[256];
+	int desired = pool_desired(sup->pool);
+
+	switch (watcher->signum) {
+	case SIGTERM:
+	case SIGINT:
+		supervisor_stop(sup, STOP_GRACEFUL);
+		break;
+	case SIGQUIT:
+		supervisor_stop(sup, STOP_FAST);
+		break;
+	case SIGHUP:
+		(void)supervisor_reload(sup, err, sizeof(err));
+		break;
+	case SIGUSR1:
+		if (log_reopen() < 0)
+			log_warn("cannot reopen the log file");
+		else
+			log_info("log file reopened");
+		pool_signal_all(sup->pool, SIGUSR1);
+		break;
+	case SIGTTIN:
+		if (supervisor_scale(sup, desired + 1, err, sizeof(err)) < 0)
+			log_warnx("TTIN ignored: %s", err);
+		break;
+	case SIGTTOU:
+		if (supervisor_scale(sup, desired - 1, err, sizeof(err)) < 0)
+			log_warnx("TTOU ignored: %s", err);
+		break;
+	default:
+		break;
+	}
+}
+
+static void supervisor_watch_signals(struct supervisor *sup)
+{
+	static const int signals[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU };
+	for (size_t i = 0; i < ARRAY_LEN(signals); i++) {
+		ev_signal_init(&sup->signals[i], supervisor_signal_cb, signals[i]);
+		sup->signals[i].data = sup;
+		ev_signal_start(sup->loop, &sup->signals[i]);
+	}
+}
+
+int supervisor_run(struct supervisor *sup)
+{
+	char status[128];
+
+	ev_timer_init(&sup->stop_timer, supervisor_stop_timer_cb, 0, 0);
+	sup->stop_timer.data = sup;
+	supervisor_watch_signals(sup);
+	control_start(sup->control);
+	pool_start(sup->pool);
+	snprintf(status, sizeof(status), "%d workers on the %s queue", sup->cfg->workers,
+	         config_backend_name(sup->cfg->backend));
+	notify_ready(status);
+	log_info("drover %s ready: %s", DROVER_VERSION, status);
+	ev_run(sup->loop, 0);
+	return 0;
+}

@@ -1,0 +1,754 @@
+/*
+ * worker: the job loop of one worker process (see worker.h).
+ *
+ * A "task" is one job this worker holds, from take() to finish()/release():
+ * either a handler runs for it, or it waits out its retry delay. Tasks count
+ * against max_concurrent either way, so a worker never holds more jobs than
+ * it may run. Signals arrive through a signalfd on the worker's own loop, so
+ * nothing is done in a signal handler and the supervisor's inherited libev
+ * state is never touched again.
+ */
+#include "worker.h"
+#include "events.h"
+#include "kafka.h"
+#include "log.h"
+#include "runner.h"
+#include "source.h"
+#include "util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define HEARTBEAT_INTERVAL_S 1.0
+#define FAULT_RETRY_FIRST_S 1.0
+#define FAULT_RETRY_MAX_S 30.0
+#define PROGRESS_EVENT_INTERVAL_MS 1000
+
+struct task {
+	struct worker *worker;
+	struct job *job;
+	int attempt;
+	int board_index;
+	struct run *run;
+	ev_timer retry_timer;
+	long long last_progress_event_ms;
+	struct task *prev, *next;
+};
+
+enum drain_mode { RUNNING, DRAIN_GRACEFUL, DRAIN_FAST };
+
+struct worker {
+	const struct config *cfg;
+	int slot;
+	struct scoreboard_slot *board;
+	struct ev_loop *loop;
+	const struct source_ops *ops;
+	struct source *source;
+	struct event_origin origin;
+	char host[256];
+	char **base_env;     /* environ minus secrets, plus env.* */
+	size_t base_env_count;
+	struct task *tasks;  /* doubly linked */
+	int task_count;
+	bool source_paused;
+	enum drain_mode drain;
+	bool fault;          /* the handler could not be started: take nothing until the retry */
+	double fault_delay_s;
+	ev_io signal_watcher;
+	ev_io parent_watcher;
+	ev_timer heartbeat_timer;
+	ev_timer fault_timer;
+	int signal_fd;
+};
+
+static void worker_fill(struct worker *w);
+static void worker_maybe_exit(struct worker *w);
+static void task_begin_attempt(struct task *t);
+
+/* ---- environment of handlers ------------------------------------------ */
+
+static char *expand_slot(const char *value, int slot)
+{
+	char num[16];
+	size_t len = strlen(value), cap = len + 1;
+	snprintf(num, sizeof(num), "%d", slot);
+	for (const char *p = strstr(value, "{slot}"); p != NULL; p = strstr(p + 6, "{slot}"))
+		cap += strlen(num);
+	char *out = malloc(cap);
+	if (out == NULL)
+		return NULL;
+	size_t n = 0;
+	for (const char *p = value; *p != '\0';) {
+		if (strncmp(p, "{slot}", 6) == 0) {
+			memcpy(out + n, num, strlen(num));
+			n += strlen(num);
+			p += 6;
+		} else {
+			out[n++] = *p++;
+		}
+	}
+	out[n] = '\0';
+	return out;
+}
+
+static bool env_name_is(const char *entry, const char *name)
+{
+	size_t len = strlen(name);
+	return strncmp(entry, name, len) == 0 && entry[len] == '=';
+}
+
+static bool env_is_hidden(const struct config *cfg, const char *entry)
+{
+	char name[256];
+	const char *eq = strchr(entry, '=');
+	size_t len = eq != NULL ? (size_t)(eq - entry) : strlen(entry);
+	if (len >= sizeof(name))
+		len = sizeof(name) - 1;
+	memcpy(name, entry, len);
+	name[len] = '\0';
+	if (config_env_is_secret(name) || strcmp(name, "NOTIFY_SOCKET") == 0)
+		return true;
+	for (size_t i = 0; i < cfg->handler_env_count; i++)
+		if (strcmp(cfg->handler_env[i].key, name) == 0)
+			return true; /* replaced by env.NAME */
+	return false;
+}
+
+static int worker_build_base_env(struct worker *w)
+{
+	size_t n = 0;
+	for (char **e = environ; *e != NULL; e++)
+		n++;
+	w->base_env = calloc(n + w->cfg->handler_env_count + 1, sizeof(char *));
+	if (w->base_env == NULL)
+		return -1;
+	size_t count = 0;
+	for (char **e = environ; *e != NULL; e++) {
+		if (env_is_hidden(w->cfg, *e))
+			continue;
+		if ((w->base_env[count] = strdup(*e)) == NULL)
+			return -1;
+		count++;
+	}
+	for (size_t i = 0; i < w->cfg->handler_env_count; i++) {
+		char *value = expand_slot(w->cfg->handler_env[i].value, w->slot);
+		if (value == NULL || asprintf(&w->base_env[count], "%s=%s", w->cfg->handler_env[i].key, value) < 0) {
+			free(value);
+			return -1;
+		}
+		free(value);
+		count++;
+	}
+	w->base_env_count = count;
+	return 0;
+}
+
+static const char *const job_env_names[] = {
+	"DROVER_JOB_ID", "DROVER_ATTEMPT", "DROVER_WORKER", "DROVER_TIMEOUT_MS", "DROVER_DEADLINE_MS",
+};
+
+/* base_env plus the five DROVER_* job variables; free with argv-style free. */
+static char **task_env(const struct task *t)
+{
+	const struct worker *w = t->worker;
+	size_t extra = ARRAY_LEN(job_env_names);
+	char **env = calloc(w->base_env_count + extra + 1, sizeof(char *));
+	if (env == NULL)
+		return NULL;
+	size_t n = 0;
+	for (size_t i = 0; i < w->base_env_count; i++) {
+		bool shadowed = false;
+		for (size_t k = 0; k < extra; k++)
+			shadowed = shadowed || env_name_is(w->base_env[i], job_env_names[k]);
+		if (!shadowed)
+			env[n++] = w->base_env[i];
+	}
+	size_t first_own = n;
+	int ok = asprintf(&env[n++], "DROVER_JOB_ID=%s", t->job->id) >= 0 &&
+	         asprintf(&env[n++], "DROVER_ATTEMPT=%d", t->attempt) >= 0 &&
+	         asprintf(&env[n++], "DROVER_WORKER=%d", w->slot) >= 0 &&
+	         asprintf(&env[n++], "DROVER_TIMEOUT_MS=%lld", w->cfg->timeout_ms) >= 0 &&
+	         asprintf(&env[n++], "DROVER_DEADLINE_MS=%lld", wall_ms() + w->cfg->timeout_ms) >= 0;
+	if (!ok) {
+		for (size_t i = first_own; i < n; i++)
+			free(env[i]);
+		free(env);
+		return NULL;
+	}
+	env[n] = NULL;
+	return env;
+}
+
+static void task_env_free(const struct worker *w, char **env)
+{
+	if (env == NULL)
+		return;
+	for (char **e = env; *e != NULL; e++) {
+		bool borrowed = false;
+		for (size_t i = 0; i < w->base_env_count && !borrowed; i++)
+			borrowed = *e == w->base_env[i];
+		if (!borrowed)
+			free(*e);
+	}
+	free(env);
+}
+
+/* ---- tasks -------------------------------------------------------------- */
+
+static void worker_publish_status(struct worker *w, struct task *t, const char *state, double progress,
+                                  const char *message, const char *error)
+{
+	char *doc = event_status(&w->origin, t->job->id, state, t->attempt, wall_ms(), progress, message, error);
+	if (doc == NULL) {
+		log_warnx("job %s: out of memory building a %s event", t->job->id, state);
+		return;
+	}
+	w->ops->status(w->source, t->job, doc, strlen(doc));
+	free(doc);
+}
+
+static struct task *task_new(struct worker *w, struct job *job)
+{
+	struct task *t = calloc(1, sizeof(*t));
+	if (t == NULL)
+		return NULL;
+	t->worker = w;
+	t->job = job;
+	t->attempt = job->attempts_done;
+	t->board_index = -1;
+	t->next = w->tasks;
+	if (w->tasks != NULL)
+		w->tasks->prev = t;
+	w->tasks = t;
+	w->task_count++;
+	return t;
+}
+
+/* Forgets the task; the job itself now belongs to the source (finish/release). */
+static void task_free(struct task *t)
+{
+	struct worker *w = t->worker;
+	ev_timer_stop(w->loop, &t->retry_timer);
+	if (t->board_index >= 0)
+		scoreboard_job_remove(w->board, t->board_index);
+	if (t->prev != NULL)
+		t->prev->next = t->next;
+	else
+		w->tasks = t->next;
+	if (t->next != NULL)
+		t->next->prev = t->prev;
+	w->task_count--;
+	free(t);
+}
+
+static void counters_update(struct worker *w, void (*apply)(struct scoreboard_counters *, double), double arg)
+{
+	scoreboard_write_begin(w->board);
+	apply(&w->board->counters, arg);
+	scoreboard_write_end(w->board);
+}
+
+static void count_started(struct scoreboard_counters *c, double unused) { c->started++; }
+static void count_retried(struct scoreboard_counters *c, double unused) { c->retried++; }
+static void count_failed(struct scoreboard_counters *c, double unused) { c->failed++; }
+static void count_timed_out(struct scoreboard_counters *c, double unused) { c->timed_out++; }
+static void count_completed(struct scoreboard_counters *c, double seconds)
+{
+	c->completed++;
+	scoreboard_record_duration(c, seconds);
+}
+
+static void task_release(struct task *t)
+{
+	struct worker *w = t->worker;
+	log_info("job %s: given back to the queue after attempt %d", t->job->id, t->attempt);
+	w->ops->release(w->source, t->job);
+	task_free(t);
+}
+
+static void task_fail(struct task *t, const struct failure *failure)
+{
+	struct worker *w = t->worker;
+	char *doc = event_failed(&w->origin, t->job->id, failure, t->attempt, t->job->payload, t->job->payload_len,
+	                         wall_ms());
+	if (doc == NULL) {
+		/* Cannot describe the outcome: keep the job in the queue rather than lose it. */
+		log_error("job %s: out of memory building the failed event; releasing it", t->job->id);
+		task_release(t);
+		return;
+	}
+	log_info("job %s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
+	worker_publish_status(w, t, "failed", -1, failure->message, failure->reason);
+	counters_update(w, count_failed, 0);
+	w->ops->finish(w->source, t->job, false, doc, strlen(doc));
+	free(doc);
+	task_free(t);
+}
+
+static void task_complete(struct task *t, const struct runner_result *result)
+{
+	struct worker *w = t->worker;
+	char *doc = event_complete(&w->origin, t->job->id, result->output, result->output_len, t->attempt,
+	                           result->duration_ms, wall_ms());
+	if (doc == NULL) {
+		log_error("job %s: out of memory building the complete event; releasing it", t->job->id);
+		task_release(t);
+		return;
+	}
+	log_info("job %s: completed in %lld ms (attempt %d)", t->job->id, result->duration_ms, t->attempt);
+	worker_publish_status(w, t, "completed", -1, NULL, NULL);
+	counters_update(w, count_completed, (double)result->duration_ms / 1000.0);
+	w->ops->finish(w->source, t->job, true, doc, strlen(doc));
+	free(doc);
+	task_free(t);
+}
+
+static void task_retry_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct task *t = timer->data;
+	task_begin_attempt(t);
+}
+
+static void describe_failure(const struct runner_result *r, struct failure *f, char *message, size_t len)
+{
+	memset(f, 0, sizeof(*f));
+	f->exit_code = r->exit_code;
+	f->signal = r->signal;
+	f->stderr_tail = r->stderr_tail;
+	f->stderr_len = r->stderr_len;
+	f->message = message;
+	switch (r->status) {
+	case RUNNER_EXIT_CODE:
+		f->reason = "exit_code";
+		snprintf(message, len, "handler exited with status %d", r->exit_code);
+		break;
+	case RUNNER_SIGNAL:
+		f->reason = "signal";
+		snprintf(message, len, "handler was killed by signal %d", r->signal);
+		break;
+	case RUNNER_TIMEOUT:
+		f->reason = "timeout";
+		snprintf(message, len, "handler ran longer than %lld ms", r->duration_ms);
+		break;
+	case RUNNER_RESULT_TOO_LARGE:
+		f->reason = "result_too_large";
+		snprintf(message, len, "handler printed more than the result limit");
+		break;
+	default:
+		f->reason = "internal";
+		snprintf(message, len, "unexpected runner status %d", (int)r->status);
+		break;
+	}
+}
+
+static bool retry_allowed(const struct worker *w, const struct task *t, const struct runner_result *r)
+{
+	if (t->attempt >= w->cfg->max_attempts)
+		return false;
+	if (r->status == RUNNER_EXIT_CODE && r->exit_code > 0 && r->exit_code < 256 &&
+	    w->cfg->no_retry_exit[r->exit_code])
+		return false;
+	return true;
+}
+
+static double retry_delay_s(const struct worker *w, int attempt)
+{
+	long long delay = w->cfg->retry_delay_ms;
+	for (int i = 1; i < attempt && delay < 3600 * 1000LL; i++)
+		delay *= 2;
+	return (double)delay / 1000.0;
+}
+
+static void task_run_done(struct run *run, const struct runner_result *result, void *arg)
+{
+	struct task *t = arg;
+	struct worker *w = t->worker;
+	char message[256];
+	struct failure failure;
+
+	t->run = NULL;
+	if (t->board_index >= 0)
+		scoreboard_job_set_pgid(w->board, t->board_index, 0);
+
+	if (result->status == RUNNER_KILLED) {
+		task_release(t);
+	} else if (result->status == RUNNER_COMPLETED) {
+		task_complete(t, result);
+	} else {
+		describe_failure(result, &failure, message, sizeof(message));
+		if (result->status == RUNNER_TIMEOUT)
+			counters_update(w, count_timed_out, 0);
+		if (w->drain == RUNNING && retry_allowed(w, t, result)) {
+			double delay = retry_delay_s(w, t->attempt);
+			log_info("job %s: attempt %d failed (%s); retrying in %.1f s", t->job->id, t->attempt,
+			         message, delay);
+			worker_publish_status(w, t, "retrying", -1, message, failure.reason);
+			counters_update(w, count_retried, 0);
+			ev_timer_init(&t->retry_timer, task_retry_cb, delay, 0);
+			t->retry_timer.data = t;
+			ev_timer_start(w->loop, &t->retry_timer);
+		} else if (w->drain != RUNNING && retry_allowed(w, t, result)) {
+			task_release(t); /* it would be retried: let the next worker do it */
+		} else {
+			task_fail(t, &failure);
+		}
+	}
+	worker_fill(w);
+	worker_maybe_exit(w);
+}
+
+static void task_progress(struct run *run, double progress, const char *message, void *arg)
+{
+	struct task *t = arg;
+	struct worker *w = t->worker;
+	long long now = now_ms();
+	if (t->board_index >= 0)
+		scoreboard_job_set_progress(w->board, t->board_index, (float)progress);
+	if (now - t->last_progress_event_ms < PROGRESS_EVENT_INTERVAL_MS)
+		return;
+	t->last_progress_event_ms = now;
+	worker_publish_status(w, t, "progress", progress, message, NULL);
+}
+
+static void worker_enter_fault(struct worker *w, const char *why)
+{
+	if (!w->fault) {
+		w->fault_delay_s = FAULT_RETRY_FIRST_S;
+	} else {
+		w->fault_delay_s *= 2;
+		if (w->fault_delay_s > FAULT_RETRY_MAX_S)
+			w->fault_delay_s = FAULT_RETRY_MAX_S;
+	}
+	w->fault = true;
+	log_error("worker %d: %s; taking no jobs, retrying in %.0f s", w->slot, why, w->fault_delay_s);
+	scoreboard_write_begin(w->board);
+	snprintf(w->board->fault, sizeof(w->board->fault), "%s", why);
+	scoreboard_write_end(w->board);
+	ev_timer_stop(w->loop, &w->fault_timer);
+	ev_timer_set(&w->fault_timer, w->fault_delay_s, 0);
+	ev_timer_start(w->loop, &w->fault_timer);
+}
+
+static void worker_fault_retry_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct worker *w = timer->data;
+	w->fault = false; /* the next start tells whether the fault is over */
+	worker_fill(w);
+}
+
+static void task_begin_attempt(struct task *t)
+{
+	struct worker *w = t->worker;
+	char why[SCOREBOARD_FAULT_MAX];
+
+	t->attempt++;
+	if (t->board_index >= 0)
+		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
+	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
+		log_warnx("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
+
+	char **env = task_env(t);
+	struct runner_spec spec = {
+		.argv = w->cfg->handler_argv,
+		.envp = env,
+		.working_dir = w->cfg->working_dir,
+		.input = t->job->payload,
+		.input_len = t->job->payload_len,
+		.timeout_ms = w->cfg->timeout_ms,
+		.kill_grace_ms = w->cfg->kill_grace_ms,
+		.max_result_bytes = (size_t)w->cfg->max_result_bytes,
+	};
+	struct runner_callbacks callbacks = { .done = task_run_done, .progress = task_progress, .arg = t };
+	t->run = env != NULL ? runner_start(w->loop, &spec, &callbacks) : NULL;
+	int saved = errno;
+	task_env_free(w, env);
+	if (t->run == NULL) {
+		/* A pool fault, not the job's: the attempt never happened. */
+		snprintf(why, sizeof(why), "handler %s cannot be started: %s", w->cfg->handler_argv[0],
+		         strerror(saved));
+		t->attempt--;
+		w->ops->attempt(w->source, t->job, t->attempt);
+		task_release(t);
+		worker_enter_fault(w, why);
+		return;
+	}
+	if (w->board->fault[0] != '\0') {
+		scoreboard_write_begin(w->board);
+		w->board->fault[0] = '\0';
+		scoreboard_write_end(w->board);
+	}
+	if (t->board_index >= 0)
+		scoreboard_job_set_pgid(w->board, t->board_index, runner_pgid(t->run));
+	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)runner_pgid(t->run));
+	worker_publish_status(w, t, "started", -1, NULL, NULL);
+}
+
+static void worker_start_job(struct worker *w, struct job *job)
+{
+	struct task *t = task_new(w, job);
+	if (t == NULL) {
+		log_error("out of memory; giving job %s back", job->id);
+		w->ops->release(w->source, job);
+		return;
+	}
+	if (job->invalid) {
+		struct failure failure = {
+			.reason = "invalid_job",
+			.exit_code = -1,
+			.message = "the message is not a JSON object",
+		};
+		task_fail(t, &failure);
+		return;
+	}
+	t->board_index = scoreboard_job_add(w->board, job->id, job->attempts_done + 1);
+	if (job->attempts_done == 0)
+		counters_update(w, count_started, 0);
+	task_begin_attempt(t);
+}
+
+static void worker_update_flow(struct worker *w)
+{
+	bool full = w->task_count >= w->cfg->max_concurrent || w->drain != RUNNING || w->fault;
+	if (full && !w->source_paused) {
+		w->ops->pause(w->source);
+		w->source_paused = true;
+	} else if (!full && w->source_paused) {
+		w->ops->resume(w->source);
+		w->source_paused = false;
+	}
+}
+
+static void worker_fill(struct worker *w)
+{
+	while (w->drain == RUNNING && !w->fault && w->task_count < w->cfg->max_concurrent) {
+		struct job *job = NULL;
+		if (w->source_paused) {
+			w->ops->resume(w->source);
+			w->source_paused = false;
+		}
+		int rc = w->ops->take(w->source, &job);
+		if (rc != 0)
+			break;
+		worker_start_job(w, job);
+	}
+	worker_update_flow(w);
+}
+
+static void source_ready(void *arg)
+{
+	worker_fill(arg);
+}
+
+static void source_settled(struct job *job, bool durable, void *arg)
+{
+	struct worker *w = arg;
+	if (!durable)
+		log_warnx("job %s: outcome not recorded; it stays in the queue", job->id);
+	worker_maybe_exit(w);
+}
+
+/* ---- draining and exit -------------------------------------------------- */
+
+static void worker_maybe_exit(struct worker *w)
+{
+	if (w->drain == RUNNING || w->task_count > 0)
+		return;
+	if (w->ops->pending(w->source) > 0)
+		return;
+	ev_break(w->loop, EVBREAK_ALL);
+}
+
+static void worker_drain(struct worker *w, enum drain_mode mode)
+{
+	if (mode <= w->drain)
+		return;
+	w->drain = mode;
+	log_info("worker %d: %s", w->slot, mode == DRAIN_FAST ? "stopping now" : "draining");
+	scoreboard_write_begin(w->board);
+	w->board->draining = 1;
+	scoreboard_write_end(w->board);
+	worker_update_flow(w);
+	for (struct task *t = w->tasks, *next; t != NULL; t = next) {
+		next = t->next;
+		if (t->run == NULL)
+			task_release(t); /* waiting for a retry: the next worker retries it */
+		else if (mode == DRAIN_FAST)
+			runner_kill(t->run);
+	}
+	worker_maybe_exit(w);
+}
+
+static void worker_reap(struct worker *w)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid_retry(-1, &status, WNOHANG)) > 0) {
+		struct run *run = runner_find(pid);
+		if (run != NULL)
+			runner_child_exited(run, status);
+	}
+}
+
+static void worker_signal_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct worker *w = io->data;
+	struct signalfd_siginfo info;
+	for (;;) {
+		ssize_t n = read_some(w->signal_fd, &info, sizeof(info));
+		if (n != (ssize_t)sizeof(info))
+			break;
+		switch (info.ssi_signo) {
+		case SIGCHLD:
+			worker_reap(w);
+			break;
+		case SIGTERM:
+		case SIGINT:
+			worker_drain(w, DRAIN_GRACEFUL);
+			break;
+		case SIGQUIT:
+			worker_drain(w, DRAIN_FAST);
+			break;
+		case SIGUSR1:
+			if (log_reopen() < 0)
+				log_warn("cannot reopen the log file");
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+static void worker_parent_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct worker *w = io->data;
+	char buf[64];
+	ssize_t n = read_some(io->fd, buf, sizeof(buf));
+	if (n < 0 && errno == EAGAIN)
+		return;
+	/* EOF: the supervisor is gone. Finish what runs, take nothing new. */
+	ev_io_stop(loop, io);
+	log_warnx("worker %d: supervisor gone; draining", w->slot);
+	worker_drain(w, DRAIN_GRACEFUL);
+}
+
+static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct worker *w = timer->data;
+	scoreboard_write_begin(w->board);
+	w->board->heartbeat_ms = now_ms();
+	scoreboard_write_end(w->board);
+	/* A safety net for a missed wake-up; cheap when the source has nothing. */
+	worker_fill(w);
+}
+
+/* ---- set-up ------------------------------------------------------------- */
+
+static int worker_setup_signals(struct worker *w)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	int signals[] = { SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU };
+	for (size_t i = 0; i < ARRAY_LEN(signals); i++)
+		sigaddset(&set, signals[i]);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return -1;
+	signal(SIGPIPE, SIG_IGN);
+	w->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	return w->signal_fd < 0 ? -1 : 0;
+}
+
+static void worker_publish_start(struct worker *w, unsigned generation)
+{
+	scoreboard_write_begin(w->board);
+	w->board->pid = getpid();
+	w->board->generation = generation;
+	w->board->started_ms = wall_ms();
+	w->board->heartbeat_ms = now_ms();
+	w->board->draining = 0;
+	scoreboard_write_end(w->board);
+}
+
+static void worker_crash_if_asked(int slot)
+{
+	/* Fault injection for the test suite: a worker that dies during start-up. */
+	const char *crash = getenv("DROVER_FAULT_CRASH_SLOT");
+	if (crash != NULL && *crash != '\0' && atoi(crash) == slot) {
+		log_error("worker %d: DROVER_FAULT_CRASH_SLOT set: aborting", slot);
+		abort();
+	}
+}
+
+static void worker_teardown(struct worker *w)
+{
+	if (w->source != NULL)
+		w->ops->close(w->source);
+	for (size_t i = 0; i < w->base_env_count; i++)
+		free(w->base_env[i]);
+	free(w->base_env);
+	if (w->signal_fd >= 0)
+		close(w->signal_fd);
+	ev_loop_destroy(w->loop);
+}
+
+int worker_main(const struct worker_params *params)
+{
+	struct worker w = { .cfg = params->cfg, .slot = params->slot, .board = params->board, .signal_fd = -1 };
+	char name[32], err[512];
+
+	snprintf(name, sizeof(name), "worker %d", params->slot);
+	log_set_name(name);
+	if (worker_setup_signals(&w) < 0) {
+		log_warn("worker %d: cannot set up signals", w.slot);
+		return 70;
+	}
+	worker_crash_if_asked(w.slot);
+	w.loop = ev_loop_new(EVFLAG_AUTO);
+	if (w.loop == NULL || worker_build_base_env(&w) < 0) {
+		log_error("worker %d: out of memory at start", w.slot);
+		return 70;
+	}
+	if (gethostname(w.host, sizeof(w.host) - 1) < 0)
+		snprintf(w.host, sizeof(w.host), "localhost");
+	w.origin.host = w.host;
+	w.origin.worker = w.slot;
+	worker_publish_start(&w, params->generation);
+
+	struct source_callbacks callbacks = { .ready = source_ready, .settled = source_settled, .arg = &w };
+	w.ops = source_for(w.cfg);
+	w.source = w.ops->open(w.cfg, w.loop, w.slot, &callbacks, err, sizeof(err));
+	if (w.source == NULL) {
+		log_error("worker %d: cannot open the %s queue: %s", w.slot, w.ops->name, err);
+		worker_teardown(&w);
+		return 69;
+	}
+
+	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);
+	w.signal_watcher.data = &w;
+	ev_io_start(w.loop, &w.signal_watcher);
+	fd_set_nonblock(params->parent_fd);
+	ev_io_init(&w.parent_watcher, worker_parent_cb, params->parent_fd, EV_READ);
+	w.parent_watcher.data = &w;
+	ev_io_start(w.loop, &w.parent_watcher);
+	ev_timer_init(&w.heartbeat_timer, worker_heartbeat_cb, HEARTBEAT_INTERVAL_S, HEARTBEAT_INTERVAL_S);
+	w.heartbeat_timer.data = &w;
+	ev_timer_start(w.loop, &w.heartbeat_timer);
+	ev_timer_init(&w.fault_timer, worker_fault_retry_cb, FAULT_RETRY_FIRST_S, 0);
+	w.fault_timer.data = &w;
+
+	log_info("worker %d: started (%s queue, up to %d jobs at once)", w.slot, w.ops->name, w.cfg->max_concurrent);
+	worker_fill(&w);
+	ev_run(w.loop, 0);
+
+	log_info("worker %d: stopped", w.slot);
+	worker_teardown(&w);
+	return 0;
+}
