@@ -246,7 +246,8 @@ int main(int argc, char **argv)
 
 	log_init("supervisor", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
 	parse_options(argc, argv, &opts);
-	struct config *cfg = load_or_exit(opts.config_path, opts.test_only);
+	const char *config_path = absolute_config_path(opts.config_path);
+	struct config *cfg = load_or_exit(opts.test_only ? opts.config_path : config_path, opts.test_only);
 
 	log_set_level(cfg->log_level);
 	log_set_format(cfg->log_format);
@@ -259,7 +260,7 @@ int main(int argc, char **argv)
 
 	static struct supervisor sup;
 	sup.cfg = cfg;
-	sup.config_path = absolute_config_path(opts.config_path);
+	sup.config_path = config_path;
 	sup.generation = 1;
 	sup.started_ms = wall_ms();
 	sup.loop = EV_DEFAULT;

@@ -492,6 +492,23 @@ static void task_begin_attempt(struct task *t)
 	worker_publish_status(w, t, "started", -1, NULL, NULL);
 }
 
+/* Kafka took the job's partition away: stop the handler; task_run_done releases it. */
+static void worker_revoke_job(struct job *job, void *arg)
+{
+	struct worker *w = arg;
+	for (struct task *t = w->tasks; t != NULL; t = t->next) {
+		if (t->job != job)
+			continue;
+		if (t->run != NULL) {
+			runner_kill(t->run);
+		} else {
+			task_release(t);
+			worker_fill(w);
+		}
+		return;
+	}
+}
+
 static void worker_start_job(struct worker *w, struct job *job)
 {
 	struct task *t = task_new(w, job);
@@ -729,6 +746,10 @@ int worker_main(const struct worker_params *params)
 		log_error("worker %d: cannot open the %s queue: %s", w.slot, w.ops->name, err);
 		worker_teardown(&w);
 		return 69;
+	}
+	if (w.cfg->backend == BACKEND_KAFKA) {
+		kafka_source_set_scoreboard(w.source, w.board);
+		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
 	}
 
 	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);
