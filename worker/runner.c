@@ -1,0 +1,739 @@
+/*
+ * runner: one attempt of a job as a handler process (see runner.h).
+ *
+ * runner_start forks; the child puts itself in a new process group, asks to
+ * be killed when the worker dies, resets its signal state, moves the pipes to
+ * fds 0-3, closes every other inherited fd and execs argv. Exec failure comes
+ * back over a close-on-exec pipe, so a handler that cannot start is reported
+ * to the caller (a pool fault) instead of looking like a job that failed.
+ *
+ * In the parent every pipe is non-blocking and watched by libev on the
+ * caller's loop. The outcome is decided when the worker hands over the reaped
+ * wait status (runner_child_exited): whatever is left of the group is killed,
+ * the pipes are drained without blocking, done() is called, the run is freed.
+ */
+#include "runner.h"
+
+#include "log.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define LINE_MAX_BYTES 1024          /* progress and logged stderr lines; longer ones are cut */
+#define READ_CHUNK 16384
+#define READS_PER_WAKEUP 16          /* so one chatty handler cannot starve the loop */
+#define DRAIN_MAX_BYTES (1 << 20)    /* per pipe at exit, in case something outside the group writes */
+#define FIRST_FREE_CHILD_FD 5        /* 0-3: the handler's pipes; 4: the exec error pipe */
+#define EXEC_ERROR_FD 4
+
+enum stream { STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR, STREAM_PROGRESS, STREAM_COUNT };
+
+struct line_reader {
+	char buf[LINE_MAX_BYTES + 1];
+	size_t len;
+	bool cut; /* the current line overflowed: drop it up to the next newline */
+};
+
+struct run {
+	struct run *prev, *next;
+	struct ev_loop *loop;
+	pid_t pid; /* also the process group id */
+	struct runner_callbacks cb;
+
+	int fd[STREAM_COUNT]; /* parent ends, -1 once closed */
+	ev_io io[STREAM_COUNT];
+
+	char *input;
+	size_t input_len, input_off;
+
+	char *out; /* stdout, at most max_out bytes kept (+1 read to detect overflow, +1 for the NUL) */
+	size_t out_len, out_cap, max_out;
+
+	char err_ring[RUNNER_STDERR_TAIL];
+	size_t err_total;
+	struct line_reader err_line, progress_line;
+
+	ev_timer timeout_timer, grace_timer;
+	long long kill_grace_ms;
+	long long started_ms;
+	bool timed_out, too_large, killed;
+};
+
+static struct run *runs;
+static size_t run_count;
+
+/* ---- the child ---------------------------------------------------------- */
+
+/* Everything the child needs, prepared before fork: after it, only async-signal-safe calls. */
+struct child_plan {
+	char *const *argv;
+	char *const *envp;
+	const char *working_dir;
+	int stdio[STREAM_COUNT]; /* child ends, in fd order 0..3 */
+	int error_fd;
+	pid_t worker_pid;
+};
+
+static void __attribute__((noreturn)) child_fail(int error_fd)
+{
+	int err = errno;
+	ssize_t n;
+	do
+		n = write(error_fd, &err, sizeof(err));
+	while (n < 0 && errno == EINTR);
+	_exit(127);
+}
+
+static void child_reset_signals(void)
+{
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	for (int sig = 1; sig < NSIG; sig++) {
+		if (sig != SIGKILL && sig != SIGSTOP)
+			sigaction(sig, &dfl, NULL); /* glibc's reserved signals say EINVAL: fine */
+	}
+}
+
+/*
+ * Puts the pipes on 0..3 and the error pipe on 4 whatever fds they had (any of
+ * them may sit on 0..4 when the worker's stdio was closed), then closes the
+ * rest. *error_fd follows the error pipe, so a failure can still be reported.
+ */
+static int child_arrange_fds(const struct child_plan *plan, int *error_fd)
+{
+	int high[STREAM_COUNT];
+	for (int i = 0; i < STREAM_COUNT; i++) {
+		high[i] = fcntl(plan->stdio[i], F_DUPFD, FIRST_FREE_CHILD_FD);
+		if (high[i] < 0)
+			return -1;
+	}
+	int error_high = fcntl(plan->error_fd, F_DUPFD_CLOEXEC, FIRST_FREE_CHILD_FD);
+	if (error_high < 0)
+		return -1;
+	*error_fd = error_high;
+	for (int i = 0; i < STREAM_COUNT; i++) {
+		if (dup2(high[i], i) < 0)
+			return -1;
+	}
+	if (dup3(error_high, EXEC_ERROR_FD, O_CLOEXEC) < 0)
+		return -1;
+	*error_fd = EXEC_ERROR_FD;
+	if (close_range(FIRST_FREE_CHILD_FD, ~0U, 0) == 0)
+		return 0;
+	/* Kernels before 5.9: close them one by one. */
+	struct rlimit lim;
+	rlim_t last = 65536;
+	if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < last)
+		last = lim.rlim_cur;
+	for (rlim_t fd = FIRST_FREE_CHILD_FD; fd < last; fd++)
+		close((int)fd);
+	return 0;
+}
+
+static void __attribute__((noreturn)) child_exec(const struct child_plan *plan)
+{
+	sigset_t none;
+	int error_fd = plan->error_fd;
+
+	/* Dispositions first: the signals the worker blocked are unblocked only once nothing handles them. */
+	child_reset_signals();
+	if (setpgid(0, 0) < 0)
+		child_fail(error_fd);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+		child_fail(error_fd);
+	if (getppid() != plan->worker_pid)
+		_exit(127); /* the worker died before the death signal was armed: nobody waits for us */
+	if (child_arrange_fds(plan, &error_fd) < 0)
+		child_fail(error_fd);
+	if (plan->working_dir != NULL && plan->working_dir[0] != '\0' && chdir(plan->working_dir) < 0)
+		child_fail(error_fd);
+	sigemptyset(&none);
+	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+		child_fail(error_fd);
+	execve(plan->argv[0], plan->argv, plan->envp);
+	child_fail(error_fd);
+}
+
+/* ---- registry and small helpers ---------------------------------------- */
+
+static void registry_add(struct run *run)
+{
+	run->next = runs;
+	if (runs != NULL)
+		runs->prev = run;
+	runs = run;
+	run_count++;
+}
+
+static void registry_remove(struct run *run)
+{
+	if (run->prev != NULL)
+		run->prev->next = run->next;
+	else
+		runs = run->next;
+	if (run->next != NULL)
+		run->next->prev = run->prev;
+	run->prev = run->next = NULL;
+	run_count--;
+}
+
+static void signal_group(struct run *run, int sig)
+{
+	if (kill(-run->pid, sig) < 0 && errno != ESRCH)
+		log_warn("handler %d: cannot send signal %d to its process group", (int)run->pid, sig);
+}
+
+static void stream_close(struct run *run, enum stream s)
+{
+	if (run->fd[s] < 0)
+		return;
+	ev_io_stop(run->loop, &run->io[s]);
+	close(run->fd[s]);
+	run->fd[s] = -1;
+}
+
+static void close_fds(int *fds, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (fds[i] >= 0) {
+			close(fds[i]);
+			fds[i] = -1;
+		}
+	}
+}
+
+/* ---- stdin -------------------------------------------------------------- */
+
+static void write_stdin(struct run *run)
+{
+	int fd = run->fd[STREAM_STDIN];
+	while (fd >= 0 && run->input_off < run->input_len) {
+		ssize_t n = write_some(fd, run->input + run->input_off, run->input_len - run->input_off);
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n < 0) {
+			/* EPIPE: the handler does not read its input, which is its business. */
+			if (errno != EPIPE)
+				log_warn("handler %d: writing its stdin", (int)run->pid);
+			break;
+		}
+		run->input_off += (size_t)n;
+	}
+	stream_close(run, STREAM_STDIN);
+	free(run->input);
+	run->input = NULL;
+}
+
+/* ---- stdout ------------------------------------------------------------- */
+
+static void result_too_large(struct run *run)
+{
+	log_debug("handler %d: stdout beyond %zu bytes; killing its group", (int)run->pid, run->max_out);
+	run->too_large = true;
+	run->out_len = run->max_out;
+	ev_timer_stop(run->loop, &run->timeout_timer);
+	ev_timer_stop(run->loop, &run->grace_timer);
+	/* Kill before closing the pipe, so the handler dies of SIGKILL rather than of SIGPIPE. */
+	signal_group(run, SIGKILL);
+	stream_close(run, STREAM_STDOUT);
+}
+
+/* Room to read into: never more than one byte past the limit, so memory stays bounded by it. */
+static size_t stdout_room(struct run *run, char **dst)
+{
+	if (run->out_cap - run->out_len <= 1) {
+		size_t limit = run->max_out + 2;
+		size_t cap = run->out_cap < 4096 ? 4096 : run->out_cap * 2;
+		if (cap > limit || cap < run->out_cap)
+			cap = limit;
+		char *grown = realloc(run->out, cap);
+		if (grown == NULL)
+			return 0;
+		run->out = grown;
+		run->out_cap = cap;
+	}
+	size_t room = run->out_cap - 1 - run->out_len;
+	size_t allowed = run->max_out + 1 - run->out_len;
+	*dst = run->out + run->out_len;
+	return room < allowed ? room : allowed;
+}
+
+/* ---- stderr and progress lines ----------------------------------------- */
+
+static void stderr_line(struct run *run, const char *line, size_t len, bool cut)
+{
+	log_debug("handler %d: stderr: %.*s%s", (int)run->pid, (int)len, line, cut ? " [...]" : "");
+}
+
+static bool parse_progress_object(const char *line, size_t len, double *progress, json_t **root)
+{
+	json_error_t error;
+	*root = json_loadb(line, len, 0, &error);
+	if (*root == NULL || !json_is_object(*root))
+		return false;
+	json_t *value = json_object_get(*root, "progress");
+	if (!json_is_number(value))
+		return false;
+	*progress = json_number_value(value);
+	return true;
+}
+
+static bool parse_progress_number(const char *line, double *progress)
+{
+	char *end;
+	errno = 0;
+	*progress = strtod(line, &end);
+	return errno == 0 && end != line && *end == '\0';
+}
+
+static void progress_line(struct run *run, char *line, size_t len, bool cut)
+{
+	if (cut)
+		return; /* a line too long to be progress is garbage */
+	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t' || line[len - 1] == '\r'))
+		len--;
+	line[len] = '\0';
+	while (*line == ' ' || *line == '\t') {
+		line++;
+		len--;
+	}
+	double progress = NAN;
+	json_t *root = NULL;
+	const char *message = NULL;
+	bool ok;
+	if (line[0] == '{') {
+		ok = parse_progress_object(line, len, &progress, &root);
+		json_t *msg = ok ? json_object_get(root, "message") : NULL;
+		if (json_is_string(msg))
+			message = json_string_value(msg);
+	} else {
+		ok = parse_progress_number(line, &progress);
+	}
+	if (ok && isfinite(progress) && progress >= 0.0 && progress <= 1.0) {
+		if (run->cb.progress != NULL)
+			run->cb.progress(run, progress, message, run->cb.arg);
+	} else {
+		log_debug("handler %d: ignoring progress line \"%s\"", (int)run->pid, line);
+	}
+	json_decref(root);
+}
+
+static void line_emit(struct run *run, enum stream s, bool cut)
+{
+	struct line_reader *lr = s == STREAM_STDERR ? &run->err_line : &run->progress_line;
+	lr->buf[lr->len] = '\0';
+	if (s == STREAM_STDERR)
+		stderr_line(run, lr->buf, lr->len, cut);
+	else
+		progress_line(run, lr->buf, lr->len, cut);
+	lr->len = 0;
+}
+
+static void lines_feed(struct run *run, enum stream s, const char *data, size_t n)
+{
+	struct line_reader *lr = s == STREAM_STDERR ? &run->err_line : &run->progress_line;
+	for (size_t i = 0; i < n; i++) {
+		char c = data[i];
+		if (c == '\n') {
+			if (!lr->cut)
+				line_emit(run, s, false);
+			lr->cut = false;
+			lr->len = 0;
+		} else if (!lr->cut) {
+			if (lr->len == LINE_MAX_BYTES) {
+				line_emit(run, s, true);
+				lr->cut = true;
+			} else {
+				lr->buf[lr->len++] = c;
+			}
+		}
+	}
+}
+
+/* EOF: an unterminated last line still counts. */
+static void lines_flush(struct run *run, enum stream s)
+{
+	struct line_reader *lr = s == STREAM_STDERR ? &run->err_line : &run->progress_line;
+	if (lr->len > 0 && !lr->cut)
+		line_emit(run, s, false);
+	lr->len = 0;
+	lr->cut = false;
+}
+
+static void stderr_keep(struct run *run, const char *data, size_t n)
+{
+	if (n > RUNNER_STDERR_TAIL) {
+		run->err_total += n - RUNNER_STDERR_TAIL;
+		data += n - RUNNER_STDERR_TAIL;
+		n = RUNNER_STDERR_TAIL;
+	}
+	for (size_t i = 0; i < n; i++)
+		run->err_ring[(run->err_total + i) % RUNNER_STDERR_TAIL] = data[i];
+	run->err_total += n;
+}
+
+/* ---- reading the handler's output -------------------------------------- */
+
+static void stream_consume(struct run *run, enum stream s, const char *data, size_t n)
+{
+	if (s == STREAM_STDERR) {
+		stderr_keep(run, data, n);
+		lines_feed(run, s, data, n);
+	} else if (s == STREAM_PROGRESS) {
+		lines_feed(run, s, data, n);
+	} else {
+		run->out_len += n; /* read in place by stdout_room */
+		if (run->out_len > run->max_out)
+			result_too_large(run);
+	}
+}
+
+/* Reads what the pipe has, up to budget bytes; closes the stream on EOF or error. */
+static void stream_read(struct run *run, enum stream s, size_t budget, int max_reads)
+{
+	char chunk[READ_CHUNK];
+	for (int reads = 0; run->fd[s] >= 0 && budget > 0 && reads < max_reads; reads++) {
+		char *dst = chunk;
+		size_t room = sizeof(chunk);
+		if (s == STREAM_STDOUT) {
+			room = stdout_room(run, &dst);
+			if (room == 0) {
+				log_error("handler %d: out of memory for its stdout; killing its group", (int)run->pid);
+				signal_group(run, SIGKILL);
+				stream_close(run, s);
+				return;
+			}
+		}
+		if (room > budget)
+			room = budget;
+		ssize_t n = read_some(run->fd[s], dst, room);
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			if (n < 0)
+				log_warn("handler %d: reading its fd %d", (int)run->pid, (int)s);
+			if (s != STREAM_STDOUT)
+				lines_flush(run, s);
+			stream_close(run, s);
+			return;
+		}
+		budget -= (size_t)n;
+		stream_consume(run, s, dst, (size_t)n);
+	}
+}
+
+static void stream_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct run *run = io->data;
+	enum stream s = (enum stream)(io - run->io);
+	if (s == STREAM_STDIN)
+		write_stdin(run);
+	else
+		stream_read(run, s, SIZE_MAX, READS_PER_WAKEUP);
+}
+
+/* ---- timeout ------------------------------------------------------------ */
+
+static void grace_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct run *run = timer->data;
+	log_debug("handler %d: still running %lld ms after SIGTERM; sending SIGKILL", (int)run->pid,
+	          run->kill_grace_ms);
+	signal_group(run, SIGKILL);
+}
+
+static void timeout_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct run *run = timer->data;
+	log_debug("handler %d: timed out; sending SIGTERM to its group", (int)run->pid);
+	run->timed_out = true;
+	signal_group(run, SIGTERM);
+	ev_timer_start(loop, &run->grace_timer);
+}
+
+/* ---- start -------------------------------------------------------------- */
+
+static double ms_to_s(long long ms)
+{
+	return ms > 0 ? (double)ms / 1000.0 : 0.0;
+}
+
+static struct run *run_new(struct ev_loop *loop, const struct runner_spec *spec, const struct runner_callbacks *cb)
+{
+	struct run *run = calloc(1, sizeof(*run));
+	if (run == NULL)
+		return NULL;
+	if (spec->input_len > 0) {
+		run->input = malloc(spec->input_len);
+		if (run->input == NULL) {
+			free(run);
+			return NULL;
+		}
+		memcpy(run->input, spec->input, spec->input_len);
+		run->input_len = spec->input_len;
+	}
+	run->loop = loop;
+	run->cb = *cb;
+	run->max_out = spec->max_result_bytes < SIZE_MAX / 2 ? spec->max_result_bytes : SIZE_MAX / 2;
+	run->kill_grace_ms = spec->kill_grace_ms;
+	for (int i = 0; i < STREAM_COUNT; i++)
+		run->fd[i] = -1;
+	return run;
+}
+
+static void run_free(struct run *run)
+{
+	free(run->input);
+	free(run->out);
+	free(run);
+}
+
+/*
+ * The parent ends are non-blocking, the child ends stay blocking (each end of
+ * a pipe is its own open file description). Stdin flows the other way.
+ */
+static int make_pipes(int parent[STREAM_COUNT], int child[STREAM_COUNT])
+{
+	for (int s = 0; s < STREAM_COUNT; s++) {
+		int p[2];
+		if (pipe2(p, O_CLOEXEC) < 0)
+			return -1;
+		parent[s] = s == STREAM_STDIN ? p[1] : p[0];
+		child[s] = s == STREAM_STDIN ? p[0] : p[1];
+		if (fd_set_nonblock(parent[s]) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Waits for the exec: EOF on the error pipe means it happened. 0, or -1 with the child's errno. */
+static int await_exec(pid_t pid, int error_fd)
+{
+	int err = 0;
+	ssize_t n = read_full(error_fd, &err, sizeof(err));
+	if (n == 0)
+		return 0;
+	if (n != (ssize_t)sizeof(err)) {
+		err = n < 0 ? errno : EIO;
+		kill(pid, SIGKILL);
+	}
+	/* The child never became a handler: reap it here so the worker never sees a stranger. */
+	waitpid_retry(pid, NULL, 0);
+	errno = err;
+	return -1;
+}
+
+static pid_t spawn(const struct runner_spec *spec, int child_fds[STREAM_COUNT], int error_pipe[2])
+{
+	sigset_t all, old;
+	struct child_plan plan = {
+		.argv = spec->argv,
+		.envp = spec->envp != NULL ? spec->envp : environ,
+		.working_dir = spec->working_dir,
+		.error_fd = error_pipe[1],
+		.worker_pid = getpid(),
+	};
+	memcpy(plan.stdio, child_fds, sizeof(plan.stdio));
+
+	/* No signal handler of the worker may run in the child before it resets them. */
+	sigfillset(&all);
+	int rc = pthread_sigmask(SIG_SETMASK, &all, &old);
+	if (rc != 0) {
+		errno = rc;
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(error_pipe[0]);
+		child_exec(&plan);
+	}
+	int saved = errno;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	errno = saved;
+	return pid;
+}
+
+static void run_watch(struct run *run)
+{
+	for (int s = 0; s < STREAM_COUNT; s++) {
+		ev_io_init(&run->io[s], stream_cb, run->fd[s], s == STREAM_STDIN ? EV_WRITE : EV_READ);
+		run->io[s].data = run;
+		ev_io_start(run->loop, &run->io[s]);
+	}
+}
+
+static void run_arm_timers(struct run *run, long long timeout_ms)
+{
+	ev_timer_init(&run->timeout_timer, timeout_cb, ms_to_s(timeout_ms), 0);
+	ev_timer_init(&run->grace_timer, grace_cb, ms_to_s(run->kill_grace_ms), 0);
+	run->timeout_timer.data = run;
+	run->grace_timer.data = run;
+	if (timeout_ms > 0) {
+		ev_now_update(run->loop); /* the loop's idea of now may be stale; the budget starts now */
+		ev_timer_start(run->loop, &run->timeout_timer);
+	}
+}
+
+struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, const struct runner_callbacks *cb)
+{
+	int child_fds[STREAM_COUNT] = { -1, -1, -1, -1 };
+	int error_pipe[2] = { -1, -1 };
+	int saved;
+
+	if (spec->argv == NULL || spec->argv[0] == NULL) {
+		errno = EINVAL;
+		return NULL;
+	}
+	struct run *run = run_new(loop, spec, cb);
+	if (run == NULL)
+		return NULL;
+	if (make_pipes(run->fd, child_fds) < 0 || pipe2(error_pipe, O_CLOEXEC) < 0)
+		goto fail;
+	run->started_ms = now_ms();
+	run->pid = spawn(spec, child_fds, error_pipe);
+	saved = errno;
+	close_fds(child_fds, STREAM_COUNT);
+	close_fds(&error_pipe[1], 1);
+	errno = saved;
+	if (run->pid < 0)
+		goto fail;
+	/* Also from this side, so the group exists before anyone signals it (EACCES: it already exec'd). */
+	if (setpgid(run->pid, run->pid) < 0 && errno != EACCES && errno != ESRCH)
+		log_warn("handler %d: setpgid", (int)run->pid);
+	if (await_exec(run->pid, error_pipe[0]) < 0)
+		goto fail;
+	close_fds(&error_pipe[0], 1);
+
+	run_watch(run);
+	run_arm_timers(run, spec->timeout_ms);
+	registry_add(run);
+	if (run->input_len == 0)
+		write_stdin(run); /* closes it: the handler sees EOF at once */
+	return run;
+
+fail:
+	saved = errno;
+	close_fds(child_fds, STREAM_COUNT);
+	close_fds(error_pipe, 2);
+	close_fds(run->fd, STREAM_COUNT);
+	run_free(run);
+	errno = saved;
+	return NULL;
+}
+
+/* ---- the end of a run --------------------------------------------------- */
+
+static enum runner_status classify(const struct run *run, int wait_status)
+{
+	bool clean_exit = WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
+	/* A handler that had already exited 0 when it was killed did finish its job: keep the result. */
+	if (run->killed && !(clean_exit && !run->too_large && !run->timed_out))
+		return RUNNER_KILLED;
+	if (run->too_large)
+		return RUNNER_RESULT_TOO_LARGE;
+	if (run->timed_out)
+		return RUNNER_TIMEOUT;
+	if (clean_exit)
+		return RUNNER_COMPLETED;
+	return WIFEXITED(wait_status) ? RUNNER_EXIT_CODE : RUNNER_SIGNAL;
+}
+
+static void stderr_tail(const struct run *run, struct runner_result *result)
+{
+	size_t len = run->err_total < RUNNER_STDERR_TAIL ? run->err_total : RUNNER_STDERR_TAIL;
+	size_t start = run->err_total < RUNNER_STDERR_TAIL ? 0 : run->err_total % RUNNER_STDERR_TAIL;
+	size_t first = RUNNER_STDERR_TAIL - start < len ? RUNNER_STDERR_TAIL - start : len;
+	memcpy(result->stderr_tail, run->err_ring + start, first);
+	memcpy(result->stderr_tail + first, run->err_ring, len - first);
+	size_t skip = 0;
+	/* A tail cut inside a UTF-8 sequence would not be valid text: start at the next character. */
+	while (run->err_total > RUNNER_STDERR_TAIL && skip < 3 && skip < len &&
+	       ((unsigned char)result->stderr_tail[skip] & 0xC0) == 0x80)
+		skip++;
+	memmove(result->stderr_tail, result->stderr_tail + skip, len - skip);
+	result->stderr_len = len - skip;
+	result->stderr_tail[result->stderr_len] = '\0';
+}
+
+static void build_result(struct run *run, int wait_status, struct runner_result *result)
+{
+	memset(result, 0, sizeof(*result));
+	result->status = classify(run, wait_status);
+	result->exit_code = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
+	result->signal = WIFSIGNALED(wait_status) ? WTERMSIG(wait_status) : 0;
+	if (run->out != NULL) {
+		run->out[run->out_len] = '\0';
+		result->output = run->out;
+		result->output_len = run->out_len;
+	} else {
+		result->output = (char *)"";
+	}
+	stderr_tail(run, result);
+	result->duration_ms = now_ms() - run->started_ms;
+}
+
+void runner_child_exited(struct run *run, int wait_status)
+{
+	struct runner_result result;
+
+	ev_timer_stop(run->loop, &run->timeout_timer);
+	ev_timer_stop(run->loop, &run->grace_timer);
+	/* First the rest of the group (a grandchild may hold the pipes), so draining ends. */
+	signal_group(run, SIGKILL);
+	stream_close(run, STREAM_STDIN);
+	for (int s = STREAM_STDOUT; s < STREAM_COUNT; s++) {
+		stream_read(run, (enum stream)s, s == STREAM_STDOUT ? SIZE_MAX : DRAIN_MAX_BYTES, INT32_MAX);
+		if (s != STREAM_STDOUT)
+			lines_flush(run, (enum stream)s);
+		stream_close(run, (enum stream)s);
+	}
+	build_result(run, wait_status, &result);
+	registry_remove(run);
+	if (run->cb.done != NULL)
+		run->cb.done(run, &result, run->cb.arg);
+	run_free(run);
+}
+
+/* ---- the rest of the interface ----------------------------------------- */
+
+pid_t runner_pgid(const struct run *run)
+{
+	return run->pid;
+}
+
+void runner_kill(struct run *run)
+{
+	run->killed = true;
+	ev_timer_stop(run->loop, &run->timeout_timer);
+	ev_timer_stop(run->loop, &run->grace_timer);
+	signal_group(run, SIGKILL);
+}
+
+struct run *runner_find(pid_t pid)
+{
+	for (struct run *run = runs; run != NULL; run = run->next) {
+		if (run->pid == pid)
+			return run;
+	}
+	return NULL;
+}
+
+size_t runner_active(void)
+{
+	return run_count;
+}
