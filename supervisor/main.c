@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <grp.h>
 #include <limits.h>
 #include <pwd.h>
@@ -45,16 +46,23 @@ struct options {
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: drover [-c FILE] [-t] [-d] [-V]\n");
+	fprintf(stderr, "usage: drover [-c FILE] [-t] [-d] [-V] [--print-options]\n");
 	exit(EXIT_USAGE);
 }
 
 static void parse_options(int argc, char **argv, struct options *opts)
 {
+	static const struct option long_options[] = {
+		{ "print-options", no_argument, NULL, 'P' },
+		{ NULL, 0, NULL, 0 },
+	};
 	int c;
 	opts->config_path = CONFIG_DEFAULT_FILE;
-	while ((c = getopt(argc, argv, "c:tdVh")) != -1) {
+	while ((c = getopt_long(argc, argv, "c:tdVh", long_options, NULL)) != -1) {
 		switch (c) {
+		case 'P':
+			config_print_reference(stdout);
+			exit(0);
 		case 'c': opts->config_path = optarg; break;
 		case 't': opts->test_only = true; break;
 		case 'd': opts->daemonize = true; break;
