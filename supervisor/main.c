@@ -125,6 +125,8 @@ static void make_parent_dir(const char *path)
 /* Opens and locks the pid file; the lock (not the pid in it) says an instance lives. */
 static int pidfile_lock(const char *path)
 {
+	if (path[0] == '\0')
+		return -1; /* no pid file wanted */
 	make_parent_dir(path);
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
@@ -143,6 +145,8 @@ static int pidfile_lock(const char *path)
 static void pidfile_write(int fd, const char *path)
 {
 	char buf[32];
+	if (fd < 0)
+		return;
 	int len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
 	if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || write_all(fd, buf, (size_t)len) < 0)
 		log_fatal(EXIT_UNAVAILABLE, "cannot write pid file %s", path);
@@ -301,10 +305,12 @@ int main(int argc, char **argv)
 
 	control_close(sup.control);
 	pool_destroy(sup.pool);
-	if (pid_path != NULL && unlink(pid_path) < 0 && errno != ENOENT)
-		log_warn("cannot remove pid file %s", pid_path);
+	if (pid_fd >= 0) {
+		if (unlink(pid_path) < 0 && errno != ENOENT)
+			log_warn("cannot remove pid file %s", pid_path);
+		close(pid_fd);
+	}
 	free(pid_path);
-	close(pid_fd);
 	scoreboard_destroy(sup.scoreboard);
 	log_info("stopped");
 	config_free(sup.cfg);

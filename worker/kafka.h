@@ -7,8 +7,26 @@
 #ifndef DROVER_KAFKA_H
 #define DROVER_KAFKA_H
 
+#include "scoreboard.h"
 #include "source.h"
 
 extern const struct source_ops kafka_source_ops;
+
+/*
+ * The worker's scoreboard slot: the source publishes its assigned partitions
+ * and their lag there (partition_count, partitions[]), inside
+ * scoreboard_write_begin/end. Call after open(); NULL detaches.
+ */
+void kafka_source_set_scoreboard(struct source *src, struct scoreboard_slot *slot);
+
+/*
+ * On a rebalance that revokes partitions, jobs from them still running after
+ * the drain time are handed to revoke(job, arg): the worker kills the handler
+ * and then calls release() for the job as usual (it will run again on the new
+ * owner). Without a hook, unfinished jobs are simply left to run and their
+ * outcome is still produced, but their offsets are not committed by this
+ * worker any more.
+ */
+void kafka_source_set_revoke_hook(struct source *src, void (*revoke)(struct job *job, void *arg), void *arg);
 
 #endif
