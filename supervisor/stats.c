@@ -1,0 +1,425 @@
+/*
+ * stats: the `stats` JSON object and the Prometheus `metrics` text (spec
+ * section 7). Both are computed from the supervisor's slot table and the
+ * shared-memory scoreboard only, never by asking a worker, so they answer
+ * while every worker is busy. Job totals are the counters of workers that
+ * have exited (sup->retired) plus those of every live worker. Nothing here
+ * ever prints a secret: only counters, states, ids and the config's path.
+ */
+#include "stats.h"
+#include "supervisor.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef DROVER_VERSION
+#define DROVER_VERSION "unknown"
+#endif
+
+/* ---- reading the slots ------------------------------------------------- */
+
+/*
+ * The scoreboard copy of a slot, when it belongs to the worker the slot table
+ * names (a slot not yet claimed by its new owner, or left by a dead one, has
+ * counters that are zero or already in sup->retired).
+ */
+static bool read_live_slot(const struct supervisor *sup, const struct slot_view *view, struct scoreboard_slot *copy)
+{
+	if (view->pid <= 0 || sup->scoreboard == NULL)
+		return false;
+	const struct scoreboard_slot *shared = scoreboard_slot(sup->scoreboard, view->slot);
+	if (shared == NULL)
+		return false;
+	scoreboard_read_slot(shared, copy);
+	return copy->pid == view->pid;
+}
+
+struct totals {
+	struct scoreboard_counters counters;
+	long long in_flight;
+	unsigned long long restarts;
+	int by_state[SLOT_STOPPED + 1];
+};
+
+/* Calls visit for every slot with its view and (when live) scoreboard copy; sums into totals. */
+typedef int (*slot_visitor)(void *ctx, const struct slot_view *view, const struct scoreboard_slot *live);
+
+static int for_each_slot(const struct supervisor *sup, struct totals *totals, slot_visitor visit, void *ctx)
+{
+	memset(totals, 0, sizeof(*totals));
+	totals->counters = sup->retired;
+	struct scoreboard_slot *copy = malloc(sizeof(*copy));
+	if (copy == NULL)
+		return -1;
+	int rc = 0;
+	int count = supervisor_slot_count(sup);
+	for (int i = 0; i < count && rc == 0; i++) {
+		struct slot_view view;
+		memset(&view, 0, sizeof(view));
+		if (!supervisor_slot_view(sup, i, &view))
+			continue;
+		bool live = read_live_slot(sup, &view, copy);
+		if (live) {
+			scoreboard_counters_add(&totals->counters, &copy->counters);
+			totals->in_flight += copy->in_flight;
+		}
+		totals->restarts += view.restarts;
+		if (view.state >= 0 && view.state <= SLOT_STOPPED)
+			totals->by_state[view.state]++;
+		if (visit != NULL)
+			rc = visit(ctx, &view, live ? copy : NULL);
+	}
+	free(copy);
+	return rc;
+}
+
+/* ---- stats (JSON) ------------------------------------------------------ */
+
+/* jansson's set_new steals the value even on failure; remember any failure. */
+static void put(json_t *obj, const char *key, json_t *value, bool *ok)
+{
+	if (value == NULL || json_object_set_new(obj, key, value) < 0)
+		*ok = false;
+}
+
+static void append(json_t *array, json_t *value, bool *ok)
+{
+	if (value == NULL || json_array_append_new(array, value) < 0)
+		*ok = false;
+}
+
+static json_t *string_or_null(const char *s)
+{
+	return s != NULL && s[0] != '\0' ? json_string(s) : json_null();
+}
+
+/* Strings from shared memory are bounded but may be unterminated or not UTF-8 if torn. */
+static json_t *bounded_string(const char *s, size_t cap)
+{
+	size_t len = strnlen(s, cap);
+	if (len == 0)
+		return json_null();
+	json_t *value = json_stringn(s, len);
+	return value != NULL ? value : json_string("?");
+}
+
+static json_t *progress_value(float progress)
+{
+	if (!(progress >= 0.0f)) /* also NaN */
+		return json_null();
+	double p = progress > 1.0f ? 1.0 : (double)progress;
+	return json_real((double)(long long)(p * 1000.0 + 0.5) / 1000.0);
+}
+
+static json_t *jobs_of(const struct scoreboard_slot *live, bool *ok)
+{
+	json_t *jobs = json_array();
+	if (jobs == NULL || live == NULL) {
+		*ok = *ok && jobs != NULL;
+		return jobs;
+	}
+	long long now = wall_ms();
+	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
+		const struct scoreboard_job *job = &live->jobs[i];
+		if (!job->used)
+			continue;
+		json_t *entry = json_object();
+		if (entry == NULL) {
+			*ok = false;
+			break;
+		}
+		put(entry, "id", bounded_string(job->id, sizeof(job->id)), ok);
+		put(entry, "attempt", json_integer(job->attempt), ok);
+		put(entry, "age_ms", json_integer(job->started_ms > 0 ? now - job->started_ms : 0), ok);
+		put(entry, "progress", progress_value(job->progress), ok);
+		append(jobs, entry, ok);
+	}
+	return jobs;
+}
+
+static json_t *kafka_of(const struct scoreboard_slot *live, bool *ok)
+{
+	json_t *kafka = json_object();
+	json_t *partitions = json_array();
+	long long total = 0;
+	int count = live != NULL ? live->partition_count : 0;
+	if (count > SCOREBOARD_PARTITIONS)
+		count = SCOREBOARD_PARTITIONS;
+	for (int i = 0; i < count && partitions != NULL; i++) {
+		const struct scoreboard_partition *p = &live->partitions[i];
+		json_t *entry = json_object();
+		if (entry == NULL) {
+			*ok = false;
+			break;
+		}
+		put(entry, "topic", bounded_string(p->topic, sizeof(p->topic)), ok);
+		put(entry, "partition", json_integer(p->partition), ok);
+		put(entry, "lag", p->lag >= 0 ? json_integer(p->lag) : json_null(), ok);
+		append(partitions, entry, ok);
+		if (p->lag > 0)
+			total += p->lag;
+	}
+	if (kafka == NULL) {
+		json_decref(partitions);
+		*ok = false;
+		return NULL;
+	}
+	put(kafka, "partitions", partitions, ok);
+	put(kafka, "lag", json_integer(total), ok);
+	return kafka;
+}
+
+struct json_ctx {
+	const struct supervisor *sup;
+	json_t *workers;
+	long long wall_now;
+	long long mono_now;
+	bool ok;
+};
+
+static int worker_json(void *arg, const struct slot_view *view, const struct scoreboard_slot *live)
+{
+	struct json_ctx *ctx = arg;
+	bool *ok = &ctx->ok;
+	json_t *w = json_object();
+	if (w == NULL)
+		return -1;
+	put(w, "slot", json_integer(view->slot), ok);
+	put(w, "pid", json_integer(view->pid), ok);
+	put(w, "state", json_string(slot_state_name(view->state)), ok);
+	put(w, "uptime_ms", json_integer(view->pid > 0 && view->started_ms > 0 ? ctx->wall_now - view->started_ms : 0), ok);
+	put(w, "restarts", json_integer(view->restarts), ok);
+	put(w, "last_exit", string_or_null(view->last_exit), ok);
+	if (view->state == SLOT_BACKOFF && view->backoff_until_ms > 0) {
+		long long left = view->backoff_until_ms - ctx->wall_now;
+		put(w, "backoff_ms", json_integer(left > 0 ? left : 0), ok);
+	}
+	put(w, "in_flight", json_integer(live != NULL ? live->in_flight : 0), ok);
+	put(w, "completed", json_integer(live != NULL ? (json_int_t)live->counters.completed : 0), ok);
+	put(w, "failed", json_integer(live != NULL ? (json_int_t)live->counters.failed : 0), ok);
+	put(w, "timed_out", json_integer(live != NULL ? (json_int_t)live->counters.timed_out : 0), ok);
+	put(w, "heartbeat_age_ms",
+	    live != NULL && live->heartbeat_ms > 0 ? json_integer(ctx->mono_now - live->heartbeat_ms) : json_null(), ok);
+	put(w, "fault", live != NULL ? bounded_string(live->fault, sizeof(live->fault)) : json_null(), ok);
+	put(w, "jobs", jobs_of(live, ok), ok);
+	if (ctx->sup->cfg != NULL && ctx->sup->cfg->backend == BACKEND_KAFKA)
+		put(w, "kafka", kafka_of(live, ok), ok);
+	append(ctx->workers, w, ok);
+	return 0;
+}
+
+static json_t *jobs_totals(const struct totals *totals, bool *ok)
+{
+	json_t *jobs = json_object();
+	if (jobs == NULL) {
+		*ok = false;
+		return NULL;
+	}
+	const struct scoreboard_counters *c = &totals->counters;
+	put(jobs, "started", json_integer((json_int_t)c->started), ok);
+	put(jobs, "completed", json_integer((json_int_t)c->completed), ok);
+	put(jobs, "failed", json_integer((json_int_t)c->failed), ok);
+	put(jobs, "timed_out", json_integer((json_int_t)c->timed_out), ok);
+	put(jobs, "retried", json_integer((json_int_t)c->retried), ok);
+	put(jobs, "in_flight", json_integer(totals->in_flight), ok);
+	return jobs;
+}
+
+/* json_dumps plus the protocol's trailing newline. */
+static char *dump_line(json_t *root)
+{
+	char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (text == NULL)
+		return NULL;
+	size_t len = strlen(text);
+	char *line = realloc(text, len + 2);
+	if (line == NULL) {
+		free(text);
+		return NULL;
+	}
+	line[len] = '\n';
+	line[len + 1] = '\0';
+	return line;
+}
+
+char *stats_json(const struct supervisor *sup)
+{
+	struct json_ctx ctx = { .sup = sup, .workers = json_array(), .wall_now = wall_ms(), .mono_now = now_ms(), .ok = true };
+	struct totals totals;
+	json_t *root = json_object();
+	if (root == NULL || ctx.workers == NULL || for_each_slot(sup, &totals, worker_json, &ctx) < 0) {
+		json_decref(root);
+		json_decref(ctx.workers);
+		return NULL;
+	}
+	const struct config *cfg = sup->cfg;
+	bool *ok = &ctx.ok;
+	put(root, "version", json_string(DROVER_VERSION), ok);
+	put(root, "pid", json_integer(getpid()), ok);
+	put(root, "uptime_ms", json_integer(sup->started_ms > 0 ? ctx.wall_now - sup->started_ms : 0), ok);
+	put(root, "backend", json_string(config_backend_name(cfg != NULL ? cfg->backend : BACKEND_SPOOL)), ok);
+	put(root, "config_file", string_or_null(cfg != NULL && cfg->file != NULL ? cfg->file : sup->config_path), ok);
+	put(root, "config_generation", json_integer(sup->generation), ok);
+	put(root, "reloads", json_integer(sup->reloads), ok);
+	put(root, "last_reload", string_or_null(sup->last_reload), ok);
+	put(root, "stopping", json_boolean(sup->stopping), ok);
+	put(root, "workers_desired", json_integer(supervisor_workers_desired(sup)), ok);
+	put(root, "workers_alive", json_integer(supervisor_workers_alive(sup)), ok);
+	put(root, "jobs", jobs_totals(&totals, ok), ok);
+	put(root, "jobs_lost", json_integer((json_int_t)sup->jobs_lost), ok);
+	put(root, "workers", ctx.workers, ok);
+	char *text = ctx.ok ? dump_line(root) : NULL;
+	json_decref(root);
+	return text;
+}
+
+/* ---- metrics (Prometheus text format 0.0.4) ----------------------------- */
+
+static void write_label_value(FILE *out, const char *value, size_t cap)
+{
+	for (size_t i = 0; i < cap && value[i] != '\0'; i++) {
+		char ch = value[i];
+		if (ch == '\\')
+			fputs("\\\\", out);
+		else if (ch == '"')
+			fputs("\\\"", out);
+		else if (ch == '\n')
+			fputs("\\n", out);
+		else
+			fputc(ch, out);
+	}
+}
+
+static void write_header(FILE *out, const char *name, const char *type, const char *help)
+{
+	fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void write_histogram(FILE *out, const struct scoreboard_counters *c)
+{
+	write_header(out, "drover_job_duration_seconds", "histogram", "Duration of finished job attempts.");
+	/* The scoreboard keeps one count per bucket; Prometheus buckets are cumulative. */
+	uint64_t cumulative = 0;
+	for (int i = 0; i < SCOREBOARD_DURATION_BUCKETS; i++) {
+		cumulative += c->duration_buckets[i];
+		fprintf(out, "drover_job_duration_seconds_bucket{le=\"%g\"} %" PRIu64 "\n", scoreboard_duration_bounds[i],
+			cumulative);
+	}
+	cumulative += c->duration_buckets[SCOREBOARD_DURATION_BUCKETS];
+	fprintf(out, "drover_job_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cumulative);
+	fprintf(out, "drover_job_duration_seconds_sum %.6f\n", c->duration_sum_s);
+	fprintf(out, "drover_job_duration_seconds_count %" PRIu64 "\n", cumulative);
+}
+
+/* Consumer lag per assigned partition; a partition seen twice (mid-rebalance) is reported once. */
+struct lag_ctx {
+	FILE *out;
+	bool header_done;
+	struct seen {
+		char topic[SCOREBOARD_TOPIC_MAX];
+		int32_t partition;
+	} *seen;
+	size_t seen_count, seen_cap;
+};
+
+static bool lag_seen(struct lag_ctx *ctx, const struct scoreboard_partition *p)
+{
+	for (size_t i = 0; i < ctx->seen_count; i++)
+		if (ctx->seen[i].partition == p->partition && strncmp(ctx->seen[i].topic, p->topic, SCOREBOARD_TOPIC_MAX) == 0)
+			return true;
+	if (ctx->seen_count == ctx->seen_cap) {
+		size_t cap = ctx->seen_cap ? ctx->seen_cap * 2 : 64;
+		void *grown = realloc(ctx->seen, cap * sizeof(*ctx->seen));
+		if (grown == NULL)
+			return true; /* skipping a sample is better than a duplicate series */
+		ctx->seen = grown;
+		ctx->seen_cap = cap;
+	}
+	memcpy(ctx->seen[ctx->seen_count].topic, p->topic, SCOREBOARD_TOPIC_MAX);
+	ctx->seen[ctx->seen_count].partition = p->partition;
+	ctx->seen_count++;
+	return false;
+}
+
+static int lag_visit(void *arg, const struct slot_view *view, const struct scoreboard_slot *live)
+{
+	struct lag_ctx *ctx = arg;
+	if (live == NULL)
+		return 0;
+	int count = live->partition_count > SCOREBOARD_PARTITIONS ? SCOREBOARD_PARTITIONS : live->partition_count;
+	for (int i = 0; i < count; i++) {
+		const struct scoreboard_partition *p = &live->partitions[i];
+		if (p->lag < 0 || p->topic[0] == '\0' || lag_seen(ctx, p))
+			continue;
+		if (!ctx->header_done) {
+			write_header(ctx->out, "drover_kafka_consumer_lag", "gauge",
+				     "Messages behind the high watermark, per assigned partition.");
+			ctx->header_done = true;
+		}
+		fputs("drover_kafka_consumer_lag{topic=\"", ctx->out);
+		write_label_value(ctx->out, p->topic, sizeof(p->topic));
+		fprintf(ctx->out, "\",partition=\"%d\"} %" PRId64 "\n", p->partition, p->lag);
+	}
+	return 0;
+}
+
+static void write_counters(FILE *out, const struct supervisor *sup, const struct totals *t)
+{
+	write_header(out, "drover_up", "gauge", "1 while the supervisor runs.");
+	fputs("drover_up 1\n", out);
+	write_header(out, "drover_workers", "gauge", "Worker slots by state.");
+	for (int s = SLOT_STARTING; s <= SLOT_STOPPED; s++)
+		fprintf(out, "drover_workers{state=\"%s\"} %d\n", slot_state_name((enum slot_state)s), t->by_state[s]);
+	write_header(out, "drover_workers_desired", "gauge", "Configured number of workers.");
+	fprintf(out, "drover_workers_desired %d\n", supervisor_workers_desired(sup));
+	write_header(out, "drover_worker_restarts_total", "counter", "Worker restarts of the current slots.");
+	fprintf(out, "drover_worker_restarts_total %llu\n", t->restarts);
+	const struct scoreboard_counters *c = &t->counters;
+	write_header(out, "drover_jobs_started_total", "counter", "Job attempts started.");
+	fprintf(out, "drover_jobs_started_total %" PRIu64 "\n", c->started);
+	write_header(out, "drover_jobs_total", "counter", "Finished jobs and retried attempts by outcome.");
+	fprintf(out, "drover_jobs_total{outcome=\"completed\"} %" PRIu64 "\n", c->completed);
+	fprintf(out, "drover_jobs_total{outcome=\"failed\"} %" PRIu64 "\n", c->failed);
+	fprintf(out, "drover_jobs_total{outcome=\"timed_out\"} %" PRIu64 "\n", c->timed_out);
+	fprintf(out, "drover_jobs_total{outcome=\"retried\"} %" PRIu64 "\n", c->retried);
+	write_header(out, "drover_jobs_in_flight", "gauge", "Jobs running now.");
+	fprintf(out, "drover_jobs_in_flight %lld\n", t->in_flight);
+	write_header(out, "drover_jobs_lost_total", "counter", "In-flight jobs of workers that died (they run again).");
+	fprintf(out, "drover_jobs_lost_total %" PRIu64 "\n", sup->jobs_lost);
+	write_histogram(out, c);
+	write_header(out, "drover_reloads_total", "counter", "Configuration reloads applied.");
+	fprintf(out, "drover_reloads_total %u\n", sup->reloads);
+	write_header(out, "drover_config_generation", "gauge", "Generation of the running configuration.");
+	fprintf(out, "drover_config_generation %u\n", sup->generation);
+}
+
+char *stats_metrics(const struct supervisor *sup)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	if (out == NULL)
+		return NULL;
+	struct totals totals;
+	struct lag_ctx lag = { .out = out };
+	bool kafka = sup->cfg != NULL && sup->cfg->backend == BACKEND_KAFKA;
+	/* The lag series come last, so a first pass sums the totals and a second prints them. */
+	int rc = for_each_slot(sup, &totals, NULL, NULL);
+	if (rc == 0) {
+		write_counters(out, sup, &totals);
+		if (kafka)
+			rc = for_each_slot(sup, &totals, lag_visit, &lag);
+	}
+	free(lag.seen);
+	if (fclose(out) != 0 || rc < 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
