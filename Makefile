@@ -21,8 +21,9 @@ PYTHON    ?= /usr/bin/python3
 PKGS      := rdkafka libev jansson inih
 CPPFLAGS  += -D_GNU_SOURCE -DDROVER_VERSION='"$(VERSION)"' -Ishared -Iworker -Isupervisor -Ictl
 CFLAGS    ?= -O2 -g
-CFLAGS    += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-CFLAGS    += -fno-strict-aliasing
+# Kept apart from CFLAGS so that a CFLAGS given on the command line (the sanitizer tree,
+# debian/rules) keeps the warnings.
+WARNINGS  := -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -fno-strict-aliasing
 LDLIBS    += -lrdkafka -lev -ljansson -linih -lm
 
 LIB_SRC   := $(sort $(wildcard shared/*.c worker/*.c))
@@ -62,28 +63,28 @@ $(DEPS_STAMP):
 
 $(BUILD)/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/libdrover.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/drover: $(SUP_OBJ) $(BUILD)/libdrover.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/droverctl: $(CTL_OBJ) $(BUILD)/libdrover.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/handlers/%: handlers/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< -lm
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $< -lm
 
 $(BUILD)/support/%: tests/support/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libdrover.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 
 -include $(LIB_OBJ:.o=.d) $(SUP_OBJ:.o=.d) $(CTL_OBJ:.o=.d)
 

@@ -287,7 +287,6 @@ int main(int argc, char **argv)
 		log_fatalx(EXIT_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
 	if (opts.daemonize)
 		daemonize();
-	pidfile_write(pid_fd, cfg->pid_file);
 	drop_privileges(&id);
 	prepare_queue(cfg);
 
@@ -301,7 +300,10 @@ int main(int argc, char **argv)
 	if (sup.pool == NULL)
 		log_fatal(EXIT_SOFTWARE, "cannot create the worker pool");
 
-	int code = supervisor_run(&sup);
+	supervisor_start(&sup);
+	/* Written once the pool is up, so that the pid file means "ready" for init scripts. */
+	pidfile_write(pid_fd, pid_path);
+	int code = supervisor_serve(&sup);
 
 	control_close(sup.control);
 	pool_destroy(sup.pool);

@@ -16,6 +16,8 @@
 
 /* After QUIT, how long workers get to kill their jobs and exit, beyond kill_grace_ms. */
 #define STOP_KILL_MARGIN_MS 3000
+/* How often the service manager's status line is refreshed. */
+#define STATUS_INTERVAL_S 5.0
 
 const char *slot_state_name(enum slot_state state)
 {
@@ -228,19 +230,39 @@ static void supervisor_watch_signals(struct supervisor *sup)
 	}
 }
 
-int supervisor_run(struct supervisor *sup)
+static void supervisor_status_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
+	struct supervisor *sup = timer->data;
 	char status[128];
+	int in_flight = 0;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+		in_flight += __atomic_load_n(&scoreboard_slot(sup->scoreboard, i)->in_flight, __ATOMIC_RELAXED);
+	snprintf(status, sizeof(status), "%d/%d workers, %d jobs in flight", pool_alive(sup->pool),
+	         pool_desired(sup->pool), in_flight);
+	notify_status(status);
+}
 
+void supervisor_start(struct supervisor *sup)
+{
 	ev_timer_init(&sup->stop_timer, supervisor_stop_timer_cb, 0, 0);
 	sup->stop_timer.data = sup;
+	ev_timer_init(&sup->status_timer, supervisor_status_cb, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
+	sup->status_timer.data = sup;
+	ev_timer_start(sup->loop, &sup->status_timer);
 	supervisor_watch_signals(sup);
 	control_start(sup->control);
 	pool_start(sup->pool);
+}
+
+int supervisor_serve(struct supervisor *sup)
+{
+	char status[128];
+
 	snprintf(status, sizeof(status), "%d workers on the %s queue", sup->cfg->workers,
 	         config_backend_name(sup->cfg->backend));
 	notify_ready(status);
 	log_info("drover %s ready: %s", DROVER_VERSION, status);
 	ev_run(sup->loop, 0);
+	ev_timer_stop(sup->loop, &sup->status_timer);
 	return 0;
 }

@@ -45,11 +45,14 @@ struct supervisor {
 	bool stopping;
 	int stop_stage;            /* 0 draining, 1 jobs killed (QUIT), 2 workers killed */
 	ev_timer stop_timer;
+	ev_timer status_timer;
 	ev_signal signals[8];
 };
 
-/* Sets up signal watchers, forks the workers, serves until stopped. Returns the exit code. */
-int supervisor_run(struct supervisor *sup);
+/* Sets up signal watchers, the control socket and forks the workers. */
+void supervisor_start(struct supervisor *sup);
+/* Tells the service manager it is ready and serves until stopped. Returns the exit code. */
+int supervisor_serve(struct supervisor *sup);
 
 const char *slot_state_name(enum slot_state state);
 

@@ -1,0 +1,53 @@
+# mk/install.mk: `make install` and `make uninstall` (PREFIX, DESTDIR).
+#
+#   make install                      -> /usr/local/{sbin,bin,lib/drover,etc/drover,share/man}
+#   make install PREFIX=/usr          -> /usr/..., configuration in /etc/drover
+#   make install DESTDIR=/tmp/stage   -> the same under a staging root (packages)
+#
+# The configuration is a reference file meant to be edited, so a plain
+# `make install` never overwrites an existing one; a staged install (DESTDIR)
+# always writes it. Its handler path is rewritten when the handlers do not
+# live in /usr/lib/drover. The service files (init script, systemd unit,
+# logrotate) come with the Debian package (`make deb`), whose paths they name.
+
+SBINDIR    ?= $(PREFIX)/sbin
+BINDIR     ?= $(PREFIX)/bin
+LIBDIR     ?= $(PREFIX)/lib
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+HANDLERDIR := $(LIBDIR)/drover/handlers
+CONF_DEST  := $(DESTDIR)$(SYSCONFDIR)/drover/drover.ini
+
+MAN8 := packaging/man/drover.8 packaging/man/droverctl.8
+MAN5 := packaging/man/drover.ini.5
+
+.PHONY: install install-programs install-config install-man uninstall
+
+install: install-programs install-config install-man
+
+install-programs: $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(HANDLERDIR)
+	install -m 0755 $(BUILD)/drover $(DESTDIR)$(SBINDIR)/drover
+	install -m 0755 $(BUILD)/droverctl $(DESTDIR)$(BINDIR)/droverctl
+	install -m 0755 $(BUILD)/handlers/demo $(DESTDIR)$(HANDLERDIR)/demo
+
+install-config: conf/drover.ini
+	@if [ -z "$(DESTDIR)" ] && [ -e "$(CONF_DEST)" ]; then \
+	  echo "install: keeping the existing $(CONF_DEST) (reference: conf/drover.ini)"; \
+	else \
+	  echo "install -m 0644 conf/drover.ini $(CONF_DEST)"; \
+	  install -d $(dir $(CONF_DEST)) && \
+	  sed 's|/usr/lib/drover/handlers/|$(HANDLERDIR)/|g' conf/drover.ini > $(CONF_DEST).tmp && \
+	  chmod 0644 $(CONF_DEST).tmp && mv $(CONF_DEST).tmp $(CONF_DEST); \
+	fi
+
+install-man: $(MAN8) $(MAN5)
+	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
+	install -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
+
+# Leaves the configuration: it may hold local changes.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/drover $(DESTDIR)$(BINDIR)/droverctl $(DESTDIR)$(HANDLERDIR)/demo
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8))) $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5)))
+	-rmdir $(DESTDIR)$(HANDLERDIR) $(DESTDIR)$(LIBDIR)/drover 2>/dev/null
