@@ -1,0 +1,917 @@
+/*
+ * Unit tests of the spool queue (worker/spool.c) on real temporary
+ * directories: durable enqueue, oldest-first claims, exactly-once claiming
+ * among competing processes, reclaim of dead claims (and only dead ones),
+ * attempt counts in names, outcome files, release, invalid payloads, outcome
+ * name sanitizing, inotify wake-ups and faults.
+ */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <regex.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "source.h"
+#include "spool.h"
+#include "util.h"
+
+static char spool_dir[64];
+static struct config test_cfg;
+
+/* What the callbacks saw. */
+static int ready_calls;
+static int settled_calls;
+static bool settled_durable;
+static char settled_id[256];
+
+static void on_ready(void *arg)
+{
+	ready_calls++;
+}
+
+static void on_settled(struct job *job, bool durable, void *arg)
+{
+	settled_calls++;
+	settled_durable = durable;
+	snprintf(settled_id, sizeof(settled_id), "%s", job->id);
+}
+
+static const struct source_callbacks callbacks = { .ready = on_ready, .settled = on_settled, .arg = NULL };
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void setup(void)
+{
+	char err[256];
+
+	snprintf(spool_dir, sizeof(spool_dir), "/tmp/drover-spool-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(spool_dir));
+	cr_assert_eq(spool_prepare(spool_dir, err, sizeof(err)), 0, "%s", err);
+	memset(&test_cfg, 0, sizeof(test_cfg));
+	test_cfg.spool_dir = spool_dir;
+	ready_calls = settled_calls = 0;
+	settled_durable = false;
+	settled_id[0] = '\0';
+}
+
+static void teardown(void)
+{
+	if (spool_dir[0] != '\0')
+		nftw(spool_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(spool, .init = setup, .fini = teardown, .timeout = 60);
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static void sub_path(char *buf, size_t len, const char *sub, const char *name)
+{
+	if (name != NULL)
+		snprintf(buf, len, "%s/%s/%s", spool_dir, sub, name);
+	else
+		snprintf(buf, len, "%s/%s", spool_dir, sub);
+}
+
+/* Number of entries (hidden ones included) in a spool subdirectory; the first name in first. */
+static int count_entries(const char *sub, char *first, size_t first_len)
+{
+	char path[512];
+	DIR *d;
+	struct dirent *de;
+	int n = 0;
+
+	sub_path(path, sizeof(path), sub, NULL);
+	d = opendir(path);
+	cr_assert_not_null(d, "opendir %s", path);
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (n == 0 && first != NULL)
+			snprintf(first, first_len, "%s", de->d_name);
+		n++;
+	}
+	closedir(d);
+	return n;
+}
+
+static void enqueue(const char *payload, char *id, size_t id_len)
+{
+	char local[2048];
+
+	if (id == NULL) {
+		id = local;
+		id_len = sizeof(local);
+	}
+	cr_assert_eq(spool_enqueue(spool_dir, payload, strlen(payload), id, id_len), 0, "enqueue: %s",
+	             strerror(errno));
+}
+
+/* A producer that does not use droverctl: a file written straight under its own name. */
+static void put_incoming(const char *name, const char *payload, time_t mtime)
+{
+	char path[512];
+	int fd;
+
+	sub_path(path, sizeof(path), "incoming", name);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write_all(fd, payload, strlen(payload)), 0);
+	if (mtime != 0) {
+		struct timespec times[2] = { { mtime, 0 }, { mtime, 0 } };
+		cr_assert_eq(futimens(fd, times), 0);
+	}
+	close(fd);
+}
+
+static char *slurp(const char *sub, const char *name)
+{
+	char path[512];
+	size_t len;
+
+	sub_path(path, sizeof(path), sub, name);
+	return read_file(path, 1 << 20, &len);
+}
+
+static bool exists(const char *sub, const char *name)
+{
+	char path[512];
+
+	sub_path(path, sizeof(path), sub, name);
+	return access(path, F_OK) == 0;
+}
+
+static struct source *open_source(struct ev_loop *loop)
+{
+	char err[256] = "";
+	struct source *src = spool_source_ops.open(&test_cfg, loop, 1, &callbacks, err, sizeof(err));
+	cr_assert_not_null(src, "open: %s", err);
+	return src;
+}
+
+static struct job *take_one(struct source *src)
+{
+	struct job *job = NULL;
+	cr_assert_eq(spool_source_ops.take(src, &job), 0, "expected a job");
+	cr_assert_not_null(job);
+	return job;
+}
+
+static void expect_none(struct source *src)
+{
+	struct job *job = NULL;
+	cr_assert_eq(spool_source_ops.take(src, &job), 1, "expected no job, got %s", job ? job->id : "?");
+}
+
+static void finish_ok(struct source *src, struct job *job)
+{
+	static const char doc[] = "{\"done\":true}";
+	spool_source_ops.finish(src, job, true, doc, strlen(doc));
+}
+
+/* Runs the loop until *flag becomes true or the deadline passes; false on timeout. */
+struct deadline {
+	ev_timer timer;
+	bool expired;
+};
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	((struct deadline *)w)->expired = true;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static bool run_until(struct ev_loop *loop, const bool *flag, double seconds)
+{
+	struct deadline d = { .expired = false };
+
+	ev_timer_init(&d.timer, deadline_cb, seconds, 0.);
+	ev_timer_start(loop, &d.timer);
+	while (!*flag && !d.expired)
+		ev_run(loop, EVRUN_ONCE);
+	ev_timer_stop(loop, &d.timer);
+	return *flag;
+}
+
+/* ---- directories and enqueue ----------------------------------------------- */
+
+Test(spool, prepare_creates_and_health_checks)
+{
+	char err[256], path[512];
+
+	sub_path(path, sizeof(path), "fresh/deeper", NULL);
+	cr_assert_neq(spool_health(path, err, sizeof(err)), 0, "health of a missing spool must fail");
+	cr_assert_eq(spool_prepare(path, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(spool_health(path, err, sizeof(err)), 0, "%s", err);
+	static const char *subs[] = { "tmp", "incoming", "processing", "complete", "failed" };
+	for (size_t i = 0; i < 5; i++) {
+		char sub[600];
+		struct stat st;
+		snprintf(sub, sizeof(sub), "%s/%s", path, subs[i]);
+		cr_assert_eq(stat(sub, &st), 0, "%s missing", sub);
+		cr_assert(S_ISDIR(st.st_mode));
+	}
+	/* A subdirectory replaced by a file is reported by name. */
+	char failed[600];
+	snprintf(failed, sizeof(failed), "%s/failed", path);
+	cr_assert_eq(rmdir(failed), 0);
+	cr_assert_eq(close(open(failed, O_WRONLY | O_CREAT, 0644)), 0);
+	cr_assert_neq(spool_health(path, err, sizeof(err)), 0);
+	cr_assert_not_null(strstr(err, "failed"), "error names the directory: %s", err);
+	cr_assert_neq(spool_prepare(path, err, sizeof(err)), 0);
+}
+
+Test(spool, enqueue_is_a_rename_into_incoming_with_an_id)
+{
+	char id[256], name[256], expected[300];
+	regex_t re;
+	static const char payload[] = "{\"prompt\":\"a cat\"}";
+
+	enqueue(payload, id, sizeof(id));
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0, "nothing left in tmp/");
+	cr_assert_eq(count_entries("incoming", name, sizeof(name)), 1);
+	cr_assert_eq(regcomp(&re, "^[0-9]{13}-[0-9]+-[0-9]+\\.json$", REG_EXTENDED | REG_NOSUB), 0);
+	cr_assert_eq(regexec(&re, name, 0, NULL, 0), 0, "name %s", name);
+	regfree(&re);
+	/* No "id" field: the file name without .json. */
+	snprintf(expected, sizeof(expected), "%.*s", (int)(strlen(name) - 5), name);
+	cr_assert_str_eq(id, expected);
+	char *content = slurp("incoming", name);
+	cr_assert_str_eq(content, payload);
+	free(content);
+
+	enqueue("{\"id\":\"job-42\",\"prompt\":\"x\"}", id, sizeof(id));
+	cr_assert_str_eq(id, "job-42");
+	cr_assert_eq(count_entries("incoming", NULL, 0), 2);
+}
+
+Test(spool, enqueue_names_are_unique_and_ordered)
+{
+	char a[64], b[64];
+
+	enqueue("{}", a, sizeof(a));
+	enqueue("{}", b, sizeof(b));
+	cr_assert_str_neq(a, b);
+	cr_assert_lt(strverscmp(a, b), 0, "%s before %s", a, b);
+}
+
+Test(spool, enqueue_refuses_an_id_that_does_not_fit_before_writing)
+{
+	char small[4];
+	static const char payload[] = "{\"id\":\"much-too-long\"}";
+
+	cr_assert_eq(spool_enqueue(spool_dir, payload, strlen(payload), small, sizeof(small)), -1);
+	cr_assert_eq(count_entries("incoming", NULL, 0), 0, "a job whose id was not returned must not be queued");
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0);
+}
+
+Test(spool, enqueue_into_a_missing_spool_fails)
+{
+	char id[64], path[512];
+
+	sub_path(path, sizeof(path), "nope", NULL);
+	cr_assert_eq(spool_enqueue(path, "{}", 2, id, sizeof(id)), -1);
+}
+
+/* ---- taking ------------------------------------------------------------------ */
+
+Test(spool, takes_oldest_first_by_mtime_then_name)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	time_t now = time(NULL);
+
+	put_incoming("c.json", "{\"id\":\"newest\"}", now - 10);
+	put_incoming("a.json", "{\"id\":\"middle\"}", now - 100);
+	put_incoming("z.json", "{\"id\":\"oldest\"}", now - 1000);
+	/* Same mtime: names in numeric order (job-9 before job-10). */
+	put_incoming("job-10.json", "{\"id\":\"tie-2\"}", now - 5);
+	put_incoming("job-9.json", "{\"id\":\"tie-1\"}", now - 5);
+	put_incoming(".hidden.json", "{\"id\":\"hidden\"}", now - 5000);
+
+	struct source *src = open_source(loop);
+	static const char *order[] = { "oldest", "middle", "newest", "tie-1", "tie-2" };
+	for (size_t i = 0; i < 5; i++) {
+		struct job *job = take_one(src);
+		cr_assert_str_eq(job->id, order[i]);
+		cr_assert_eq(job->attempts_done, 0);
+		cr_assert_not(job->invalid);
+		finish_ok(src, job);
+	}
+	expect_none(src);
+	cr_assert(exists("incoming", ".hidden.json"), "hidden files are left alone");
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, claim_moves_the_file_and_reads_the_payload)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char name[256];
+	static const char payload[] = "{\"id\":\"p1\",\"prompt\":\"a boat\"}";
+
+	enqueue(payload, NULL, 0);
+	count_entries("incoming", name, sizeof(name));
+	struct source *src = open_source(loop);
+	struct job *job = take_one(src);
+	cr_assert_str_eq(job->id, "p1");
+	cr_assert_eq(job->payload_len, strlen(payload));
+	cr_assert_str_eq(job->payload, payload);
+	cr_assert_not(exists("incoming", name));
+	cr_assert(exists("processing", name));
+	expect_none(src);
+	finish_ok(src, job);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, pause_stops_taking_and_resume_wakes)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct source *src = open_source(loop);
+
+	enqueue("{\"id\":\"paused\"}", NULL, 0);
+	spool_source_ops.pause(src);
+	expect_none(src);
+	ready_calls = 0;
+	spool_source_ops.resume(src);
+	/* cb.ready comes from the loop, never from inside resume(). */
+	cr_assert_eq(ready_calls, 0);
+	bool woke = false;
+	for (int i = 0; i < 100 && !woke; i++) {
+		ev_run(loop, EVRUN_NOWAIT);
+		woke = ready_calls > 0;
+	}
+	cr_assert(woke, "resume must be followed by cb.ready");
+	struct job *job = take_one(src);
+	cr_assert_str_eq(job->id, "paused");
+	cr_assert_eq(spool_source_ops.pending(src), 0);
+	cr_assert_str_eq(spool_source_ops.fault(src), "");
+	finish_ok(src, job);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+/* ---- invalid payloads ------------------------------------------------------------ */
+
+Test(spool, payloads_that_are_not_objects_are_invalid)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	time_t now = time(NULL);
+
+	put_incoming("1-text.json", "not json at all", now - 30);
+	put_incoming("2-array.json", "[1,2,3]", now - 20);
+	put_incoming("3-empty", "", now - 10);
+	put_incoming("4-object.json", "{\"id\":7}", now - 5);
+
+	struct source *src = open_source(loop);
+	static const char *ids[] = { "1-text", "2-array", "3-empty", "4-object" };
+	for (size_t i = 0; i < 4; i++) {
+		struct job *job = take_one(src);
+		cr_assert_str_eq(job->id, ids[i], "a non-string id falls back to the file name");
+		cr_assert_eq(job->invalid, i < 3, "%s invalid=%d", job->id, job->invalid);
+		spool_source_ops.finish(src, job, false, "{}", 2);
+	}
+	cr_assert(exists("failed", "1-text.json"));
+	cr_assert(exists("failed", "3-empty.json"));
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, an_oversized_payload_is_invalid_and_bounded)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char path[512];
+	size_t size = 17u * 1024 * 1024;
+	char *big = malloc(size);
+
+	cr_assert_not_null(big);
+	memset(big, ' ', size);
+	big[0] = '{';
+	big[size - 1] = '}';
+	sub_path(path, sizeof(path), "incoming", "big.json");
+	int fd = open(path, O_WRONLY | O_CREAT, 0644);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write_all(fd, big, size), 0);
+	close(fd);
+	free(big);
+
+	struct source *src = open_source(loop);
+	struct job *job = take_one(src);
+	cr_assert(job->invalid);
+	cr_assert_str_eq(job->id, "big");
+	cr_assert_leq(job->payload_len, 4096);
+	cr_assert_eq(strlen(job->payload), job->payload_len);
+	spool_source_ops.finish(src, job, false, "{}", 2);
+	cr_assert(exists("failed", "big.json"));
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+/* ---- attempts, finish, release ----------------------------------------------------- */
+
+Test(spool, attempt_renames_the_claim_and_keeps_the_id)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char name[256], with_attempt[300];
+
+	enqueue("{\"prompt\":\"no id\"}", NULL, 0);
+	count_entries("incoming", name, sizeof(name));
+	struct source *src = open_source(loop);
+	struct job *job = take_one(src);
+	char *id = strdup(job->id);
+
+	cr_assert_eq(spool_source_ops.attempt(src, job, 1), 0);
+	snprintf(with_attempt, sizeof(with_attempt), "%s;a=1", name);
+	cr_assert(exists("processing", with_attempt), "processing/%s", with_attempt);
+	cr_assert_not(exists("processing", name));
+
+	cr_assert_eq(spool_source_ops.attempt(src, job, 2), 0);
+	snprintf(with_attempt, sizeof(with_attempt), "%s;a=2", name);
+	cr_assert(exists("processing", with_attempt));
+	cr_assert_eq(count_entries("processing", NULL, 0), 1);
+	cr_assert_str_eq(job->id, id);
+
+	/* Released: back in incoming/ with the count; the next delivery knows 2 were made. */
+	spool_source_ops.release(src, job);
+	cr_assert(exists("incoming", with_attempt));
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	job = take_one(src);
+	cr_assert_eq(job->attempts_done, 2);
+	cr_assert_str_eq(job->id, id, "the id never carries the attempt suffix");
+	cr_assert_eq(spool_source_ops.attempt(src, job, 3), 0);
+	finish_ok(src, job);
+	char outcome[300];
+	snprintf(outcome, sizeof(outcome), "%s.json", id);
+	cr_assert(exists("complete", outcome), "complete/%s", outcome);
+	free(id);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, finish_writes_the_document_and_removes_the_claim)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	static const char doc_ok[] = "{\"id\":\"ok-1\",\"result\":{\"image\":\"/x.ppm\"}}";
+	static const char doc_bad[] = "{\"id\":\"bad-1\",\"error\":{\"reason\":\"exit_code\"}}";
+
+	enqueue("{\"id\":\"ok-1\"}", NULL, 0);
+	enqueue("{\"id\":\"bad-1\"}", NULL, 0);
+	struct source *src = open_source(loop);
+
+	struct job *job = take_one(src);
+	cr_assert_str_eq(job->id, "ok-1");
+	spool_source_ops.finish(src, job, true, doc_ok, strlen(doc_ok));
+	cr_assert_eq(settled_calls, 1);
+	cr_assert(settled_durable);
+	cr_assert_str_eq(settled_id, "ok-1");
+	char *content = slurp("complete", "ok-1.json");
+	cr_assert_not_null(content);
+	cr_assert_str_eq(content, doc_ok);
+	free(content);
+
+	job = take_one(src);
+	spool_source_ops.finish(src, job, false, doc_bad, strlen(doc_bad));
+	cr_assert_eq(settled_calls, 2);
+	content = slurp("failed", "bad-1.json");
+	cr_assert_not_null(content);
+	cr_assert_str_eq(content, doc_bad);
+	free(content);
+
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	cr_assert_eq(count_entries("incoming", NULL, 0), 0);
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0);
+	cr_assert_eq(count_entries("complete", NULL, 0), 1);
+	cr_assert_eq(count_entries("failed", NULL, 0), 1);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, a_duplicate_outcome_replaces_the_first)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+
+	enqueue("{\"id\":\"dup\",\"n\":1}", NULL, 0);
+	struct source *src = open_source(loop);
+	struct job *job = take_one(src);
+	spool_source_ops.finish(src, job, true, "{\"n\":1}", 7);
+	enqueue("{\"id\":\"dup\",\"n\":2}", NULL, 0);
+	spool_source_ops.close(src);
+	src = open_source(loop);
+	job = take_one(src);
+	spool_source_ops.finish(src, job, true, "{\"n\":2}", 7);
+	cr_assert_eq(count_entries("complete", NULL, 0), 1);
+	char *content = slurp("complete", "dup.json");
+	cr_assert_str_eq(content, "{\"n\":2}");
+	free(content);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, outcome_names_are_sanitized)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char name[512], longid[1200];
+	regex_t re;
+
+	enqueue("{\"id\":\"../../evil/x y\"}", NULL, 0);
+	/* An id of 1000 'k's. */
+	char ks[1001];
+	memset(ks, 'k', 1000);
+	ks[1000] = '\0';
+	snprintf(longid, sizeof(longid), "{\"id\":\"%s\"}", ks);
+	enqueue(longid, NULL, 0);
+	enqueue("{\"id\":\"a/b\"}", NULL, 0);
+	enqueue("{\"id\":\"a_b\"}", NULL, 0);
+
+	struct source *src = open_source(loop);
+	for (int i = 0; i < 4; i++)
+		finish_ok(src, take_one(src));
+	cr_assert_eq(count_entries("complete", NULL, 0), 4, "distinct ids keep distinct outcome files");
+	cr_assert(exists("complete", "a_b.json"), "a clean id is used as is");
+
+	cr_assert_eq(regcomp(&re, "^[A-Za-z0-9_-][A-Za-z0-9._-]*\\.json$", REG_EXTENDED | REG_NOSUB), 0);
+	char path[512];
+	sub_path(path, sizeof(path), "complete", NULL);
+	DIR *d = opendir(path);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.' && (de->d_name[1] == '\0' || strcmp(de->d_name, "..") == 0))
+			continue;
+		snprintf(name, sizeof(name), "%s", de->d_name);
+		cr_assert_eq(regexec(&re, name, 0, NULL, 0), 0, "unsafe outcome name %s", name);
+		cr_assert_leq(strlen(name), 200, "capped: %zu", strlen(name));
+	}
+	closedir(d);
+	regfree(&re);
+	/* Nothing escaped the spool. */
+	cr_assert_neq(access("/tmp/evil", F_OK), 0);
+	sub_path(path, sizeof(path), "evil", NULL);
+	cr_assert_neq(access(path, F_OK), 0);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, an_outcome_that_cannot_be_written_keeps_the_job_queued)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char complete[512], aside[512];
+
+	enqueue("{\"id\":\"stuck\"}", NULL, 0);
+	struct source *src = open_source(loop);
+	struct job *job = take_one(src);
+	sub_path(complete, sizeof(complete), "complete", NULL);
+	sub_path(aside, sizeof(aside), "complete-aside", NULL);
+	cr_assert_eq(rename(complete, aside), 0);
+	cr_assert_eq(close(open(complete, O_WRONLY | O_CREAT, 0644)), 0); /* a file where the directory was */
+
+	finish_ok(src, job);
+	cr_assert_eq(settled_calls, 1);
+	cr_assert_not(settled_durable, "settled must say the outcome is not durable");
+	cr_assert_eq(count_entries("incoming", NULL, 0), 1, "the job is back in incoming/");
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0, "no temporary file left");
+	cr_assert_str_neq(spool_source_ops.fault(src), "", "the fault shows");
+	expect_none(src);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+/* ---- claims among processes ---------------------------------------------------------- */
+
+/* Takes and finishes jobs until none is left; writes each id taken to fd, one per line. */
+static void drain_into(struct source *src, int fd)
+{
+	struct job *job;
+	char line[300];
+
+	while (spool_source_ops.take(src, &job) == 0) {
+		int n = snprintf(line, sizeof(line), "%s\n", job->id);
+		if (write_all(fd, line, (size_t)n) < 0)
+			_exit(3);
+		finish_ok(src, job);
+	}
+}
+
+/* A forked helper that must not outlive its test process, even when an assertion ends it early. */
+static pid_t fork_helper(void)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0 && (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent))
+		_exit(4);
+	return pid;
+}
+
+static pid_t fork_drainer(int start_fd, const char *out_path)
+{
+	pid_t pid = fork_helper();
+	if (pid == 0) {
+		char go;
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		char err[256];
+		int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (loop == NULL || out < 0 || read_full(start_fd, &go, 1) != 1)
+			_exit(2);
+		struct source *src = spool_source_ops.open(&test_cfg, loop, 2, &callbacks, err, sizeof(err));
+		if (src == NULL)
+			_exit(2);
+		drain_into(src, out);
+		close(out);
+		spool_source_ops.close(src);
+		_exit(0);
+	}
+	return pid;
+}
+
+static int count_lines_into(const char *path, char ids[][32], int have)
+{
+	size_t len;
+	char *text = read_file(path, 1 << 20, &len);
+	cr_assert_not_null(text, "%s", path);
+	for (char *line = strtok(text, "\n"); line != NULL; line = strtok(NULL, "\n"))
+		snprintf(ids[have++], 32, "%s", line);
+	free(text);
+	return have;
+}
+
+static int cmp_ids(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+Test(spool, competing_processes_claim_each_job_exactly_once)
+{
+	enum { JOBS = 200, CHILDREN = 2 };
+	char payload[64], out_paths[CHILDREN + 1][600];
+	static char ids[JOBS * 2][32];
+	int start[2];
+	pid_t pids[CHILDREN];
+
+	for (int i = 0; i < JOBS; i++) {
+		snprintf(payload, sizeof(payload), "{\"id\":\"j%03d\"}", i);
+		enqueue(payload, NULL, 0);
+	}
+	cr_assert_eq(pipe(start), 0);
+	for (int c = 0; c <= CHILDREN; c++)
+		sub_path(out_paths[c], sizeof(out_paths[c]), "tmp", c == 0 ? ".taken-parent" : c == 1 ? ".taken-1" : ".taken-2");
+	for (int c = 0; c < CHILDREN; c++)
+		pids[c] = fork_drainer(start[0], out_paths[c + 1]);
+
+	/* The parent competes too, with two sources of its own in one process. */
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct source *a = open_source(loop), *b = open_source(loop);
+	int out = open(out_paths[0], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(out, 0);
+	cr_assert_eq(write_all(start[1], "gg", CHILDREN), 0);
+	struct job *job;
+	bool more = true;
+	while (more) {
+		more = false;
+		for (int s = 0; s < 2; s++) {
+			if (spool_source_ops.take(s == 0 ? a : b, &job) == 0) {
+				char line[64];
+				int n = snprintf(line, sizeof(line), "%s\n", job->id);
+				cr_assert_eq(write_all(out, line, (size_t)n), 0);
+				finish_ok(s == 0 ? a : b, job);
+				more = true;
+			}
+		}
+	}
+	close(out);
+	for (int c = 0; c < CHILDREN; c++) {
+		int status;
+		cr_assert_eq(waitpid_retry(pids[c], &status, 0), pids[c]);
+		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "drainer %d: status %d", c, status);
+	}
+	int total = 0;
+	for (int c = 0; c <= CHILDREN; c++)
+		total = count_lines_into(out_paths[c], ids, total);
+	cr_assert_eq(total, JOBS, "claims: %d for %d jobs", total, JOBS);
+	qsort(ids, (size_t)total, sizeof(ids[0]), cmp_ids);
+	for (int i = 1; i < total; i++)
+		cr_assert_str_neq(ids[i - 1], ids[i], "job %s claimed twice", ids[i]);
+	cr_assert_eq(count_entries("complete", NULL, 0), JOBS);
+	cr_assert_eq(count_entries("incoming", NULL, 0), 0);
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	spool_source_ops.close(a);
+	spool_source_ops.close(b);
+	ev_loop_destroy(loop);
+}
+
+/* A worker that claims one job, starts attempt 2 and dies without any cleanup. */
+static pid_t fork_dying_claimer(int report_fd)
+{
+	pid_t pid = fork_helper();
+	if (pid == 0) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		char err[256];
+		struct job *job;
+		struct source *src = spool_source_ops.open(&test_cfg, loop, 3, &callbacks, err, sizeof(err));
+		if (src == NULL || spool_source_ops.take(src, &job) != 0 || spool_source_ops.attempt(src, job, 2) != 0)
+			_exit(2);
+		if (report_fd >= 0) {
+			/* Tell the parent, then hold the claim until killed. */
+			if (write_all(report_fd, "c", 1) < 0)
+				_exit(2);
+			for (;;)
+				pause();
+		}
+		_exit(0);
+	}
+	return pid;
+}
+
+Test(spool, a_dead_claim_is_reclaimed_with_its_attempt_count)
+{
+	int status;
+	char name[256];
+
+	enqueue("{\"id\":\"orphan\"}", NULL, 0);
+	pid_t pid = fork_dying_claimer(-1);
+	cr_assert_eq(waitpid_retry(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	cr_assert_eq(count_entries("processing", name, sizeof(name)), 1);
+	cr_assert_not_null(strstr(name, ";a=2"), "processing/%s", name);
+	cr_assert_eq(count_entries("incoming", NULL, 0), 0);
+
+	cr_assert_eq(spool_reclaim(spool_dir), 1);
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	cr_assert(exists("incoming", name), "back under the same name: %s", name);
+	cr_assert_eq(spool_reclaim(spool_dir), 0);
+
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct source *src = open_source(loop);
+	struct job *job = take_one(src);
+	cr_assert_str_eq(job->id, "orphan");
+	cr_assert_eq(job->attempts_done, 2);
+	finish_ok(src, job);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, a_live_claim_is_never_reclaimed)
+{
+	int report[2], status;
+	char c, name[256];
+
+	enqueue("{\"id\":\"held\"}", NULL, 0);
+	cr_assert_eq(pipe(report), 0);
+	pid_t pid = fork_dying_claimer(report[1]);
+	cr_assert_eq(read_full(report[0], &c, 1), 1, "claimer failed");
+
+	cr_assert_eq(spool_reclaim(spool_dir), 0);
+	cr_assert_eq(count_entries("processing", name, sizeof(name)), 1);
+	/* Nor does another worker's source take it, or its periodic rescan move it. */
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct source *src = open_source(loop);
+	expect_none(src);
+	bool never = false;
+	run_until(loop, &never, 1.3); /* past one rescan period */
+	cr_assert_eq(count_entries("processing", NULL, 0), 1);
+	cr_assert_eq(count_entries("incoming", NULL, 0), 0);
+
+	/* Once the holder dies, the rescan of the live source reclaims it by itself. */
+	cr_assert_eq(kill(pid, SIGKILL), 0);
+	cr_assert_eq(waitpid_retry(pid, &status, 0), pid);
+	ready_calls = 0;
+	struct job *job = NULL;
+	for (int i = 0; i < 50 && job == NULL; i++) {
+		run_until(loop, &never, 0.1);
+		if (ready_calls > 0 && spool_source_ops.take(src, &job) != 0)
+			job = NULL;
+	}
+	cr_assert_not_null(job, "the dead claim was not reclaimed (and announced) within 5 s");
+	cr_assert_str_eq(job->id, "held");
+	cr_assert_eq(job->attempts_done, 2);
+	finish_ok(src, job);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+	close(report[0]);
+	close(report[1]);
+}
+
+/* ---- waking ------------------------------------------------------------------------ */
+
+struct wake_test {
+	struct source *src;
+	struct job *job;
+	bool got;
+	ev_timer enqueue_timer;
+};
+
+static struct wake_test wake;
+
+static void wake_ready(void *arg)
+{
+	if (wake.src != NULL && wake.job == NULL && spool_source_ops.take(wake.src, &wake.job) == 0)
+		wake.got = true;
+}
+
+static void enqueue_later(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	enqueue("{\"id\":\"woken\"}", NULL, 0);
+}
+
+Test(spool, inotify_wakes_the_loop_before_the_rescan)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct source_callbacks cb = { .ready = wake_ready, .settled = on_settled, .arg = NULL };
+	char err[256];
+
+	memset(&wake, 0, sizeof(wake));
+	wake.src = spool_source_ops.open(&test_cfg, loop, 1, &cb, err, sizeof(err));
+	cr_assert_not_null(wake.src, "%s", err);
+	long long opened = now_ms();
+	ev_timer_init(&wake.enqueue_timer, enqueue_later, 0.05, 0.);
+	ev_timer_start(loop, &wake.enqueue_timer);
+	cr_assert(run_until(loop, &wake.got, 5.0), "never woken");
+	long long elapsed = now_ms() - opened;
+	/* The rescan timer first fires 1 s after open: a wake before it came from inotify. */
+	cr_assert_lt(elapsed, 900, "woken after %lld ms: inotify did not work", elapsed);
+	cr_assert_str_eq(wake.job->id, "woken");
+	finish_ok(wake.src, wake.job);
+	spool_source_ops.close(wake.src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, the_rescan_reports_a_vanished_directory_and_recovers)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct source *src = open_source(loop);
+	char incoming[512], aside[512];
+
+	cr_assert_str_eq(spool_source_ops.fault(src), "");
+	sub_path(incoming, sizeof(incoming), "incoming", NULL);
+	sub_path(aside, sizeof(aside), "incoming-aside", NULL);
+	cr_assert_eq(rename(incoming, aside), 0);
+	bool never = false;
+	for (int i = 0; i < 30 && spool_source_ops.fault(src)[0] == '\0'; i++)
+		run_until(loop, &never, 0.1);
+	cr_assert_not_null(strstr(spool_source_ops.fault(src), "incoming"), "fault: '%s'",
+	                   spool_source_ops.fault(src));
+	expect_none(src);
+
+	cr_assert_eq(rename(aside, incoming), 0);
+	enqueue("{\"id\":\"after\"}", NULL, 0);
+	ready_calls = 0;
+	for (int i = 0; i < 30 && (spool_source_ops.fault(src)[0] != '\0' || ready_calls == 0); i++)
+		run_until(loop, &never, 0.1);
+	cr_assert_str_eq(spool_source_ops.fault(src), "");
+	cr_assert_gt(ready_calls, 0);
+	struct job *job = take_one(src);
+	cr_assert_str_eq(job->id, "after");
+	finish_ok(src, job);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, inotify_watches_a_recreated_incoming_directory)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct source *src = open_source(loop);
+	char incoming[512];
+	bool never = false;
+
+	sub_path(incoming, sizeof(incoming), "incoming", NULL);
+	cr_assert_eq(rmdir(incoming), 0);
+	for (int i = 0; i < 60 && spool_source_ops.fault(src)[0] == '\0'; i++)
+		run_until(loop, &never, 0.05);
+	cr_assert_str_neq(spool_source_ops.fault(src), "", "a missing incoming/ is a fault");
+	cr_assert_eq(mkdir(incoming, 0770), 0); /* a new directory: the old watch is gone */
+	for (int i = 0; i < 60 && spool_source_ops.fault(src)[0] != '\0'; i++)
+		run_until(loop, &never, 0.05);
+	cr_assert_str_eq(spool_source_ops.fault(src), "");
+
+	/* The fault cleared in a rescan tick just now; the next tick is ~1 s away, so a quick wake is inotify's. */
+	long long cleared = now_ms();
+	enqueue("{\"id\":\"rewatched\"}", NULL, 0);
+	ready_calls = 0;
+	struct job *job = NULL;
+	while (job == NULL && now_ms() - cleared < 3000) {
+		run_until(loop, &never, 0.02);
+		if (ready_calls > 0 && spool_source_ops.take(src, &job) != 0)
+			job = NULL;
+	}
+	cr_assert_not_null(job, "never woken");
+	long long waited = now_ms() - cleared;
+	cr_assert_lt(waited, 800, "woken after %lld ms: incoming/ is not watched again", waited);
+	cr_assert_str_eq(job->id, "rewatched");
+	finish_ok(src, job);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
