@@ -67,6 +67,7 @@ struct worker {
 	ev_io parent_watcher;
 	ev_timer heartbeat_timer;
 	ev_timer fault_timer;
+	ev_timer orphan_timer;  /* bounds the drain once no supervisor is left to bound it */
 	int signal_fd;
 };
 
@@ -651,10 +652,20 @@ static void worker_parent_cb(struct ev_loop *loop, ev_io *io, int revents)
 	ssize_t n = read_some(io->fd, buf, sizeof(buf));
 	if (n < 0 && errno == EAGAIN)
 		return;
-	/* EOF: the supervisor is gone. Finish what runs, take nothing new. */
+	/* EOF: the supervisor is gone. Finish what runs, take nothing new; nobody
+	 * will escalate for us, so stop the rest after shutdown_timeout_ms ourselves. */
 	ev_io_stop(loop, io);
-	log_warnx("worker %d: supervisor gone; draining", w->slot);
+	log_warnx("worker %d: supervisor gone; draining for up to %lld ms", w->slot, w->cfg->shutdown_timeout_ms);
+	ev_timer_set(&w->orphan_timer, (double)w->cfg->shutdown_timeout_ms / 1000.0, 0);
+	ev_timer_start(loop, &w->orphan_timer);
 	worker_drain(w, DRAIN_GRACEFUL);
+}
+
+static void worker_orphan_timeout_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct worker *w = timer->data;
+	log_warnx("worker %d: drain time is up; stopping the jobs still running", w->slot);
+	worker_drain(w, DRAIN_FAST);
 }
 
 static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int revents)
@@ -764,6 +775,8 @@ int worker_main(const struct worker_params *params)
 	ev_timer_start(w.loop, &w.heartbeat_timer);
 	ev_timer_init(&w.fault_timer, worker_fault_retry_cb, FAULT_RETRY_FIRST_S, 0);
 	w.fault_timer.data = &w;
+	ev_timer_init(&w.orphan_timer, worker_orphan_timeout_cb, 0, 0);
+	w.orphan_timer.data = &w;
 
 	log_info("worker %d: started (%s queue, up to %d jobs at once)", w.slot, w.ops->name, w.cfg->max_concurrent);
 	worker_fill(&w);
