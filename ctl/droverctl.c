@@ -73,7 +73,7 @@ static void usage(FILE *out)
 static struct config *load_config(const struct options *opts)
 {
 	struct config_errors errs = { 0 };
-	struct config *cfg = config_load(opts->config_path, &errs);
+	struct config *cfg = config_load_client(opts->config_path, &errs);
 	if (cfg == NULL) {
 		for (size_t i = 0; i < errs.count; i++)
 			fprintf(stderr, "droverctl: %s\n", errs.lines[i]);
@@ -189,11 +189,9 @@ static char *read_answer(int fd, long long deadline)
 		ssize_t n = read_some(fd, buf + len, cap - len - 1);
 		if (n > 0) {
 			len += (size_t)n;
-		} else if (n == 0) {
-			buf[len] = '\0';
-			return buf;
-		} else if (errno == ECONNRESET && len > 0) {
-			/* The daemon answered without reading all we sent (a refusal): the answer stands. */
+		} else if (n == 0 || (errno == ECONNRESET && len > 0)) {
+			/* End of the answer. A reset after some of it means the daemon answered
+			 * without reading all we sent (a refusal): the answer stands. */
 			buf[len] = '\0';
 			return buf;
 		} else if (errno != EAGAIN || wait_fd(fd, POLLIN, deadline) < 0) {

@@ -262,6 +262,7 @@ struct loader {
 	struct topic_draft *drafts;
 	size_t draft_count;
 	rd_kafka_conf_t *rdkafka_probe; /* validates [librdkafka] properties */
+	bool client;                /* droverctl: skip what only the daemon's host must satisfy */
 	bool oom;
 };
 
@@ -1285,6 +1286,8 @@ static void validate_supervisor(struct loader *ld)
 			      "%zu bytes)", sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
 	if (cfg->log_file[0] == '\0')
 		report_option(ld, "supervisor", "log_file", "empty (allowed: \"-\" for stderr, or a file path)");
+	if (ld->client)
+		return;
 	if (cfg->user[0] != '\0' && getpwnam(cfg->user) == NULL)
 		report_option(ld, "supervisor", "user", "no such user \"%s\" (allowed: a user name, or empty)", cfg->user);
 	if (cfg->group[0] != '\0' && getgrnam(cfg->group) == NULL)
@@ -1297,8 +1300,9 @@ static void validate_jobs(struct loader *ld)
 	struct config *cfg = ld->cfg;
 	struct stat st;
 
-	resolve_handler(ld);
-	if (cfg->working_dir[0] != '\0') {
+	if (!ld->client)
+		resolve_handler(ld);
+	if (cfg->working_dir[0] != '\0' && !ld->client) {
 		if (stat(cfg->working_dir, &st) != 0)
 			report_option(ld, "jobs", "working_dir", "cannot use \"%s\": %s (allowed: an existing directory, "
 				      "or empty)", cfg->working_dir, strerror(errno));
@@ -1537,7 +1541,7 @@ static void loader_release(struct loader *ld)
 		rd_kafka_conf_destroy(ld->rdkafka_probe);
 }
 
-struct config *config_load(const char *path, struct config_errors *errs)
+static struct config *load(const char *path, struct config_errors *errs, bool client)
 {
 	struct config_errors local = { NULL, 0 };
 	struct loader *ld = calloc(1, sizeof(*ld));
@@ -1558,6 +1562,7 @@ struct config *config_load(const char *path, struct config_errors *errs)
 	ld->cfg = cfg;
 	ld->errs = errs;
 	ld->file = path;
+	ld->client = client;
 	ld->rdkafka_probe = rd_kafka_conf_new();
 
 	set_defaults(ld);
@@ -1576,6 +1581,16 @@ struct config *config_load(const char *path, struct config_errors *errs)
 		return NULL;
 	}
 	return cfg;
+}
+
+struct config *config_load(const char *path, struct config_errors *errs)
+{
+	return load(path, errs, false);
+}
+
+struct config *config_load_client(const char *path, struct config_errors *errs)
+{
+	return load(path, errs, true);
 }
 
 /* ---- comparisons and names ------------------------------------------------------- */

@@ -111,6 +111,12 @@ struct config_errors {
  * config, or NULL with every problem appended to errs.
  */
 struct config *config_load(const char *path, struct config_errors *errs);
+/*
+ * The same for droverctl: skips what only the daemon's host must satisfy (the
+ * handler program, working_dir, user and group), so that an operator can submit
+ * and query with the daemon's file even where those do not resolve.
+ */
+struct config *config_load_client(const char *path, struct config_errors *errs);
 void config_free(struct config *cfg);
 void config_errors_clear(struct config_errors *errs);
 /* All errors joined with "; " into buf (for stats.last_reload). */

@@ -1405,3 +1405,24 @@ Test(config, instance_id)
 	cr_assert_str_eq(cfg->instance_id, "gpu-7");
 	config_free(cfg);
 }
+
+Test(config_client, skips_host_checks_of_the_daemon)
+{
+	char path[] = "/tmp/drover-config-client-XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert_geq(fd, 0);
+	const char *text = "[jobs]\nhandler = /nonexistent/handler --x\nworking_dir = /nonexistent/dir\n"
+	                   "[supervisor]\nuser = no-such-user-drover\n[spool]\ndir = /tmp/spool-client\n";
+	cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	struct config_errors errs = { 0 };
+	struct config *daemon = config_load(path, &errs);
+	cr_assert_null(daemon);
+	cr_assert_geq(errs.count, 3, "handler, working_dir and user are errors for the daemon");
+	config_errors_clear(&errs);
+	struct config *client = config_load_client(path, &errs);
+	cr_assert_not_null(client, "%s", errs.count ? errs.lines[0] : "");
+	cr_assert_str_eq(client->spool_dir, "/tmp/spool-client");
+	config_free(client);
+	unlink(path);
+}
