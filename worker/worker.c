@@ -132,24 +132,24 @@ static int worker_build_base_env(struct worker *w)
 	w->base_env = calloc(n + w->cfg->handler_env_count + 1, sizeof(char *));
 	if (w->base_env == NULL)
 		return -1;
-	size_t count = 0;
+	/* base_env_count follows every string stored, so worker_teardown frees a partial vector too. */
 	for (char **e = environ; *e != NULL; e++) {
 		if (env_is_hidden(w->cfg, *e))
 			continue;
-		if ((w->base_env[count] = strdup(*e)) == NULL)
+		if ((w->base_env[w->base_env_count] = strdup(*e)) == NULL)
 			return -1;
-		count++;
+		w->base_env_count++;
 	}
 	for (size_t i = 0; i < w->cfg->handler_env_count; i++) {
 		char *value = expand_slot(w->cfg->handler_env[i].value, w->slot);
-		if (value == NULL || asprintf(&w->base_env[count], "%s=%s", w->cfg->handler_env[i].key, value) < 0) {
+		char *entry = NULL;
+		if (value == NULL || asprintf(&entry, "%s=%s", w->cfg->handler_env[i].key, value) < 0) {
 			free(value);
 			return -1;
 		}
 		free(value);
-		count++;
+		w->base_env[w->base_env_count++] = entry;
 	}
-	w->base_env_count = count;
 	return 0;
 }
 
@@ -227,8 +227,10 @@ static struct task *task_new(struct worker *w, struct job *job)
 	t->attempt = job->attempts_done;
 	t->board_index = -1;
 	t->next = w->tasks;
+	/* The analyzer loses that task_free() unlinks through t->worker, which is this w,
+	 * and thinks a freed head is still on the list. */
 	if (w->tasks != NULL)
-		w->tasks->prev = t;
+		w->tasks->prev = t; // NOLINT(clang-analyzer-unix.Malloc)
 	w->tasks = t;
 	w->task_count++;
 	return t;
@@ -497,17 +499,17 @@ static void task_begin_attempt(struct task *t)
 static void worker_revoke_job(struct job *job, void *arg)
 {
 	struct worker *w = arg;
-	for (struct task *t = w->tasks; t != NULL; t = t->next) {
-		if (t->job != job)
-			continue;
-		if (t->run != NULL) {
-			runner_kill(t->run);
-		} else {
-			task_release(t);
-			worker_fill(w);
-		}
+	struct task *t = w->tasks;
+	while (t != NULL && t->job != job)
+		t = t->next;
+	if (t == NULL)
+		return;
+	if (t->run != NULL) {
+		runner_kill(t->run);
 		return;
 	}
+	task_release(t);
+	worker_fill(w);
 }
 
 static void worker_start_job(struct worker *w, struct job *job)
@@ -717,7 +719,7 @@ static void worker_crash_if_asked(int slot)
 
 static void worker_teardown(struct worker *w)
 {
-	if (w->source != NULL)
+	if (w->source != NULL && w->ops != NULL)
 		w->ops->close(w->source);
 	for (size_t i = 0; i < w->base_env_count; i++)
 		free(w->base_env[i]);
@@ -740,8 +742,11 @@ int worker_main(const struct worker_params *params)
 	}
 	worker_crash_if_asked(w.slot);
 	w.loop = ev_loop_new(EVFLAG_AUTO);
-	if (w.loop == NULL || worker_build_base_env(&w) < 0) {
+	if (w.loop == NULL)
+		return 70;
+	if (worker_build_base_env(&w) < 0) {
 		log_error("worker %d: out of memory at start", w.slot);
+		worker_teardown(&w);
 		return 70;
 	}
 	if (gethostname(w.host, sizeof(w.host) - 1) < 0)
