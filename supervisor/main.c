@@ -188,6 +188,17 @@ struct identity {
 	const char *name;
 };
 
+/* The socket's group: [supervisor] group when set, else the user's own (or unchanged). */
+static gid_t configured_group(const struct config *cfg, gid_t fallback)
+{
+	if (cfg->group[0] == '\0')
+		return fallback;
+	struct group *gr = getgrnam(cfg->group);
+	if (gr == NULL)
+		log_fatalx(EXIT_UNAVAILABLE, "[supervisor] group %s does not exist", cfg->group);
+	return gr->gr_gid;
+}
+
 static struct identity resolve_identity(const struct config *cfg)
 {
 	struct identity id = { .drop = false, .uid = (uid_t)-1, .gid = (gid_t)-1 };
@@ -195,12 +206,7 @@ static struct identity resolve_identity(const struct config *cfg)
 		return id;
 	if (cfg->user[0] == '\0') {
 		log_warnx("running as root: set [supervisor] user to drop privileges");
-		if (cfg->group[0] != '\0') {
-			struct group *gr = getgrnam(cfg->group);
-			if (gr == NULL)
-				log_fatalx(EXIT_UNAVAILABLE, "[supervisor] group %s does not exist", cfg->group);
-			id.gid = gr->gr_gid;
-		}
+		id.gid = configured_group(cfg, (gid_t)-1);
 		return id;
 	}
 	struct passwd *pw = getpwnam(cfg->user);
@@ -208,14 +214,8 @@ static struct identity resolve_identity(const struct config *cfg)
 		log_fatalx(EXIT_UNAVAILABLE, "[supervisor] user %s does not exist", cfg->user);
 	id.drop = true;
 	id.uid = pw->pw_uid;
-	id.gid = pw->pw_gid;
+	id.gid = configured_group(cfg, pw->pw_gid);
 	id.name = cfg->user;
-	if (cfg->group[0] != '\0') {
-		struct group *gr = getgrnam(cfg->group);
-		if (gr == NULL)
-			log_fatalx(EXIT_UNAVAILABLE, "[supervisor] group %s does not exist", cfg->group);
-		id.gid = gr->gr_gid;
-	}
 	return id;
 }
 
