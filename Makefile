@@ -111,7 +111,9 @@ test: deps all unit asan
 lint: deps
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --suppress=missingIncludeSystem --inline-suppr $(CPPFLAGS) shared worker supervisor ctl handlers
-	clang-tidy --quiet $(LIB_SRC) $(SUP_SRC) $(CTL_SRC) handlers/*.c -- $(CPPFLAGS) -std=gnu11
+	@# One file per run: clang-tidy 14 reports false va_list findings when it analyses several at once.
+	@set -e; for f in $(LIB_SRC) $(SUP_SRC) $(CTL_SRC) $(wildcard handlers/*.c); do \
+	  echo "clang-tidy $$f"; clang-tidy --quiet $$f -- $(CPPFLAGS) -std=gnu11; done
 
 clean:
 	rm -rf build build-asan
