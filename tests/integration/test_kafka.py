@@ -1,0 +1,394 @@
+"""
+test_kafka: the Kafka backend against a real Kafka-protocol cluster in a
+separate process (librdkafka's mock cluster, tests/support/mock_broker.c),
+with kcat as the independent client that produces the jobs and reads the
+outcome topics. What the mock cannot do (static membership, CreateTopics,
+DescribeConfigs, SASL/SSL) is tested up to where it can be: the request,
+the error path, the configuration mapping (tests/unit/test_kafka_conf.c).
+"""
+
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+
+import kafka_harness as kh
+
+
+@pytest.fixture
+def mock(workdir):
+    made = []
+
+    def make(topics=None, brokers=1):
+        m = kh.MockBroker(workdir, topics or kh.default_topics(), brokers=brokers)
+        made.append(m)
+        return m
+    yield make
+    for m in made:
+        m.stop()
+
+
+@pytest.fixture
+def fast_handler(workdir):
+    return kh.write_fast_handler(workdir)
+
+
+# ---- droverctl ------------------------------------------------------------------
+
+def test_health_up_missing_topic_and_down(mock, drover):
+    m = mock(topics=[(kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    d = drover(config=kh.kafka_config(m.bootstrap), start=False)
+    rc, out = d.ctl("health")
+    assert rc == 1 and "does not exist" in d.last_ctl_err, (rc, out, d.last_ctl_err)
+    m.command("create %s 2" % kh.REQUESTS)
+    rc, out = d.ctl("health")
+    assert rc == 0, (out, d.last_ctl_err)
+    assert "2 partition(s)" in out
+    m.down()
+    t0 = time.monotonic()
+    rc, out = d.ctl("health", timeout=30)
+    assert rc == 69, (rc, out, d.last_ctl_err)
+    assert "cannot reach" in d.last_ctl_err
+    assert time.monotonic() - t0 < 15
+
+
+def test_topics_create_is_idempotent_and_list(mock, drover):
+    m = mock()
+    d = drover(config=kh.kafka_config(m.bootstrap, librdkafka={"socket.timeout.ms": 2000}), start=False)
+    for _ in range(2):
+        rc, out = d.ctl("topics", "create")
+        assert rc == 0, (out, d.last_ctl_err)
+        assert out.count(": exists") == 4, out
+    rc, out = d.ctl("topics", "list", timeout=30)
+    assert rc == 0, (out, d.last_ctl_err)
+    assert "%s: 6 partition(s), replication 1" % kh.REQUESTS in out
+    assert out.count("  partition ") == 6 + 3 + 3 + 3
+    # The mock has no DescribeConfigs: the partitions are still listed, the configs said to be unavailable.
+    assert "describing topic configs" in d.last_ctl_err
+
+
+def test_topics_create_without_admin_api_fails_clearly(mock, drover):
+    # The mock has no CreateTopics; with the API version withdrawn librdkafka says so at once.
+    m = mock(topics=[(kh.REQUESTS, 2)])
+    m.command("apiversion CreateTopics -1 -1")
+    d = drover(config=kh.kafka_config(m.bootstrap, librdkafka={"socket.timeout.ms": 2000}), start=False)
+    rc, out = d.ctl("topics", "create", timeout=40)
+    assert rc == 1, (rc, out, d.last_ctl_err)
+    assert "%s: exists" % kh.REQUESTS in out
+    assert "creating topics" in d.last_ctl_err
+
+
+@pytest.mark.asan
+def test_submit_prints_ids_after_acknowledgement(mock, drover):
+    m = mock()
+    d = drover(config=kh.kafka_config(m.bootstrap), start=False)
+    lines = [json.dumps({"id": "s-1", "n": 1}), json.dumps({"n": 2}), "", json.dumps({"id": "s-3"})]
+    rc, out = d.ctl("submit", "-", input="\n".join(lines) + "\n")
+    assert rc == 0, (out, d.last_ctl_err)
+    ids = out.split()
+    assert len(ids) == 3 and ids[0] == "s-1" and ids[2] == "s-3" and len(ids[1]) == 16
+    msgs = kh.kcat_consume(m.bootstrap, kh.REQUESTS)
+    assert sorted(msg["key"] for msg in msgs) == sorted(ids)
+    assert {json.loads(msg["payload"]).get("n") for msg in msgs if msg["key"] == ids[1]} == {2}
+    # A line that is not a JSON object is refused; the others still go.
+    rc, out = d.ctl("submit", "-", input='{"id":"s-4"}\nnot json\n')
+    assert rc == 1 and out.split() == ["s-4"] and "line 2" in d.last_ctl_err
+
+
+def test_submit_brokers_down_is_unreachable(mock, drover):
+    m = mock()
+    d = drover(config=kh.kafka_config(m.bootstrap), start=False)
+    m.down()
+    rc, out = d.ctl("submit", "-", input='{"id":"x"}\n', timeout=30)
+    assert rc == 69, (rc, out, d.last_ctl_err)
+
+
+# ---- the pool ---------------------------------------------------------------------
+
+def test_thousand_jobs_three_workers(mock, drover, fast_handler, figures):
+    handler, runs = fast_handler
+    m = mock()
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=3, max_concurrent=4, handler=handler, runs_dir=runs))
+    kh.wait_group_stable(d, 3)
+    jobs = kh.make_jobs(1000)
+    t0 = time.monotonic()
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 120, drover=d)
+    elapsed = time.monotonic() - t0
+    figures("kafka: 1000 jobs, 3 workers x 4 (jobs/s)", 1000 / elapsed, "jobs/s")
+    assert not failed
+    assert set(complete) == {i for i, _ in jobs}
+    figures("kafka: 1000 jobs, duplicates on the complete topic", sum(c - 1 for c in complete.values()), "")
+    kh.wait_committed_to_end(m, 20, drover=d)
+    states = kh.status_states(m.bootstrap)
+    for job_id, _ in jobs:
+        assert states[job_id][0] == "started" and states[job_id][-1] == "completed", (job_id, states[job_id])
+    # Lag shows in stats and metrics.
+    s = d.stats()
+    assert all("kafka" in w for w in s["workers"])
+    rc, metrics = d.ctl("metrics")
+    assert rc == 0 and "drover_kafka_consumer_lag{" in metrics
+
+
+def test_kill9_workers_loses_nothing(mock, drover, fast_handler, figures):
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=3, max_concurrent=4, handler=handler, runs_dir=runs,
+                          librdkafka={"session.timeout.ms": 3000, "auto.commit.interval.ms": 100},
+                          supervisor={"restart_delay_ms": 100, "restart_delay_max_ms": 500})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 3)
+    rng = random.Random(7)
+    ids, kills, bound = [], 0, 0
+    max_concurrent = cfg["jobs"]["max_concurrent"]
+    # A wave of jobs, then a kill -9 of a busy worker, five times: the schedule, not the machine's
+    # speed, decides that workers die with jobs in flight.
+    for wave in range(5):
+        jobs = kh.make_jobs(120, prefix="w%d" % wave, sleep=0.05)
+        ids += [i for i, _ in jobs]
+        kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+        time.sleep(4)  # longer than a rebalance (about session.timeout.ms): the group settles between kills
+        s = d.stats()
+        victims = [w for w in s["workers"] if w.get("pid") and w.get("state") == "running"]
+        busy = [w for w in victims if w["in_flight"] > 0] or victims
+        w = rng.choice(busy)
+        held = len((w.get("kafka") or {}).get("partitions", []))
+        os.kill(w["pid"], signal.SIGKILL)
+        kills += 1
+        # What a kill can repeat: the jobs running, and per partition it held the finished jobs whose
+        # offsets were not committed yet: behind an older unfinished offset, or waiting for the commit
+        # (drover holds a partition back when commits stall, as the mock's do during every rebalance).
+        bound += w["in_flight"] + held * 2 * max_concurrent + 4
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 180, drover=d)
+    assert not failed
+    assert set(complete) == set(ids)
+    duplicates = sum(c - 1 for c in complete.values())
+    figures("kafka: kill -9 x%d, duplicate outcomes" % kills, duplicates, "")
+    assert duplicates <= bound, "%d duplicates after %d kills (bound %d)" % (duplicates, kills, bound)
+    kh.wait_committed_to_end(m, 30, drover=d)
+    assert kh.assert_no_commit_ahead(m, m.bootstrap)
+
+
+def test_long_jobs_at_max_concurrent_stay_in_the_group(mock, drover, fast_handler):
+    # Jobs run longer than max.poll.interval.ms with the worker full: the consumer is still polled.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=1, max_concurrent=2, handler=handler, runs_dir=runs,
+                          librdkafka={"session.timeout.ms": 3000, "max.poll.interval.ms": 3000})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 1)
+    before = len(kh.rebalance_lines(d))
+    jobs = kh.make_jobs(4, prefix="long", sleep=4.5)
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 60, drover=d)
+    assert not failed and all(c == 1 for c in complete.values()), complete
+    assert all(n == 1 for n in kh.run_counts(runs).values()), kh.run_counts(runs)
+    log = d.log_text()
+    assert "max.poll.interval" not in log and "MAXPOLL" not in log, log[-3000:]
+    assert len(kh.rebalance_lines(d)) == before, kh.rebalance_lines(d)
+    assert d.stats()["workers"][0]["restarts"] == 0
+
+
+def test_second_supervisor_joins_and_leaves(mock, drover, fast_handler):
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=3, handler=handler, runs_dir=runs)
+    a = drover(config=cfg, name="a")
+    kh.wait_group_stable(a, 2)
+    ids = []
+
+    def wave(name, n=150):
+        jobs = kh.make_jobs(n, prefix=name, sleep=0.05)
+        ids.extend(i for i, _ in jobs)
+        kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+
+    wave("before")
+    b = drover(config=cfg, name="b")
+    b.wait_until(lambda: any(kh.kafka_partitions(b.stats()).values()), 60, "supervisor b to get partitions")
+    kh.assert_no_commit_ahead(m, m.bootstrap)
+    wave("both")
+    b.wait_until(lambda: b.stats()["jobs"]["completed"] >= 10, 60, "supervisor b to complete jobs")
+    kh.assert_no_commit_ahead(m, m.bootstrap)
+    assert b.stop() == 0
+    kh.assert_no_commit_ahead(m, m.bootstrap)
+    wave("after", 100)
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=a)
+    assert not failed and set(complete) == set(ids)
+    kh.wait_committed_to_end(m, 30, drover=a)
+    kh.assert_no_commit_ahead(m, m.bootstrap)
+    assert "completed in" in b.log_text()
+
+
+def test_brokers_down_then_back(mock, drover, fast_handler):
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=3, handler=handler, runs_dir=runs)
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2)
+    jobs = kh.make_jobs(120, sleep=0.2)
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.wait_until(lambda: d.stats()["jobs"]["completed"] >= 20, 60, "some progress")
+    pids = d.worker_pids()
+    m.down()
+    d.wait_until(lambda: any("brokers down" in (w.get("fault") or "") or "waiting for the broker" in
+                             (w.get("fault") or "") for w in d.stats()["workers"]), 30, "the outage in stats")
+    time.sleep(3)
+    assert d.alive() and d.worker_pids() == pids, "a worker died while the brokers were down"
+    m.up()
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d)
+    assert not failed and set(complete) == set(ids)
+    kh.wait_committed_to_end(m, 60, drover=d)
+    d.wait_until(lambda: all(not w.get("fault") for w in d.stats()["workers"]), 30, "the fault to clear")
+
+
+def test_outcome_topic_unavailable_holds_offsets(mock, drover, fast_handler):
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=4, handler=handler, runs_dir=runs)
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2)
+    start = m.committed()
+    # The complete topic vanishes from metadata: outcomes cannot be delivered, offsets must stay.
+    m.command("topic-error %s UNKNOWN_TOPIC_OR_PART" % kh.COMPLETE)
+    jobs = kh.make_jobs(20, prefix="held")
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.wait_until(lambda: d.stats()["jobs"]["completed"] >= 20, 60, "the handlers to finish")
+    d.wait_until(lambda: any("waiting for the broker" in (w.get("fault") or "") for w in d.stats()["workers"]),
+                 30, "the unacknowledged outcomes in stats")
+    assert m.committed() == start
+    m.command("topic-error %s NO_ERROR" % kh.COMPLETE)
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 60, drover=d)
+    assert set(complete) == set(ids) and not failed
+    kh.wait_committed_to_end(m, 30, drover=d)
+
+    # Produce requests refused outright: delivery reports fail, outcomes are retried with back-off.
+    jobs = kh.make_jobs(10, prefix="refused", sleep=1)
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    m.command("error Produce " + " ".join(["TOPIC_AUTHORIZATION_FAILED"] * 12))
+    d.wait_until(lambda: any("retrying" in (w.get("fault") or "") for w in d.stats()["workers"]), 30,
+                 "the outcome retries in stats")
+    kh.assert_no_commit_ahead(m, m.bootstrap)
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 90, drover=d)
+    assert set(ids) <= set(complete) and not failed
+    kh.wait_committed_to_end(m, 30, drover=d)
+    assert "not acknowledged (Broker: Topic authorization failed)" in d.log_text()
+
+
+@pytest.mark.asan
+def test_poison_messages_fail_and_the_partition_moves_on(mock, drover, fast_handler, workdir):
+    handler, runs = fast_handler
+    m = mock(topics=[(kh.REQUESTS, 1), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=1, max_concurrent=2, handler=handler, runs_dir=runs))
+    kh.wait_group_stable(d, 1, partitions=1)
+    big = workdir / "big.bin"
+    big.write_bytes(b"\x00\xff" * (512 * 1024))
+    binary = workdir / "binary.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, [("p-text", "this is not json"), ("p-array", "[1,2,3]")])
+    kh.kcat_produce_file(m.bootstrap, kh.REQUESTS, binary, key="p-binary")
+    kh.kcat_produce_file(m.bootstrap, kh.REQUESTS, big, key="p-big")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, [("after", json.dumps({"id": "after"}))])
+    poison = ["p-text", "p-array", "p-binary", "p-big"]
+    complete, failed = kh.wait_outcomes(m.bootstrap, poison + ["after"], 60, drover=d)
+    assert set(failed) == set(poison) and set(complete) == {"after"}
+    for job_id in poison:
+        assert failed[job_id]["error"]["reason"] == "invalid_job", failed[job_id]
+    assert failed["p-text"]["job"] == "this is not json"
+    assert failed["p-big"].get("truncated") is True  # 1 MiB job > message.max.bytes: the head is kept
+    assert "?invalid" not in kh.run_counts(runs) and set(kh.run_counts(runs)) == {"after"}
+    kh.wait_committed_to_end(m, 30, drover=d)
+
+
+@pytest.mark.asan
+def test_progress_events_are_rate_limited(mock, drover):
+    m = mock()
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=1, max_concurrent=2))
+    kh.wait_group_stable(d, 1)
+    steps = [round(i / 20.0, 2) for i in range(1, 21)]
+    job = {"id": "prog", "progress": steps, "progress_gap_ms": 100}
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, [("prog", json.dumps(job))])
+    kh.wait_outcomes(m.bootstrap, ["prog"], 60, drover=d)
+    docs = [doc for i, doc in kh.outcome_docs(m.bootstrap, kh.STATUS) if i == "prog"]
+    states = [doc["state"] for doc in docs]
+    assert states[0] == "started" and states[-1] == "completed", states
+    progress = [doc for doc in docs if doc["state"] == "progress"]
+    # 20 steps over about 2 s: at most one per second (plus the first), and at least one.
+    assert 1 <= len(progress) <= 4, states
+    times = [doc["ts"] for doc in progress]
+    assert times == sorted(times)
+
+
+def test_eager_assignment_and_scale_up(mock, drover, fast_handler):
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=3, handler=handler, runs_dir=runs,
+                          librdkafka={"partition.assignment.strategy": "range"})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2)
+    assert "EAGER" in "\n".join(kh.rebalance_lines(d))
+    jobs = kh.make_jobs(200, sleep=0.03)
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.wait_until(lambda: d.stats()["jobs"]["completed"] >= 30, 60, "some progress")
+    d.signal(signal.SIGTTIN)
+    kh.wait_group_stable(d, 3, timeout=60)
+    more = kh.make_jobs(100, prefix="three", sleep=0.03)
+    ids += [i for i, _ in more]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, more)
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d)
+    assert not failed and set(complete) == set(ids)
+    kh.wait_committed_to_end(m, 30, drover=d)
+    assert kh.assert_no_commit_ahead(m, m.bootstrap)
+
+
+def test_reload_replaces_workers_with_static_membership(mock, drover, fast_handler):
+    # The mock ignores group.instance.id, so a rebalance does happen here; what is checked is that
+    # each worker asks for its static instance id, that workers are replaced and nothing is lost.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=2, handler=handler, runs_dir=runs,
+                          kafka={"static_membership": True, "instance_id": "hostx"})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2)
+    log = d.log_text()
+    assert "instance hostx-0" in log and "instance hostx-1" in log
+    old = d.worker_pids()
+    jobs = kh.make_jobs(150, sleep=0.05)
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.write_config({"jobs": {"max_concurrent": 4}})
+    d.signal(signal.SIGHUP)
+    d.wait_until(lambda: d.stats()["config_generation"] == 2, 30, "the reload")
+    d.wait_until(lambda: set(d.worker_pids().values()).isdisjoint(old.values())
+                 and len(d.worker_pids()) == 2, 60, "both workers replaced")
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d)
+    assert not failed and set(complete) == set(ids)
+    kh.wait_committed_to_end(m, 30, drover=d)
+
+
+def test_more_workers_than_partitions_stop_cleanly(mock, drover, fast_handler):
+    # Members that never get a partition: librdkafka 2.0.2 can abort destroying such a cooperative
+    # consumer; every worker must still exit 0, and the idle ones must take over when needed.
+    handler, runs = fast_handler
+    m = mock(topics=[(kh.REQUESTS, 1), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=3, max_concurrent=2, handler=handler, runs_dir=runs))
+    d.wait_until(lambda: sum(len(p) for p in kh.kafka_partitions(d.stats()).values()) == 1
+                 and len(kh.kafka_partitions(d.stats())) == 3, 40, "one worker holding the partition")
+    jobs = kh.make_jobs(20, prefix="one")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 60, drover=d)
+    assert d.stop() == 0
+    exits = [l for l in d.log_text().splitlines() if "exited:" in l and "worker" in l]
+    assert len(exits) == 3 and all(l.endswith("exited: exit 0") for l in exits), exits
+    # Stopped during the first join, before any assignment.
+    early = drover(config=kh.kafka_config(m.bootstrap, workers=2, handler=handler, runs_dir=runs), name="early")
+    time.sleep(1)
+    assert early.stop() == 0
+    exits = [l for l in early.log_text().splitlines() if "exited:" in l and "worker" in l]
+    assert len(exits) == 2 and all(l.endswith("exited: exit 0") for l in exits), exits

@@ -1,0 +1,310 @@
+/*
+ * test_kafka_conf: drover's configuration mapped to librdkafka properties
+ * (identity per slot, defaults, pass-through, what drover enforces, the
+ * security keys) and the redaction of secrets in errors, descriptions and
+ * librdkafka's own log lines. No broker is needed.
+ */
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kafka_conf.h"
+#include "log.h"
+#include "util.h"
+
+#define SECRET "s3cr3t-Hunter2!"
+
+static struct config_pair passthrough[8];
+static struct config cfg;
+
+static void base_config(void)
+{
+	memset(&cfg, 0, sizeof(cfg));
+	memset(passthrough, 0, sizeof(passthrough));
+	cfg.backend = BACKEND_KAFKA;
+	cfg.kafka_brokers = "127.0.0.1:1";
+	cfg.kafka_client_id = "drover";
+	cfg.kafka_group_id = "drover-workers";
+	cfg.requests_topic = "image.generation.requests";
+	cfg.static_membership = true;
+	cfg.instance_id = "host-a";
+	cfg.security_protocol = SECURITY_PLAINTEXT;
+	cfg.sasl_mechanism = "SCRAM-SHA-512";
+	cfg.librdkafka = passthrough;
+	cfg.shutdown_timeout_ms = 30000;
+	cfg.max_concurrent = 4;
+	kafka_redact_reset();
+}
+
+static void add_passthrough(const char *key, const char *value)
+{
+	passthrough[cfg.librdkafka_count].key = (char *)key;
+	passthrough[cfg.librdkafka_count].value = (char *)value;
+	cfg.librdkafka_count++;
+}
+
+static struct kafka_props props_for(enum kafka_role role, int slot)
+{
+	struct kafka_props props;
+	char err[256];
+	cr_assert_eq(kafka_props_build(&cfg, role, slot, &props, err, sizeof(err)), 0, "build failed: %s", err);
+	return props;
+}
+
+static void expect(const struct kafka_props *props, const char *key, const char *value)
+{
+	const char *got = kafka_props_get(props, key);
+	if (value == NULL)
+		cr_expect_null(got, "%s should not be set, is %s", key, got);
+	else
+		cr_expect(got != NULL && strcmp(got, value) == 0, "%s: expected %s, got %s", key, value,
+		          got ? got : "(unset)");
+}
+
+TestSuite(kafka_conf, .init = base_config, .fini = kafka_redact_reset);
+
+Test(kafka_conf, consumer_identity_and_guarantees)
+{
+	struct kafka_props props = props_for(KAFKA_ROLE_CONSUMER, 3);
+	expect(&props, "bootstrap.servers", "127.0.0.1:1");
+	expect(&props, "client.id", "drover-3");
+	expect(&props, "group.id", "drover-workers");
+	expect(&props, "group.instance.id", "host-a-3");
+	expect(&props, "partition.assignment.strategy", "cooperative-sticky");
+	expect(&props, "enable.auto.offset.store", "false");
+	expect(&props, "enable.auto.commit", "true");
+	expect(&props, "auto.offset.reset", "earliest");
+	expect(&props, "security.protocol", "plaintext");
+	expect(&props, "enable.idempotence", NULL);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, no_instance_id_without_static_membership)
+{
+	cfg.static_membership = false;
+	struct kafka_props props = props_for(KAFKA_ROLE_CONSUMER, 0);
+	expect(&props, "group.instance.id", NULL);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, instance_id_defaults_to_the_host_name)
+{
+	char host[256] = "";
+	cr_assert_eq(gethostname(host, sizeof(host) - 1), 0);
+	cfg.instance_id = "";
+	char want[300];
+	snprintf(want, sizeof(want), "%s-7", host);
+	struct kafka_props props = props_for(KAFKA_ROLE_CONSUMER, 7);
+	expect(&props, "group.instance.id", want);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, producer_is_idempotent_with_acks_all)
+{
+	struct kafka_props props = props_for(KAFKA_ROLE_PRODUCER, 1);
+	expect(&props, "enable.idempotence", "true");
+	expect(&props, "acks", "all");
+	expect(&props, "client.id", "drover-1");
+	expect(&props, "group.id", NULL);
+	expect(&props, "enable.auto.offset.store", NULL);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, droverctl_has_its_own_client_id)
+{
+	struct kafka_props props = props_for(KAFKA_ROLE_ADMIN, -1);
+	expect(&props, "client.id", "drover-ctl");
+	expect(&props, "group.instance.id", NULL);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, passthrough_overrides_defaults_but_not_guarantees)
+{
+	add_passthrough("partition.assignment.strategy", "range");
+	add_passthrough("statistics.interval.ms", "1000");
+	add_passthrough("enable.auto.offset.store", "true");
+	add_passthrough("enable.idempotence", "false");
+	add_passthrough("acks", "1");
+	add_passthrough("request.required.acks", "0");
+	add_passthrough("client.id", "mine");
+	struct kafka_props consumer = props_for(KAFKA_ROLE_CONSUMER, 2);
+	expect(&consumer, "partition.assignment.strategy", "range");
+	expect(&consumer, "statistics.interval.ms", "1000");
+	expect(&consumer, "enable.auto.offset.store", "false");
+	expect(&consumer, "client.id", "drover-2");
+	kafka_props_free(&consumer);
+	struct kafka_props producer = props_for(KAFKA_ROLE_PRODUCER, 2);
+	expect(&producer, "enable.idempotence", "true");
+	expect(&producer, "acks", "all");
+	expect(&producer, "request.required.acks", "all");
+	kafka_props_free(&producer);
+}
+
+Test(kafka_conf, sasl_ssl_maps_every_security_key)
+{
+	cfg.security_protocol = SECURITY_SASL_SSL;
+	cfg.sasl_username = "svc-drover";
+	cfg.sasl_password = SECRET;
+	cfg.ssl_ca_location = "/etc/ssl/ca.pem";
+	struct kafka_props props = props_for(KAFKA_ROLE_PRODUCER, 0);
+	expect(&props, "security.protocol", "sasl_ssl");
+	expect(&props, "sasl.mechanisms", "SCRAM-SHA-512");
+	expect(&props, "sasl.username", "svc-drover");
+	expect(&props, "sasl.password", SECRET);
+	expect(&props, "ssl.ca.location", "/etc/ssl/ca.pem");
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, ssl_without_sasl_and_sasl_plaintext_without_ca)
+{
+	cfg.security_protocol = SECURITY_SSL;
+	cfg.sasl_username = "ignored";
+	cfg.ssl_ca_location = "/ca.pem";
+	struct kafka_props ssl = props_for(KAFKA_ROLE_CONSUMER, 0);
+	expect(&ssl, "security.protocol", "ssl");
+	expect(&ssl, "ssl.ca.location", "/ca.pem");
+	expect(&ssl, "sasl.username", NULL);
+	expect(&ssl, "sasl.mechanisms", NULL);
+	kafka_props_free(&ssl);
+
+	cfg.security_protocol = SECURITY_SASL_PLAINTEXT;
+	struct kafka_props sasl = props_for(KAFKA_ROLE_CONSUMER, 0);
+	expect(&sasl, "security.protocol", "sasl_plaintext");
+	expect(&sasl, "sasl.username", "ignored");
+	expect(&sasl, "ssl.ca.location", NULL);
+	kafka_props_free(&sasl);
+}
+
+Test(kafka_conf, plaintext_sets_no_credentials)
+{
+	cfg.sasl_username = "svc";
+	cfg.sasl_password = SECRET;
+	struct kafka_props props = props_for(KAFKA_ROLE_CONSUMER, 0);
+	expect(&props, "sasl.username", NULL);
+	expect(&props, "sasl.password", NULL);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, password_file_is_read_when_no_password_is_given)
+{
+	char path[] = "/tmp/test_kafka_conf.XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	cr_assert_eq(write_all(fd, SECRET "\nsecond line\n", strlen(SECRET) + 13), 0);
+	close(fd);
+	cfg.security_protocol = SECURITY_SASL_PLAINTEXT;
+	cfg.sasl_password_file = path;
+	struct kafka_props props = props_for(KAFKA_ROLE_CONSUMER, 0);
+	expect(&props, "sasl.password", SECRET);
+	kafka_props_free(&props);
+
+	unlink(path);
+	char err[256];
+	cr_expect_eq(kafka_props_build(&cfg, KAFKA_ROLE_CONSUMER, 0, &props, err, sizeof(err)), -1);
+	cr_expect(strstr(err, "sasl_password_file") != NULL, "error: %s", err);
+}
+
+Test(kafka_conf, description_hides_secret_values)
+{
+	cfg.security_protocol = SECURITY_SASL_SSL;
+	cfg.sasl_username = "svc";
+	cfg.sasl_password = SECRET;
+	add_passthrough("ssl.key.password", "other-" SECRET);
+	struct kafka_props props = props_for(KAFKA_ROLE_CONSUMER, 0);
+	char text[4096];
+	kafka_props_describe(&props, text, sizeof(text));
+	cr_expect(strstr(text, SECRET) == NULL, "secret in: %s", text);
+	cr_expect(strstr(text, "sasl.password=" KAFKA_REDACTED) != NULL, "%s", text);
+	cr_expect(strstr(text, "sasl.username=svc") != NULL, "%s", text);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, secret_keys)
+{
+	cr_expect(kafka_conf_key_is_secret("sasl.password"));
+	cr_expect(kafka_conf_key_is_secret("ssl.key.password"));
+	cr_expect(kafka_conf_key_is_secret("ssl.keystore.password"));
+	cr_expect(kafka_conf_key_is_secret("sasl.oauthbearer.client.secret"));
+	cr_expect(kafka_conf_key_is_secret("ssl.key.pem"));
+	cr_expect(!kafka_conf_key_is_secret("sasl.username"));
+	cr_expect(!kafka_conf_key_is_secret("bootstrap.servers"));
+}
+
+Test(kafka_conf, redact_replaces_every_registered_secret)
+{
+	kafka_redact_register(SECRET);
+	kafka_redact_register("pw2");
+	char out[256];
+	kafka_redact("user svc password " SECRET " and pw2, again " SECRET, out, sizeof(out));
+	cr_expect_str_eq(out, "user svc password " KAFKA_REDACTED " and " KAFKA_REDACTED ", again " KAFKA_REDACTED);
+}
+
+Test(kafka_conf, redact_never_leaves_part_of_a_secret_when_truncating)
+{
+	kafka_redact_register(SECRET);
+	char out[16];
+	kafka_redact("abcdefghij " SECRET, out, sizeof(out));
+	cr_expect(strstr(out, "s3cr") == NULL, "partial secret in %s", out);
+	cr_expect_str_eq(out, "abcdefghij ");
+}
+
+Test(kafka_conf, conf_errors_are_redacted)
+{
+	cfg.security_protocol = SECURITY_SASL_PLAINTEXT;
+	cfg.sasl_password = SECRET;
+	add_passthrough("compression.codec", SECRET);
+	char err[512];
+	rd_kafka_conf_t *conf = kafka_conf_new(&cfg, KAFKA_ROLE_PRODUCER, 0, err, sizeof(err));
+	cr_assert_null(conf);
+	cr_expect(strstr(err, "compression.codec") != NULL, "error: %s", err);
+	cr_expect(strstr(err, SECRET) == NULL, "secret in error: %s", err);
+}
+
+Test(kafka_conf, unknown_passthrough_property_is_an_error)
+{
+	add_passthrough("no.such.property", "1");
+	char err[512];
+	cr_expect_eq(kafka_conf_check(&cfg, err, sizeof(err)), -1);
+	cr_expect(strstr(err, "no.such.property") != NULL, "error: %s", err);
+}
+
+Test(kafka_conf, check_accepts_a_valid_configuration)
+{
+	add_passthrough("statistics.interval.ms", "5000");
+	add_passthrough("linger.ms", "10"); /* a producer property on the consumer too: only a warning */
+	char err[512];
+	cr_expect_eq(kafka_conf_check(&cfg, err, sizeof(err)), 0, "error: %s", err);
+}
+
+/* librdkafka prints its whole configuration with debug=conf, secrets included: drover's log must not. */
+Test(kafka_conf, librdkafka_config_dump_is_redacted_in_the_log)
+{
+	char path[] = "/tmp/test_kafka_conf_log.XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	close(fd);
+	log_init("test", LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
+	cr_assert_eq(log_open(path), 0);
+	cfg.security_protocol = SECURITY_SASL_PLAINTEXT;
+	cfg.sasl_mechanism = "PLAIN";
+	cfg.sasl_username = "svc";
+	cfg.sasl_password = SECRET;
+	add_passthrough("debug", "conf");
+	char err[512];
+	rd_kafka_conf_t *conf = kafka_conf_new(&cfg, KAFKA_ROLE_PRODUCER, 0, err, sizeof(err));
+	cr_assert_not_null(conf, "%s", err);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	cr_assert_not_null(rk, "%s", err);
+	rd_kafka_destroy(rk);
+	log_open("-");
+	size_t len;
+	char *text = read_file(path, 1 << 22, &len);
+	unlink(path);
+	cr_assert_not_null(text);
+	cr_expect(strstr(text, "sasl.password") != NULL, "librdkafka did not dump its config; the test proves nothing");
+	cr_expect(strstr(text, SECRET) == NULL, "secret in the log");
+	free(text);
+}
