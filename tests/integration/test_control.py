@@ -326,7 +326,9 @@ def test_500_connections_and_a_silent_client(daemon):
     assert time.monotonic() - silent_since < 12
     silent.close()
 
-    wait_until(lambda: fd_count(d.pid) == baseline, 10, "drover's fd count back to %d" % baseline)
+    # At most the baseline: the baseline itself may include the closing fd of the fixture's
+    # last stats request (the client sees EOF at shutdown(), a moment before close()).
+    wait_until(lambda: fd_count(d.pid) <= baseline, 10, "drover's fd count back to %d" % baseline)
     assert ask(d.sock, b"ping\n") == b"pong\n"
 
 
