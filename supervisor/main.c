@@ -154,13 +154,28 @@ static void pidfile_write(int fd, const char *path)
 
 /* ---- daemon and privileges -------------------------------------------------- */
 
+/* Write end of the pipe the original `drover -d` process waits on (-1 in the foreground). */
+static int daemon_ready_fd = -1;
+
+/*
+ * Double fork and setsid. The original process stays until the daemon is
+ * ready (a byte on the pipe: exit 0) or has died during start-up (EOF: exit
+ * 69), so that `drover -d` and init scripts learn whether the start worked.
+ */
 static void daemonize(void)
 {
+	int ready[2];
+	if (pipe2(ready, O_CLOEXEC) < 0)
+		log_fatal(EXIT_SOFTWARE, "pipe");
 	pid_t pid = fork();
 	if (pid < 0)
 		log_fatal(EXIT_SOFTWARE, "fork");
-	if (pid > 0)
-		_exit(0);
+	if (pid > 0) {
+		char byte;
+		close(ready[1]);
+		_exit(read_full(ready[0], &byte, 1) == 1 ? 0 : EXIT_UNAVAILABLE);
+	}
+	close(ready[0]);
 	if (setsid() < 0)
 		log_fatal(EXIT_SOFTWARE, "setsid");
 	pid = fork();
@@ -179,6 +194,17 @@ static void daemonize(void)
 		dup2(null, STDERR_FILENO);
 	if (null > STDERR_FILENO)
 		close(null);
+	daemon_ready_fd = ready[1];
+}
+
+static void daemon_ready(void)
+{
+	if (daemon_ready_fd < 0)
+		return;
+	if (write_all(daemon_ready_fd, "R", 1) < 0)
+		log_warn("cannot tell the starting process that drover is ready");
+	close(daemon_ready_fd);
+	daemon_ready_fd = -1;
 }
 
 struct identity {
@@ -303,6 +329,7 @@ int main(int argc, char **argv)
 	supervisor_start(&sup);
 	/* Written once the pool is up, so that the pid file means "ready" for init scripts. */
 	pidfile_write(pid_fd, pid_path);
+	daemon_ready();
 	int code = supervisor_serve(&sup);
 
 	control_close(sup.control);
