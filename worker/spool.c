@@ -55,9 +55,11 @@
 #include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SPOOL_DIR_MODE 0770
+#define SPOOL_TMP_STALE_S 3600
 #define SPOOL_FILE_MODE 0640
 #define SPOOL_MAX_PAYLOAD (16u * 1024 * 1024)
 #define SPOOL_INVALID_PREFIX 4096     /* bytes of an oversized payload kept for the failed document */
@@ -344,9 +346,40 @@ static int check_dirs(const char *dir, bool create, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * tmp/ holds only files on their way to a rename (an enqueue, an outcome). One
+ * still there after SPOOL_TMP_STALE_S was left by a crash between write and
+ * rename: its job is still in incoming/ or processing/, so the file is garbage.
+ * The age guard keeps the sweep away from another process's write in progress.
+ */
+static void sweep_tmp(const char *dir)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	struct stat st;
+	time_t cutoff = time(NULL) - SPOOL_TMP_STALE_S;
+
+	if (join_path(tmp, sizeof(tmp), dir, "tmp", NULL) < 0)
+		return;
+	DIR *d = opendir(tmp);
+	if (d == NULL)
+		return;
+	for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
+		if (e->d_name[0] == '.')
+			continue;
+		if (join_path(path, sizeof(path), dir, "tmp", e->d_name) < 0 || lstat(path, &st) < 0)
+			continue;
+		if (S_ISREG(st.st_mode) && st.st_mtime < cutoff && unlink(path) == 0)
+			log_info("spool: removed %s, left in tmp/ by an interrupted write", path);
+	}
+	closedir(d);
+}
+
 int spool_prepare(const char *dir, char *err, size_t errlen)
 {
-	return check_dirs(dir, true, err, errlen);
+	if (check_dirs(dir, true, err, errlen) < 0)
+		return -1;
+	sweep_tmp(dir);
+	return 0;
 }
 
 int spool_health(const char *dir, char *err, size_t errlen)

@@ -234,6 +234,22 @@ Test(spool, prepare_creates_and_health_checks)
 	cr_assert_neq(spool_prepare(path, err, sizeof(err)), 0);
 }
 
+Test(spool, prepare_sweeps_only_stale_files_from_tmp)
+{
+	char err[256], stale[600], fresh[600];
+
+	cr_assert_eq(spool_prepare(spool_dir, err, sizeof(err)), 0, "%s", err);
+	snprintf(stale, sizeof(stale), "%s/tmp/crashed.outcome", spool_dir);
+	snprintf(fresh, sizeof(fresh), "%s/tmp/being-written.json", spool_dir);
+	cr_assert_eq(close(open(stale, O_WRONLY | O_CREAT, 0644)), 0);
+	cr_assert_eq(close(open(fresh, O_WRONLY | O_CREAT, 0644)), 0);
+	struct timespec two_hours_ago[2] = { { time(NULL) - 7200, 0 }, { time(NULL) - 7200, 0 } };
+	cr_assert_eq(utimensat(AT_FDCWD, stale, two_hours_ago, 0), 0);
+	cr_assert_eq(spool_prepare(spool_dir, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(access(stale, F_OK), -1, "a stale tmp/ file must be swept");
+	cr_assert_eq(access(fresh, F_OK), 0, "a recent tmp/ file may be another process's write in progress");
+}
+
 Test(spool, enqueue_is_a_rename_into_incoming_with_an_id)
 {
 	char id[256], name[256], expected[300];
