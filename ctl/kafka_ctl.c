@@ -386,17 +386,28 @@ static int create_missing(rd_kafka_t *rk, rd_kafka_NewTopic_t **topics, size_t c
 	return rc;
 }
 
-int kafkactl_topics_create(const struct config *cfg)
+/* An admin handle and the cluster's metadata, for the topics commands. An exit code. */
+static int open_admin(const struct config *cfg, rd_kafka_t **rk, const struct rd_kafka_metadata **md)
 {
 	admin_timeout_from(cfg);
-	rd_kafka_t *rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
-	if (rk == NULL)
+	*rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
+	if (*rk == NULL)
 		return EXIT_FAILED;
-	const struct rd_kafka_metadata *md = cluster_metadata(rk, cfg);
-	if (md == NULL) {
-		rd_kafka_destroy(rk);
+	*md = cluster_metadata(*rk, cfg);
+	if (*md == NULL) {
+		rd_kafka_destroy(*rk);
 		return EXIT_UNREACHABLE;
 	}
+	return EXIT_OK;
+}
+
+int kafkactl_topics_create(const struct config *cfg)
+{
+	rd_kafka_t *rk;
+	const struct rd_kafka_metadata *md;
+	int opened = open_admin(cfg, &rk, &md);
+	if (opened != EXIT_OK)
+		return opened;
 	int rc = EXIT_OK;
 	rd_kafka_NewTopic_t **missing = calloc(cfg->topic_count ? cfg->topic_count : 1, sizeof(void *));
 	size_t count = 0;
@@ -495,15 +506,11 @@ static void describe_configs(rd_kafka_t *rk, const char **names, size_t count)
 
 int kafkactl_topics_list(const struct config *cfg)
 {
-	admin_timeout_from(cfg);
-	rd_kafka_t *rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
-	if (rk == NULL)
-		return EXIT_FAILED;
-	const struct rd_kafka_metadata *md = cluster_metadata(rk, cfg);
-	if (md == NULL) {
-		rd_kafka_destroy(rk);
-		return EXIT_UNREACHABLE;
-	}
+	rd_kafka_t *rk;
+	const struct rd_kafka_metadata *md;
+	int opened = open_admin(cfg, &rk, &md);
+	if (opened != EXIT_OK)
+		return opened;
 	const char **present = calloc(cfg->topic_count ? cfg->topic_count : 1, sizeof(*present));
 	size_t count = 0;
 	for (size_t i = 0; i < cfg->topic_count; i++) {
