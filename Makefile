@@ -43,7 +43,8 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 # Debian packages the build, the tests and the demo need; installed only when missing.
 DEB_BUILD := build-essential pkg-config librdkafka-dev libev-dev libjansson-dev libinih-dev
 DEB_TEST  := libcriterion-dev kcat python3 python3-pytest procps util-linux cppcheck clang-tidy \
-             prometheus debhelper dpkg-dev fakeroot lintian systemd
+             prometheus debhelper dpkg-dev fakeroot lintian systemd shellcheck \
+             init-system-helpers logrotate groff-base
 DEPS_STAMP := $(BUILD)/.deps
 
 .PHONY: all deps test unit integration lint clean asan

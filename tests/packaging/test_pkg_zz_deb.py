@@ -24,8 +24,6 @@ import pytest
 
 import pkghelpers as h
 
-pytestmark = pytest.mark.skipif(shutil.which("dpkg-buildpackage") is None or shutil.which("dpkg") is None,
-                                reason="dpkg-buildpackage is not installed")
 
 STAGE = h.REPO / "debian-build"
 SCAN_ROOTS = ("/etc", "/usr", "/var", "/run", "/opt", "/srv")
@@ -104,7 +102,7 @@ def deb():
 @pytest.fixture(scope="module")
 def clean_system():
     if shutil.which("service") is None:
-        pytest.skip("no service(8)")
+        pytest.fail("no service(8) (init-system-helpers)")
     if not installed() and (os.path.exists("/usr/sbin/drover") or os.path.exists("/etc/drover")):
         pytest.fail("/usr/sbin/drover or /etc/drover exists but not from the package: will not touch it")
     stop_and_purge()  # a previous run that died half-way
@@ -114,7 +112,7 @@ def clean_system():
 
 def test_lintian(deb):
     if shutil.which("lintian") is None:
-        pytest.skip("lintian is not installed")
+        pytest.fail("lintian is not installed (make deps installs it)")
     _deb, changes = deb
     res = run(["lintian", "--info", "--display-info", "--pedantic", "--tag-display-limit", "0", str(changes)],
               timeout=900, check=False)
@@ -145,9 +143,9 @@ def test_install_run_remove_purge(deb, clean_system):
     for conffile in ("/etc/drover/drover.ini", "/etc/default/drover", "/etc/init.d/drover", "/etc/logrotate.d/drover"):
         assert conffile in conffiles, conffile
 
-    if shutil.which("systemd-analyze"):
-        res = run(["systemd-analyze", "verify", "/lib/systemd/system/drover.service"], check=False)
-        assert res.returncode == 0 and res.stdout + res.stderr == "", res.stdout + res.stderr
+    assert shutil.which("systemd-analyze"), "systemd-analyze is not installed (make deps installs it)"
+    res = run(["systemd-analyze", "verify", "/lib/systemd/system/drover.service"], check=False)
+    assert res.returncode == 0 and res.stdout + res.stderr == "", res.stdout + res.stderr
 
     # the service, through the init script.
     res = service("start")
@@ -174,15 +172,15 @@ def test_install_run_remove_purge(deb, clean_system):
     # logrotate renames the log, USR1 makes drover write a new one.
     log = Path("/var/log/drover/drover.log")
     assert "ready" in log.read_text()
-    if shutil.which("logrotate"):
-        state = h.short_dir() / "logrotate.state"
-        res = run(["logrotate", "-f", "-s", str(state), "/etc/logrotate.d/drover"], check=False)
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert Path("/var/log/drover/drover.log.1").exists()
-        run(ctl + ["scale", "2"])
-        h.wait_until(lambda: log.exists() and "scaling to 2" in log.read_text(), 15,
-                     "drover to log into the new file after USR1")
-        assert "scaling to 2" not in Path("/var/log/drover/drover.log.1").read_text()
+    assert shutil.which("logrotate"), "logrotate is not installed (make deps installs it)"
+    state = h.short_dir() / "logrotate.state"
+    res = run(["logrotate", "-f", "-s", str(state), "/etc/logrotate.d/drover"], check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert Path("/var/log/drover/drover.log.1").exists()
+    run(ctl + ["scale", "2"])
+    h.wait_until(lambda: log.exists() and "scaling to 2" in log.read_text(), 15,
+                 "drover to log into the new file after USR1")
+    assert "scaling to 2" not in Path("/var/log/drover/drover.log.1").read_text()
 
     # reload through the service.
     res = service("reload")
