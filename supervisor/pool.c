@@ -11,6 +11,7 @@
 #include "pool.h"
 #include "log.h"
 #include "spool.h"
+#include "sweep.h"
 #include "util.h"
 #include "worker.h"
 
@@ -219,12 +220,16 @@ static void pool_drain_slot(struct slot *s)
 
 /* ---- reaping --------------------------------------------------------------- */
 
-static void pool_kill_handler_groups(const struct scoreboard_slot *copy)
+/* A dead worker's jobs: their groups, and what left the groups (sweep.h). */
+static void pool_kill_handler_groups(const struct scoreboard_slot *copy, int slot)
 {
 	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
 		const struct scoreboard_job *job = &copy->jobs[i];
-		if (job->used && job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
+		if (!job->used)
+			continue;
+		if (job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
 			log_info("killed handler group %d of job %s", (int)job->pgid, job->id);
+		sweep_job_processes(job->id, slot);
 	}
 }
 
@@ -237,7 +242,7 @@ static void pool_bury(struct slot *s, bool clean)
 	static struct scoreboard_slot copy; /* large: keep it off the stack */
 
 	scoreboard_read_slot(board, &copy);
-	pool_kill_handler_groups(&copy);
+	pool_kill_handler_groups(&copy, s->index);
 	if (!clean && copy.in_flight > 0) {
 		sup->jobs_lost += (uint64_t)copy.in_flight;
 		log_warnx("worker %d died with %d job(s) in flight; they will run again", s->index, copy.in_flight);
@@ -466,7 +471,7 @@ void pool_kill_all(struct pool *pool)
 			continue;
 		kill(s->pid, SIGKILL);
 		scoreboard_read_slot(scoreboard_slot(pool->sup->scoreboard, i), &copy);
-		pool_kill_handler_groups(&copy);
+		pool_kill_handler_groups(&copy, i);
 	}
 }
 

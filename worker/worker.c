@@ -14,6 +14,7 @@
 #include "log.h"
 #include "runner.h"
 #include "source.h"
+#include "sweep.h"
 #include "util.h"
 
 #include <errno.h>
@@ -381,6 +382,8 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 	t->run = NULL;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
+	/* The runner killed the job's group; this gets what left it (setsid and the like). */
+	sweep_job_processes(t->job->id, w->slot);
 
 	if (result->status == RUNNER_KILLED) {
 		task_release(t);

@@ -16,6 +16,8 @@ scenario (a test reads what it did from the files it leaves behind):
                    there and sleeps grandchild_ms (default 30000); with
                    grandchild_ignore_term it ignores SIGTERM too. The child keeps the
                    inherited stdout/stderr open, so EOF on the pipes never comes early.
+                   With grandchild_setsid the child leaves the job's process group
+                   (setsid), escaping a kill of the group.
   big_output       write this many bytes of 'x' to stdout (and nothing else)
   stdout           write this text to stdout verbatim (instead of the result JSON)
   result           write this value as JSON to stdout
@@ -121,11 +123,13 @@ def write_progress(steps, gap_ms):
             time.sleep(gap_ms / 1000.0)
 
 
-def spawn_grandchild(pid_path, sleep_ms, ignore_term):
+def spawn_grandchild(pid_path, sleep_ms, ignore_term, setsid=False):
     pid = os.fork()
     if pid != 0:
         return
-    # The grandchild: same process group, stdout/stderr still inherited.
+    # The grandchild: same process group (unless setsid), stdout/stderr still inherited.
+    if setsid:
+        os.setsid()
     if ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     atomic_write(pid_path, str(os.getpid()))
@@ -194,7 +198,8 @@ def run(job, job_id, record_dir):
     if job.get("env_dump"):
         atomic_write(job["env_dump"].replace("{attempt}", attempt), json.dumps(dict(os.environ)))
     if job.get("grandchild"):
-        spawn_grandchild(job["grandchild"], job.get("grandchild_ms", 30000), job.get("grandchild_ignore_term"))
+        spawn_grandchild(job["grandchild"], job.get("grandchild_ms", 30000), job.get("grandchild_ignore_term"),
+                         job.get("grandchild_setsid", False))
     if job.get("progress"):
         write_progress(job["progress"], job.get("progress_gap_ms", 0))
     if job.get("hold_file"):

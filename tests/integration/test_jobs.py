@@ -171,6 +171,20 @@ def test_timeouts_kill_the_whole_group(drover):
     assert jobs["timed_out"] == 3 and jobs["failed"] == 3 and jobs["completed"] == 1, jobs
 
 
+def test_a_grandchild_that_left_the_group_does_not_outlive_its_job(drover):
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"timeout_ms": 10000}})
+    gc_file = d.tmp / "escaped.pid"
+    d.submit([{"id": "escaper", "grandchild": str(gc_file), "grandchild_setsid": True,
+               "grandchild_ignore_term": True, "grandchild_ms": 20000}])
+    done, failed = d.wait_outcomes(["escaper"], 15)
+    assert "escaper" in done, failed.get("escaper")
+    escaped = int(gc_file.read_text())
+    start = only(d.starts("escaper"), "start")
+    assert escaped != start["pgid"]
+    wait_until(lambda: not proc_alive(escaped), 5.0,
+               "the grandchild %d, which left the job's process group with setsid, to be gone" % escaped)
+
+
 def test_handler_exit_decides_not_eof_and_kills_leftovers(drover):
     d = drover(config={"supervisor": {"workers": 1}, "jobs": {"timeout_ms": 10000}})
     gc_file = d.tmp / "grandchild.pid"
