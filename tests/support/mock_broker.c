@@ -201,21 +201,32 @@ static int compare_partition(const void *a, const void *b, void *opaque)
 	return (pa->partition > pb->partition) - (pa->partition < pb->partition);
 }
 
-static void query_committed(const struct mock *mock, const char *group, const char *topic)
+/* A query client and the topic's partitions, sorted; on failure the error is replied and NULL returned. */
+static rd_kafka_topic_partition_list_t *open_query(const struct mock *mock, const char *group, const char *topic,
+                                                   rd_kafka_t **rk)
 {
 	char why[256];
-	rd_kafka_t *rk = query_client(mock, group);
-	if (rk == NULL) {
+	*rk = query_client(mock, group);
+	if (*rk == NULL) {
 		reply("error cannot create a client");
-		return;
+		return NULL;
 	}
-	rd_kafka_topic_partition_list_t *list = topic_partitions(rk, topic, why, sizeof(why));
+	rd_kafka_topic_partition_list_t *list = topic_partitions(*rk, topic, why, sizeof(why));
 	if (list == NULL) {
 		reply("error %s", why);
-		rd_kafka_destroy(rk);
-		return;
+		rd_kafka_destroy(*rk);
+		return NULL;
 	}
 	rd_kafka_topic_partition_list_sort(list, compare_partition, NULL);
+	return list;
+}
+
+static void query_committed(const struct mock *mock, const char *group, const char *topic)
+{
+	rd_kafka_t *rk;
+	rd_kafka_topic_partition_list_t *list = open_query(mock, group, topic, &rk);
+	if (list == NULL)
+		return;
 	rd_kafka_resp_err_t err = rd_kafka_committed(rk, list, QUERY_TIMEOUT_MS);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
 		reply("error committed: %s", rd_kafka_err2str(err));
@@ -233,19 +244,10 @@ static void query_committed(const struct mock *mock, const char *group, const ch
 
 static void query_watermarks(const struct mock *mock, const char *topic)
 {
-	char why[256];
-	rd_kafka_t *rk = query_client(mock, "mock-broker-query");
-	if (rk == NULL) {
-		reply("error cannot create a client");
+	rd_kafka_t *rk;
+	rd_kafka_topic_partition_list_t *list = open_query(mock, "mock-broker-query", topic, &rk);
+	if (list == NULL)
 		return;
-	}
-	rd_kafka_topic_partition_list_t *list = topic_partitions(rk, topic, why, sizeof(why));
-	if (list == NULL) {
-		reply("error %s", why);
-		rd_kafka_destroy(rk);
-		return;
-	}
-	rd_kafka_topic_partition_list_sort(list, compare_partition, NULL);
 	char line[8192];
 	size_t used = (size_t)snprintf(line, sizeof(line), "ok");
 	for (int i = 0; i < list->cnt && used < sizeof(line); i++) {
