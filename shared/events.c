@@ -238,6 +238,20 @@ char *event_job_id(const char *payload, size_t len)
 	return copy;
 }
 
+const char *event_job_id_problem(const char *id, size_t len)
+{
+	if (id == NULL || len == 0)
+		return "the id is empty";
+	if (len > EVENT_JOB_ID_MAX)
+		return "the id is longer than 1024 bytes";
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)id[i];
+		if (c < 0x20 || c == 0x7f)
+			return "the id contains a control character";
+	}
+	return NULL;
+}
+
 bool event_payload_is_object(const char *payload, size_t len)
 {
 	json_t *doc;

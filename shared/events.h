@@ -16,7 +16,8 @@ struct event_origin {
 };
 
 struct failure {
-	const char *reason;   /* exit_code | signal | timeout | result_too_large | spawn_failed | invalid_job */
+	/* exit_code | signal | timeout | result_too_large | spawn_failed | invalid_job | worker_lost */
+	const char *reason;
 	int exit_code;        /* -1 = none */
 	int signal;           /* 0 = none */
 	const char *message;  /* human sentence, may be NULL */
@@ -36,6 +37,15 @@ char *event_failed(const struct event_origin *origin, const char *id, const stru
 
 /* The job's "id" string field when payload is a JSON object that has one (malloc'd), else NULL. */
 char *event_job_id(const char *payload, size_t len);
+/*
+ * Job ids are bounded and printable at every entry (spool file, droverctl
+ * submit, Kafka key or "id" field): a long id cannot be passed to a handler's
+ * environment (exec fails with E2BIG) and a control character would forge log
+ * lines. A job whose id breaks these rules fails with invalid_job.
+ */
+#define EVENT_JOB_ID_MAX 1024
+/* NULL when id (len bytes) is acceptable, else a static sentence saying why not. */
+const char *event_job_id_problem(const char *id, size_t len);
 /* True when payload parses as a JSON object (spec: anything else is invalid_job). */
 bool event_payload_is_object(const char *payload, size_t len);
 /* "2026-11-27T17:40:00.123Z" */

@@ -338,3 +338,19 @@ Test(events, null_strings_do_not_crash)
 	cr_assert_not_null(text);
 	free(text);
 }
+
+Test(events, job_id_problem)
+{
+	char long_id[EVENT_JOB_ID_MAX + 2];
+
+	memset(long_id, 'a', sizeof(long_id) - 1);
+	long_id[sizeof(long_id) - 1] = '\0';
+	cr_expect_null(event_job_id_problem("job-1", 5));
+	cr_expect_null(event_job_id_problem(long_id, EVENT_JOB_ID_MAX));
+	cr_expect_not_null(event_job_id_problem(long_id, EVENT_JOB_ID_MAX + 1));
+	cr_expect_not_null(event_job_id_problem("", 0));
+	cr_expect_not_null(event_job_id_problem(NULL, 0));
+	cr_expect_not_null(event_job_id_problem("a\nb", 3));
+	cr_expect_not_null(event_job_id_problem("a\x7f", 2));
+	cr_expect_null(event_job_id_problem("caf\xc3\xa9", 5));
+}
