@@ -14,6 +14,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from harness import PYTHON, REPO, proc_alive, proc_stat, wait_until
 
 ORPHANER = REPO / "tests" / "handlers" / "orphaner.py"
@@ -53,23 +55,29 @@ def faults(d):
 
 # ---- issue 8 item 2: a job that cannot be exec'd fails alone ----------------------------
 
+@pytest.mark.asan
 def test_an_id_too_long_for_a_handler_environment_fails_that_job_alone(drover):
     d = drover(config={"supervisor": {"workers": 2}, "jobs": {"handler": HANDLER}})
     workers = {w["slot"]: w["pid"] for w in d.wait_workers(2)["workers"]}
     huge = "h" * (200 * 1024)
     # Dropped by hand (droverctl refuses such an id): 200 KiB cannot be passed in DROVER_JOB_ID.
     d.enqueue_raw("huge-id.json", json.dumps({"id": huge, "record_dir": str(d.records)}))
+    # And one that would forge log lines.
+    d.enqueue_raw("newline-id.json", json.dumps({"id": "forged\nline", "record_dir": str(d.records)}))
     innocents = ["innocent-%d" % i for i in range(6)]
     d.submit([{"id": i} for i in innocents])
 
     def settled():
-        docs = [doc for doc in d.failed().values() if doc.get("id") == huge]
-        return docs if docs and set(innocents) <= set(d.complete()) else None
-    docs = d.wait_until(settled, 20, "the huge-id job to fail and the innocent jobs to complete")
-    err = docs[0]["error"]
+        docs = {doc.get("id"): doc for doc in d.failed().values()}
+        ready = huge in docs and "forged\nline" in docs and set(innocents) <= set(d.complete())
+        return docs if ready else None
+    docs = d.wait_until(settled, 20, "the bad-id jobs to fail and the innocent jobs to complete")
+    err = docs[huge]["error"]
     assert err["reason"] == "invalid_job", err
     assert "1024" in (err.get("message") or ""), err
-    assert not [r for r in records(d, "start") if r["tag"].startswith("hhhh")], "a handler ran for the huge id"
+    err = docs["forged\nline"]["error"]
+    assert err["reason"] == "invalid_job" and "control character" in (err.get("message") or ""), err
+    assert sorted(r["tag"] for r in records(d, "start")) == innocents, "a handler ran for a bad id"
     d.wait_queue_empty()
     assert faults(d) == [], "a job's own exec problem must not be a pool fault"
     assert d.worker_pids() == workers, "the workers must carry on"
@@ -137,6 +145,7 @@ def test_the_same_id_twice_in_one_worker_both_complete(drover):
         "a copy ran twice: %r" % records(d, "start")
 
 
+@pytest.mark.asan
 def test_a_helper_orphaned_by_a_running_attempt_lives_until_that_attempt_ends(drover):
     d = drover(config={"supervisor": {"workers": 1}, "jobs": {"handler": HANDLER, "max_concurrent": 2}})
     worker = d.wait_workers(1)["workers"][0]["pid"]
@@ -176,6 +185,7 @@ def test_a_helper_that_dropped_its_token_outlives_the_attempt_and_is_reaped(drov
     wait_until(lambda: proc_stat(helper) is None, 10, "the helper %d to exit and be reaped (no zombie)" % helper)
 
 
+@pytest.mark.asan
 def test_a_killed_worker_leaves_no_escaped_process_of_its_jobs(drover):
     d = drover(config={"supervisor": {"workers": 1}, "jobs": {"handler": HANDLER}})
     worker = d.wait_workers(1)["workers"][0]["pid"]
