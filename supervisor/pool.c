@@ -6,7 +6,9 @@
  * when the worker dies unasked, BACKOFF -> STARTING after a delay that doubles
  * per consecutive crash. Every exit of a worker goes through
  * pool_worker_exited, which also kills the handler process groups the
- * scoreboard says it left behind and gives its spool claims back.
+ * scoreboard says it left behind, and the processes of its jobs that left
+ * those groups (they come to us, a child subreaper: orphans.h), and gives its
+ * spool claims back.
  */
 #include "pool.h"
 #include "log.h"
