@@ -6,12 +6,14 @@
  * when the worker dies unasked, BACKOFF -> STARTING after a delay that doubles
  * per consecutive crash. Every exit of a worker goes through
  * pool_worker_exited, which also kills the handler process groups the
- * scoreboard says it left behind and gives its spool claims back.
+ * scoreboard says it left behind, and the processes of its jobs that left
+ * those groups (they come to us, a child subreaper: orphans.h), and gives its
+ * spool claims back.
  */
 #include "pool.h"
 #include "log.h"
+#include "orphans.h"
 #include "spool.h"
-#include "sweep.h"
 #include "util.h"
 #include "worker.h"
 
@@ -39,6 +41,7 @@ struct slot {
 	unsigned restarts;
 	unsigned consecutive_crashes;
 	unsigned generation;
+	unsigned long long serial; /* of the worker now in the slot: names it in attempt tokens */
 	bool wanted;           /* index < desired */
 	bool replacing;        /* draining to be replaced by a worker of the current config */
 	bool heartbeat_killed;
@@ -55,6 +58,8 @@ struct pool {
 	int desired;
 	bool stopping;
 	int death_pipe[2]; /* workers hold the read end; EOF tells them the supervisor is gone */
+	unsigned long long spawned; /* workers ever started: the source of slot serials */
+	struct children *children;  /* our own children, to find the orphans of dead workers */
 	ev_child child_watcher;
 	ev_timer heartbeat_timer;
 };
@@ -111,6 +116,8 @@ static void pool_child(struct slot *s)
 		.generation = sup->generation,
 		.board = scoreboard_slot(sup->scoreboard, s->index),
 		.parent_fd = pool->death_pipe[0],
+		.supervisor_pid = getppid(),
+		.serial = s->serial,
 	};
 	_exit(worker_main(&params));
 }
@@ -159,6 +166,7 @@ static void pool_spawn(struct slot *s)
 	sigset_t all, old;
 
 	scoreboard_reset_slot(scoreboard_slot(sup->scoreboard, s->index));
+	s->serial = ++pool->spawned;
 	sigfillset(&all);
 	sigprocmask(SIG_SETMASK, &all, &old); /* no libev handler may run in the child */
 	pid_t pid = fork();
@@ -220,16 +228,52 @@ static void pool_drain_slot(struct slot *s)
 
 /* ---- reaping --------------------------------------------------------------- */
 
-/* A dead worker's jobs: their groups, and what left the groups (sweep.h). */
-static void pool_kill_handler_groups(const struct scoreboard_slot *copy, int slot)
+/* A dead worker's jobs: their process groups (pool_sweep_orphans gets what left them). */
+static void pool_kill_handler_groups(const struct scoreboard_slot *copy)
 {
 	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
 		const struct scoreboard_job *job = &copy->jobs[i];
-		if (!job->used)
+		if (job->used && job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
+			log_info("killed handler group %d of job %.100s", (int)job->pgid, job->id);
+	}
+}
+
+static bool pool_serial_alive(const struct pool *pool, unsigned long long serial)
+{
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		if (slot_alive(&pool->slots[i]) && pool->slots[i].serial == serial)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Kills those of our children that carry an attempt token of a worker of ours
+ * that is gone: a dead worker's handlers and whatever of its jobs left their
+ * process groups come to us (we are a child subreaper). Workers are skipped
+ * without a look; a child without our token is only reaped. Called when a
+ * worker dies and whenever a non-worker child is reaped (its children have
+ * just come to us).
+ */
+static void pool_sweep_orphans(struct pool *pool)
+{
+	const pid_t *pids;
+	size_t count;
+	if (pool->children == NULL)
+		return;
+	if (children_list(pool->children, &pids, &count) < 0) {
+		log_warn("cannot list the supervisor's child processes");
+		return;
+	}
+	long long self = getpid();
+	for (size_t i = 0; i < count; i++) {
+		struct attempt_token token;
+		if (pool_find(pool, pids[i]) != NULL || attempt_token_of(pids[i], &token) != 1)
 			continue;
-		if (job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
-			log_info("killed handler group %d of job %s", (int)job->pgid, job->id);
-		sweep_job_processes(job->id, slot);
+		if (token.supervisor != self || pool_serial_alive(pool, token.worker))
+			continue;
+		if (orphan_kill(pids[i]))
+			log_info("killed pid %d, left behind by a job of a worker that is gone", (int)pids[i]);
 	}
 }
 
@@ -242,7 +286,8 @@ static void pool_bury(struct slot *s, bool clean)
 	static struct scoreboard_slot copy; /* large: keep it off the stack */
 
 	scoreboard_read_slot(board, &copy);
-	pool_kill_handler_groups(&copy, s->index);
+	pool_kill_handler_groups(&copy);
+	pool_sweep_orphans(s->pool);
 	if (!clean && copy.in_flight > 0) {
 		sup->jobs_lost += (uint64_t)copy.in_flight;
 		log_warnx("worker %d died with %d job(s) in flight; they will run again", s->index, copy.in_flight);
@@ -297,9 +342,10 @@ static void pool_child_cb(struct ev_loop *loop, ev_child *watcher, int revents)
 		pool_worker_exited(s, watcher->rstatus);
 		return;
 	}
-	/* An orphan re-parented to us (PID 1 or subreaper): reaped, nothing more. */
+	/* An orphan re-parented to us (PID 1 or subreaper): reaped; its own children are ours now. */
 	describe_wait_status(watcher->rstatus, how, sizeof(how));
 	log_debug("reaped pid %d, not a worker (%s)", (int)watcher->rpid, how);
+	pool_sweep_orphans(pool);
 }
 
 /* ---- heartbeat ----------------------------------------------------------- */
@@ -381,6 +427,10 @@ struct pool *pool_create(struct supervisor *sup)
 		free(pool);
 		return NULL;
 	}
+	pool->children = children_open();
+	if (pool->children == NULL)
+		log_warn("cannot open the supervisor's list of child processes; escaped job processes of dead "
+		         "workers will not be stopped");
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
 		struct slot *s = &pool->slots[i];
 		s->pool = pool;
@@ -410,6 +460,7 @@ void pool_destroy(struct pool *pool)
 	ev_timer_stop(pool->sup->loop, &pool->heartbeat_timer);
 	close(pool->death_pipe[0]);
 	close(pool->death_pipe[1]);
+	children_close(pool->children);
 	free(pool);
 }
 
@@ -471,7 +522,7 @@ void pool_kill_all(struct pool *pool)
 			continue;
 		kill(s->pid, SIGKILL);
 		scoreboard_read_slot(scoreboard_slot(pool->sup->scoreboard, i), &copy);
-		pool_kill_handler_groups(&copy, i);
+		pool_kill_handler_groups(&copy);
 	}
 }
 

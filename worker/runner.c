@@ -1,11 +1,12 @@
 /*
  * runner: one attempt of a job as a handler process (see runner.h).
  *
- * runner_start forks; the child puts itself in a new process group, asks to
- * be killed when the worker dies, resets its signal state, moves the pipes to
- * fds 0-3, closes every other inherited fd and execs argv. Exec failure comes
- * back over a close-on-exec pipe, so a handler that cannot start is reported
- * to the caller (a pool fault) instead of looking like a job that failed.
+ * runner_start spawns without copying the worker (a vfork-style clone, see
+ * spawn()); the child puts itself in a new process group, asks to be killed
+ * when the worker dies, resets its signal state, moves the pipes to fds 0-3,
+ * closes every other inherited fd and execs argv. An exec failure comes back
+ * through the memory the child shares with us, so a handler that cannot
+ * start is reported to the caller instead of looking like a job that failed.
  *
  * In the parent every pipe is non-blocking and watched by libev on the
  * caller's loop. The outcome is decided when the worker hands over the reaped
@@ -27,6 +28,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -36,8 +38,6 @@
 #define READ_CHUNK 16384
 #define READS_PER_WAKEUP 16          /* so one chatty handler cannot starve the loop */
 #define DRAIN_MAX_BYTES (1 << 20)    /* per pipe at exit, in case something outside the group writes */
-#define FIRST_FREE_CHILD_FD 5        /* 0-3: the handler's pipes; 4: the exec error pipe */
-#define EXEC_ERROR_FD 4
 
 enum stream { STREAM_STDIN, STREAM_STDOUT, STREAM_STDERR, STREAM_PROGRESS, STREAM_COUNT };
 
@@ -77,26 +77,33 @@ static size_t run_count;
 
 /* ---- the child ---------------------------------------------------------- */
 
-/* Everything the child needs, prepared before fork: after it, only async-signal-safe calls. */
+/*
+ * Everything the child needs, prepared before the clone. The child shares the
+ * worker's memory (CLONE_VM) and runs while the worker is suspended
+ * (CLONE_VFORK), on a stack inside spawn()'s frame: it may only make
+ * async-signal-safe calls (no malloc, no stdio, no locks), and it reports a
+ * failure by storing errno in exec_errno before _exit.
+ */
 struct child_plan {
 	char *const *argv;
 	char *const *envp;
 	const char *working_dir;
 	int stdio[STREAM_COUNT]; /* child ends, in fd order 0..3 */
-	int error_fd;
 	pid_t worker_pid;
+	int exec_errno;          /* written by the child, read once it is gone or has exec'd */
 };
 
-static void __attribute__((noreturn)) child_fail(int error_fd)
+static void __attribute__((noreturn)) child_fail(struct child_plan *plan)
 {
-	int err = errno;
-	ssize_t n;
-	do
-		n = write(error_fd, &err, sizeof(err));
-	while (n < 0 && errno == EINTR);
+	__atomic_store_n(&plan->exec_errno, errno != 0 ? errno : EIO, __ATOMIC_RELEASE);
 	_exit(127);
 }
 
+/*
+ * Every disposition back to SIG_DFL. A handler would survive until exec and
+ * could run in the child on the worker's memory; an ignored signal would
+ * survive exec itself.
+ */
 static void child_reset_signals(void)
 {
 	struct sigaction dfl;
@@ -110,63 +117,60 @@ static void child_reset_signals(void)
 }
 
 /*
- * Puts the pipes on 0..3 and the error pipe on 4 whatever fds they had (any of
- * them may sit on 0..4 when the worker's stdio was closed), then closes the
- * rest. *error_fd follows the error pipe, so a failure can still be reported.
+ * Puts the pipes on 0..3 whatever fds they had, then closes everything else
+ * (the child has its own fd table: nothing here touches the worker's). dup2
+ * clears close-on-exec on its target; when a pipe already sits on 0..3 it is
+ * first moved out of the way, so no dup2 overwrites another pipe or is a no-op.
  */
-static int child_arrange_fds(const struct child_plan *plan, int *error_fd)
+static int child_arrange_fds(const struct child_plan *plan)
 {
-	int high[STREAM_COUNT];
+	int src[STREAM_COUNT];
+	bool low = false;
+	for (int i = 0; i < STREAM_COUNT; i++)
+		low = low || plan->stdio[i] < STREAM_COUNT;
 	for (int i = 0; i < STREAM_COUNT; i++) {
-		high[i] = fcntl(plan->stdio[i], F_DUPFD, FIRST_FREE_CHILD_FD);
-		if (high[i] < 0)
+		src[i] = low ? fcntl(plan->stdio[i], F_DUPFD_CLOEXEC, STREAM_COUNT) : plan->stdio[i];
+		if (src[i] < 0)
 			return -1;
 	}
-	int error_high = fcntl(plan->error_fd, F_DUPFD_CLOEXEC, FIRST_FREE_CHILD_FD);
-	if (error_high < 0)
-		return -1;
-	*error_fd = error_high;
 	for (int i = 0; i < STREAM_COUNT; i++) {
-		if (dup2(high[i], i) < 0)
+		if (dup2(src[i], i) < 0)
 			return -1;
 	}
-	if (dup3(error_high, EXEC_ERROR_FD, O_CLOEXEC) < 0)
-		return -1;
-	*error_fd = EXEC_ERROR_FD;
-	if (close_range(FIRST_FREE_CHILD_FD, ~0U, 0) == 0)
+	if (close_range(STREAM_COUNT, ~0U, 0) == 0)
 		return 0;
 	/* Kernels before 5.9: close them one by one. */
 	struct rlimit lim;
 	rlim_t last = 65536;
 	if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < last)
 		last = lim.rlim_cur;
-	for (rlim_t fd = FIRST_FREE_CHILD_FD; fd < last; fd++)
+	for (rlim_t fd = STREAM_COUNT; fd < last; fd++)
 		close((int)fd);
 	return 0;
 }
 
-static void __attribute__((noreturn)) child_exec(const struct child_plan *plan)
+static int child_main(void *arg)
 {
+	struct child_plan *plan = arg;
 	sigset_t none;
-	int error_fd = plan->error_fd;
 
 	/* Dispositions first: the signals the worker blocked are unblocked only once nothing handles them. */
 	child_reset_signals();
 	if (setpgid(0, 0) < 0)
-		child_fail(error_fd);
+		child_fail(plan);
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-		child_fail(error_fd);
+		child_fail(plan);
 	if (getppid() != plan->worker_pid)
 		_exit(127); /* the worker died before the death signal was armed: nobody waits for us */
-	if (child_arrange_fds(plan, &error_fd) < 0)
-		child_fail(error_fd);
+	if (child_arrange_fds(plan) < 0)
+		child_fail(plan);
 	if (plan->working_dir != NULL && plan->working_dir[0] != '\0' && chdir(plan->working_dir) < 0)
-		child_fail(error_fd);
+		child_fail(plan);
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
-		child_fail(error_fd);
+		child_fail(plan);
 	execve(plan->argv[0], plan->argv, plan->envp);
-	child_fail(error_fd);
+	child_fail(plan);
 }
 
 /* ---- registry and small helpers ---------------------------------------- */
@@ -521,51 +525,67 @@ static int make_pipes(int parent[STREAM_COUNT], int child[STREAM_COUNT])
 	return 0;
 }
 
-/* Waits for the exec: EOF on the error pipe means it happened. 0, or -1 with the child's errno. */
-static int await_exec(pid_t pid, int error_fd)
-{
-	int err = 0;
-	ssize_t n = read_full(error_fd, &err, sizeof(err));
-	if (n == 0)
-		return 0;
-	if (n != (ssize_t)sizeof(err)) {
-		err = n < 0 ? errno : EIO;
-		kill(pid, SIGKILL);
-	}
-	/* The child never became a handler: reap it here so the worker never sees a stranger. */
-	waitpid_retry(pid, NULL, 0);
-	errno = err;
-	return -1;
-}
+/* Big enough for the child's few libc calls, sanitizer builds included; it lives in spawn()'s frame. */
+#define CHILD_STACK_BYTES (64 * 1024)
 
-static pid_t spawn(const struct runner_spec *spec, int child_fds[STREAM_COUNT], int error_pipe[2])
+#if defined(__SANITIZE_ADDRESS__)
+#define RUNNER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RUNNER_ASAN 1
+#endif
+#endif
+#ifdef RUNNER_ASAN
+#include <sanitizer/asan_interface.h>
+/* The child's frames never return (it execs or exits): clear the poison they left on our memory. */
+#define child_stack_reclaim(stack, size) ASAN_UNPOISON_MEMORY_REGION(stack, size)
+#else
+#define child_stack_reclaim(stack, size) ((void)(stack), (void)(size))
+#endif
+
+/*
+ * Starts the handler the way posix_spawn does, without copying the worker:
+ * clone(CLONE_VM|CLONE_VFORK) runs child_main on a stack of our own and
+ * suspends us until it has exec'd or died, so its exec errno is in the plan
+ * when clone returns. Every signal is blocked around it, so that no handler of
+ * the worker runs in the child before child_main resets them. A child that
+ * failed is reaped here: the worker never sees a stranger. Returns the pid, or
+ * -1 with errno (the clone's, or the child's set-up or exec error).
+ */
+static pid_t spawn(const struct runner_spec *spec, const int child_fds[STREAM_COUNT])
 {
+	/* A char array, so the child's frames may use it; aligned as any ABI wants a stack. */
+	char stack[CHILD_STACK_BYTES] __attribute__((aligned(64)));
 	sigset_t all, old;
 	struct child_plan plan = {
 		.argv = spec->argv,
 		.envp = spec->envp != NULL ? spec->envp : environ,
 		.working_dir = spec->working_dir,
-		.error_fd = error_pipe[1],
 		.worker_pid = getpid(),
+		.exec_errno = 0,
 	};
 	memcpy(plan.stdio, child_fds, sizeof(plan.stdio));
 
-	/* No signal handler of the worker may run in the child before it resets them. */
 	sigfillset(&all);
 	int rc = pthread_sigmask(SIG_SETMASK, &all, &old);
 	if (rc != 0) {
 		errno = rc;
 		return -1;
 	}
-	pid_t pid = fork();
-	if (pid == 0) {
-		close(error_pipe[0]);
-		child_exec(&plan);
-	}
+	pid_t pid = clone(child_main, stack + sizeof(stack), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
 	int saved = errno;
+	child_stack_reclaim(stack, sizeof(stack));
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	errno = saved;
-	return pid;
+	if (pid < 0) {
+		errno = saved;
+		return -1;
+	}
+	int err = __atomic_load_n(&plan.exec_errno, __ATOMIC_ACQUIRE);
+	if (err == 0)
+		return pid; /* exec'd: from here on the worker reaps it like any handler */
+	waitpid_retry(pid, NULL, 0);
+	errno = err;
+	return -1;
 }
 
 static void run_watch(struct run *run)
@@ -592,7 +612,6 @@ static void run_arm_timers(struct run *run, long long timeout_ms)
 struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, const struct runner_callbacks *cb)
 {
 	int child_fds[STREAM_COUNT] = { -1, -1, -1, -1 };
-	int error_pipe[2] = { -1, -1 };
 	int saved;
 
 	if (spec->argv == NULL || spec->argv[0] == NULL) {
@@ -602,22 +621,15 @@ struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, c
 	struct run *run = run_new(loop, spec, cb);
 	if (run == NULL)
 		return NULL;
-	if (make_pipes(run->fd, child_fds) < 0 || pipe2(error_pipe, O_CLOEXEC) < 0)
+	if (make_pipes(run->fd, child_fds) < 0)
 		goto fail;
 	run->started_ms = now_ms();
-	run->pid = spawn(spec, child_fds, error_pipe);
+	run->pid = spawn(spec, child_fds);
 	saved = errno;
 	close_fds(child_fds, STREAM_COUNT);
-	close_fds(&error_pipe[1], 1);
 	errno = saved;
 	if (run->pid < 0)
 		goto fail;
-	/* Also from this side, so the group exists before anyone signals it (EACCES: it already exec'd). */
-	if (setpgid(run->pid, run->pid) < 0 && errno != EACCES && errno != ESRCH)
-		log_warn("handler %d: setpgid", (int)run->pid);
-	if (await_exec(run->pid, error_pipe[0]) < 0)
-		goto fail;
-	close_fds(&error_pipe[0], 1);
 
 	run_watch(run);
 	run_arm_timers(run, spec->timeout_ms);
@@ -629,11 +641,16 @@ struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, c
 fail:
 	saved = errno;
 	close_fds(child_fds, STREAM_COUNT);
-	close_fds(error_pipe, 2);
 	close_fds(run->fd, STREAM_COUNT);
 	run_free(run);
 	errno = saved;
 	return NULL;
+}
+
+bool runner_error_is_the_jobs(int err)
+{
+	/* The job's id and environment are the only per-job inputs of the exec. */
+	return err == E2BIG;
 }
 
 /* ---- the end of a run --------------------------------------------------- */

@@ -14,6 +14,7 @@
 #define DROVER_RUNNER_H
 
 #include <ev.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -61,10 +62,18 @@ struct runner_callbacks {
 };
 
 /*
- * Starts the handler. Returns NULL with errno set when it could not be started
- * (fork failed, or exec failed in the child: a pool fault, not a job failure).
+ * Starts the handler. Returns NULL with errno set when it could not be started:
+ * the process could not be created (EAGAIN, ENOMEM), or its set-up or exec
+ * failed (ENOENT, EACCES, ENOEXEC, E2BIG, ...). Not thread-safe: one loop
+ * thread starts every run.
  */
 struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, const struct runner_callbacks *cb);
+/*
+ * True when a runner_start errno is caused by the job itself (E2BIG: its
+ * environment is too large), so that job alone fails; any other cause is the
+ * same for every job (handler missing, not executable, no processes left).
+ */
+bool runner_error_is_the_jobs(int err);
 pid_t runner_pgid(const struct run *run);
 /* Kills the group now (SIGKILL); done() follows with RUNNER_KILLED once the handler is reaped. */
 void runner_kill(struct run *run);

@@ -12,9 +12,9 @@
 #include "events.h"
 #include "kafka.h"
 #include "log.h"
+#include "orphans.h"
 #include "runner.h"
 #include "source.h"
-#include "sweep.h"
 #include "util.h"
 
 #include <errno.h>
@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -40,6 +41,7 @@ struct task {
 	int attempt;
 	int board_index;
 	struct run *run;
+	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	long long last_progress_event_ms;
 	struct task *prev, *next;
@@ -70,6 +72,8 @@ struct worker {
 	ev_timer fault_timer;
 	ev_timer orphan_timer;  /* bounds the drain once no supervisor is left to bound it */
 	int signal_fd;
+	struct children *children;   /* our own children, to find orphans of ended attempts */
+	struct attempt_token token;  /* supervisor and worker parts; .attempt counts attempts started */
 };
 
 static void worker_fill(struct worker *w);
@@ -155,10 +159,10 @@ static int worker_build_base_env(struct worker *w)
 }
 
 static const char *const job_env_names[] = {
-	"DROVER_JOB_ID", "DROVER_ATTEMPT", "DROVER_WORKER", "DROVER_TIMEOUT_MS", "DROVER_DEADLINE_MS",
+	"DROVER_JOB_ID", "DROVER_ATTEMPT", "DROVER_WORKER", "DROVER_TIMEOUT_MS", "DROVER_DEADLINE_MS", ATTEMPT_TOKEN_VAR,
 };
 
-/* base_env plus the five DROVER_* job variables; free with argv-style free. */
+/* base_env plus the six DROVER_* job variables; free with task_env_free. */
 static char **task_env(const struct task *t)
 {
 	const struct worker *w = t->worker;
@@ -175,7 +179,12 @@ static char **task_env(const struct task *t)
 			env[n++] = w->base_env[i];
 	}
 	size_t first_own = n;
-	int ok = asprintf(&env[n++], "DROVER_JOB_ID=%s", t->job->id) >= 0 &&
+	struct attempt_token token = w->token;
+	char token_entry[128];
+	token.attempt = t->token_attempt;
+	int ok = attempt_token_format(token_entry, sizeof(token_entry), &token) == 0 &&
+	         (env[n++] = strdup(token_entry)) != NULL &&
+	         asprintf(&env[n++], "DROVER_JOB_ID=%s", t->job->id) >= 0 &&
 	         asprintf(&env[n++], "DROVER_ATTEMPT=%d", t->attempt) >= 0 &&
 	         asprintf(&env[n++], "DROVER_WORKER=%d", w->slot) >= 0 &&
 	         asprintf(&env[n++], "DROVER_TIMEOUT_MS=%lld", w->cfg->timeout_ms) >= 0 &&
@@ -290,7 +299,8 @@ static void task_fail(struct task *t, const struct failure *failure)
 		task_release(t);
 		return;
 	}
-	log_info("job %s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
+	/* Bounded: this is also the path of ids too long or too strange to log whole. */
+	log_info("job %.200s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
 	worker_publish_status(w, t, "failed", -1, failure->message, failure->reason);
 	counters_update(w, count_failed, 0);
 	w->ops->finish(w->source, t->job, false, doc, strlen(doc));
@@ -372,6 +382,46 @@ static double retry_delay_s(const struct worker *w, int attempt)
 	return (double)delay / 1000.0;
 }
 
+static bool attempt_running(const struct worker *w, unsigned long long serial)
+{
+	for (const struct task *t = w->tasks; t != NULL; t = t->next) {
+		if (t->run != NULL && t->token_attempt == serial)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Kills those of our children that carry the token of an attempt of ours that
+ * has ended: descendants of a handler that left its process group and were
+ * orphaned to us (we are a child subreaper). Handlers are skipped without a
+ * look; a child of a running attempt is left until that attempt ends; one
+ * without our token is only reaped when it exits. Called when an attempt ends
+ * and when a stranger is reaped (its own children have just come to us).
+ */
+static void worker_sweep_orphans(struct worker *w)
+{
+	const pid_t *pids;
+	size_t count;
+	if (w->children == NULL)
+		return;
+	if (children_list(w->children, &pids, &count) < 0) {
+		log_warn("worker %d: cannot list its child processes", w->slot);
+		return;
+	}
+	for (size_t i = 0; i < count; i++) {
+		struct attempt_token token;
+		if (runner_find(pids[i]) != NULL || attempt_token_of(pids[i], &token) != 1)
+			continue;
+		if (token.supervisor != w->token.supervisor || token.worker != w->token.worker ||
+		    attempt_running(w, token.attempt))
+			continue;
+		if (orphan_kill(pids[i]))
+			log_info("worker %d: killed pid %d, left behind by ended attempt %llu outside its process group",
+			         w->slot, (int)pids[i], token.attempt);
+	}
+}
+
 static void task_run_done(struct run *run, const struct runner_result *result, void *arg)
 {
 	struct task *t = arg;
@@ -383,7 +433,7 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	/* The runner killed the job's group; this gets what left it (setsid and the like). */
-	sweep_job_processes(t->job->id, w->slot);
+	worker_sweep_orphans(w);
 
 	if (result->status == RUNNER_KILLED) {
 		task_release(t);
@@ -451,10 +501,35 @@ static void worker_fault_retry_cb(struct ev_loop *loop, ev_timer *timer, int rev
 	worker_fill(w);
 }
 
-static void task_begin_attempt(struct task *t)
+/*
+ * The handler could not be started for this attempt. When the job is the
+ * cause (its environment cannot be exec'd) it fails alone and for good: the
+ * same exec would fail again. Any other cause is the same for every job: a
+ * pool fault; the attempt never happened and the job goes back.
+ */
+static void task_not_started(struct task *t, int err)
 {
 	struct worker *w = t->worker;
 	char why[SCOREBOARD_FAULT_MAX];
+
+	if (runner_error_is_the_jobs(err)) {
+		char message[256];
+		snprintf(message, sizeof(message), "handler %s cannot be started for this job: %s",
+		         w->cfg->handler_argv[0], strerror(err));
+		struct failure failure = { .reason = "spawn_failed", .exit_code = -1, .message = message };
+		task_fail(t, &failure);
+		return;
+	}
+	snprintf(why, sizeof(why), "handler %s cannot be started: %s", w->cfg->handler_argv[0], strerror(err));
+	t->attempt--;
+	w->ops->attempt(w->source, t->job, t->attempt);
+	task_release(t);
+	worker_enter_fault(w, why);
+}
+
+static void task_begin_attempt(struct task *t)
+{
+	struct worker *w = t->worker;
 
 	t->attempt++;
 	if (t->board_index >= 0)
@@ -462,6 +537,7 @@ static void task_begin_attempt(struct task *t)
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
 		log_warnx("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
 
+	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
 	struct runner_spec spec = {
 		.argv = w->cfg->handler_argv,
@@ -478,13 +554,7 @@ static void task_begin_attempt(struct task *t)
 	int saved = errno;
 	task_env_free(w, env);
 	if (t->run == NULL) {
-		/* A pool fault, not the job's: the attempt never happened. */
-		snprintf(why, sizeof(why), "handler %s cannot be started: %s", w->cfg->handler_argv[0],
-		         strerror(saved));
-		t->attempt--;
-		w->ops->attempt(w->source, t->job, t->attempt);
-		task_release(t);
-		worker_enter_fault(w, why);
+		task_not_started(t, saved);
 		return;
 	}
 	if (w->board->fault[0] != '\0') {
@@ -515,23 +585,47 @@ static void worker_revoke_job(struct job *job, void *arg)
 	worker_fill(w);
 }
 
+/*
+ * Jobs that must not reach a handler fail here, before any attempt: a message
+ * that is not a JSON object; an id that breaks the rules of every entry
+ * (events.h; the backends check too, this is the last line); a job whose
+ * earlier attempts already used up max_attempts by dying with their worker
+ * (the count comes with the delivery: spool file name, Kafka crash ledger).
+ * True when the task was failed.
+ */
+static bool worker_refuses_job(struct worker *w, struct task *t)
+{
+	const struct job *job = t->job;
+	char message[160];
+	struct failure failure = { .reason = "invalid_job", .exit_code = -1, .message = message };
+
+	const char *id_problem = event_job_id_problem(job->id, strlen(job->id));
+	if (job->invalid) {
+		failure.message = "the message is not a JSON object";
+	} else if (id_problem != NULL) {
+		log_warnx("job with an id of %zu bytes: %s", strlen(job->id), id_problem);
+		failure.message = id_problem;
+	} else if (job->attempts_done >= w->cfg->max_attempts) {
+		failure.reason = "worker_lost";
+		snprintf(message, sizeof(message), "the worker died during attempt %d; max_attempts is %d",
+		         job->attempts_done, w->cfg->max_attempts);
+	} else {
+		return false;
+	}
+	task_fail(t, &failure);
+	return true;
+}
+
 static void worker_start_job(struct worker *w, struct job *job)
 {
 	struct task *t = task_new(w, job);
 	if (t == NULL) {
-		log_error("out of memory; giving job %s back", job->id);
+		log_error("out of memory; giving job %.200s back", job->id);
 		w->ops->release(w->source, job);
 		return;
 	}
-	if (job->invalid) {
-		struct failure failure = {
-			.reason = "invalid_job",
-			.exit_code = -1,
-			.message = "the message is not a JSON object",
-		};
-		task_fail(t, &failure);
+	if (worker_refuses_job(w, t))
 		return;
-	}
 	t->board_index = scoreboard_job_add(w->board, job->id, job->attempts_done + 1);
 	if (job->attempts_done == 0)
 		counters_update(w, count_started, 0);
@@ -610,15 +704,21 @@ static void worker_drain(struct worker *w, enum drain_mode mode)
 	worker_maybe_exit(w);
 }
 
+/* Reaps every child: handlers go to their runs; anyone else is an orphan whose children are ours now. */
 static void worker_reap(struct worker *w)
 {
 	int status;
 	pid_t pid;
+	bool stranger = false;
 	while ((pid = waitpid_retry(-1, &status, WNOHANG)) > 0) {
 		struct run *run = runner_find(pid);
 		if (run != NULL)
 			runner_child_exited(run, status);
+		else
+			stranger = true;
 	}
+	if (stranger)
+		worker_sweep_orphans(w);
 }
 
 static void worker_signal_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -720,6 +820,21 @@ static void worker_crash_if_asked(int slot)
 	}
 }
 
+/*
+ * A handler's descendant that leaves the job's group and loses its parents
+ * comes back to us instead of init, so worker_sweep_orphans can find it among
+ * our children. Without either, escaped processes are only stopped by the
+ * supervisor when this worker dies.
+ */
+static void worker_adopt_orphans(struct worker *w)
+{
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+		log_warn("worker %d: cannot become a child subreaper", w->slot);
+	w->children = children_open();
+	if (w->children == NULL)
+		log_warn("worker %d: cannot open its list of child processes", w->slot);
+}
+
 static void worker_teardown(struct worker *w)
 {
 	if (w->source != NULL && w->ops != NULL)
@@ -729,12 +844,19 @@ static void worker_teardown(struct worker *w)
 	free(w->base_env);
 	if (w->signal_fd >= 0)
 		close(w->signal_fd);
+	children_close(w->children);
 	ev_loop_destroy(w->loop);
 }
 
 int worker_main(const struct worker_params *params)
 {
-	struct worker w = { .cfg = params->cfg, .slot = params->slot, .board = params->board, .signal_fd = -1 };
+	struct worker w = {
+		.cfg = params->cfg,
+		.slot = params->slot,
+		.board = params->board,
+		.signal_fd = -1,
+		.token = { .supervisor = params->supervisor_pid, .worker = params->serial },
+	};
 	char name[32], err[512];
 
 	snprintf(name, sizeof(name), "worker %d", params->slot);
@@ -744,6 +866,7 @@ int worker_main(const struct worker_params *params)
 		return 70;
 	}
 	worker_crash_if_asked(w.slot);
+	worker_adopt_orphans(&w);
 	w.loop = ev_loop_new(EVFLAG_AUTO);
 	if (w.loop == NULL)
 		return 70;

@@ -6,15 +6,13 @@ say what to do:
 
   sleep_ms   take this long (a job that is still running when a test stops drover)
   env_dump   write the handler's environment as JSON to this path
-  orphan     path: fork a child that leaves the job's session and process group
-             (setsid) and re-executes itself without the job's DROVER_JOB_ID mark
-             (a daemon that detached from the job for good, which drover cannot
-             attribute to the job), outlives the handler, and once re-parented writes
-             {"pid", "ppid"} (as seen in its own PID namespace) to this path;
-             it then lives orphan_ms (default 500) and exits
-  orphan_ms  see orphan
 
 It prints {"ok": true, "pid": N} and exits 0.
+
+`handler.py --orphan-of PATH LIFETIME_MS` is not a handler: it forks a child and
+exits, so the child is orphaned (in a container: a process started by `docker
+exec` whose parent went away); once re-parented the child writes {"pid", "ppid"}
+(as seen in its own PID namespace) to PATH, lives LIFETIME_MS and exits.
 """
 
 import json
@@ -43,18 +41,16 @@ def detach_to_devnull():
 
 
 def spawn_orphan(path, lifetime_ms):
-    """Forks a child that outlives this handler; the child never returns."""
+    """Forks a child that outlives us and returns; the child never returns."""
     parent = os.getpid()
     if os.fork() != 0:
-        return
+        return 0
     try:
         os.setsid()
         detach_to_devnull()
-        env = {k: v for k, v in os.environ.items() if k != "DROVER_JOB_ID"}
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), "--orphan", path, str(lifetime_ms),
-                                   str(parent)], env)
+        run_orphan(path, lifetime_ms, parent)
     finally:
-        os._exit(1)
+        os._exit(0)
 
 
 def run_orphan(path, lifetime_ms, parent):
@@ -67,13 +63,11 @@ def run_orphan(path, lifetime_ms, parent):
 
 
 def main():
-    if len(sys.argv) == 5 and sys.argv[1] == "--orphan":
-        return run_orphan(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--orphan-of":
+        return spawn_orphan(sys.argv[2], int(sys.argv[3]))
     job = json.loads(sys.stdin.read())
     if job.get("env_dump"):
         atomic_write(job["env_dump"], json.dumps(dict(os.environ)))
-    if job.get("orphan"):
-        spawn_orphan(job["orphan"], int(job.get("orphan_ms", 500)))
     if job.get("sleep_ms"):
         time.sleep(int(job["sleep_ms"]) / 1000.0)
     sys.stdout.write(json.dumps({"ok": True, "pid": os.getpid()}))

@@ -6,9 +6,10 @@ environment only.
 
 - jobs complete; the entrypoint wrote a minimal configuration and exec'd drover
   (no shell left as PID 1);
-- an orphaned grandchild (a handler's child that left the job's process group)
-  is re-parented to PID 1, reaped when it exits (no zombie), and not mistaken
-  for a worker (same workers, no restart);
+- an orphan that no worker started (as from `docker exec`: what a job leaves
+  behind goes to its worker, a child subreaper) is re-parented to PID 1, reaped
+  when it exits (no zombie), and not mistaken for a worker (same workers, no
+  restart);
 - TERM lets the running job finish, drover exits 0, nothing is left in the
   namespace;
 - a broken environment is refused before drover starts (exit 78), a mounted
@@ -115,8 +116,9 @@ def test_pid1_runs_jobs_and_reaps_orphans_without_mistaking_them_for_workers(con
     workers = sorted((w["slot"], w["pid"], w["restarts"]) for w in before["workers"])
 
     marker = c.marks / "orphan.json"
-    [orphan_job] = c.submit([{"id": "orphan-1", "orphan": str(marker), "orphan_ms": 1500}])
-    h.wait_until(lambda: h.completed(c.spool, orphan_job), 20, "the orphan's job to complete")
+    # Entered like `docker exec`: its parent exits at once, leaving the child to the namespace's init.
+    subprocess.run(["nsenter", "-t", str(c.init_pid), "-p", "--", h.PYTHON, str(h.HANDLER), "--orphan-of",
+                    str(marker), "1500"], check=True, timeout=20, env=h.clean_env(c.env))
     seen = json.loads(h.wait_until(lambda: marker.exists() and marker.read_text(), 10, "the orphan's report"))
     assert seen["ppid"] == 1, "the orphan should be re-parented to PID 1 (drover), got ppid %r" % seen["ppid"]
     host_pid = h.wait_until(lambda: c.host_pid_of(seen["pid"]), 5, "the orphan's pid on the host")

@@ -570,6 +570,42 @@ Test(runner, exec_failure_is_reported_not_run)
 	assert_start_fails(sh, "/nonexistent/dir", ENOENT);
 }
 
+Test(runner, exec_errors_say_whether_the_job_is_the_cause)
+{
+	/* A single environment string over 128 KiB cannot be exec'd: only this job's environment is at fault. */
+	size_t len = 200 * 1024;
+	char *big = malloc(len + 1);
+	cr_assert_not_null(big);
+	memset(big, 'x', len);
+	memcpy(big, "BIG=", 4);
+	big[len] = '\0';
+	char *envp[] = { big, NULL };
+	char *sh[] = { "/bin/sh", "-c", "true", NULL };
+	struct outcome o;
+	struct run_opts opts = { .envp = envp };
+	errno = 0;
+	cr_assert_null(start_argv(&o, sh, &opts));
+	int err = errno;
+	free(big);
+	cr_assert_eq(err, E2BIG, "errno %d (%s)", err, strerror(err));
+	cr_assert(runner_error_is_the_jobs(err));
+	cr_assert_eq(runner_active(), 0);
+	cr_assert_eq(waitpid(-1, NULL, WNOHANG), -1, "the failed child was left to reap");
+	cr_assert_eq(errno, ECHILD);
+
+	cr_assert_not(runner_error_is_the_jobs(ENOENT));
+	cr_assert_not(runner_error_is_the_jobs(EACCES));
+	cr_assert_not(runner_error_is_the_jobs(ENOEXEC));
+	cr_assert_not(runner_error_is_the_jobs(EAGAIN));
+	cr_assert_not(runner_error_is_the_jobs(ENOMEM));
+
+	/* And the runner still works after a failed start (no stale state from the child). */
+	struct run_opts plain = { 0 };
+	struct outcome *ok = run_sh("printf fine", &plain);
+	cr_assert_eq(ok->result.status, RUNNER_COMPLETED);
+	cr_assert_str_eq(ok->output, "fine");
+}
+
 /* ---- several at once, and the worker's death ---------------------------- */
 
 static bool all_done(void *arg)
