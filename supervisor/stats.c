@@ -231,6 +231,27 @@ static json_t *jobs_totals(const struct totals *totals, bool *ok)
 	return jobs;
 }
 
+/* What the last reload did to each changed key. */
+static json_t *reload_changes(const struct supervisor *sup, bool *ok)
+{
+	json_t *changes = json_array();
+	if (changes == NULL) {
+		*ok = false;
+		return NULL;
+	}
+	for (size_t i = 0; i < sup->reload_change_count; i++) {
+		json_t *entry = json_object();
+		if (entry == NULL) {
+			*ok = false;
+			break;
+		}
+		put(entry, "key", json_string(sup->reload_changes[i].key), ok);
+		put(entry, "result", json_string(sup->reload_changes[i].result), ok);
+		append(changes, entry, ok);
+	}
+	return changes;
+}
+
 /* json_dumps plus the protocol's trailing newline. */
 static char *dump_line(json_t *root)
 {
@@ -268,6 +289,7 @@ char *stats_json(const struct supervisor *sup)
 	put(root, "config_generation", json_integer(sup->generation), ok);
 	put(root, "reloads", json_integer(sup->reloads), ok);
 	put(root, "last_reload", string_or_null(sup->last_reload), ok);
+	put(root, "last_reload_changes", reload_changes(sup, ok), ok);
 	put(root, "stopping", json_boolean(sup->stopping), ok);
 	put(root, "workers_desired", json_integer(supervisor_workers_desired(sup)), ok);
 	put(root, "workers_alive", json_integer(supervisor_workers_alive(sup)), ok);

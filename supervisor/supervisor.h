@@ -29,6 +29,13 @@ struct slot_view {
 
 enum stop_mode { STOP_GRACEFUL, STOP_FAST };
 
+/* What the last reload did to one changed key (stats.last_reload_changes). */
+#define RELOAD_CHANGES_MAX 64
+struct reload_change {
+	char key[96];       /* "[section] key" */
+	const char *result; /* "applied", "workers replaced", "needs restart" or "rejected" */
+};
+
 struct supervisor {
 	struct ev_loop *loop;
 	struct config *cfg;
@@ -40,6 +47,8 @@ struct supervisor {
 	unsigned generation;       /* 1 for the start-up config, +1 per applied reload */
 	unsigned reloads;          /* applied reloads */
 	char last_reload[2048];    /* "ok", "" before any, or the errors */
+	struct reload_change reload_changes[RELOAD_CHANGES_MAX];
+	size_t reload_change_count;
 	struct scoreboard_counters retired; /* counters of workers that have exited */
 	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
 	bool stopping;

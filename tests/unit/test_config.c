@@ -1337,8 +1337,13 @@ static bool worker_equal_after(const char *a_extra, const char *b_extra)
 Test(config, worker_equal)
 {
 	cr_assert(worker_equal_after("", ""));
-	cr_assert(worker_equal_after("", "[supervisor]\nworkers = 9\nlog_level = debug\nshutdown_timeout_ms = 5\n"),
-		  "[supervisor] does not concern workers");
+	cr_assert(worker_equal_after("", "[supervisor]\nworkers = 9\nrestart_delay_ms = 5\nheartbeat_timeout_ms = 9\n"
+					 "control_socket = /tmp/x.sock\npid_file = /tmp/x.pid\n"),
+		  "scaling, restart settings and start-only keys do not replace workers");
+	cr_assert_not(worker_equal_after("", "[supervisor]\nlog_level = debug\n"), "workers log at the new level");
+	cr_assert_not(worker_equal_after("", "[supervisor]\nlog_format = json\n"));
+	cr_assert_not(worker_equal_after("", "[supervisor]\nlog_file = /tmp/other.log\n"));
+	cr_assert_not(worker_equal_after("", "[supervisor]\nshutdown_timeout_ms = 5\n"));
 	cr_assert_not(worker_equal_after("", "max_concurrent = 2\n"));
 	cr_assert_not(worker_equal_after("", "timeout_ms = 2\n"));
 	cr_assert_not(worker_equal_after("", "no_retry_exit_codes = 64\n"));
@@ -1350,6 +1355,40 @@ Test(config, worker_equal)
 	cr_assert_not(worker_equal_after("", "[topic:image.generation.requests]\npartitions = 7\n"));
 	cr_assert_not(worker_equal_after("", "[librdkafka]\nlinger.ms = 5\n"));
 	cr_assert_not(worker_equal_after("[librdkafka]\nlinger.ms = 5\n", "[librdkafka]\nlinger.ms = 6\n"));
+}
+
+struct change_log {
+	char names[16][160];
+	unsigned scopes[16];
+	size_t count;
+};
+
+static void log_change(void *ctx, const char *name, unsigned scope)
+{
+	struct change_log *log = ctx;
+	cr_assert_lt(log->count, 16);
+	snprintf(log->names[log->count], sizeof(log->names[0]), "%s", name);
+	log->scopes[log->count++] = scope;
+}
+
+Test(config, diff_names_each_changed_key_with_its_scope)
+{
+	struct config *a = load_ok(config_with(""));
+	struct config *b = load_ok(config_with("env.A = 1\n[supervisor]\nlog_file = /tmp/l.log\npid_file = /tmp/p.pid\n"
+					       "workers = 5\n"));
+	struct change_log log = { .count = 0 };
+	cr_assert_eq(config_diff(a, b, log_change, &log), 4);
+	cr_assert_str_eq(log.names[0], "[supervisor] workers");
+	cr_assert_eq(log.scopes[0], CONFIG_SCOPE_SUPERVISOR);
+	cr_assert_str_eq(log.names[1], "[supervisor] pid_file");
+	cr_assert_eq(log.scopes[1], CONFIG_SCOPE_START);
+	cr_assert_str_eq(log.names[2], "[supervisor] log_file");
+	cr_assert_eq(log.scopes[2], CONFIG_SCOPE_SUPERVISOR | CONFIG_SCOPE_WORKERS);
+	cr_assert_str_eq(log.names[3], "[jobs] env.*");
+	cr_assert_eq(log.scopes[3], CONFIG_SCOPE_WORKERS);
+	cr_assert_eq(config_changed_scopes(a, a), 0);
+	config_free(a);
+	config_free(b);
 }
 
 Test(config, worker_equal_sees_handler_and_password_file)
