@@ -1013,10 +1013,78 @@ static bool is_text_type(enum opt_type type)
 	return type == OPT_STRING || type == OPT_PATH || type == OPT_ARGV;
 }
 
+/*
+ * Secrets taken out of the environment (config_hide_secrets) live on here,
+ * so that environment overrides stay in force across reloads while no other
+ * process (a handler of the same uid reading /proc/PID/environ) can see them.
+ */
+static char **secret_env;
+static size_t secret_env_count;
+
+/* The environment as the loader sees it: environ, then the hidden secrets. NULL past the end. */
+static const char *env_entry(size_t index)
+{
+	size_t count = 0;
+	while (environ != NULL && environ[count] != NULL)
+		count++;
+	if (index < count)
+		return environ[index];
+	index -= count;
+	return index < secret_env_count ? secret_env[index] : NULL;
+}
+
+static const char *env_get(const char *name)
+{
+	size_t len = strlen(name);
+	for (size_t i = 0; i < secret_env_count; i++)
+		if (strncmp(secret_env[i], name, len) == 0 && secret_env[i][len] == '=')
+			return secret_env[i] + len + 1;
+	return getenv(name);
+}
+
+/* Moves one secret out of environ and wipes its bytes where they were (what /proc/PID/environ shows). */
+static int hide_secret(char *entry)
+{
+	char **grown = realloc(secret_env, (secret_env_count + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return -1;
+	secret_env = grown;
+	char *copy = strdup(entry);
+	if (copy == NULL)
+		return -1;
+	size_t name_len = strcspn(entry, "=");
+	char name[ENV_NAME_MAX * 2];
+	snprintf(name, sizeof(name), "%.*s", (int)name_len, entry);
+	if (unsetenv(name) < 0) {
+		explicit_bzero(copy, strlen(copy));
+		free(copy);
+		return -1;
+	}
+	secret_env[secret_env_count++] = copy;
+	explicit_bzero(entry, strlen(entry));
+	return 0;
+}
+
+int config_hide_secrets(void)
+{
+	int rc = 0;
+	for (size_t i = 0; environ != NULL && environ[i] != NULL;) {
+		if (!config_env_is_secret(environ[i])) {
+			i++;
+			continue;
+		}
+		if (hide_secret(environ[i]) < 0) {
+			rc = -1;
+			i++; /* left in place: the caller reports it */
+		}
+	}
+	return rc;
+}
+
 /* An empty variable means "unset" for anything but text (VAR= in an env file). */
 static const char *env_value(const struct opt_spec *opt, const char *name)
 {
-	const char *value = getenv(name);
+	const char *value = env_get(name);
 	if (value == NULL || (*value == '\0' && !is_text_type(opt->type)))
 		return NULL;
 	return value;
@@ -1047,8 +1115,8 @@ static size_t option_index(const char *section, const char *key)
 /* USE_KAFKA and KAFKA_SSL: booleans of the seeds that select an enum value. */
 static bool seed_flag(struct loader *ld, const char *name, size_t index, bool *flag)
 {
-	const char *value = getenv(name);
-	const char *stronger = getenv(ld->env_names[index]);
+	const char *value = env_get(name);
+	const char *stronger = env_get(ld->env_names[index]);
 	if (value == NULL || *value == '\0' || (stronger != NULL && *stronger != '\0'))
 		return false; /* DROVER_<SECTION>_<KEY> wins */
 	if (!parse_bool(value, flag)) {
@@ -1082,17 +1150,18 @@ static void apply_seed_flags(struct loader *ld)
 static void apply_librdkafka_env(struct loader *ld)
 {
 	static const char prefix[] = "DROVER_LIBRDKAFKA_";
-	for (char **e = environ; e != NULL && *e != NULL; e++) {
-		if (strncmp(*e, prefix, sizeof(prefix) - 1) != 0)
+	const char *entry;
+	for (size_t i = 0; (entry = env_entry(i)) != NULL; i++) {
+		if (strncmp(entry, prefix, sizeof(prefix) - 1) != 0)
 			continue;
-		const char *rest = *e + sizeof(prefix) - 1;
+		const char *rest = entry + sizeof(prefix) - 1;
 		const char *eq = strchr(rest, '=');
 		if (eq == NULL || eq == rest)
 			continue;
 		char key[256];
 		char name[ENV_NAME_MAX + 64];
 		snprintf(key, sizeof(key), "%.*s", (int)(eq - rest), rest);
-		snprintf(name, sizeof(name), "%.*s", (int)(eq - *e), *e);
+		snprintf(name, sizeof(name), "%.*s", (int)(eq - entry), entry);
 		for (char *p = key; *p != '\0'; p++)
 			*p = *p == '_' ? '.' : (char)tolower((unsigned char)*p);
 		struct origin o = { .line = 0, .env = name };
@@ -1103,14 +1172,15 @@ static void apply_librdkafka_env(struct loader *ld)
 /* A DROVER_<SECTION>_ variable that names no option is most likely a typo. */
 static void report_unknown_env(struct loader *ld)
 {
-	for (char **e = environ; e != NULL && *e != NULL; e++) {
-		if (strncmp(*e, "DROVER_", 7) != 0)
+	const char *entry;
+	for (size_t n = 0; (entry = env_entry(n)) != NULL; n++) {
+		if (strncmp(entry, "DROVER_", 7) != 0)
 			continue;
-		size_t name_len = strcspn(*e, "=");
+		size_t name_len = strcspn(entry, "=");
 		if (name_len >= ENV_NAME_MAX)
 			continue;
 		char name[ENV_NAME_MAX];
-		snprintf(name, sizeof(name), "%.*s", (int)name_len, *e);
+		snprintf(name, sizeof(name), "%.*s", (int)name_len, entry);
 		for (size_t s = 0; s < ARRAY_LEN(plain_sections); s++) {
 			char prefix[64];
 			make_env_name(plain_sections[s], "", prefix, sizeof(prefix));

@@ -145,6 +145,12 @@ bool config_worker_equal(const struct config *a, const struct config *b);
 
 /* Environment variable names that carry secrets: never logged, never passed to handlers. */
 bool config_env_is_secret(const char *name);
+/*
+ * Moves every secret variable out of the process environment, wiping the
+ * bytes /proc/PID/environ shows; later loads (reload) still see them.
+ * Returns 0, or -1 when one could not be moved (out of memory).
+ */
+int config_hide_secrets(void);
 
 /* Canonical names, for stats and logs. */
 const char *config_backend_name(enum queue_backend backend);

@@ -95,6 +95,21 @@ static struct config *load_or_exit(const char *path, bool test_only)
 	return cfg;
 }
 
+/*
+ * A handler runs as drover's user: keep it (and anything else of that uid)
+ * from reading drover's memory or /proc/PID/environ. Secrets leave the
+ * environment once the config has read them, and the processes are not
+ * dumpable; workers inherit that through fork. A change of uid resets the
+ * flag, so this runs again after the privilege drop.
+ */
+static void protect_secrets(void)
+{
+	if (config_hide_secrets() < 0)
+		log_warnx("cannot remove every secret from the environment (out of memory)");
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		log_warn("cannot make drover non-dumpable");
+}
+
 static void raise_fd_limit(void)
 {
 	struct rlimit limit;
@@ -287,6 +302,7 @@ int main(int argc, char **argv)
 	const char *config_path = absolute_config_path(opts.config_path);
 	struct config *cfg = load_or_exit(opts.test_only ? opts.config_path : config_path, opts.test_only);
 
+	protect_secrets();
 	log_set_level(cfg->log_level);
 	log_set_format(cfg->log_format);
 	if (log_open(cfg->log_file) < 0)
@@ -314,6 +330,7 @@ int main(int argc, char **argv)
 	if (opts.daemonize)
 		daemonize();
 	drop_privileges(&id);
+	protect_secrets();
 	prepare_queue(cfg);
 
 	sup.scoreboard = scoreboard_create();

@@ -126,6 +126,8 @@ int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
 	notify_reloading();
 	log_info("reloading %s", sup->config_path);
 	struct config *next = config_load(sup->config_path, &errors);
+	if (config_hide_secrets() < 0) /* normally a no-op: start-up took them out already */
+		log_warnx("reload: cannot remove every secret from the environment (out of memory)");
 	if (next == NULL)
 		return reload_refused(sup, &errors, err, errlen);
 	struct config *old = sup->cfg;

@@ -1411,6 +1411,25 @@ Test(config, worker_equal_sees_handler_and_password_file)
 	config_free(b);
 }
 
+Test(config, hidden_secrets_leave_environ_but_still_configure)
+{
+	setenv("KAFKA_SASL_PASSWORD", "pw-from-env", 1);
+	setenv("DROVER_LIBRDKAFKA_SSL_KEY_PASSWORD", "key-pw", 1);
+	char *entry = NULL;
+	for (char **e = environ; *e != NULL; e++)
+		if (strncmp(*e, "KAFKA_SASL_PASSWORD=", 20) == 0)
+			entry = *e;
+	cr_assert_not_null(entry);
+	cr_assert_eq(config_hide_secrets(), 0);
+	cr_assert_null(getenv("KAFKA_SASL_PASSWORD"));
+	cr_assert_null(getenv("DROVER_LIBRDKAFKA_SSL_KEY_PASSWORD"));
+	cr_assert_eq(entry[0], '\0', "the bytes that /proc/PID/environ shows are wiped");
+	struct config *cfg = load_ok(config_with("[kafka]\nsecurity_protocol = sasl_ssl\nsasl_username = u\n"));
+	cr_assert_str_eq(cfg->sasl_password, "pw-from-env", "a reload still sees the hidden override");
+	cr_assert_str_eq(find_pair(cfg->librdkafka, cfg->librdkafka_count, "ssl.key.password"), "key-pw");
+	config_free(cfg);
+}
+
 Test(config, secrets)
 {
 	cr_assert(config_env_is_secret("KAFKA_SASL_PASSWORD"));
