@@ -1789,6 +1789,36 @@ bool config_env_is_secret(const char *name)
 	       strstr(upper, "SECRET") != NULL;
 }
 
+static int find_socket_key(void *user, const char *section, const char *key, const char *value)
+{
+	char **path = user;
+	if (strcmp(section, "supervisor") == 0 && strcmp(key, "control_socket") == 0 && value[0] != '\0') {
+		char *copy = strdup(value);
+		if (copy != NULL) {
+			free(*path);
+			*path = copy;
+		}
+	}
+	return 1;
+}
+
+char *config_find_control_socket(const char *path)
+{
+	const struct opt_spec *opt = &option_table[option_index("supervisor", "control_socket")];
+	char *found = NULL;
+	char env_name[ENV_NAME_MAX];
+	make_env_name(opt->section, opt->key, env_name, sizeof(env_name));
+	const char *env = getenv(env_name);
+	if (env != NULL && env[0] != '\0')
+		return strdup(env);
+	FILE *fp = fopen(path != NULL ? path : CONFIG_DEFAULT_FILE, "re");
+	if (fp == NULL)
+		return NULL; /* no file at all: nothing says where a daemon would listen */
+	(void)ini_parse_file(fp, find_socket_key, &found);
+	fclose(fp);
+	return found != NULL ? found : strdup(opt->def);
+}
+
 const char *config_backend_name(enum queue_backend backend)
 {
 	for (size_t i = 0; backend_names[i].name != NULL; i++)

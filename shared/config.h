@@ -152,6 +152,14 @@ bool config_env_is_secret(const char *name);
  */
 int config_hide_secrets(void);
 
+/*
+ * The control socket a file names, for droverctl when the file has errors
+ * elsewhere: the environment override, else the file's [supervisor]
+ * control_socket if that line parses, else the default. malloc'd; NULL when
+ * the file cannot be read (or out of memory).
+ */
+char *config_find_control_socket(const char *path);
+
 /* Canonical names, for stats and logs. */
 const char *config_backend_name(enum queue_backend backend);
 const char *config_security_name(enum security_protocol protocol);

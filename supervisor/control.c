@@ -341,6 +341,15 @@ static char *command_reload(struct supervisor *sup)
 	return strdup("ok\n");
 }
 
+/* ping: the pool can make progress; health: and the queue takes a write. */
+static char *command_health(struct supervisor *sup, bool check_queue)
+{
+	char why[512];
+	if (!stats_health(sup, check_queue, why, sizeof(why)))
+		return error_answer(why);
+	return strdup(check_queue ? "ok\n" : "pong\n");
+}
+
 /* Splits line into at most max words (spaces and tabs); returns the count, or max + 1 when there are more. */
 static int split_words(char *line, char **words, int max)
 {
@@ -369,7 +378,7 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, bool 
 	int count = split_words(copy, words, 2);
 	char *answer;
 	if (count == 0) {
-		answer = strdup("error: empty command (try: ping, stats, metrics, reload, scale N, stop)\n");
+		answer = strdup("error: empty command (try: ping, health, stats, metrics, reload, scale N, stop)\n");
 	} else if (count > 2) {
 		answer = strdup("error: too many arguments\n");
 	} else if (strcmp(words[0], "scale") == 0) {
@@ -378,8 +387,8 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, bool 
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
 		answer = answer_dup("error: %s takes no argument\n", excerpt);
-	} else if (strcmp(words[0], "ping") == 0) {
-		answer = strdup("pong\n");
+	} else if (strcmp(words[0], "ping") == 0 || strcmp(words[0], "health") == 0) {
+		answer = command_health(sup, strcmp(words[0], "health") == 0);
 	} else if (strcmp(words[0], "stats") == 0) {
 		answer = stats_json(sup);
 	} else if (strcmp(words[0], "metrics") == 0) {
@@ -392,7 +401,7 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, bool 
 	} else {
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
-		answer = answer_dup("error: unknown command \"%s\" (try: ping, stats, metrics, reload, scale N, stop)\n",
+		answer = answer_dup("error: unknown command \"%s\" (try: ping, health, stats, metrics, reload, scale N, stop)\n",
 				    excerpt);
 	}
 	free(copy);

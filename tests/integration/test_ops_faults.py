@@ -93,3 +93,87 @@ def test_a_handler_of_the_same_uid_cannot_read_the_secret(drover):
     assert rc == 0 and out.strip() == "ok", (rc, out, d.last_ctl_err)
     with open("/proc/%d/environ" % d.pid, "rb") as f:
         assert b"hunter2-secret" not in f.read(), "the supervisor's environment still carries the secret"
+
+
+# ---- faults are visible (item 9) ------------------------------------------------
+
+def metric_lines(d):
+    rc, out = d.ctl("metrics")
+    assert rc == 0, (rc, d.last_ctl_err)
+    return out.splitlines()
+
+
+def test_a_pool_in_fault_shows_in_stats_metrics_ping_and_health(drover, workdir):
+    bindir = workdir / "bin"
+    bindir.mkdir()
+    exe = bindir / "handler"
+    exe.write_text("#!/usr/bin/python3\nimport sys\nsys.stdin.read()\nprint('{}')\n")
+    exe.chmod(0o755)
+    d = drover(config={"supervisor": {"workers": 2}, "jobs": {"handler": str(exe)}})
+    d.wait_workers(2)
+    rc, _ = d.ctl("ping")
+    assert rc == 0
+    exe.chmod(0o644)  # exec fails with EACCES, even for root: a pool fault in every worker that tries
+    for i in range(4):
+        d.enqueue_raw("stuck-%d.json" % i, json.dumps({"id": "stuck-%d" % i}))
+
+    def all_in_fault():
+        s = d.stats()
+        return s if all(w.get("fault") for w in s["workers"]) and len(s["workers"]) == 2 else None
+    stats = d.wait_until(all_in_fault, 20, "both workers to show the pool fault")
+    assert all(w["fault_cause"] == "handler" for w in stats["workers"]), stats["workers"]
+    lines = metric_lines(d)
+    for slot in (0, 1):
+        assert 'drover_worker_fault{slot="%d",cause="handler"} 1' % slot in lines, lines
+    assert 'drover_workers{state="fault"} 2' in lines and 'drover_workers{state="running"} 0' in lines, \
+        [l for l in lines if l.startswith("drover_workers")]
+    rc, out = d.ctl("ping")
+    assert rc == 1 and "no worker can make progress" in d.last_ctl_err and "handler" in d.last_ctl_err, \
+        (rc, out, d.last_ctl_err)
+    rc, out = d.ctl("health")
+    assert rc == 1 and "no worker can make progress" in d.last_ctl_err, (rc, out, d.last_ctl_err)
+
+    exe.chmod(0o755)
+    d.wait_outcomes(["stuck-%d" % i for i in range(4)], 30)
+    d.wait_until(lambda: not any(w.get("fault") for w in d.stats()["workers"]), 10, "the faults to clear")
+    lines = metric_lines(d)
+    assert not [l for l in lines if l.startswith("drover_worker_fault{")], lines
+    assert 'drover_workers{state="fault"} 0' in lines
+    assert d.ctl("ping")[0] == 0 and d.ctl("health")[0] == 0, d.last_ctl_err
+
+
+def test_health_fails_when_the_spool_takes_no_write(drover):
+    d = drover(config={"supervisor": {"workers": 1}}, start=False)
+    start_as_nobody(d)
+    rc, out = d.ctl("health")
+    assert rc == 0, (rc, out, d.last_ctl_err)
+    os.chmod(d.spool / "tmp", 0o555)  # drover runs as nobody: no write in tmp/ (droverctl itself is root)
+    try:
+        rc, out = d.ctl("health")
+        assert rc == 1 and "not writable" in d.last_ctl_err, (rc, out, d.last_ctl_err)
+    finally:
+        os.chmod(d.spool / "tmp", 0o755)
+    rc, out = d.ctl("health")
+    assert rc == 0, (rc, out, d.last_ctl_err)
+
+
+# ---- droverctl and a broken file on disk (item 13) --------------------------------
+
+def droverctl(*args, input=None):
+    return subprocess.run([str(DROVERCTL)] + [str(a) for a in args], input=input, capture_output=True, text=True,
+                          timeout=30, env=clean_env())
+
+
+def test_droverctl_reaches_the_daemon_while_its_config_file_is_broken(drover):
+    d = drover(config={"supervisor": {"workers": 1}})
+    d.wait_workers(1)
+    d.write_config(text=d.render_config().replace("[jobs]\n", "[jobs]\nno_such_key = 1\n"))
+    out = droverctl("-c", d.ini, "ping")
+    assert (out.returncode, out.stdout) == (0, "pong\n"), out
+    assert "error" in out.stderr and str(d.sock) in out.stderr, "droverctl says which socket it used: %r" % out.stderr
+    out = droverctl("-c", d.ini, "stats")
+    assert out.returncode == 0 and json.loads(out.stdout)["workers_alive"] == 1, out
+    out = droverctl("-c", d.ini, "submit", "-", input='{"id":"x"}\n')
+    assert out.returncode == 78 and "no_such_key" in out.stderr, out
+    out = droverctl("-c", d.ini, "health")
+    assert out.returncode == 0 and "not checked" in out.stderr, out
