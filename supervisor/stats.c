@@ -69,6 +69,7 @@ static int for_each_slot(const struct supervisor *sup, struct totals *totals, sl
 {
 	memset(totals, 0, sizeof(*totals));
 	totals->counters = sup->retired;
+	totals->restarts = sup->restarts_retired;
 	struct scoreboard_slot *copy = malloc(sizeof(*copy));
 	if (copy == NULL)
 		return -1;
@@ -511,7 +512,7 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 	fprintf(out, "drover_workers{state=\"fault\"} %d\n", t->in_fault);
 	write_header(out, "drover_workers_desired", "gauge", "Configured number of workers.");
 	fprintf(out, "drover_workers_desired %d\n", supervisor_workers_desired(sup));
-	write_header(out, "drover_worker_restarts_total", "counter", "Worker restarts of the current slots.");
+	write_header(out, "drover_worker_restarts_total", "counter", "Worker restarts since drover started.");
 	fprintf(out, "drover_worker_restarts_total %llu\n", t->restarts);
 	const struct scoreboard_counters *c = &t->counters;
 	write_header(out, "drover_jobs_started_total", "counter", "Job attempts started.");

@@ -51,6 +51,7 @@ struct supervisor {
 	size_t reload_change_count;
 	struct scoreboard_counters retired; /* counters of workers that have exited */
 	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
+	uint64_t restarts_retired; /* restarts of slots since emptied and reused: keeps the total monotonic */
 	bool stopping;
 	int stop_stage;            /* 0 draining, 1 jobs killed (QUIT), 2 workers killed */
 	ev_timer stop_timer;

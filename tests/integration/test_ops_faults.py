@@ -136,6 +136,9 @@ def test_a_pool_in_fault_shows_in_stats_metrics_ping_and_health(drover, workdir)
     exe.chmod(0o755)
     d.wait_outcomes(["stuck-%d" % i for i in range(4)], 30)
     d.wait_until(lambda: not any(w.get("fault") for w in d.stats()["workers"]), 10, "the faults to clear")
+    jobs = d.wait_until(lambda: (lambda j: j if j["completed"] == 4 else None)(d.stats()["jobs"]), 5,
+                        "the 4 completions to be counted")
+    assert jobs["started"] == 4, "handlers that could not be started are no starts: %r" % jobs
     lines = metric_lines(d)
     assert not [l for l in lines if l.startswith("drover_worker_fault{")], lines
     assert 'drover_workers{state="fault"} 0' in lines
@@ -177,3 +180,48 @@ def test_droverctl_reaches_the_daemon_while_its_config_file_is_broken(drover):
     assert out.returncode == 78 and "no_such_key" in out.stderr, out
     out = droverctl("-c", d.ini, "health")
     assert out.returncode == 0 and "not checked" in out.stderr, out
+
+
+# ---- counters tell the truth (item 10) ----------------------------------------------
+
+def metric(d, name):
+    for line in metric_lines(d):
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("no %s in metrics" % name)
+
+
+def test_outcomes_are_counted_only_once_durable(drover):
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"retry_delay_ms": 10}}, start=False)
+    start_as_nobody(d)
+    d.wait_workers(1)
+    for sub in ("complete", "failed"):
+        os.chmod(d.spool / sub, 0o555)  # drover (nobody) cannot record an outcome; the jobs stay queued
+    try:
+        ids = d.submit([{"id": "ok-%d" % i} for i in range(2)] + [{"id": "bad", "exit": 64}])
+        d.wait_until(lambda: d.log_text().count("outcome not recorded") >= 3, 30,
+                     "the outcome of every job to fail to be recorded")
+        jobs = d.stats()["jobs"]
+        assert jobs["completed"] == 0 and jobs["failed"] == 0, \
+            "an outcome that is not durable must not be counted: %r" % jobs
+    finally:
+        for sub in ("complete", "failed"):
+            os.chmod(d.spool / sub, 0o755)
+    d.wait_outcomes(ids, 30)
+    jobs = d.wait_until(lambda: (lambda j: j if j["completed"] + j["failed"] >= 3 else None)(d.stats()["jobs"]),
+                        10, "the durable outcomes to be counted")
+    assert (jobs["completed"], jobs["failed"]) == (2, 1), jobs
+
+
+def test_restarts_total_never_goes_down_after_scale(drover):
+    d = drover(config={"supervisor": {"workers": 2, "restart_delay_ms": 10}})
+    pids = d.wait_workers(2)
+    victim = [w["pid"] for w in pids["workers"] if w["slot"] == 1][0]
+    os.kill(victim, signal.SIGKILL)
+    d.wait_until(lambda: metric(d, "drover_worker_restarts_total") >= 1, 10, "the restart to be counted")
+    d.wait_workers(2)
+    assert d.ctl("scale 1")[0] == 0
+    d.wait_until(lambda: d.stats()["workers_alive"] == 1, 15, "slot 1 to drain away")
+    assert d.ctl("scale 2")[0] == 0
+    d.wait_workers(2)
+    assert metric(d, "drover_worker_restarts_total") >= 1, "a counter never goes down"
