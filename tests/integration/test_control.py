@@ -406,6 +406,46 @@ def test_peer_credentials_refuse_other_users(daemon):
     assert d.ctl("ping").returncode == 0
 
 
+PEER = ("import socket,sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
+        "try: s.sendall(sys.argv[2].encode() + b'\\n')\n"
+        "except OSError: pass\n"
+        "sys.stdout.write(s.recv(100000).decode())\n")
+
+
+def ask_as(d, command, uid, gid, groups):
+    """One command from a process with exactly these credentials (set at run time, as a container runtime does)."""
+    out = subprocess.run([sys.executable, "-c", PEER, str(d.sock), command], capture_output=True, text=True,
+                         user=uid, group=gid, extra_groups=groups, timeout=10)
+    return out.stdout
+
+
+def test_socket_group_comes_from_the_peers_real_groups_and_only_reads(daemon):
+    import grp
+    import pwd
+    group = grp.getgrnam("ssl-cert")            # an existing group: drover resolves [supervisor] group by name
+    member = pwd.getpwnam(group.gr_mem[0])       # a member of it in /etc/group
+    # 0666: the file system lets anyone connect, so the answers below come from the credential check alone.
+    d = daemon(mode="0666", extra={"supervisor": {"group": group.gr_name}})
+    os.chmod(d.run_dir, 0o755)
+    assert os.stat(d.sock).st_gid == group.gr_gid
+
+    # nobody, with the group added at run time only (--group-add, supplementalGroups): may read.
+    assert ask_as(d, "ping", NOBODY, NOBODY, [group.gr_gid]) == "pong\n"
+    assert json.loads(ask_as(d, "stats", NOBODY, NOBODY, [group.gr_gid]))["pid"] == d.pid
+    assert ask_as(d, "metrics", NOBODY, NOBODY, [group.gr_gid]).startswith("# HELP")
+    # ... but not write.
+    for command in ("stop", "reload", "scale 1"):
+        answer = ask_as(d, command, NOBODY, NOBODY, [group.gr_gid])
+        assert answer.startswith("error: permission denied"), (command, answer)
+    assert d.alive() and d.stats()["workers_desired"] == 2
+
+    # A member in /etc/group whose process dropped the group: refused.
+    answer = ask_as(d, "ping", member.pw_uid, member.pw_gid, [])
+    assert answer == "error: permission denied\n", answer
+    assert d.alive()
+
+
 def droverctl_as_nobody(d, *args):
     """droverctl run as nobody (a copy in the daemon's run dir, which nobody can reach)."""
     os.chmod(d.run_dir, 0o755)
