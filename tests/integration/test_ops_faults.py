@@ -225,3 +225,24 @@ def test_restarts_total_never_goes_down_after_scale(drover):
     assert d.ctl("scale 2")[0] == 0
     d.wait_workers(2)
     assert metric(d, "drover_worker_restarts_total") >= 1, "a counter never goes down"
+
+
+# ---- low findings (item 13) -----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_init_script_configtest_fails_on_a_broken_config(workdir):
+    ini = workdir / "drover.ini"
+    ini.write_text("[supervisor]\nworkers = lots\n")
+    defaults = workdir / "default-drover"
+    defaults.write_text("DAEMON=%s\nCONFIG=%s\nRUN_USER=\n" % (DROVER, ini))
+    script = workdir / "init-drover"
+    script.write_text((REPO / "packaging/init.d/drover").read_text().replace("/etc/default/drover", str(defaults)))
+    script.chmod(0o755)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+    r = subprocess.run([str(script), "configtest"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78 and "workers" in r.stdout + r.stderr, r
+    ini.write_text("[supervisor]\nworkers = 2\n[jobs]\nhandler = /bin/cat\n")
+    r = subprocess.run([str(script), "configtest"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "is ok" in r.stdout, r
