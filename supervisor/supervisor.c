@@ -274,6 +274,10 @@ static void supervisor_signal_cb(struct ev_loop *loop, ev_signal *watcher, int r
 		if (supervisor_scale(sup, desired - 1, err, sizeof(err)) < 0)
 			log_warnx("TTOU ignored: %s", err);
 		break;
+	case SIGUSR2:
+		/* Its default action would kill the supervisor; nginx's meaning (binary upgrade) may come later. */
+		log_warnx("USR2 ignored: reserved for a future binary upgrade");
+		break;
 	default:
 		break;
 	}
@@ -281,7 +285,8 @@ static void supervisor_signal_cb(struct ev_loop *loop, ev_signal *watcher, int r
 
 static void supervisor_watch_signals(struct supervisor *sup)
 {
-	static const int signals[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU };
+	static const int signals[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU };
+	_Static_assert(ARRAY_LEN(signals) <= ARRAY_LEN(((struct supervisor *)0)->signals), "room for every watcher");
 	for (size_t i = 0; i < ARRAY_LEN(signals); i++) {
 		ev_signal_init(&sup->signals[i], supervisor_signal_cb, signals[i]);
 		sup->signals[i].data = sup;

@@ -428,7 +428,8 @@ static void task_progress(struct run *run, double progress, const char *message,
 
 static void worker_enter_fault(struct worker *w, const char *why)
 {
-	if (!w->fault) {
+	/* The delay doubles per failed retry and starts over only once a handler started. */
+	if (w->fault_delay_s <= 0) {
 		w->fault_delay_s = FAULT_RETRY_FIRST_S;
 	} else {
 		w->fault_delay_s *= 2;
@@ -488,6 +489,7 @@ static void task_begin_attempt(struct task *t)
 		worker_enter_fault(w, why);
 		return;
 	}
+	w->fault_delay_s = 0;
 	if (w->board->fault[0] != '\0') {
 		scoreboard_write_begin(w->board);
 		w->board->fault[0] = '\0';

@@ -246,3 +246,27 @@ def test_init_script_configtest_fails_on_a_broken_config(workdir):
     ini.write_text("[supervisor]\nworkers = 2\n[jobs]\nhandler = /bin/cat\n")
     r = subprocess.run([str(script), "configtest"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "is ok" in r.stdout, r
+
+
+def test_sigusr2_is_ignored_with_a_log_line(drover):
+    d = drover(config={"supervisor": {"workers": 1}})
+    d.wait_workers(1)
+    d.signal(signal.SIGUSR2)
+    d.wait_until(lambda: "USR2 ignored" in d.log_text(), 10, "the supervisor to log that USR2 is reserved")
+    assert d.alive() and d.ctl("ping")[0] == 0
+
+
+def test_pool_fault_back_off_doubles(drover, workdir):
+    exe = workdir / "handler"
+    exe.write_text("#!/bin/sh\ncat\n")
+    exe.chmod(0o755)
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"handler": str(exe)}})
+    d.wait_workers(1)
+    exe.chmod(0o644)
+    d.enqueue_raw("waiting.json", json.dumps({"id": "waiting"}))
+    d.wait_until(lambda: "retrying in 4 s" in d.log_text(), 20,
+                 "the pool-fault retry delay to double (1 s, 2 s, 4 s)")
+    delays = [line.rsplit("retrying in ", 1)[1] for line in d.log_text().splitlines() if "taking no jobs" in line]
+    assert delays[:3] == ["1 s", "2 s", "4 s"], delays
+    exe.chmod(0o755)
+    d.wait_outcomes(["waiting"], 20)
