@@ -17,6 +17,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <ini.h>
 #include <librdkafka/rdkafka.h>
@@ -41,6 +42,7 @@ extern char **environ;
 #define RETENTION_MS_MAX (100 * 365 * DAY_MS)
 #define RESULT_BYTES_MAX (1LL << 30)
 #define LINE_CHARS_MAX 4096                   /* longest accepted INI line */
+#define CONFIG_FILE_MAX (1 << 20)             /* longest accepted configuration file */
 #define SECRET_FILE_MAX 65536
 #define TOPIC_NAME_MAX 249                    /* Kafka's own limit */
 #define ENV_NAME_MAX 128
@@ -260,6 +262,7 @@ struct loader {
 	char *raw;
 	size_t raw_cap;
 	int lineno;                 /* the line inih is working on */
+	size_t bytes_read;
 	int syntax_error_line;      /* last line the reader already reported */
 	enum section_state section;
 	int section_line;           /* of the current section's header */
@@ -951,6 +954,12 @@ static char *read_line(char *buf, int size, void *stream)
 		return NULL;
 	}
 	ld->lineno++;
+	ld->bytes_read += (size_t)n;
+	if (ld->bytes_read > CONFIG_FILE_MAX) { /* it grew after the size check */
+		errors_add(ld->errs, "%s:%d: file too large (allowed: at most %d bytes)", ld->file, ld->lineno,
+			   CONFIG_FILE_MAX);
+		return NULL;
+	}
 	bool has_nul = strlen(ld->raw) != (size_t)n;
 	char *line = normalize_line(ld->raw, ld->lineno);
 	size_t len = strlen(line);
@@ -975,14 +984,44 @@ static char *read_line(char *buf, int size, void *stream)
 	return buf;
 }
 
+/*
+ * Opens the configuration without ever blocking or reading without bound: a
+ * FIFO would block open(2) and read(2), /dev/zero would never end. Only a
+ * regular file of at most CONFIG_FILE_MAX bytes is read.
+ */
+static FILE *open_config_file(struct config_errors *errs, const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		errors_add(errs, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	struct stat st;
+	const char *problem = NULL;
+	if (fstat(fd, &st) < 0)
+		problem = strerror(errno);
+	else if (!S_ISREG(st.st_mode))
+		problem = "not a regular file";
+	else if (st.st_size > CONFIG_FILE_MAX)
+		problem = "too large";
+	int flags = problem == NULL ? fcntl(fd, F_GETFL) : -1;
+	if (problem == NULL && (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0))
+		problem = strerror(errno);
+	FILE *fp = problem == NULL ? fdopen(fd, "r") : NULL;
+	if (fp == NULL) {
+		errors_add(errs, "%s: cannot read: %s (allowed: a regular file of at most %d bytes)", path,
+			   problem != NULL ? problem : strerror(errno), CONFIG_FILE_MAX);
+		close(fd);
+	}
+	return fp;
+}
+
 /* Returns false when the file cannot be read at all. */
 static bool parse_file(struct loader *ld, const char *path)
 {
-	ld->fp = fopen(path, "re");
-	if (ld->fp == NULL) {
-		errors_add(ld->errs, "%s: cannot open: %s", path, strerror(errno));
+	ld->fp = open_config_file(ld->errs, path);
+	if (ld->fp == NULL)
 		return false;
-	}
 	/* Debian's inih takes its line buffer size at run time; handler lines can be long. */
 	int saved_max_line = ini_max_line;
 	ini_max_line = LINE_CHARS_MAX + 3;
@@ -1811,9 +1850,11 @@ char *config_find_control_socket(const char *path)
 	const char *env = getenv(env_name);
 	if (env != NULL && env[0] != '\0')
 		return strdup(env);
-	FILE *fp = fopen(path != NULL ? path : CONFIG_DEFAULT_FILE, "re");
+	struct config_errors ignored = { NULL, 0 };
+	FILE *fp = open_config_file(&ignored, path != NULL ? path : CONFIG_DEFAULT_FILE);
+	config_errors_clear(&ignored);
 	if (fp == NULL)
-		return NULL; /* no file at all: nothing says where a daemon would listen */
+		return NULL; /* no readable file: nothing says where a daemon would listen */
 	(void)ini_parse_file(fp, find_socket_key, &found);
 	fclose(fp);
 	return found != NULL ? found : strdup(opt->def);

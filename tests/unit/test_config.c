@@ -1484,3 +1484,37 @@ Test(config_client, skips_host_checks_of_the_daemon)
 	config_free(client);
 	unlink(path);
 }
+
+/* ---- what a configuration file may be ----------------------------------------------------- */
+
+static void refused_with(const char *path, const char *needle)
+{
+	struct config_errors errs = { NULL, 0 };
+	cr_assert_null(config_load(path, &errs), "%s must be refused", path);
+	cr_assert_eq(errs.count, 1);
+	cr_assert_not_null(strstr(errs.lines[0], needle), "%s", errs.lines[0]);
+	config_errors_clear(&errs);
+}
+
+Test(config, only_a_bounded_regular_file_is_read, .timeout = 10)
+{
+	refused_with("/dev/zero", "not a regular file (allowed: a regular file of at most 1048576 bytes)");
+	char fifo[] = "/tmp/drover-config-fifo-XXXXXX";
+	cr_assert_not_null(mkdtemp(fifo));
+	char path[64];
+	snprintf(path, sizeof(path), "%s/fifo", fifo);
+	cr_assert_eq(mkfifo(path, 0600), 0);
+	refused_with(path, "not a regular file"); /* without blocking: nobody writes to it */
+	char *found = config_find_control_socket(path);
+	cr_assert_null(found, "droverctl's fallback does not block on a FIFO either");
+	unlink(path);
+	rmdir(fifo);
+
+	size_t big = (1 << 20) + 1;
+	char *text = malloc(big + 1);
+	cr_assert_not_null(text);
+	memset(text, '#', big);
+	text[big] = '\0';
+	refused_with(write_file("big.ini", text, 0644), "too large");
+	free(text);
+}
