@@ -35,6 +35,7 @@
 #define CONTROL_IDLE_TIMEOUT 5.0   /* seconds to send a complete line */
 #define CONTROL_WRITE_TIMEOUT 5.0  /* seconds to take the whole answer */
 #define CONTROL_ACCEPT_BACKOFF 0.1 /* pause after EMFILE/ENFILE */
+#define CONTROL_DRAIN_MAX (16u << 20) /* input discarded after an early answer before giving up */
 
 #ifndef SO_PEERGROUPS
 #define SO_PEERGROUPS 59 /* Linux 4.13; older C libraries lack the name */
@@ -54,6 +55,8 @@ struct client {
 	size_t out_off;
 	bool stop_after; /* `stop`: stop the supervisor once this client is done */
 	enum access access;
+	bool unread_input; /* answered before the whole request was read (too long, refused) */
+	size_t drained;
 	struct client *prev, *next;
 };
 
@@ -512,11 +515,59 @@ static int client_flush(struct client *c)
 	return 1;
 }
 
+/*
+ * Input left unread when we close makes the kernel send a reset, and the
+ * client loses the answer it has not read yet. So after an early answer:
+ * half-close (the client sees EOF after the answer), then read and discard
+ * until the client closes, bounded in bytes and by the timer.
+ */
+static void on_client_drain(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct client *c = w->data;
+	char sink[4096];
+	for (;;) {
+		ssize_t n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0 || (c->drained += (size_t)n) > CONTROL_DRAIN_MAX)
+			break;
+	}
+	client_close(c);
+}
+
+static void client_start_drain(struct client *c)
+{
+	struct ev_loop *loop = c->ctl->sup->loop;
+	ev_io_stop(loop, &c->io);
+	ev_timer_stop(loop, &c->timer);
+	if (shutdown(c->fd, SHUT_WR) < 0) {
+		client_close(c);
+		return;
+	}
+	ev_io_init(&c->io, on_client_drain, c->fd, EV_READ);
+	c->io.data = c;
+	ev_io_start(loop, &c->io);
+	ev_timer_set(&c->timer, CONTROL_IDLE_TIMEOUT, 0);
+	ev_timer_start(loop, &c->timer);
+}
+
+/* After client_flush: 1 the answer is out, else (-1) the client is gone. */
+static void client_done(struct client *c, int flushed)
+{
+	if (flushed == 1 && c->unread_input)
+		client_start_drain(c);
+	else
+		client_close(c);
+}
+
 static void on_client_write(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct client *c = w->data;
-	if (client_flush(c) != 0)
-		client_close(c);
+	int rc = client_flush(c);
+	if (rc != 0)
+		client_done(c, rc);
 }
 
 /* Takes ownership of answer; NULL means we ran out of memory. */
@@ -537,7 +588,7 @@ static void client_answer(struct client *c, char *answer)
 	ev_timer_stop(loop, &c->timer);
 	int rc = client_flush(c);
 	if (rc != 0) {
-		client_close(c);
+		client_done(c, rc);
 		return;
 	}
 	ev_io_init(&c->io, on_client_write, c->fd, EV_WRITE);
@@ -560,6 +611,7 @@ static void on_client_read(struct ev_loop *loop, ev_io *w, int revents)
 	struct client *c = w->data;
 	for (;;) {
 		if (c->len == sizeof(c->buf)) {
+			c->unread_input = true;
 			client_answer(c, strdup("error: line too long (at most 4096 bytes)\n"));
 			return;
 		}
@@ -591,7 +643,8 @@ static void on_client_read(struct ev_loop *loop, ev_io *w, int revents)
 static void on_client_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct client *c = w->data;
-	log_debug("control: dropping a client that was %s too long", c->out == NULL ? "silent" : "not reading");
+	log_debug("control: dropping a client that was %s too long",
+		  c->out == NULL ? "silent" : c->out_off < c->out_len ? "not reading" : "sending after its answer");
 	client_close(c);
 }
 
@@ -616,6 +669,7 @@ static void client_start(struct control *ctl, int fd)
 	c->timer.data = c;
 	c->access = peer_access(ctl, fd);
 	if (c->access == ACCESS_NONE) {
+		c->unread_input = true;
 		client_answer(c, strdup("error: permission denied\n"));
 		return;
 	}
