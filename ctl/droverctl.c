@@ -435,7 +435,7 @@ static bool blank(const char *s, size_t len)
 }
 
 /* One job per non-empty line; each is durable in incoming/ before its id is printed. */
-static int spool_submit(const struct config *cfg, FILE *in)
+static int spool_submit(const char *spool_dir, FILE *in)
 {
 	char *line = NULL;
 	size_t cap = 0;
@@ -449,9 +449,9 @@ static int spool_submit(const struct config *cfg, FILE *in)
 		if (blank(line, (size_t)len))
 			continue;
 		char id[256];
-		if (spool_enqueue(cfg->spool_dir, line, (size_t)len, id, sizeof(id)) < 0) {
+		if (spool_enqueue(spool_dir, line, (size_t)len, id, sizeof(id)) < 0) {
 			int saved = errno;
-			fprintf(stderr, "droverctl: error: line %lu: cannot enqueue into %s: %s\n", lineno, cfg->spool_dir,
+			fprintf(stderr, "droverctl: error: line %lu: cannot enqueue into %s: %s\n", lineno, spool_dir,
 				strerror(saved));
 			rc = spool_exit_code(saved);
 			break;
@@ -470,7 +470,60 @@ static int spool_submit(const struct config *cfg, FILE *in)
 	return rc;
 }
 
-static int submit_command(const struct config *cfg, const char *file)
+static int submit_with_config(const struct options *opts, FILE *in)
+{
+	struct config *cfg = load_config(opts);
+	if (cfg == NULL)
+		return EXIT_CONFIG;
+	int rc = cfg->backend == BACKEND_KAFKA ? kafkactl_submit(cfg, in) : spool_submit(cfg->spool_dir, in);
+	config_free(cfg);
+	return rc;
+}
+
+/*
+ * With -s, jobs go to the queue of the daemon behind that socket: it tells
+ * its backend and spool directory in stats. A spool needs no configuration
+ * here; Kafka does (brokers, credentials), and its backend must agree.
+ */
+static int submit_through_daemon(const struct options *opts, FILE *in)
+{
+	char *answer = request_quietly(opts->socket_path, "stats", opts->config_path != NULL);
+	if (answer == NULL && opts->config_path != NULL)
+		return submit_with_config(opts, in); /* no daemon there: the named configuration says where */
+	if (answer == NULL) {
+		fprintf(stderr, "droverctl: error: submit -s: cannot learn the queue of the drover at %s "
+			"(give -c FILE to submit while it is down)\n", opts->socket_path);
+		return EXIT_UNREACHABLE;
+	}
+	json_t *stats = is_error_answer(answer) ? NULL : json_loads(answer, 0, NULL);
+	const char *backend = json_string_value(json_object_get(stats, "backend"));
+	const char *spool_dir = json_string_value(json_object_get(stats, "spool_dir"));
+	int rc;
+	if (backend == NULL) {
+		fprintf(stderr, "droverctl: error: submit -s: the drover at %s did not tell its queue: %s",
+			opts->socket_path, answer);
+		rc = EXIT_FAILED;
+	} else if (strcmp(backend, "spool") == 0 && spool_dir != NULL) {
+		rc = spool_submit(spool_dir, in);
+	} else {
+		struct config *cfg = load_config(opts);
+		if (cfg == NULL) {
+			rc = EXIT_CONFIG;
+		} else if (cfg->backend != BACKEND_KAFKA) {
+			fprintf(stderr, "droverctl: error: submit -s: the drover at %s uses the %s queue, the configuration "
+				"the %s queue\n", opts->socket_path, backend, config_backend_name(cfg->backend));
+			rc = EXIT_FAILED;
+		} else {
+			rc = kafkactl_submit(cfg, in);
+		}
+		config_free(cfg);
+	}
+	json_decref(stats);
+	free(answer);
+	return rc;
+}
+
+static int submit_command(const struct options *opts, const char *file)
 {
 	bool use_stdin = file == NULL || strcmp(file, "-") == 0;
 	FILE *in = use_stdin ? stdin : fopen(file, "r");
@@ -478,7 +531,7 @@ static int submit_command(const struct config *cfg, const char *file)
 		fprintf(stderr, "droverctl: error: %s: %s\n", file, strerror(errno));
 		return EXIT_FAILED;
 	}
-	int rc = cfg->backend == BACKEND_KAFKA ? kafkactl_submit(cfg, in) : spool_submit(cfg, in);
+	int rc = opts->socket_path != NULL ? submit_through_daemon(opts, in) : submit_with_config(opts, in);
 	if (!use_stdin)
 		fclose(in);
 	return rc;
@@ -557,14 +610,12 @@ static int queue_command(const struct options *opts, const char *name, const cha
 {
 	if (strcmp(name, "health") == 0)
 		return health_flow(opts);
+	if (strcmp(name, "submit") == 0)
+		return submit_command(opts, arg);
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL)
 		return EXIT_CONFIG;
-	int rc;
-	if (strcmp(name, "submit") == 0)
-		rc = submit_command(cfg, arg);
-	else
-		rc = topics_command(cfg, arg);
+	int rc = topics_command(cfg, arg);
 	config_free(cfg);
 	return rc;
 }

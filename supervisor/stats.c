@@ -305,6 +305,9 @@ char *stats_json(const struct supervisor *sup)
 	put(root, "uptime_ms", json_integer(sup->started_ms > 0 ? ctx.wall_now - sup->started_ms : 0), ok);
 	put(root, "backend", json_string(config_backend_name(cfg != NULL ? cfg->backend : BACKEND_SPOOL)), ok);
 	put(root, "config_file", string_or_null(cfg != NULL && cfg->file != NULL ? cfg->file : sup->config_path), ok);
+	/* Where `droverctl -s SOCKET submit` writes: the spool behind this socket, not its own config's. */
+	put(root, "spool_dir", cfg != NULL && cfg->backend == BACKEND_SPOOL ? string_or_null(cfg->spool_dir) : json_null(),
+	    ok);
 	put(root, "config_generation", json_integer(sup->generation), ok);
 	put(root, "reloads", json_integer(sup->reloads), ok);
 	put(root, "last_reload", string_or_null(sup->last_reload), ok);

@@ -270,3 +270,17 @@ def test_pool_fault_back_off_doubles(drover, workdir):
     assert delays[:3] == ["1 s", "2 s", "4 s"], delays
     exe.chmod(0o755)
     d.wait_outcomes(["waiting"], 20)
+
+
+def test_submit_through_a_socket_goes_to_that_daemons_spool(drover, workdir):
+    a = drover(config={"supervisor": {"workers": 1}}, name="a")
+    b = drover(config={"supervisor": {"workers": 1}}, name="b")
+    out = droverctl("-c", a.ini, "-s", b.sock, "submit", "-", input=json.dumps({"id": "for-b"}) + "\n")
+    assert out.returncode == 0 and out.stdout.split() == ["for-b"], out
+    out = droverctl("-s", b.sock, "submit", "-", input=json.dumps({"id": "for-b-too"}) + "\n")
+    assert out.returncode == 0, "no config needed: the daemon tells its spool: %r" % (out,)
+    done, failed = b.wait_outcomes(["for-b", "for-b-too"], 20)
+    assert set(done) == {"for-b", "for-b-too"}, (done, failed)
+    assert a.complete() == {} and a.spool_files("incoming") == [], "nothing may land in the -c file's spool"
+    out = droverctl("-s", workdir / "nobody-here.sock", "submit", "-", input='{"id":"lost"}\n')
+    assert out.returncode == 69 and "cannot learn the queue" in out.stderr, out
