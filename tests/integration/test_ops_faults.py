@@ -284,3 +284,19 @@ def test_submit_through_a_socket_goes_to_that_daemons_spool(drover, workdir):
     assert a.complete() == {} and a.spool_files("incoming") == [], "nothing may land in the -c file's spool"
     out = droverctl("-s", workdir / "nobody-here.sock", "submit", "-", input='{"id":"lost"}\n')
     assert out.returncode == 69 and "cannot learn the queue" in out.stderr, out
+
+
+def test_pid_file_and_socket_are_removed_at_stop_after_a_privilege_drop(drover):
+    d = drover(config={"supervisor": {"workers": 1, "user": "nobody"}}, start=False)
+    run = d.tmp / "fresh-run"  # does not exist yet: drover creates it, for the user it drops to
+    d.sock, d.pid_file = run / "drover.sock", run / "drover.pid"
+    d.write_config({"supervisor": {"control_socket": str(d.sock), "pid_file": str(d.pid_file)}})
+    give_to_nobody(d)
+    d.start()
+    d.wait_workers(1)
+    assert "running as user nobody" in d.log_text()
+    assert d.pid_file.exists() and d.sock.exists()
+    assert d.stop() == 0, d.diagnostics()
+    assert not d.pid_file.exists(), "the pid file was left behind"
+    assert not d.sock.exists(), "the control socket was left behind"
+    assert "cannot remove" not in d.log_text()
