@@ -29,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -987,7 +988,7 @@ static char *read_line(char *buf, int size, void *stream)
 /*
  * Opens the configuration without ever blocking or reading without bound: a
  * FIFO would block open(2) and read(2), /dev/zero would never end. Only a
- * regular file of at most CONFIG_FILE_MAX bytes is read.
+ * regular file of at most CONFIG_FILE_MAX bytes (or /dev/null) is read.
  */
 static FILE *open_config_file(struct config_errors *errs, const char *path)
 {
@@ -1000,8 +1001,8 @@ static FILE *open_config_file(struct config_errors *errs, const char *path)
 	const char *problem = NULL;
 	if (fstat(fd, &st) < 0)
 		problem = strerror(errno);
-	else if (!S_ISREG(st.st_mode))
-		problem = "not a regular file";
+	else if (!S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))
+		problem = "not a regular file"; /* /dev/null reads as an empty file: the environment alone */
 	else if (st.st_size > CONFIG_FILE_MAX)
 		problem = "too large";
 	int flags = problem == NULL ? fcntl(fd, F_GETFL) : -1;

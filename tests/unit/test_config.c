@@ -1499,6 +1499,10 @@ static void refused_with(const char *path, const char *needle)
 Test(config, only_a_bounded_regular_file_is_read, .timeout = 10)
 {
 	refused_with("/dev/zero", "not a regular file (allowed: a regular file of at most 1048576 bytes)");
+	struct config_errors errs = { NULL, 0 };
+	struct config *empty = config_load_client("/dev/null", &errs); /* the environment alone */
+	cr_assert_not_null(empty, "%s", errs.count > 0 ? errs.lines[0] : "");
+	config_free(empty);
 	char fifo[] = "/tmp/drover-config-fifo-XXXXXX";
 	cr_assert_not_null(mkdtemp(fifo));
 	char path[64];
