@@ -35,6 +35,7 @@
 #define EXIT_FAILED 1
 #define EXIT_USAGE 64
 #define EXIT_UNREACHABLE 69
+#define EXIT_CONFIG 78
 
 #define IO_TIMEOUT_MS 10000
 #define ANSWER_MAX (64u << 20)
@@ -52,19 +53,20 @@ static void usage(FILE *out)
 	      "  status          workers and their running jobs, as a table\n"
 	      "  stats           statistics as JSON\n"
 	      "  metrics         Prometheus metrics\n"
-	      "  ping            check the daemon answers\n"
+	      "  ping            check the daemon answers and a worker can make progress\n"
 	      "  reload          re-read the configuration (like SIGHUP)\n"
 	      "  scale N         run N workers (1..256)\n"
 	      "  stop            graceful stop (like SIGTERM)\n"
 	      "jobs (through the queue):\n"
 	      "  submit [FILE|-] enqueue one job per JSON line; prints the ids\n"
-	      "  health          check the queue is reachable\n"
+	      "  health          the daemon's pool can make progress, the queue is usable\n"
 	      "  topics create   create the Kafka topics of the configuration\n"
 	      "  topics list     show the Kafka topics\n"
 	      "options:\n"
 	      "  -c FILE         configuration (default " CONFIG_DEFAULT_FILE ")\n"
 	      "  -s SOCKET       control socket (default: [supervisor] control_socket)\n"
-	      "exit codes: 0 ok, 1 failed, 64 usage, 69 cannot reach the daemon or the queue\n",
+	      "exit codes: 0 ok, 1 failed, 64 usage, 69 cannot reach the daemon or the queue,\n"
+	      "  78 the configuration has errors (only commands that need it)\n",
 	      out);
 }
 
@@ -85,16 +87,31 @@ static struct config *load_config(const struct options *opts)
 	return cfg;
 }
 
-/* The socket: -s, else the configuration's (which already applies DROVER_SUPERVISOR_CONTROL_SOCKET). */
+/*
+ * The socket: -s, else the configuration's (which already applies
+ * DROVER_SUPERVISOR_CONTROL_SOCKET). A file with errors elsewhere must not
+ * cut the operator off from a running daemon: its control_socket (or the
+ * default) is used, with a note.
+ */
 static char *socket_path(const struct options *opts)
 {
 	if (opts->socket_path != NULL)
 		return strdup(opts->socket_path);
-	struct config *cfg = load_config(opts);
-	if (cfg == NULL)
-		return NULL;
-	char *path = strdup(cfg->control_socket);
-	config_free(cfg);
+	struct config_errors errs = { 0 };
+	struct config *cfg = config_load_client(opts->config_path, &errs);
+	char *path;
+	if (cfg != NULL) {
+		path = strdup(cfg->control_socket);
+		config_free(cfg);
+	} else {
+		path = config_find_control_socket(opts->config_path);
+		for (size_t i = 0; path == NULL && i < errs.count; i++)
+			fprintf(stderr, "droverctl: %s\n", errs.lines[i]);
+		if (path != NULL)
+			fprintf(stderr, "droverctl: note: %s has %zu error(s) (drover -t shows them); using control socket %s\n",
+				opts->config_path != NULL ? opts->config_path : CONFIG_DEFAULT_FILE, errs.count, path);
+	}
+	config_errors_clear(&errs);
 	return path;
 }
 
@@ -205,13 +222,17 @@ static char *read_answer(int fd, long long deadline)
 	return NULL;
 }
 
-/* Sends command and returns the daemon's answer, or NULL after printing why (exit 69). */
-static char *request(const char *path, const char *command)
+/*
+ * Sends command and returns the daemon's answer, or NULL after printing why
+ * (exit 69). quiet: say nothing when no daemon listens (health without one).
+ */
+static char *request_quietly(const char *path, const char *command, bool quiet)
 {
 	long long deadline = now_ms() + IO_TIMEOUT_MS;
 	int fd = connect_socket(path, deadline);
 	if (fd < 0) {
-		fprintf(stderr, "droverctl: cannot reach drover at %s: %s\n", path, strerror(errno));
+		if (!quiet)
+			fprintf(stderr, "droverctl: cannot reach drover at %s: %s\n", path, strerror(errno));
 		return NULL;
 	}
 	char line[128];
@@ -230,6 +251,11 @@ static char *request(const char *path, const char *command)
 	if (answer == NULL)
 		fprintf(stderr, "droverctl: no answer from drover at %s: %s\n", path, strerror(saved));
 	return answer;
+}
+
+static char *request(const char *path, const char *command)
+{
+	return request_quietly(path, command, false);
 }
 
 static bool is_error_answer(const char *answer)
@@ -409,7 +435,7 @@ static bool blank(const char *s, size_t len)
 }
 
 /* One job per non-empty line; each is durable in incoming/ before its id is printed. */
-static int spool_submit(const struct config *cfg, FILE *in)
+static int spool_submit(const char *spool_dir, FILE *in)
 {
 	char *line = NULL;
 	size_t cap = 0;
@@ -423,9 +449,9 @@ static int spool_submit(const struct config *cfg, FILE *in)
 		if (blank(line, (size_t)len))
 			continue;
 		char id[256];
-		if (spool_enqueue(cfg->spool_dir, line, (size_t)len, id, sizeof(id)) < 0) {
+		if (spool_enqueue(spool_dir, line, (size_t)len, id, sizeof(id)) < 0) {
 			int saved = errno;
-			fprintf(stderr, "droverctl: error: line %lu: cannot enqueue into %s: %s\n", lineno, cfg->spool_dir,
+			fprintf(stderr, "droverctl: error: line %lu: cannot enqueue into %s: %s\n", lineno, spool_dir,
 				strerror(saved));
 			rc = spool_exit_code(saved);
 			break;
@@ -444,7 +470,60 @@ static int spool_submit(const struct config *cfg, FILE *in)
 	return rc;
 }
 
-static int submit_command(const struct config *cfg, const char *file)
+static int submit_with_config(const struct options *opts, FILE *in)
+{
+	struct config *cfg = load_config(opts);
+	if (cfg == NULL)
+		return EXIT_CONFIG;
+	int rc = cfg->backend == BACKEND_KAFKA ? kafkactl_submit(cfg, in) : spool_submit(cfg->spool_dir, in);
+	config_free(cfg);
+	return rc;
+}
+
+/*
+ * With -s, jobs go to the queue of the daemon behind that socket: it tells
+ * its backend and spool directory in stats. A spool needs no configuration
+ * here; Kafka does (brokers, credentials), and its backend must agree.
+ */
+static int submit_through_daemon(const struct options *opts, FILE *in)
+{
+	char *answer = request_quietly(opts->socket_path, "stats", opts->config_path != NULL);
+	if (answer == NULL && opts->config_path != NULL)
+		return submit_with_config(opts, in); /* no daemon there: the named configuration says where */
+	if (answer == NULL) {
+		fprintf(stderr, "droverctl: error: submit -s: cannot learn the queue of the drover at %s "
+			"(give -c FILE to submit while it is down)\n", opts->socket_path);
+		return EXIT_UNREACHABLE;
+	}
+	json_t *stats = is_error_answer(answer) ? NULL : json_loads(answer, 0, NULL);
+	const char *backend = json_string_value(json_object_get(stats, "backend"));
+	const char *spool_dir = json_string_value(json_object_get(stats, "spool_dir"));
+	int rc;
+	if (backend == NULL) {
+		fprintf(stderr, "droverctl: error: submit -s: the drover at %s did not tell its queue: %s",
+			opts->socket_path, answer);
+		rc = EXIT_FAILED;
+	} else if (strcmp(backend, "spool") == 0 && spool_dir != NULL) {
+		rc = spool_submit(spool_dir, in);
+	} else {
+		struct config *cfg = load_config(opts);
+		if (cfg == NULL) {
+			rc = EXIT_CONFIG;
+		} else if (cfg->backend != BACKEND_KAFKA) {
+			fprintf(stderr, "droverctl: error: submit -s: the drover at %s uses the %s queue, the configuration "
+				"the %s queue\n", opts->socket_path, backend, config_backend_name(cfg->backend));
+			rc = EXIT_FAILED;
+		} else {
+			rc = kafkactl_submit(cfg, in);
+		}
+		config_free(cfg);
+	}
+	json_decref(stats);
+	free(answer);
+	return rc;
+}
+
+static int submit_command(const struct options *opts, const char *file)
 {
 	bool use_stdin = file == NULL || strcmp(file, "-") == 0;
 	FILE *in = use_stdin ? stdin : fopen(file, "r");
@@ -452,9 +531,34 @@ static int submit_command(const struct config *cfg, const char *file)
 		fprintf(stderr, "droverctl: error: %s: %s\n", file, strerror(errno));
 		return EXIT_FAILED;
 	}
-	int rc = cfg->backend == BACKEND_KAFKA ? kafkactl_submit(cfg, in) : spool_submit(cfg, in);
+	int rc = opts->socket_path != NULL ? submit_through_daemon(opts, in) : submit_with_config(opts, in);
 	if (!use_stdin)
 		fclose(in);
+	return rc;
+}
+
+/*
+ * The daemon's verdict, when one listens: its pool can make progress and its
+ * spool takes a write. EXIT_OK also when no daemon answers (the queue check
+ * alone then decides); *reached says which.
+ */
+static int daemon_health(const struct options *opts, bool *reached)
+{
+	*reached = false;
+	char *path = socket_path(opts);
+	if (path == NULL)
+		return EXIT_OK;
+	char *answer = request_quietly(path, "health", true);
+	free(path);
+	if (answer == NULL)
+		return EXIT_OK;
+	*reached = true;
+	int rc = EXIT_OK;
+	if (is_error_answer(answer)) {
+		fprintf(stderr, "droverctl: %s", answer);
+		rc = EXIT_FAILED;
+	}
+	free(answer);
 	return rc;
 }
 
@@ -481,18 +585,37 @@ static int topics_command(const struct config *cfg, const char *action)
 	return action != NULL && strcmp(action, "create") == 0 ? kafkactl_topics_create(cfg) : kafkactl_topics_list(cfg);
 }
 
+/* The daemon's health, then the queue's; a broken file only skips the queue's when a daemon vouched. */
+static int health_flow(const struct options *opts)
+{
+	bool reached;
+	int rc = daemon_health(opts, &reached);
+	if (rc != EXIT_OK)
+		return rc;
+	struct config *cfg = load_config(opts);
+	if (cfg == NULL) {
+		if (!reached)
+			return EXIT_CONFIG;
+		fprintf(stderr, "droverctl: the queue was not checked (configuration errors); the daemon is healthy\n");
+		printf("ok: daemon\n");
+		return EXIT_OK;
+	}
+	rc = health_command(cfg);
+	config_free(cfg);
+	return rc;
+}
+
+/* Commands that need the configuration: a broken file is exit 78. */
 static int queue_command(const struct options *opts, const char *name, const char *arg)
 {
+	if (strcmp(name, "health") == 0)
+		return health_flow(opts);
+	if (strcmp(name, "submit") == 0)
+		return submit_command(opts, arg);
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL)
-		return EXIT_FAILED;
-	int rc;
-	if (strcmp(name, "submit") == 0)
-		rc = submit_command(cfg, arg);
-	else if (strcmp(name, "health") == 0)
-		rc = health_command(cfg);
-	else
-		rc = topics_command(cfg, arg);
+		return EXIT_CONFIG;
+	int rc = topics_command(cfg, arg);
 	config_free(cfg);
 	return rc;
 }

@@ -2,7 +2,8 @@
  * config: loads drover's configuration. One static table of options (after
  * redis' config.c and nginx's command tables) drives everything: defaults,
  * parsing of the INI file (inih), environment overrides, validation, the
- * worker-equality test of a reload and the printed reference. Every problem
+ * scope of a reloaded value (what changed, and where it applies) and the
+ * printed reference. Every problem
  * is collected as "FILE:LINE: [section] key: what is wrong (allowed: ...)"
  * ("env NAME: ..." for the environment) so that an operator sees them all
  * at once.
@@ -16,6 +17,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <ini.h>
 #include <librdkafka/rdkafka.h>
@@ -27,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -40,6 +43,7 @@ extern char **environ;
 #define RETENTION_MS_MAX (100 * 365 * DAY_MS)
 #define RESULT_BYTES_MAX (1LL << 30)
 #define LINE_CHARS_MAX 4096                   /* longest accepted INI line */
+#define CONFIG_FILE_MAX (1 << 20)             /* longest accepted configuration file */
 #define SECRET_FILE_MAX 65536
 #define TOPIC_NAME_MAX 249                    /* Kafka's own limit */
 #define ENV_NAME_MAX 128
@@ -67,6 +71,7 @@ struct opt_spec {
 	const char *section;
 	const char *key;
 	enum opt_type type;
+	unsigned scope;          /* CONFIG_SCOPE_*: where a reloaded value takes effect */
 	bool secret;             /* never echoed */
 	size_t offset;           /* into struct config (or struct topic_config) */
 	long long min, max;      /* numbers and modes */
@@ -101,99 +106,105 @@ static const struct enum_name sasl_mechanism_names[] = {
 	{ "PLAIN", 0 }, { "SCRAM-SHA-256", 0 }, { "SCRAM-SHA-512", 0 }, { NULL, 0 },
 };
 
+/* Short names for the table: where a reloaded value takes effect (config.h). */
+#define SCOPE_START CONFIG_SCOPE_START
+#define SCOPE_SUPERVISOR CONFIG_SCOPE_SUPERVISOR
+#define SCOPE_WORKERS CONFIG_SCOPE_WORKERS
+#define SCOPE_BOTH (CONFIG_SCOPE_SUPERVISOR | CONFIG_SCOPE_WORKERS)
+
 #define CFG(field) offsetof(struct config, field)
 #define TOPIC(field) offsetof(struct topic_config, field)
 
 static const struct opt_spec option_table[] = {
 	/* [supervisor] */
-	{ "supervisor", "workers", OPT_INT, false, CFG(workers), 1, CONFIG_MAX_WORKERS, "3", NULL,
+	{ "supervisor", "workers", OPT_INT, SCOPE_SUPERVISOR, false, CFG(workers), 1, CONFIG_MAX_WORKERS, "3", NULL,
 	  "worker processes", "PROCESSING_WORKER_INSTANCES", NULL },
-	{ "supervisor", "control_socket", OPT_PATH, false, CFG(control_socket), 0, 0, "/run/drover/drover.sock", NULL,
+	{ "supervisor", "control_socket", OPT_PATH, SCOPE_START, false, CFG(control_socket), 0, 0, "/run/drover/drover.sock", NULL,
 	  "the Unix socket of droverctl", NULL, NULL },
-	{ "supervisor", "control_socket_mode", OPT_MODE, false, CFG(control_socket_mode), 0, 0777, "0660", NULL,
+	{ "supervisor", "control_socket_mode", OPT_MODE, SCOPE_START, false, CFG(control_socket_mode), 0, 0777, "0660", NULL,
 	  "permission bits of the control socket", NULL, NULL },
-	{ "supervisor", "pid_file", OPT_PATH, false, CFG(pid_file), 0, 0, "/run/drover/drover.pid", NULL,
+	{ "supervisor", "pid_file", OPT_PATH, SCOPE_START, false, CFG(pid_file), 0, 0, "/run/drover/drover.pid", NULL,
 	  "locked pid file; empty = none", NULL, NULL },
-	{ "supervisor", "user", OPT_STRING, false, CFG(user), 0, 0, "", "a user name, or empty",
+	{ "supervisor", "user", OPT_STRING, SCOPE_START, false, CFG(user), 0, 0, "", "a user name, or empty",
 	  "when started as root: drop to this user before forking workers", NULL, NULL },
-	{ "supervisor", "group", OPT_STRING, false, CFG(group), 0, 0, "", "a group name, or empty",
+	{ "supervisor", "group", OPT_STRING, SCOPE_START, false, CFG(group), 0, 0, "", "a group name, or empty",
 	  "when started as root: drop to this group (default: the user's)", NULL, NULL },
-	{ "supervisor", "log_file", OPT_PATH, false, CFG(log_file), 0, 0, "-", NULL,
+	{ "supervisor", "log_file", OPT_PATH, SCOPE_BOTH, false, CFG(log_file), 0, 0, "-", NULL,
 	  "\"-\" = stderr; reopened on SIGUSR1", NULL, NULL },
-	{ "supervisor", "log_level", OPT_ENUM, false, CFG(log_level), 0, 0, "info", NULL,
+	{ "supervisor", "log_level", OPT_ENUM, SCOPE_BOTH, false, CFG(log_level), 0, 0, "info", NULL,
 	  "least severe level logged", NULL, log_level_names },
-	{ "supervisor", "log_format", OPT_ENUM, false, CFG(log_format), 0, 0, "text", NULL,
+	{ "supervisor", "log_format", OPT_ENUM, SCOPE_BOTH, false, CFG(log_format), 0, 0, "text", NULL,
 	  "log line format", NULL, log_format_names },
-	{ "supervisor", "shutdown_timeout_ms", OPT_MS, false, CFG(shutdown_timeout_ms), 1, JOB_MS_MAX, "30000", NULL,
+	{ "supervisor", "shutdown_timeout_ms", OPT_MS, SCOPE_BOTH, false, CFG(shutdown_timeout_ms), 1, JOB_MS_MAX, "30000", NULL,
 	  "graceful drain bound", NULL, NULL },
-	{ "supervisor", "restart_delay_ms", OPT_MS, false, CFG(restart_delay_ms), 1, JOB_MS_MAX, "100", NULL,
+	{ "supervisor", "restart_delay_ms", OPT_MS, SCOPE_SUPERVISOR, false, CFG(restart_delay_ms), 1, JOB_MS_MAX, "100", NULL,
 	  "delay before restarting a crashed slot; doubles per consecutive crash, with jitter", NULL, NULL },
-	{ "supervisor", "restart_delay_max_ms", OPT_MS, false, CFG(restart_delay_max_ms), 1, JOB_MS_MAX, "30000", NULL,
+	{ "supervisor", "restart_delay_max_ms", OPT_MS, SCOPE_SUPERVISOR, false, CFG(restart_delay_max_ms), 1, JOB_MS_MAX, "30000", NULL,
 	  "upper bound of the restart delay", NULL, NULL },
-	{ "supervisor", "heartbeat_timeout_ms", OPT_MS, false, CFG(heartbeat_timeout_ms), 1, JOB_MS_MAX, "60000", NULL,
+	{ "supervisor", "heartbeat_timeout_ms", OPT_MS, SCOPE_SUPERVISOR, false, CFG(heartbeat_timeout_ms), 1, JOB_MS_MAX, "60000", NULL,
 	  "a worker whose event loop is silent this long is killed and replaced", NULL, NULL },
 
 	/* [jobs] */
-	{ "jobs", "handler", OPT_ARGV, false, CFG(handler), 0, 0, "/usr/lib/drover/handlers/demo --size 256",
+	{ "jobs", "handler", OPT_ARGV, SCOPE_WORKERS, false, CFG(handler), 0, 0, "/usr/lib/drover/handlers/demo --size 256",
 	  "a program and its arguments; \"double quotes\" group words; a name without '/' is looked up in PATH",
 	  "argv; split on spaces, \"double quotes\" group; never run through a shell", NULL, NULL },
-	{ "jobs", "max_concurrent", OPT_INT, false, CFG(max_concurrent), 1, CONFIG_MAX_CONCURRENT, "10", NULL,
+	{ "jobs", "max_concurrent", OPT_INT, SCOPE_WORKERS, false, CFG(max_concurrent), 1, CONFIG_MAX_CONCURRENT, "10", NULL,
 	  "jobs running at once in one worker", "MAX_CONCURRENT_GENERATIONS", NULL },
-	{ "jobs", "timeout_ms", OPT_MS, false, CFG(timeout_ms), 1, JOB_MS_MAX, "300000", NULL,
+	{ "jobs", "timeout_ms", OPT_MS, SCOPE_WORKERS, false, CFG(timeout_ms), 1, JOB_MS_MAX, "300000", NULL,
 	  "per job attempt", "GENERATION_TIMEOUT_MS", NULL },
-	{ "jobs", "kill_grace_ms", OPT_MS, false, CFG(kill_grace_ms), 0, JOB_MS_MAX, "5000", NULL,
+	{ "jobs", "kill_grace_ms", OPT_MS, SCOPE_BOTH, false, CFG(kill_grace_ms), 0, JOB_MS_MAX, "5000", NULL,
 	  "SIGTERM to the job's process group, SIGKILL after this", NULL, NULL },
-	{ "jobs", "max_attempts", OPT_INT, false, CFG(max_attempts), 1, 100, "3", NULL,
+	{ "jobs", "max_attempts", OPT_INT, SCOPE_WORKERS, false, CFG(max_attempts), 1, 100, "3", NULL,
 	  "attempts per job before it fails for good", NULL, NULL },
-	{ "jobs", "retry_delay_ms", OPT_MS, false, CFG(retry_delay_ms), 0, JOB_MS_MAX, "1000", NULL,
+	{ "jobs", "retry_delay_ms", OPT_MS, SCOPE_WORKERS, false, CFG(retry_delay_ms), 0, JOB_MS_MAX, "1000", NULL,
 	  "before the 2nd attempt; doubles per attempt", NULL, NULL },
-	{ "jobs", "no_retry_exit_codes", OPT_CODES, false, CFG(no_retry_exit), 1, 255, "64 65", NULL,
+	{ "jobs", "no_retry_exit_codes", OPT_CODES, SCOPE_WORKERS, false, CFG(no_retry_exit), 1, 255, "64 65", NULL,
 	  "exit codes that fail the job at once", NULL, NULL },
-	{ "jobs", "max_result_bytes", OPT_BYTES, false, CFG(max_result_bytes), 1, RESULT_BYTES_MAX, "1048576", NULL,
+	{ "jobs", "max_result_bytes", OPT_BYTES, SCOPE_WORKERS, false, CFG(max_result_bytes), 1, RESULT_BYTES_MAX, "1048576", NULL,
 	  "stdout beyond this fails the attempt: result_too_large", NULL, NULL },
-	{ "jobs", "working_dir", OPT_PATH, false, CFG(working_dir), 0, 0, "", "an existing directory, or empty",
+	{ "jobs", "working_dir", OPT_PATH, SCOPE_WORKERS, false, CFG(working_dir), 0, 0, "", "an existing directory, or empty",
 	  "the handler's working directory; empty = inherit", NULL, NULL },
 
 	/* [queue] */
-	{ "queue", "backend", OPT_ENUM, false, CFG(backend), 0, 0, "spool", NULL,
+	{ "queue", "backend", OPT_ENUM, SCOPE_BOTH, false, CFG(backend), 0, 0, "spool", NULL,
 	  "the job queue; USE_KAFKA=true|false selects kafka|spool", NULL, backend_names },
 
 	/* [spool] */
-	{ "spool", "dir", OPT_PATH, false, CFG(spool_dir), 0, 0, "/var/lib/drover/spool", "a directory path",
+	{ "spool", "dir", OPT_PATH, SCOPE_BOTH, false, CFG(spool_dir), 0, 0, "/var/lib/drover/spool", "a directory path",
 	  "the spool directory (incoming/, processing/, complete/, failed/, tmp/)", NULL, NULL },
 
 	/* [kafka] */
-	{ "kafka", "brokers", OPT_STRING, false, CFG(kafka_brokers), 0, 0, "localhost:9092", "host:port[,host:port...]",
+	{ "kafka", "brokers", OPT_STRING, SCOPE_WORKERS, false, CFG(kafka_brokers), 0, 0, "localhost:9092", "host:port[,host:port...]",
 	  "bootstrap brokers", "KAFKA_BROKERS", NULL },
-	{ "kafka", "client_id", OPT_STRING, false, CFG(kafka_client_id), 0, 0, "drover", NULL,
+	{ "kafka", "client_id", OPT_STRING, SCOPE_WORKERS, false, CFG(kafka_client_id), 0, 0, "drover", NULL,
 	  "client.id", "KAFKA_CLIENT_ID", NULL },
-	{ "kafka", "group_id", OPT_STRING, false, CFG(kafka_group_id), 0, 0, "drover-workers", NULL,
+	{ "kafka", "group_id", OPT_STRING, SCOPE_WORKERS, false, CFG(kafka_group_id), 0, 0, "drover-workers", NULL,
 	  "consumer group", "KAFKA_CONSUMER_GROUP", NULL },
-	{ "kafka", "requests_topic", OPT_STRING, false, CFG(requests_topic), 0, 0, "image.generation.requests",
+	{ "kafka", "requests_topic", OPT_STRING, SCOPE_WORKERS, false, CFG(requests_topic), 0, 0, "image.generation.requests",
 	  "a topic name: letters, digits, '.', '_', '-'", "jobs are read from here", NULL, NULL },
-	{ "kafka", "status_topic", OPT_STRING, false, CFG(status_topic), 0, 0, "image.generation.status",
+	{ "kafka", "status_topic", OPT_STRING, SCOPE_WORKERS, false, CFG(status_topic), 0, 0, "image.generation.status",
 	  "a topic name: letters, digits, '.', '_', '-'; or empty", "status events; empty = no status events",
 	  NULL, NULL },
-	{ "kafka", "complete_topic", OPT_STRING, false, CFG(complete_topic), 0, 0, "image.generation.complete",
+	{ "kafka", "complete_topic", OPT_STRING, SCOPE_WORKERS, false, CFG(complete_topic), 0, 0, "image.generation.complete",
 	  "a topic name: letters, digits, '.', '_', '-'", "results of completed jobs", NULL, NULL },
-	{ "kafka", "failed_topic", OPT_STRING, false, CFG(failed_topic), 0, 0, "image.generation.failed",
+	{ "kafka", "failed_topic", OPT_STRING, SCOPE_WORKERS, false, CFG(failed_topic), 0, 0, "image.generation.failed",
 	  "a topic name: letters, digits, '.', '_', '-'", "failed jobs (dead letters)", NULL, NULL },
-	{ "kafka", "static_membership", OPT_BOOL, false, CFG(static_membership), 0, 0, "true", NULL,
+	{ "kafka", "static_membership", OPT_BOOL, SCOPE_WORKERS, false, CFG(static_membership), 0, 0, "true", NULL,
 	  "group.instance.id = <instance_id>-<slot>", NULL, NULL },
-	{ "kafka", "instance_id", OPT_STRING, false, CFG(instance_id), 0, 0, "", NULL,
+	{ "kafka", "instance_id", OPT_STRING, SCOPE_WORKERS, false, CFG(instance_id), 0, 0, "", NULL,
 	  "default: the host name", NULL, NULL },
-	{ "kafka", "security_protocol", OPT_ENUM, false, CFG(security_protocol), 0, 0, "plaintext", NULL,
+	{ "kafka", "security_protocol", OPT_ENUM, SCOPE_WORKERS, false, CFG(security_protocol), 0, 0, "plaintext", NULL,
 	  "KAFKA_SSL=true selects ssl (sasl_ssl when a SASL user is set), false plaintext (sasl_plaintext)",
 	  NULL, security_names },
-	{ "kafka", "sasl_mechanism", OPT_CHOICE, false, CFG(sasl_mechanism), 0, 0, "SCRAM-SHA-512", NULL,
+	{ "kafka", "sasl_mechanism", OPT_CHOICE, SCOPE_WORKERS, false, CFG(sasl_mechanism), 0, 0, "SCRAM-SHA-512", NULL,
 	  "SASL mechanism", NULL, sasl_mechanism_names },
-	{ "kafka", "sasl_username", OPT_STRING, false, CFG(sasl_username), 0, 0, "", NULL,
+	{ "kafka", "sasl_username", OPT_STRING, SCOPE_WORKERS, false, CFG(sasl_username), 0, 0, "", NULL,
 	  "SASL user", "KAFKA_SASL_USERNAME", NULL },
-	{ "kafka", "sasl_password", OPT_STRING, true, CFG(sasl_password), 0, 0, "", NULL,
+	{ "kafka", "sasl_password", OPT_STRING, SCOPE_WORKERS, true, CFG(sasl_password), 0, 0, "", NULL,
 	  "SASL password (a secret: prefer sasl_password_file)", "KAFKA_SASL_PASSWORD", NULL },
-	{ "kafka", "sasl_password_file", OPT_PATH, false, CFG(sasl_password_file), 0, 0, "", "a readable file, or empty",
+	{ "kafka", "sasl_password_file", OPT_PATH, SCOPE_WORKERS, false, CFG(sasl_password_file), 0, 0, "", "a readable file, or empty",
 	  "preferred: read at start and on reload; trailing newline stripped", NULL, NULL },
-	{ "kafka", "ssl_ca_location", OPT_PATH, false, CFG(ssl_ca_location), 0, 0, "",
+	{ "kafka", "ssl_ca_location", OPT_PATH, SCOPE_WORKERS, false, CFG(ssl_ca_location), 0, 0, "",
 	  "a readable file or directory, or empty",
 	  "CA certificates; empty = librdkafka's default", NULL, NULL },
 };
@@ -201,11 +212,11 @@ static const struct opt_spec option_table[] = {
 
 /* Keys of a [topic:NAME] section. Defaults depend on the topic's role (topic_roles). */
 static const struct opt_spec topic_option_table[] = {
-	{ "topic:NAME", "partitions", OPT_INT, false, TOPIC(partitions), 1, 100000, "3", NULL,
+	{ "topic:NAME", "partitions", OPT_INT, SCOPE_WORKERS, false, TOPIC(partitions), 1, 100000, "3", NULL,
 	  "partitions (requests: 6, others: 3)", NULL, NULL },
-	{ "topic:NAME", "replication_factor", OPT_INT, false, TOPIC(replication_factor), 1, 32767, "1", NULL,
+	{ "topic:NAME", "replication_factor", OPT_INT, SCOPE_WORKERS, false, TOPIC(replication_factor), 1, 32767, "1", NULL,
 	  "replicas per partition", NULL, NULL },
-	{ "topic:NAME", "retention_ms", OPT_MS, false, TOPIC(retention_ms), -1, RETENTION_MS_MAX, "604800000", NULL,
+	{ "topic:NAME", "retention_ms", OPT_MS, SCOPE_WORKERS, false, TOPIC(retention_ms), -1, RETENTION_MS_MAX, "604800000", NULL,
 	  "-1 = forever (status: 1 day, others: 7 days)", NULL, NULL },
 };
 #define TOPIC_OPTION_COUNT ARRAY_LEN(topic_option_table)
@@ -252,6 +263,7 @@ struct loader {
 	char *raw;
 	size_t raw_cap;
 	int lineno;                 /* the line inih is working on */
+	size_t bytes_read;
 	int syntax_error_line;      /* last line the reader already reported */
 	enum section_state section;
 	int section_line;           /* of the current section's header */
@@ -943,6 +955,12 @@ static char *read_line(char *buf, int size, void *stream)
 		return NULL;
 	}
 	ld->lineno++;
+	ld->bytes_read += (size_t)n;
+	if (ld->bytes_read > CONFIG_FILE_MAX) { /* it grew after the size check */
+		errors_add(ld->errs, "%s:%d: file too large (allowed: at most %d bytes)", ld->file, ld->lineno,
+			   CONFIG_FILE_MAX);
+		return NULL;
+	}
 	bool has_nul = strlen(ld->raw) != (size_t)n;
 	char *line = normalize_line(ld->raw, ld->lineno);
 	size_t len = strlen(line);
@@ -967,14 +985,44 @@ static char *read_line(char *buf, int size, void *stream)
 	return buf;
 }
 
+/*
+ * Opens the configuration without ever blocking or reading without bound: a
+ * FIFO would block open(2) and read(2), /dev/zero would never end. Only a
+ * regular file of at most CONFIG_FILE_MAX bytes (or /dev/null) is read.
+ */
+static FILE *open_config_file(struct config_errors *errs, const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		errors_add(errs, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	struct stat st;
+	const char *problem = NULL;
+	if (fstat(fd, &st) < 0)
+		problem = strerror(errno);
+	else if (!S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))
+		problem = "not a regular file"; /* /dev/null reads as an empty file: the environment alone */
+	else if (st.st_size > CONFIG_FILE_MAX)
+		problem = "too large";
+	int flags = problem == NULL ? fcntl(fd, F_GETFL) : -1;
+	if (problem == NULL && (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0))
+		problem = strerror(errno);
+	FILE *fp = problem == NULL ? fdopen(fd, "r") : NULL;
+	if (fp == NULL) {
+		errors_add(errs, "%s: cannot read: %s (allowed: a regular file of at most %d bytes)", path,
+			   problem != NULL ? problem : strerror(errno), CONFIG_FILE_MAX);
+		close(fd);
+	}
+	return fp;
+}
+
 /* Returns false when the file cannot be read at all. */
 static bool parse_file(struct loader *ld, const char *path)
 {
-	ld->fp = fopen(path, "re");
-	if (ld->fp == NULL) {
-		errors_add(ld->errs, "%s: cannot open: %s", path, strerror(errno));
+	ld->fp = open_config_file(ld->errs, path);
+	if (ld->fp == NULL)
 		return false;
-	}
 	/* Debian's inih takes its line buffer size at run time; handler lines can be long. */
 	int saved_max_line = ini_max_line;
 	ini_max_line = LINE_CHARS_MAX + 3;
@@ -1005,10 +1053,78 @@ static bool is_text_type(enum opt_type type)
 	return type == OPT_STRING || type == OPT_PATH || type == OPT_ARGV;
 }
 
+/*
+ * Secrets taken out of the environment (config_hide_secrets) live on here,
+ * so that environment overrides stay in force across reloads while no other
+ * process (a handler of the same uid reading /proc/PID/environ) can see them.
+ */
+static char **secret_env;
+static size_t secret_env_count;
+
+/* The environment as the loader sees it: environ, then the hidden secrets. NULL past the end. */
+static const char *env_entry(size_t index)
+{
+	size_t count = 0;
+	while (environ != NULL && environ[count] != NULL)
+		count++;
+	if (index < count)
+		return environ[index];
+	index -= count;
+	return index < secret_env_count ? secret_env[index] : NULL;
+}
+
+static const char *env_get(const char *name)
+{
+	size_t len = strlen(name);
+	for (size_t i = 0; i < secret_env_count; i++)
+		if (strncmp(secret_env[i], name, len) == 0 && secret_env[i][len] == '=')
+			return secret_env[i] + len + 1;
+	return getenv(name);
+}
+
+/* Moves one secret out of environ and wipes its bytes where they were (what /proc/PID/environ shows). */
+static int hide_secret(char *entry)
+{
+	char **grown = realloc(secret_env, (secret_env_count + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return -1;
+	secret_env = grown;
+	char *copy = strdup(entry);
+	if (copy == NULL)
+		return -1;
+	size_t name_len = strcspn(entry, "=");
+	char name[ENV_NAME_MAX * 2];
+	snprintf(name, sizeof(name), "%.*s", (int)name_len, entry);
+	if (unsetenv(name) < 0) {
+		explicit_bzero(copy, strlen(copy));
+		free(copy);
+		return -1;
+	}
+	secret_env[secret_env_count++] = copy;
+	explicit_bzero(entry, strlen(entry));
+	return 0;
+}
+
+int config_hide_secrets(void)
+{
+	int rc = 0;
+	for (size_t i = 0; environ != NULL && environ[i] != NULL;) {
+		if (!config_env_is_secret(environ[i])) {
+			i++;
+			continue;
+		}
+		if (hide_secret(environ[i]) < 0) {
+			rc = -1;
+			i++; /* left in place: the caller reports it */
+		}
+	}
+	return rc;
+}
+
 /* An empty variable means "unset" for anything but text (VAR= in an env file). */
 static const char *env_value(const struct opt_spec *opt, const char *name)
 {
-	const char *value = getenv(name);
+	const char *value = env_get(name);
 	if (value == NULL || (*value == '\0' && !is_text_type(opt->type)))
 		return NULL;
 	return value;
@@ -1039,8 +1155,8 @@ static size_t option_index(const char *section, const char *key)
 /* USE_KAFKA and KAFKA_SSL: booleans of the seeds that select an enum value. */
 static bool seed_flag(struct loader *ld, const char *name, size_t index, bool *flag)
 {
-	const char *value = getenv(name);
-	const char *stronger = getenv(ld->env_names[index]);
+	const char *value = env_get(name);
+	const char *stronger = env_get(ld->env_names[index]);
 	if (value == NULL || *value == '\0' || (stronger != NULL && *stronger != '\0'))
 		return false; /* DROVER_<SECTION>_<KEY> wins */
 	if (!parse_bool(value, flag)) {
@@ -1074,17 +1190,18 @@ static void apply_seed_flags(struct loader *ld)
 static void apply_librdkafka_env(struct loader *ld)
 {
 	static const char prefix[] = "DROVER_LIBRDKAFKA_";
-	for (char **e = environ; e != NULL && *e != NULL; e++) {
-		if (strncmp(*e, prefix, sizeof(prefix) - 1) != 0)
+	const char *entry;
+	for (size_t i = 0; (entry = env_entry(i)) != NULL; i++) {
+		if (strncmp(entry, prefix, sizeof(prefix) - 1) != 0)
 			continue;
-		const char *rest = *e + sizeof(prefix) - 1;
+		const char *rest = entry + sizeof(prefix) - 1;
 		const char *eq = strchr(rest, '=');
 		if (eq == NULL || eq == rest)
 			continue;
 		char key[256];
 		char name[ENV_NAME_MAX + 64];
 		snprintf(key, sizeof(key), "%.*s", (int)(eq - rest), rest);
-		snprintf(name, sizeof(name), "%.*s", (int)(eq - *e), *e);
+		snprintf(name, sizeof(name), "%.*s", (int)(eq - entry), entry);
 		for (char *p = key; *p != '\0'; p++)
 			*p = *p == '_' ? '.' : (char)tolower((unsigned char)*p);
 		struct origin o = { .line = 0, .env = name };
@@ -1095,14 +1212,15 @@ static void apply_librdkafka_env(struct loader *ld)
 /* A DROVER_<SECTION>_ variable that names no option is most likely a typo. */
 static void report_unknown_env(struct loader *ld)
 {
-	for (char **e = environ; e != NULL && *e != NULL; e++) {
-		if (strncmp(*e, "DROVER_", 7) != 0)
+	const char *entry;
+	for (size_t n = 0; (entry = env_entry(n)) != NULL; n++) {
+		if (strncmp(entry, "DROVER_", 7) != 0)
 			continue;
-		size_t name_len = strcspn(*e, "=");
+		size_t name_len = strcspn(entry, "=");
 		if (name_len >= ENV_NAME_MAX)
 			continue;
 		char name[ENV_NAME_MAX];
-		snprintf(name, sizeof(name), "%.*s", (int)name_len, *e);
+		snprintf(name, sizeof(name), "%.*s", (int)name_len, entry);
 		for (size_t s = 0; s < ARRAY_LEN(plain_sections); s++) {
 			char prefix[64];
 			make_env_name(plain_sections[s], "", prefix, sizeof(prefix));
@@ -1637,17 +1755,6 @@ static bool pairs_equal(const struct config_pair *a, size_t na, const struct con
 	return true;
 }
 
-static bool argv_equal(char *const *a, char *const *b)
-{
-	size_t n = argv_count(a);
-	if (n != argv_count(b))
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(a[i], b[i]) != 0)
-			return false;
-	return true;
-}
-
 static bool topics_equal(const struct config *a, const struct config *b)
 {
 	if (a->topic_count != b->topic_count)
@@ -1661,18 +1768,51 @@ static bool topics_equal(const struct config *a, const struct config *b)
 	return true;
 }
 
+size_t config_diff(const struct config *a, const struct config *b, config_change_fn visit, void *ctx)
+{
+	char name[160];
+	size_t changed = 0;
+	for (size_t i = 0; i < OPTION_COUNT; i++) {
+		const struct opt_spec *opt = &option_table[i];
+		if (option_equal(opt, a, b))
+			continue;
+		snprintf(name, sizeof(name), "[%s] %s", opt->section, opt->key);
+		visit(ctx, name, opt->scope);
+		changed++;
+	}
+	/* What lives beside the table: handler_argv follows handler, which the table compares. */
+	const struct {
+		const char *name;
+		bool equal;
+	} extras[] = {
+		{ "[jobs] env.*", pairs_equal(a->handler_env, a->handler_env_count, b->handler_env, b->handler_env_count) },
+		{ "[librdkafka]", pairs_equal(a->librdkafka, a->librdkafka_count, b->librdkafka, b->librdkafka_count) },
+		{ "[topic:NAME]", topics_equal(a, b) },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(extras); i++) {
+		if (extras[i].equal)
+			continue;
+		visit(ctx, extras[i].name, CONFIG_SCOPE_WORKERS);
+		changed++;
+	}
+	return changed;
+}
+
+static void collect_scope(void *ctx, const char *name, unsigned scope)
+{
+	*(unsigned *)ctx |= scope;
+}
+
+unsigned config_changed_scopes(const struct config *a, const struct config *b)
+{
+	unsigned scopes = 0;
+	config_diff(a, b, collect_scope, &scopes);
+	return scopes;
+}
+
 bool config_worker_equal(const struct config *a, const struct config *b)
 {
-	for (size_t i = 0; i < OPTION_COUNT; i++) {
-		if (strcmp(option_table[i].section, "supervisor") == 0)
-			continue;
-		if (!option_equal(&option_table[i], a, b))
-			return false;
-	}
-	return argv_equal(a->handler_argv, b->handler_argv) &&
-	       pairs_equal(a->handler_env, a->handler_env_count, b->handler_env, b->handler_env_count) &&
-	       pairs_equal(a->librdkafka, a->librdkafka_count, b->librdkafka, b->librdkafka_count) &&
-	       topics_equal(a, b);
+	return (config_changed_scopes(a, b) & CONFIG_SCOPE_WORKERS) == 0;
 }
 
 bool config_env_is_secret(const char *name)
@@ -1687,6 +1827,38 @@ bool config_env_is_secret(const char *name)
 	return strcmp(upper, "KAFKA_SASL_PASSWORD") == 0 || strcmp(upper, "DROVER_KAFKA_SASL_PASSWORD") == 0 ||
 	       strncmp(upper, "DROVER_LIBRDKAFKA_", 18) == 0 || strstr(upper, "PASSWORD") != NULL ||
 	       strstr(upper, "SECRET") != NULL;
+}
+
+static int find_socket_key(void *user, const char *section, const char *key, const char *value)
+{
+	char **path = user;
+	if (strcmp(section, "supervisor") == 0 && strcmp(key, "control_socket") == 0 && value[0] != '\0') {
+		char *copy = strdup(value);
+		if (copy != NULL) {
+			free(*path);
+			*path = copy;
+		}
+	}
+	return 1;
+}
+
+char *config_find_control_socket(const char *path)
+{
+	const struct opt_spec *opt = &option_table[option_index("supervisor", "control_socket")];
+	char *found = NULL;
+	char env_name[ENV_NAME_MAX];
+	make_env_name(opt->section, opt->key, env_name, sizeof(env_name));
+	const char *env = getenv(env_name);
+	if (env != NULL && env[0] != '\0')
+		return strdup(env);
+	struct config_errors ignored = { NULL, 0 };
+	FILE *fp = open_config_file(&ignored, path != NULL ? path : CONFIG_DEFAULT_FILE);
+	config_errors_clear(&ignored);
+	if (fp == NULL)
+		return NULL; /* no readable file: nothing says where a daemon would listen */
+	(void)ini_parse_file(fp, find_socket_key, &found);
+	fclose(fp);
+	return found != NULL ? found : strdup(opt->def);
 }
 
 const char *config_backend_name(enum queue_backend backend)

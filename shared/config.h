@@ -122,11 +122,43 @@ void config_errors_clear(struct config_errors *errs);
 /* All errors joined with "; " into buf (for stats.last_reload). */
 void config_errors_join(const struct config_errors *errs, char *buf, size_t len);
 
-/* True when everything a worker runs with (all but [supervisor]) is the same. */
+/*
+ * Where a reloaded value takes effect: each option of the table carries its
+ * scope (after redis' IMMUTABLE/MODIFIABLE flags), and reload, its warnings
+ * and stats.last_reload derive from it. An option may be both SUPERVISOR and
+ * WORKERS (log_file: the supervisor reopens it, new workers inherit it).
+ */
+enum config_scope {
+	CONFIG_SCOPE_START = 1,      /* read once at start: a change needs a restart */
+	CONFIG_SCOPE_SUPERVISOR = 2, /* applied live by the supervisor */
+	CONFIG_SCOPE_WORKERS = 4,    /* applied by replacing the workers one at a time */
+};
+
+/* Called once per option whose value differs; name is "[section] key". */
+typedef void (*config_change_fn)(void *ctx, const char *name, unsigned scope);
+/* Visits every changed option from a to b (env.*, [topic:*], [librdkafka] as one name each); returns the count. */
+size_t config_diff(const struct config *a, const struct config *b, config_change_fn visit, void *ctx);
+/* The union of the scopes of every changed option (0: nothing changed). */
+unsigned config_changed_scopes(const struct config *a, const struct config *b);
+/* True when nothing a worker runs with changed (no changed option has CONFIG_SCOPE_WORKERS). */
 bool config_worker_equal(const struct config *a, const struct config *b);
 
 /* Environment variable names that carry secrets: never logged, never passed to handlers. */
 bool config_env_is_secret(const char *name);
+/*
+ * Moves every secret variable out of the process environment, wiping the
+ * bytes /proc/PID/environ shows; later loads (reload) still see them.
+ * Returns 0, or -1 when one could not be moved (out of memory).
+ */
+int config_hide_secrets(void);
+
+/*
+ * The control socket a file names, for droverctl when the file has errors
+ * elsewhere: the environment override, else the file's [supervisor]
+ * control_socket if that line parses, else the default. malloc'd; NULL when
+ * the file cannot be read (or out of memory).
+ */
+char *config_find_control_socket(const char *path);
 
 /* Canonical names, for stats and logs. */
 const char *config_backend_name(enum queue_backend backend);

@@ -1,7 +1,8 @@
 /*
  * log: formats one line per call and writes it with a single write(2), so
  * that lines of the supervisor and its workers, sharing one file opened with
- * O_APPEND, never interleave.
+ * O_APPEND, never interleave. A message never spans lines (control
+ * characters are escaped), and a JSON line is always valid UTF-8.
  */
 #include "log.h"
 #include "util.h"
@@ -65,22 +66,83 @@ int log_reopen(void)
 	return log_open(log_path);
 }
 
+/*
+ * Length of the valid UTF-8 sequence at in (1..4), or 0 when the bytes there
+ * are not one (a stray continuation byte, an overlong form, a surrogate, a
+ * truncated sequence, a code point past U+10FFFF).
+ */
+static size_t utf8_sequence(const unsigned char *in)
+{
+	unsigned char c = in[0];
+	size_t len;
+	unsigned min;
+	unsigned cp;
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) {
+		len = 2, min = 0x80, cp = c & 0x1fu;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		len = 3, min = 0x800, cp = c & 0x0fu;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		len = 4, min = 0x10000, cp = c & 0x07u;
+	} else {
+		return 0;
+	}
+	for (size_t i = 1; i < len; i++) {
+		if ((in[i] & 0xc0) != 0x80) /* also stops at the NUL */
+			return 0;
+		cp = (cp << 6) | (in[i] & 0x3fu);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+/* JSON string contents: always valid UTF-8 (a bad byte becomes U+FFFD), control characters escaped. */
 static size_t json_escape(char *out, size_t cap, const char *in)
 {
 	size_t n = 0;
-	for (; *in != '\0' && n + 7 < cap; in++) {
-		unsigned char c = (unsigned char)*in;
-		if (c == '"' || c == '\\') {
+	const unsigned char *p = (const unsigned char *)in;
+	while (*p != '\0' && n + 7 < cap) {
+		size_t len = utf8_sequence(p);
+		if (len == 0) {
+			memcpy(out + n, "\\ufffd", 6);
+			n += 6;
+			p++;
+		} else if (*p == '"' || *p == '\\') {
 			out[n++] = '\\';
-			out[n++] = (char)c;
-		} else if (c < 0x20) {
-			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+			out[n++] = (char)*p++;
+		} else if (*p < 0x20 || *p == 0x7f) {
+			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", *p++);
 		} else {
-			out[n++] = (char)c;
+			memcpy(out + n, p, len);
+			n += len;
+			p += len;
 		}
 	}
 	out[n] = '\0';
 	return n;
+}
+
+/*
+ * A text line stays one line: control characters (a newline in a job id, an
+ * escape sequence from a handler's stderr) are written as \n, \r, \t or \xHH,
+ * so that no message can forge another line.
+ */
+static void text_escape(char *out, size_t cap, const char *in)
+{
+	size_t n = 0;
+	for (const unsigned char *p = (const unsigned char *)in; *p != '\0' && n + 5 < cap; p++) {
+		if (*p >= 0x20 && *p != 0x7f) {
+			out[n++] = (char)*p;
+		} else if (*p == '\n' || *p == '\r' || *p == '\t') {
+			out[n++] = '\\';
+			out[n++] = *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+		} else {
+			n += (size_t)snprintf(out + n, cap - n, "\\x%02x", *p);
+		}
+	}
+	out[n] = '\0';
 }
 
 static void log_emit(enum log_level level, const char *msg)
@@ -103,8 +165,10 @@ static void log_emit(enum log_level level, const char *msg)
 		n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"proc\":\"%s\",\"pid\":%d,\"msg\":\"%s\"}\n",
 		             stamp, level_names[level], esc_name, (int)getpid(), esc_msg);
 	} else {
+		char esc_msg[6144];
+		text_escape(esc_msg, sizeof(esc_msg), msg);
 		n = snprintf(line, sizeof(line), "%s %s[%d] %s: %s\n", stamp, log_name, (int)getpid(),
-		             level_names[level], msg);
+		             level_names[level], esc_msg);
 	}
 	if (n < 0)
 		return;

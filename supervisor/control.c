@@ -10,7 +10,8 @@
  *
  * The socket is never clobbered: an existing path that still accepts
  * connections belongs to a live instance and start-up fails; only a stale
- * socket (ECONNREFUSED) is replaced. Peers are checked with SO_PEERCRED.
+ * socket (ECONNREFUSED) is replaced. Peers are checked with SO_PEERCRED and
+ * SO_PEERGROUPS: the groups the peer process holds, not /etc/group.
  */
 #include "control.h"
 #include "log.h"
@@ -19,8 +20,6 @@
 #include "util.h"
 
 #include <errno.h>
-#include <grp.h>
-#include <pwd.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -36,6 +35,13 @@
 #define CONTROL_IDLE_TIMEOUT 5.0   /* seconds to send a complete line */
 #define CONTROL_WRITE_TIMEOUT 5.0  /* seconds to take the whole answer */
 #define CONTROL_ACCEPT_BACKOFF 0.1 /* pause after EMFILE/ENFILE */
+#define CONTROL_DRAIN_MAX (16u << 20) /* input discarded after an early answer before giving up */
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59 /* Linux 4.13; older C libraries lack the name */
+#endif
+
+enum access { ACCESS_NONE, ACCESS_READ, ACCESS_WRITE };
 
 struct client {
 	struct control *ctl;
@@ -48,6 +54,9 @@ struct client {
 	size_t out_len;
 	size_t out_off;
 	bool stop_after; /* `stop`: stop the supervisor once this client is done */
+	enum access access;
+	bool unread_input; /* answered before the whole request was read (too long, refused) */
+	size_t drained;
 	struct client *prev, *next;
 };
 
@@ -57,7 +66,7 @@ struct control {
 	char *path;
 	dev_t dev; /* identity of the socket file we bound, so close unlinks only ours */
 	ino_t ino;
-	gid_t group; /* the socket file's group: its members may connect */
+	gid_t group; /* the socket file's group: its members may read */
 	uid_t euid;
 	ev_io accept_io;
 	ev_timer accept_pause;
@@ -222,49 +231,50 @@ int control_fd(const struct control *ctl)
 
 /* ---- peer credentials --------------------------------------------------- */
 
-/* Whether the user behind uid is a supplementary member of group (getgrouplist of its name). */
-static bool user_in_group(uid_t uid, gid_t primary, gid_t group)
+/* The peer's supplementary groups, as the kernel holds them for its process (not /etc/group). */
+static bool peer_in_group(int fd, gid_t group)
 {
-	char buf[4096];
-	struct passwd pw, *found = NULL;
-	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &found) != 0 || found == NULL)
-		return false;
-	int count = 64;
-	gid_t *groups = malloc(sizeof(gid_t) * (size_t)count);
-	if (groups == NULL)
-		return false;
-	if (getgrouplist(pw.pw_name, primary, groups, &count) < 0) {
-		gid_t *bigger = count > 0 ? realloc(groups, sizeof(gid_t) * (size_t)count) : NULL;
-		if (bigger == NULL) {
+	gid_t small[64];
+	gid_t *groups = small;
+	socklen_t len = sizeof(small);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0) {
+		if (errno != ERANGE || len == 0 || (groups = malloc(len)) == NULL)
+			return false;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0) {
 			free(groups);
 			return false;
 		}
-		groups = bigger;
-		if (getgrouplist(pw.pw_name, primary, groups, &count) < 0)
-			count = 0;
 	}
 	bool member = false;
-	for (int i = 0; i < count && !member; i++)
+	for (size_t i = 0; i < len / sizeof(gid_t) && !member; i++)
 		member = groups[i] == group;
-	free(groups);
+	if (groups != small)
+		free(groups);
 	return member;
 }
 
-static bool peer_allowed(const struct control *ctl, int fd)
+/*
+ * What a peer may do, from its credentials at connect time (SO_PEERCRED,
+ * SO_PEERGROUPS): root and the daemon's own user may write (reload, scale,
+ * stop); a process whose primary or supplementary groups include the
+ * socket's group may read (ping, health, stats, metrics); anyone else is
+ * refused.
+ */
+static enum access peer_access(const struct control *ctl, int fd)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
 		log_warn("control: SO_PEERCRED");
-		return false;
+		return ACCESS_NONE;
 	}
-	if (cred.uid == 0 || cred.uid == ctl->euid || cred.gid == ctl->group)
-		return true;
-	if (user_in_group(cred.uid, cred.gid, ctl->group))
-		return true;
+	if (cred.uid == 0 || cred.uid == ctl->euid)
+		return ACCESS_WRITE;
+	if (cred.gid == ctl->group || peer_in_group(fd, ctl->group))
+		return ACCESS_READ;
 	log_warnx("control: refused connection from pid %ld uid %ld gid %ld", (long)cred.pid, (long)cred.uid,
 		  (long)cred.gid);
-	return false;
+	return ACCESS_NONE;
 }
 
 /* ---- commands ----------------------------------------------------------- */
@@ -341,6 +351,15 @@ static char *command_reload(struct supervisor *sup)
 	return strdup("ok\n");
 }
 
+/* ping: the pool can make progress; health: and the queue takes a write. */
+static char *command_health(struct supervisor *sup, bool check_queue)
+{
+	char why[512];
+	if (!stats_health(sup, check_queue, why, sizeof(why)))
+		return error_answer(why);
+	return strdup(check_queue ? "ok\n" : "pong\n");
+}
+
 /* Splits line into at most max words (spaces and tabs); returns the count, or max + 1 when there are more. */
 static int split_words(char *line, char **words, int max)
 {
@@ -358,7 +377,12 @@ static int split_words(char *line, char **words, int max)
  * Runs one command. `stop` only sets *stop_after, so that the caller can send
  * the answer before the supervisor starts shutting down.
  */
-static char *execute(struct supervisor *sup, const char *line, size_t len, bool *stop_after)
+static bool is_write_command(const char *word)
+{
+	return strcmp(word, "reload") == 0 || strcmp(word, "scale") == 0 || strcmp(word, "stop") == 0;
+}
+
+static char *execute(struct supervisor *sup, const char *line, size_t len, enum access access, bool *stop_after)
 {
 	if (memchr(line, '\0', len) != NULL)
 		return strdup("error: malformed command (NUL byte)\n");
@@ -369,17 +393,19 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, bool 
 	int count = split_words(copy, words, 2);
 	char *answer;
 	if (count == 0) {
-		answer = strdup("error: empty command (try: ping, stats, metrics, reload, scale N, stop)\n");
+		answer = strdup("error: empty command (try: ping, health, stats, metrics, reload, scale N, stop)\n");
 	} else if (count > 2) {
 		answer = strdup("error: too many arguments\n");
+	} else if (access != ACCESS_WRITE && is_write_command(words[0])) {
+		answer = answer_dup("error: permission denied: %s needs root or the daemon's user\n", words[0]);
 	} else if (strcmp(words[0], "scale") == 0) {
 		answer = command_scale(sup, count == 2 ? words[1] : NULL);
 	} else if (count == 2) {
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
 		answer = answer_dup("error: %s takes no argument\n", excerpt);
-	} else if (strcmp(words[0], "ping") == 0) {
-		answer = strdup("pong\n");
+	} else if (strcmp(words[0], "ping") == 0 || strcmp(words[0], "health") == 0) {
+		answer = command_health(sup, strcmp(words[0], "health") == 0);
 	} else if (strcmp(words[0], "stats") == 0) {
 		answer = stats_json(sup);
 	} else if (strcmp(words[0], "metrics") == 0) {
@@ -392,7 +418,7 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, bool 
 	} else {
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
-		answer = answer_dup("error: unknown command \"%s\" (try: ping, stats, metrics, reload, scale N, stop)\n",
+		answer = answer_dup("error: unknown command \"%s\" (try: ping, health, stats, metrics, reload, scale N, stop)\n",
 				    excerpt);
 	}
 	free(copy);
@@ -405,7 +431,7 @@ char *control_execute(struct supervisor *sup, const char *line)
 	size_t len = strlen(line);
 	if (len > 0 && line[len - 1] == '\n')
 		len--;
-	char *answer = execute(sup, line, len, &stop_after);
+	char *answer = execute(sup, line, len, ACCESS_WRITE, &stop_after);
 	if (stop_after)
 		supervisor_stop(sup, STOP_GRACEFUL);
 	return answer;
@@ -489,11 +515,59 @@ static int client_flush(struct client *c)
 	return 1;
 }
 
+/*
+ * Input left unread when we close makes the kernel send a reset, and the
+ * client loses the answer it has not read yet. So after an early answer:
+ * half-close (the client sees EOF after the answer), then read and discard
+ * until the client closes, bounded in bytes and by the timer.
+ */
+static void on_client_drain(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct client *c = w->data;
+	char sink[4096];
+	for (;;) {
+		ssize_t n = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0 || (c->drained += (size_t)n) > CONTROL_DRAIN_MAX)
+			break;
+	}
+	client_close(c);
+}
+
+static void client_start_drain(struct client *c)
+{
+	struct ev_loop *loop = c->ctl->sup->loop;
+	ev_io_stop(loop, &c->io);
+	ev_timer_stop(loop, &c->timer);
+	if (shutdown(c->fd, SHUT_WR) < 0) {
+		client_close(c);
+		return;
+	}
+	ev_io_init(&c->io, on_client_drain, c->fd, EV_READ);
+	c->io.data = c;
+	ev_io_start(loop, &c->io);
+	ev_timer_set(&c->timer, CONTROL_IDLE_TIMEOUT, 0);
+	ev_timer_start(loop, &c->timer);
+}
+
+/* After client_flush: 1 the answer is out, else (-1) the client is gone. */
+static void client_done(struct client *c, int flushed)
+{
+	if (flushed == 1 && c->unread_input)
+		client_start_drain(c);
+	else
+		client_close(c);
+}
+
 static void on_client_write(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct client *c = w->data;
-	if (client_flush(c) != 0)
-		client_close(c);
+	int rc = client_flush(c);
+	if (rc != 0)
+		client_done(c, rc);
 }
 
 /* Takes ownership of answer; NULL means we ran out of memory. */
@@ -514,7 +588,7 @@ static void client_answer(struct client *c, char *answer)
 	ev_timer_stop(loop, &c->timer);
 	int rc = client_flush(c);
 	if (rc != 0) {
-		client_close(c);
+		client_done(c, rc);
 		return;
 	}
 	ev_io_init(&c->io, on_client_write, c->fd, EV_WRITE);
@@ -527,7 +601,7 @@ static void client_answer(struct client *c, char *answer)
 static void client_dispatch(struct client *c, size_t line_len)
 {
 	bool stop_after = false;
-	char *answer = execute(c->ctl->sup, c->buf, line_len, &stop_after);
+	char *answer = execute(c->ctl->sup, c->buf, line_len, c->access, &stop_after);
 	c->stop_after = stop_after;
 	client_answer(c, answer);
 }
@@ -537,6 +611,7 @@ static void on_client_read(struct ev_loop *loop, ev_io *w, int revents)
 	struct client *c = w->data;
 	for (;;) {
 		if (c->len == sizeof(c->buf)) {
+			c->unread_input = true;
 			client_answer(c, strdup("error: line too long (at most 4096 bytes)\n"));
 			return;
 		}
@@ -568,7 +643,8 @@ static void on_client_read(struct ev_loop *loop, ev_io *w, int revents)
 static void on_client_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct client *c = w->data;
-	log_debug("control: dropping a client that was %s too long", c->out == NULL ? "silent" : "not reading");
+	log_debug("control: dropping a client that was %s too long",
+		  c->out == NULL ? "silent" : c->out_off < c->out_len ? "not reading" : "sending after its answer");
 	client_close(c);
 }
 
@@ -591,7 +667,9 @@ static void client_start(struct control *ctl, int fd)
 	c->io.data = c;
 	ev_timer_init(&c->timer, on_client_timeout, CONTROL_IDLE_TIMEOUT, 0);
 	c->timer.data = c;
-	if (!peer_allowed(ctl, fd)) {
+	c->access = peer_access(ctl, fd);
+	if (c->access == ACCESS_NONE) {
+		c->unread_input = true;
 		client_answer(c, strdup("error: permission denied\n"));
 		return;
 	}

@@ -95,6 +95,21 @@ static struct config *load_or_exit(const char *path, bool test_only)
 	return cfg;
 }
 
+/*
+ * A handler runs as drover's user: keep it (and anything else of that uid)
+ * from reading drover's memory or /proc/PID/environ. Secrets leave the
+ * environment once the config has read them, and the processes are not
+ * dumpable; workers inherit that through fork. A change of uid resets the
+ * flag, so this runs again after the privilege drop.
+ */
+static void protect_secrets(void)
+{
+	if (config_hide_secrets() < 0)
+		log_warnx("cannot remove every secret from the environment (out of memory)");
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		log_warn("cannot make drover non-dumpable");
+}
+
 static void raise_fd_limit(void)
 {
 	struct rlimit limit;
@@ -108,9 +123,23 @@ static void raise_fd_limit(void)
 	}
 }
 
+struct identity {
+	bool drop;
+	uid_t uid;
+	gid_t gid;
+	const char *name;
+};
+
 /* ---- pid file ----------------------------------------------------------- */
 
-static void make_parent_dir(const char *path)
+/*
+ * The directory of the pid file or the control socket. After a privilege
+ * drop drover can remove them at stop only if its user may write that
+ * directory: a directory drover creates is given to that user (like
+ * systemd's RuntimeDirectory); an existing one that is not the user's gets a
+ * warning, since the file will be left behind.
+ */
+static void make_parent_dir(const char *path, const struct identity *id)
 {
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s", path);
@@ -118,16 +147,27 @@ static void make_parent_dir(const char *path)
 	if (slash == NULL || slash == dir)
 		return;
 	*slash = '\0';
-	if (mkdir_p(dir, 0755) < 0)
-		log_warn("cannot create %s", dir);
+	struct stat st;
+	if (stat(dir, &st) < 0) {
+		if (mkdir_p(dir, 0755) < 0) {
+			log_warn("cannot create %s", dir);
+			return;
+		}
+		if (id->drop && chown(dir, id->uid, id->gid) < 0)
+			log_warn("cannot give %s to user %s", dir, id->name);
+		return;
+	}
+	if (id->drop && !(st.st_uid == id->uid && (st.st_mode & S_IWUSR)))
+		log_warnx("%s will be left behind at stop: its directory %s is not writable by user %s "
+		          "(let drover create it, or give it to %s)", path, dir, id->name, id->name);
 }
 
 /* Opens and locks the pid file; the lock (not the pid in it) says an instance lives. */
-static int pidfile_lock(const char *path)
+static int pidfile_lock(const char *path, const struct identity *id)
 {
 	if (path[0] == '\0')
 		return -1; /* no pid file wanted */
-	make_parent_dir(path);
+	make_parent_dir(path, id);
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
 		log_fatal(EXIT_UNAVAILABLE, "cannot open pid file %s", path);
@@ -207,12 +247,6 @@ static void daemon_ready(void)
 	daemon_ready_fd = -1;
 }
 
-struct identity {
-	bool drop;
-	uid_t uid;
-	gid_t gid;
-	const char *name;
-};
 
 /* The socket's group: [supervisor] group when set, else the user's own (or unchanged). */
 static gid_t configured_group(const struct config *cfg, gid_t fallback)
@@ -287,6 +321,7 @@ int main(int argc, char **argv)
 	const char *config_path = absolute_config_path(opts.config_path);
 	struct config *cfg = load_or_exit(opts.test_only ? opts.config_path : config_path, opts.test_only);
 
+	protect_secrets();
 	log_set_level(cfg->log_level);
 	log_set_format(cfg->log_format);
 	if (log_open(cfg->log_file) < 0)
@@ -305,8 +340,8 @@ int main(int argc, char **argv)
 
 	struct identity id = resolve_identity(cfg);
 	char *pid_path = strdup(cfg->pid_file); /* a reload must not move it */
-	int pid_fd = pidfile_lock(cfg->pid_file);
-	make_parent_dir(cfg->control_socket);
+	int pid_fd = pidfile_lock(cfg->pid_file, &id);
+	make_parent_dir(cfg->control_socket, &id);
 	sup.control = control_open(&sup, cfg->control_socket, cfg->control_socket_mode,
 	                           id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
 	if (sup.control == NULL)
@@ -314,6 +349,7 @@ int main(int argc, char **argv)
 	if (opts.daemonize)
 		daemonize();
 	drop_privileges(&id);
+	protect_secrets();
 	prepare_queue(cfg);
 
 	sup.scoreboard = scoreboard_create();

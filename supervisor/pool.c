@@ -480,6 +480,7 @@ void pool_scale(struct pool *pool, int workers)
 		struct slot *s = &pool->slots[i];
 		s->wanted = i < workers;
 		if (s->wanted && (s->state == SLOT_EMPTY || s->state == SLOT_STOPPED)) {
+			pool->sup->restarts_retired += s->restarts; /* drover_worker_restarts_total stays monotonic */
 			s->restarts = 0;
 			s->consecutive_crashes = 0;
 			s->last_exit[0] = '\0';

@@ -10,6 +10,8 @@
 #include "supervisor.h"
 #include "util.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdbool.h>
@@ -44,8 +46,21 @@ struct totals {
 	struct scoreboard_counters counters;
 	long long in_flight;
 	unsigned long long restarts;
-	int by_state[SLOT_STOPPED + 1];
+	int by_state[SLOT_STOPPED + 1]; /* a live worker in fault is counted in in_fault instead */
+	int in_fault;
 };
+
+/* A pool fault of a live worker (the handler cannot start, the queue is unusable): it takes no jobs. */
+static bool in_fault(const struct scoreboard_slot *live)
+{
+	return live != NULL && live->fault[0] != '\0';
+}
+
+/* The metric label of a fault: what the operator has to fix. */
+static const char *fault_cause(const char *fault)
+{
+	return strncmp(fault, "handler", 7) == 0 ? "handler" : "queue";
+}
 
 /* Calls visit for every slot with its view and (when live) scoreboard copy; sums into totals. */
 typedef int (*slot_visitor)(void *ctx, const struct slot_view *view, const struct scoreboard_slot *live);
@@ -54,6 +69,7 @@ static int for_each_slot(const struct supervisor *sup, struct totals *totals, sl
 {
 	memset(totals, 0, sizeof(*totals));
 	totals->counters = sup->retired;
+	totals->restarts = sup->restarts_retired;
 	struct scoreboard_slot *copy = malloc(sizeof(*copy));
 	if (copy == NULL)
 		return -1;
@@ -70,7 +86,9 @@ static int for_each_slot(const struct supervisor *sup, struct totals *totals, sl
 			totals->in_flight += copy->in_flight;
 		}
 		totals->restarts += view.restarts;
-		if (view.state >= 0 && view.state <= SLOT_STOPPED)
+		if (live && in_fault(copy))
+			totals->in_fault++;
+		else if (view.state >= 0 && view.state <= SLOT_STOPPED)
 			totals->by_state[view.state]++;
 		if (visit != NULL)
 			rc = visit(ctx, &view, live ? copy : NULL);
@@ -207,6 +225,7 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 	put(w, "heartbeat_age_ms",
 	    live != NULL && live->heartbeat_ms > 0 ? json_integer(ctx->mono_now - live->heartbeat_ms) : json_null(), ok);
 	put(w, "fault", live != NULL ? bounded_string(live->fault, sizeof(live->fault)) : json_null(), ok);
+	put(w, "fault_cause", in_fault(live) ? json_string(fault_cause(live->fault)) : json_null(), ok);
 	put(w, "jobs", jobs_of(live, ok), ok);
 	if (ctx->sup->cfg != NULL && ctx->sup->cfg->backend == BACKEND_KAFKA)
 		put(w, "kafka", kafka_of(live, ok), ok);
@@ -229,6 +248,27 @@ static json_t *jobs_totals(const struct totals *totals, bool *ok)
 	put(jobs, "retried", json_integer((json_int_t)c->retried), ok);
 	put(jobs, "in_flight", json_integer(totals->in_flight), ok);
 	return jobs;
+}
+
+/* What the last reload did to each changed key. */
+static json_t *reload_changes(const struct supervisor *sup, bool *ok)
+{
+	json_t *changes = json_array();
+	if (changes == NULL) {
+		*ok = false;
+		return NULL;
+	}
+	for (size_t i = 0; i < sup->reload_change_count; i++) {
+		json_t *entry = json_object();
+		if (entry == NULL) {
+			*ok = false;
+			break;
+		}
+		put(entry, "key", json_string(sup->reload_changes[i].key), ok);
+		put(entry, "result", json_string(sup->reload_changes[i].result), ok);
+		append(changes, entry, ok);
+	}
+	return changes;
 }
 
 /* json_dumps plus the protocol's trailing newline. */
@@ -265,9 +305,13 @@ char *stats_json(const struct supervisor *sup)
 	put(root, "uptime_ms", json_integer(sup->started_ms > 0 ? ctx.wall_now - sup->started_ms : 0), ok);
 	put(root, "backend", json_string(config_backend_name(cfg != NULL ? cfg->backend : BACKEND_SPOOL)), ok);
 	put(root, "config_file", string_or_null(cfg != NULL && cfg->file != NULL ? cfg->file : sup->config_path), ok);
+	/* Where `droverctl -s SOCKET submit` writes: the spool behind this socket, not its own config's. */
+	put(root, "spool_dir", cfg != NULL && cfg->backend == BACKEND_SPOOL ? string_or_null(cfg->spool_dir) : json_null(),
+	    ok);
 	put(root, "config_generation", json_integer(sup->generation), ok);
 	put(root, "reloads", json_integer(sup->reloads), ok);
 	put(root, "last_reload", string_or_null(sup->last_reload), ok);
+	put(root, "last_reload_changes", reload_changes(sup, ok), ok);
 	put(root, "stopping", json_boolean(sup->stopping), ok);
 	put(root, "workers_desired", json_integer(supervisor_workers_desired(sup)), ok);
 	put(root, "workers_alive", json_integer(supervisor_workers_alive(sup)), ok);
@@ -277,6 +321,78 @@ char *stats_json(const struct supervisor *sup)
 	char *text = ctx.ok ? dump_line(root) : NULL;
 	json_decref(root);
 	return text;
+}
+
+/* ---- health ------------------------------------------------------------- */
+
+struct health_ctx {
+	bool progress;        /* some worker can take jobs */
+	char fault[SCOREBOARD_FAULT_MAX + 32];
+	char last_exit[64];
+	int backoff;
+};
+
+static int health_visit(void *arg, const struct slot_view *view, const struct scoreboard_slot *live)
+{
+	struct health_ctx *ctx = arg;
+	if (in_fault(live)) {
+		if (ctx->fault[0] == '\0')
+			snprintf(ctx->fault, sizeof(ctx->fault), "worker %d: %.*s", view->slot, (int)sizeof(live->fault),
+				 live->fault);
+		return 0;
+	}
+	if (view->pid > 0 && (view->state == SLOT_STARTING || view->state == SLOT_RUNNING))
+		ctx->progress = true;
+	if (view->state == SLOT_BACKOFF) {
+		ctx->backoff++;
+		snprintf(ctx->last_exit, sizeof(ctx->last_exit), "%s", view->last_exit);
+	}
+	return 0;
+}
+
+/* A write probe in the spool's tmp/: catches a full disk or a read-only mount that access(2) does not. */
+static int spool_write_probe(const char *dir, char *why, size_t len)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/tmp/.health-%d", dir, (int)getpid());
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(why, len, "spool %s is not writable: %s", dir, strerror(errno));
+		return -1;
+	}
+	int rc = write_all(fd, "h", 1) < 0 || fsync(fd) < 0 ? -1 : 0;
+	int saved = errno;
+	close(fd);
+	unlink(path);
+	if (rc < 0)
+		snprintf(why, len, "spool %s is not writable: %s", dir, strerror(saved));
+	return rc;
+}
+
+bool stats_health(const struct supervisor *sup, bool check_queue, char *why, size_t len)
+{
+	struct health_ctx ctx = { .progress = false };
+	struct totals totals;
+	why[0] = '\0';
+	if (sup->stopping)
+		return true; /* stopping is no fault */
+	if (for_each_slot(sup, &totals, health_visit, &ctx) < 0) {
+		snprintf(why, len, "out of memory");
+		return false;
+	}
+	if (!ctx.progress) {
+		if (ctx.fault[0] != '\0')
+			snprintf(why, len, "no worker can make progress: %s", ctx.fault);
+		else if (ctx.backoff > 0)
+			snprintf(why, len, "no worker can make progress: every worker is restarting (last exit: %s)",
+				 ctx.last_exit[0] != '\0' ? ctx.last_exit : "unknown");
+		else
+			snprintf(why, len, "no worker can make progress: none is running");
+		return false;
+	}
+	if (check_queue && sup->cfg->backend == BACKEND_SPOOL && spool_write_probe(sup->cfg->spool_dir, why, len) < 0)
+		return false;
+	return true;
 }
 
 /* ---- metrics (Prometheus text format 0.0.4) ----------------------------- */
@@ -369,6 +485,26 @@ static int lag_visit(void *arg, const struct slot_view *view, const struct score
 	return 0;
 }
 
+/* drover_worker_fault: one series per live worker in fault (none when all is well). */
+struct fault_ctx {
+	FILE *out;
+	bool header_done;
+};
+
+static int fault_visit(void *arg, const struct slot_view *view, const struct scoreboard_slot *live)
+{
+	struct fault_ctx *ctx = arg;
+	if (!in_fault(live))
+		return 0;
+	if (!ctx->header_done) {
+		write_header(ctx->out, "drover_worker_fault", "gauge",
+			     "1 per worker that takes no jobs because of a pool fault, by cause (handler, queue).");
+		ctx->header_done = true;
+	}
+	fprintf(ctx->out, "drover_worker_fault{slot=\"%d\",cause=\"%s\"} 1\n", view->slot, fault_cause(live->fault));
+	return 0;
+}
+
 static void write_counters(FILE *out, const struct supervisor *sup, const struct totals *t)
 {
 	write_header(out, "drover_up", "gauge", "1 while the supervisor runs.");
@@ -376,9 +512,10 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 	write_header(out, "drover_workers", "gauge", "Worker slots by state.");
 	for (int s = SLOT_STARTING; s <= SLOT_STOPPED; s++)
 		fprintf(out, "drover_workers{state=\"%s\"} %d\n", slot_state_name((enum slot_state)s), t->by_state[s]);
+	fprintf(out, "drover_workers{state=\"fault\"} %d\n", t->in_fault);
 	write_header(out, "drover_workers_desired", "gauge", "Configured number of workers.");
 	fprintf(out, "drover_workers_desired %d\n", supervisor_workers_desired(sup));
-	write_header(out, "drover_worker_restarts_total", "counter", "Worker restarts of the current slots.");
+	write_header(out, "drover_worker_restarts_total", "counter", "Worker restarts since drover started.");
 	fprintf(out, "drover_worker_restarts_total %llu\n", t->restarts);
 	const struct scoreboard_counters *c = &t->counters;
 	write_header(out, "drover_jobs_started_total", "counter", "Job attempts started.");
@@ -410,9 +547,13 @@ char *stats_metrics(const struct supervisor *sup)
 	struct lag_ctx lag = { .out = out };
 	bool kafka = sup->cfg != NULL && sup->cfg->backend == BACKEND_KAFKA;
 	/* The lag series come last, so a first pass sums the totals and a second prints them. */
+	struct fault_ctx faults = { .out = out };
 	int rc = for_each_slot(sup, &totals, NULL, NULL);
 	if (rc == 0) {
 		write_counters(out, sup, &totals);
+		rc = for_each_slot(sup, &totals, fault_visit, &faults);
+	}
+	if (rc == 0) {
 		if (kafka)
 			rc = for_each_slot(sup, &totals, lag_visit, &lag);
 	}

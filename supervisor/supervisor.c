@@ -34,22 +34,85 @@ const char *slot_state_name(enum slot_state state)
 
 /* ---- reload ---------------------------------------------------------------- */
 
-static void warn_restart_only(const char *key, const char *old_value, const char *new_value)
+static void reload_change_add(struct supervisor *sup, const char *key, const char *result)
 {
-	if (strcmp(old_value, new_value) != 0)
-		log_warnx("reload: [supervisor] %s changed; it takes effect at the next start", key);
+	if (sup->reload_change_count == RELOAD_CHANGES_MAX)
+		return;
+	struct reload_change *change = &sup->reload_changes[sup->reload_change_count++];
+	snprintf(change->key, sizeof(change->key), "%s", key);
+	change->result = result;
 }
 
-static void apply_supervisor_settings(const struct config *old, const struct config *next)
+/* A refused file: every "[section] key" its errors name is rejected (config.h's error format). */
+static void reload_record_rejected(struct supervisor *sup, const struct config_errors *errors)
+{
+	sup->reload_change_count = 0;
+	for (size_t i = 0; i < errors->count; i++) {
+		const char *open = strstr(errors->lines[i], ": [");
+		const char *key = open != NULL ? open + 2 : NULL;
+		const char *end = key != NULL ? strstr(key, ": ") : NULL;
+		if (end == NULL || (size_t)(end - key) >= sizeof(sup->reload_changes[0].key))
+			continue;
+		char name[sizeof(sup->reload_changes[0].key)];
+		snprintf(name, sizeof(name), "%.*s", (int)(end - key), key);
+		reload_change_add(sup, name, "rejected");
+	}
+}
+
+/*
+ * The supervisor's own part of the logging keys, first, so that the lines of
+ * this reload are already written as configured. Returns false when the new
+ * log file cannot be opened (the old one stays).
+ */
+static bool apply_logging(const struct config *old, const struct config *next)
 {
 	log_set_level(next->log_level);
 	log_set_format(next->log_format);
-	if (strcmp(old->log_file, next->log_file) != 0 && log_open(next->log_file) < 0)
+	if (strcmp(old->log_file, next->log_file) != 0 && log_open(next->log_file) < 0) {
 		log_warn("reload: cannot open log file %s; keeping the old one", next->log_file);
-	warn_restart_only("control_socket", old->control_socket, next->control_socket);
-	warn_restart_only("pid_file", old->pid_file, next->pid_file);
-	warn_restart_only("user", old->user, next->user);
-	warn_restart_only("group", old->group, next->group);
+		return false;
+	}
+	return true;
+}
+
+struct reload_apply {
+	struct supervisor *sup;
+	bool log_file_failed;
+};
+
+/*
+ * One changed key: its scope in the option table says what happens to it.
+ * The supervisor reads its other settings (workers, delays, timeouts, the
+ * queue) from sup->cfg when it uses them, so installing the new config
+ * applies them.
+ */
+static void apply_change(void *arg, const char *key, unsigned scope)
+{
+	struct reload_apply *ctx = arg;
+	const char *result;
+	if (scope & CONFIG_SCOPE_START) {
+		log_warnx("reload: %s changed; it takes effect at the next start", key);
+		result = "needs restart";
+	} else if (ctx->log_file_failed && strcmp(key, "[supervisor] log_file") == 0) {
+		result = "rejected";
+	} else {
+		result = (scope & CONFIG_SCOPE_WORKERS) ? "workers replaced" : "applied";
+	}
+	log_info("reload: %s: %s", key, result);
+	reload_change_add(ctx->sup, key, result);
+}
+
+static int reload_refused(struct supervisor *sup, struct config_errors *errors, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < errors->count; i++)
+		log_error("reload: %s", errors->lines[i]);
+	config_errors_join(errors, sup->last_reload, sizeof(sup->last_reload));
+	reload_record_rejected(sup, errors);
+	config_errors_clear(errors);
+	log_error("reload refused; the running configuration stays in force");
+	snprintf(err, errlen, "%s", sup->last_reload);
+	notify_ready("reload refused");
+	return -1;
 }
 
 int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
@@ -63,19 +126,15 @@ int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
 	notify_reloading();
 	log_info("reloading %s", sup->config_path);
 	struct config *next = config_load(sup->config_path, &errors);
-	if (next == NULL) {
-		for (size_t i = 0; i < errors.count; i++)
-			log_error("reload: %s", errors.lines[i]);
-		config_errors_join(&errors, sup->last_reload, sizeof(sup->last_reload));
-		config_errors_clear(&errors);
-		log_error("reload refused; the running configuration stays in force");
-		snprintf(err, errlen, "%s", sup->last_reload);
-		notify_ready("reload refused");
-		return -1;
-	}
+	if (config_hide_secrets() < 0) /* normally a no-op: start-up took them out already */
+		log_warnx("reload: cannot remove every secret from the environment (out of memory)");
+	if (next == NULL)
+		return reload_refused(sup, &errors, err, errlen);
 	struct config *old = sup->cfg;
-	bool workers_unchanged = config_worker_equal(old, next);
-	apply_supervisor_settings(old, next);
+	struct reload_apply ctx = { .sup = sup, .log_file_failed = !apply_logging(old, next) };
+	sup->reload_change_count = 0;
+	bool workers_unchanged = (config_changed_scopes(old, next) & CONFIG_SCOPE_WORKERS) == 0;
+	config_diff(old, next, apply_change, &ctx);
 	sup->cfg = next;
 	config_free(old);
 	sup->generation++;
@@ -215,6 +274,10 @@ static void supervisor_signal_cb(struct ev_loop *loop, ev_signal *watcher, int r
 		if (supervisor_scale(sup, desired - 1, err, sizeof(err)) < 0)
 			log_warnx("TTOU ignored: %s", err);
 		break;
+	case SIGUSR2:
+		/* Its default action would kill the supervisor; nginx's meaning (binary upgrade) may come later. */
+		log_warnx("USR2 ignored: reserved for a future binary upgrade");
+		break;
 	default:
 		break;
 	}
@@ -222,7 +285,8 @@ static void supervisor_signal_cb(struct ev_loop *loop, ev_signal *watcher, int r
 
 static void supervisor_watch_signals(struct supervisor *sup)
 {
-	static const int signals[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU };
+	static const int signals[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU };
+	_Static_assert(ARRAY_LEN(signals) <= ARRAY_LEN(((struct supervisor *)0)->signals), "room for every watcher");
 	for (size_t i = 0; i < ARRAY_LEN(signals); i++) {
 		ev_signal_init(&sup->signals[i], supervisor_signal_cb, signals[i]);
 		sup->signals[i].data = sup;

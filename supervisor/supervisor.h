@@ -29,6 +29,13 @@ struct slot_view {
 
 enum stop_mode { STOP_GRACEFUL, STOP_FAST };
 
+/* What the last reload did to one changed key (stats.last_reload_changes). */
+#define RELOAD_CHANGES_MAX 64
+struct reload_change {
+	char key[96];       /* "[section] key" */
+	const char *result; /* "applied", "workers replaced", "needs restart" or "rejected" */
+};
+
 struct supervisor {
 	struct ev_loop *loop;
 	struct config *cfg;
@@ -40,8 +47,11 @@ struct supervisor {
 	unsigned generation;       /* 1 for the start-up config, +1 per applied reload */
 	unsigned reloads;          /* applied reloads */
 	char last_reload[2048];    /* "ok", "" before any, or the errors */
+	struct reload_change reload_changes[RELOAD_CHANGES_MAX];
+	size_t reload_change_count;
 	struct scoreboard_counters retired; /* counters of workers that have exited */
 	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
+	uint64_t restarts_retired; /* restarts of slots since emptied and reused: keeps the total monotonic */
 	bool stopping;
 	int stop_stage;            /* 0 draining, 1 jobs killed (QUIT), 2 workers killed */
 	ev_timer stop_timer;

@@ -302,7 +302,7 @@ static void task_fail(struct task *t, const struct failure *failure)
 	/* Bounded: this is also the path of ids too long or too strange to log whole. */
 	log_info("job %.200s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
 	worker_publish_status(w, t, "failed", -1, failure->message, failure->reason);
-	counters_update(w, count_failed, 0);
+	t->job->completed = false; /* counted when the outcome is durable: source_settled */
 	w->ops->finish(w->source, t->job, false, doc, strlen(doc));
 	free(doc);
 	task_free(t);
@@ -320,7 +320,8 @@ static void task_complete(struct task *t, const struct runner_result *result)
 	}
 	log_info("job %s: completed in %lld ms (attempt %d)", t->job->id, result->duration_ms, t->attempt);
 	worker_publish_status(w, t, "completed", -1, NULL, NULL);
-	counters_update(w, count_completed, (double)result->duration_ms / 1000.0);
+	t->job->completed = true; /* counted when the outcome is durable: source_settled */
+	t->job->duration_s = (double)result->duration_ms / 1000.0;
 	w->ops->finish(w->source, t->job, true, doc, strlen(doc));
 	free(doc);
 	task_free(t);
@@ -477,7 +478,8 @@ static void task_progress(struct run *run, double progress, const char *message,
 
 static void worker_enter_fault(struct worker *w, const char *why)
 {
-	if (!w->fault) {
+	/* The delay doubles per failed retry and starts over only once a handler started. */
+	if (w->fault_delay_s <= 0) {
 		w->fault_delay_s = FAULT_RETRY_FIRST_S;
 	} else {
 		w->fault_delay_s *= 2;
@@ -557,11 +559,14 @@ static void task_begin_attempt(struct task *t)
 		task_not_started(t, saved);
 		return;
 	}
+	w->fault_delay_s = 0;
 	if (w->board->fault[0] != '\0') {
 		scoreboard_write_begin(w->board);
 		w->board->fault[0] = '\0';
 		scoreboard_write_end(w->board);
 	}
+	if (t->attempt == 1) /* a job's first handler really runs (a failed spawn is not a start) */
+		counters_update(w, count_started, 0);
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, runner_pgid(t->run));
 	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)runner_pgid(t->run));
@@ -627,8 +632,6 @@ static void worker_start_job(struct worker *w, struct job *job)
 	if (worker_refuses_job(w, t))
 		return;
 	t->board_index = scoreboard_job_add(w->board, job->id, job->attempts_done + 1);
-	if (job->attempts_done == 0)
-		counters_update(w, count_started, 0);
 	task_begin_attempt(t);
 }
 
@@ -670,6 +673,10 @@ static void source_settled(struct job *job, bool durable, void *arg)
 	struct worker *w = arg;
 	if (!durable)
 		log_warnx("job %s: outcome not recorded; it stays in the queue", job->id);
+	else if (job->completed)
+		counters_update(w, count_completed, job->duration_s);
+	else
+		counters_update(w, count_failed, 0);
 	worker_maybe_exit(w);
 }
 

@@ -5,6 +5,7 @@ shutdown timeout, a second TERM, QUIT, TTIN/TTOU and `scale N`, USR1 log
 reopening.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -271,3 +272,61 @@ def test_usr1_reopens_log_file(drover):
         "a process still writes to the rotated log after SIGUSR1 (workers must reopen too): %r" % (
             rotated.read_text()[-500:])
     assert d.log_file.stat().st_size > 0
+
+
+def test_reload_of_log_settings_reaches_the_workers(drover):
+    """log_file/log_level/log_format are supervisor *and* worker settings (their scope in the option
+    table): after a reload the workers' lines go to the new file, in the new format and level."""
+    d = drover(config={"supervisor": {"workers": 2, "log_level": "info", "log_format": "text"}})
+    old = running_pids(d.wait_workers(2))
+    new_log = d.tmp / "new.log"
+    d.write_config({"supervisor": {"log_file": str(new_log), "log_format": "json", "log_level": "debug"}})
+    rc, out = d.ctl("reload")
+    assert rc == 0 and out.strip() == "ok", (rc, out, d.last_ctl_err)
+
+    def replaced():
+        s = d.stats()
+        pids = running_pids(s)
+        return s if len(pids) == 2 and not set(pids.values()) & set(old.values()) else None
+    stats = d.wait_until(replaced, 30, "both workers replaced after a change of the log settings")
+    changes = {c["key"]: c["result"] for c in stats["last_reload_changes"]}
+    assert changes == {"[supervisor] log_file": "workers replaced", "[supervisor] log_level": "workers replaced",
+                       "[supervisor] log_format": "workers replaced"}, stats["last_reload_changes"]
+
+    ids = d.submit([{"id": "logged-%d" % i} for i in range(4)])
+    d.wait_outcomes(ids, 20)
+
+    def worker_lines():
+        lines = []
+        for line in new_log.read_text().splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise AssertionError("a line of %s is not JSON: %r" % (new_log, line))
+            if doc.get("proc", "").startswith("worker") and "completed" in doc.get("msg", ""):
+                lines.append(doc)
+        return lines
+    lines = d.wait_until(lambda: len(worker_lines()) >= 4 and worker_lines(), 10,
+                         "the workers' completion lines in the new log file, as JSON")
+    assert {doc["pid"] for doc in lines} <= set(running_pids(d.stats()).values()), lines
+    assert any(json.loads(l).get("level") == "debug" and json.loads(l)["proc"].startswith("worker")
+               for l in new_log.read_text().splitlines()), "workers must log at the new level (debug)"
+    assert "logged-" not in d.log_file.read_text(), "no worker may keep writing to the old log file"
+
+
+def test_reload_reports_restart_only_and_rejected_keys(drover):
+    d = drover(config={"supervisor": {"workers": 1}})
+    before = running_pids(d.wait_workers(1))
+    d.write_config({"supervisor": {"pid_file": str(d.tmp / "other.pid"), "heartbeat_timeout_ms": 50000}})
+    rc, out = d.ctl("reload")
+    assert rc == 0, (rc, out)
+    stats = d.stats()
+    changes = {c["key"]: c["result"] for c in stats["last_reload_changes"]}
+    assert changes == {"[supervisor] pid_file": "needs restart",
+                       "[supervisor] heartbeat_timeout_ms": "applied"}, changes
+    assert running_pids(stats) == before, "neither key replaces workers"
+    d.write_config({"jobs": {"timeout_ms": "soon"}})
+    rc, out = d.ctl("reload")
+    assert rc != 0
+    changes = {c["key"]: c["result"] for c in d.stats()["last_reload_changes"]}
+    assert changes == {"[jobs] timeout_ms": "rejected"}, changes

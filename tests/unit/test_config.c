@@ -1337,8 +1337,13 @@ static bool worker_equal_after(const char *a_extra, const char *b_extra)
 Test(config, worker_equal)
 {
 	cr_assert(worker_equal_after("", ""));
-	cr_assert(worker_equal_after("", "[supervisor]\nworkers = 9\nlog_level = debug\nshutdown_timeout_ms = 5\n"),
-		  "[supervisor] does not concern workers");
+	cr_assert(worker_equal_after("", "[supervisor]\nworkers = 9\nrestart_delay_ms = 5\nheartbeat_timeout_ms = 9\n"
+					 "control_socket = /tmp/x.sock\npid_file = /tmp/x.pid\n"),
+		  "scaling, restart settings and start-only keys do not replace workers");
+	cr_assert_not(worker_equal_after("", "[supervisor]\nlog_level = debug\n"), "workers log at the new level");
+	cr_assert_not(worker_equal_after("", "[supervisor]\nlog_format = json\n"));
+	cr_assert_not(worker_equal_after("", "[supervisor]\nlog_file = /tmp/other.log\n"));
+	cr_assert_not(worker_equal_after("", "[supervisor]\nshutdown_timeout_ms = 5\n"));
 	cr_assert_not(worker_equal_after("", "max_concurrent = 2\n"));
 	cr_assert_not(worker_equal_after("", "timeout_ms = 2\n"));
 	cr_assert_not(worker_equal_after("", "no_retry_exit_codes = 64\n"));
@@ -1350,6 +1355,40 @@ Test(config, worker_equal)
 	cr_assert_not(worker_equal_after("", "[topic:image.generation.requests]\npartitions = 7\n"));
 	cr_assert_not(worker_equal_after("", "[librdkafka]\nlinger.ms = 5\n"));
 	cr_assert_not(worker_equal_after("[librdkafka]\nlinger.ms = 5\n", "[librdkafka]\nlinger.ms = 6\n"));
+}
+
+struct change_log {
+	char names[16][160];
+	unsigned scopes[16];
+	size_t count;
+};
+
+static void log_change(void *ctx, const char *name, unsigned scope)
+{
+	struct change_log *log = ctx;
+	cr_assert_lt(log->count, 16);
+	snprintf(log->names[log->count], sizeof(log->names[0]), "%s", name);
+	log->scopes[log->count++] = scope;
+}
+
+Test(config, diff_names_each_changed_key_with_its_scope)
+{
+	struct config *a = load_ok(config_with(""));
+	struct config *b = load_ok(config_with("env.A = 1\n[supervisor]\nlog_file = /tmp/l.log\npid_file = /tmp/p.pid\n"
+					       "workers = 5\n"));
+	struct change_log log = { .count = 0 };
+	cr_assert_eq(config_diff(a, b, log_change, &log), 4);
+	cr_assert_str_eq(log.names[0], "[supervisor] workers");
+	cr_assert_eq(log.scopes[0], CONFIG_SCOPE_SUPERVISOR);
+	cr_assert_str_eq(log.names[1], "[supervisor] pid_file");
+	cr_assert_eq(log.scopes[1], CONFIG_SCOPE_START);
+	cr_assert_str_eq(log.names[2], "[supervisor] log_file");
+	cr_assert_eq(log.scopes[2], CONFIG_SCOPE_SUPERVISOR | CONFIG_SCOPE_WORKERS);
+	cr_assert_str_eq(log.names[3], "[jobs] env.*");
+	cr_assert_eq(log.scopes[3], CONFIG_SCOPE_WORKERS);
+	cr_assert_eq(config_changed_scopes(a, a), 0);
+	config_free(a);
+	config_free(b);
 }
 
 Test(config, worker_equal_sees_handler_and_password_file)
@@ -1370,6 +1409,25 @@ Test(config, worker_equal_sees_handler_and_password_file)
 	cr_assert_not(config_worker_equal(a, b), "a changed password file replaces workers");
 	config_free(a);
 	config_free(b);
+}
+
+Test(config, hidden_secrets_leave_environ_but_still_configure)
+{
+	setenv("KAFKA_SASL_PASSWORD", "pw-from-env", 1);
+	setenv("DROVER_LIBRDKAFKA_SSL_KEY_PASSWORD", "key-pw", 1);
+	char *entry = NULL;
+	for (char **e = environ; *e != NULL; e++)
+		if (strncmp(*e, "KAFKA_SASL_PASSWORD=", 20) == 0)
+			entry = *e;
+	cr_assert_not_null(entry);
+	cr_assert_eq(config_hide_secrets(), 0);
+	cr_assert_null(getenv("KAFKA_SASL_PASSWORD"));
+	cr_assert_null(getenv("DROVER_LIBRDKAFKA_SSL_KEY_PASSWORD"));
+	cr_assert_eq(entry[0], '\0', "the bytes that /proc/PID/environ shows are wiped");
+	struct config *cfg = load_ok(config_with("[kafka]\nsecurity_protocol = sasl_ssl\nsasl_username = u\n"));
+	cr_assert_str_eq(cfg->sasl_password, "pw-from-env", "a reload still sees the hidden override");
+	cr_assert_str_eq(find_pair(cfg->librdkafka, cfg->librdkafka_count, "ssl.key.password"), "key-pw");
+	config_free(cfg);
 }
 
 Test(config, secrets)
@@ -1425,4 +1483,42 @@ Test(config_client, skips_host_checks_of_the_daemon)
 	cr_assert_str_eq(client->spool_dir, "/tmp/spool-client");
 	config_free(client);
 	unlink(path);
+}
+
+/* ---- what a configuration file may be ----------------------------------------------------- */
+
+static void refused_with(const char *path, const char *needle)
+{
+	struct config_errors errs = { NULL, 0 };
+	cr_assert_null(config_load(path, &errs), "%s must be refused", path);
+	cr_assert_eq(errs.count, 1);
+	cr_assert_not_null(strstr(errs.lines[0], needle), "%s", errs.lines[0]);
+	config_errors_clear(&errs);
+}
+
+Test(config, only_a_bounded_regular_file_is_read, .timeout = 10)
+{
+	refused_with("/dev/zero", "not a regular file (allowed: a regular file of at most 1048576 bytes)");
+	struct config_errors errs = { NULL, 0 };
+	struct config *empty = config_load_client("/dev/null", &errs); /* the environment alone */
+	cr_assert_not_null(empty, "%s", errs.count > 0 ? errs.lines[0] : "");
+	config_free(empty);
+	char fifo[] = "/tmp/drover-config-fifo-XXXXXX";
+	cr_assert_not_null(mkdtemp(fifo));
+	char path[64];
+	snprintf(path, sizeof(path), "%s/fifo", fifo);
+	cr_assert_eq(mkfifo(path, 0600), 0);
+	refused_with(path, "not a regular file"); /* without blocking: nobody writes to it */
+	char *found = config_find_control_socket(path);
+	cr_assert_null(found, "droverctl's fallback does not block on a FIFO either");
+	unlink(path);
+	rmdir(fifo);
+
+	size_t big = (1 << 20) + 1;
+	char *text = malloc(big + 1);
+	cr_assert_not_null(text);
+	memset(text, '#', big);
+	text[big] = '\0';
+	refused_with(write_file("big.ini", text, 0644), "too large");
+	free(text);
 }
