@@ -53,7 +53,7 @@ static void usage(FILE *out)
 	      "  status          workers and their running jobs, as a table\n"
 	      "  stats           statistics as JSON\n"
 	      "  metrics         Prometheus metrics\n"
-	      "  ping            check the daemon answers and a worker can make progress\n"
+	      "  ping            check the daemon answers (liveness)\n"
 	      "  reload          re-read the configuration (like SIGHUP)\n"
 	      "  scale N         run N workers (1..256)\n"
 	      "  stop            graceful stop (like SIGTERM)\n"

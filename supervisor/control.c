@@ -351,13 +351,18 @@ static char *command_reload(struct supervisor *sup)
 	return strdup("ok\n");
 }
 
-/* ping: the pool can make progress; health: and the queue takes a write. */
-static char *command_health(struct supervisor *sup, bool check_queue)
+/*
+ * health: the pool can make progress and the queue takes a write. ping is
+ * liveness only (the supervisor's loop answers): a liveness probe that failed
+ * on a broker outage or a broken handler would get the pod restarted, which
+ * fixes neither; readiness and alerting use health.
+ */
+static char *command_health(struct supervisor *sup)
 {
 	char why[512];
-	if (!stats_health(sup, check_queue, why, sizeof(why)))
+	if (!stats_health(sup, true, why, sizeof(why)))
 		return error_answer(why);
-	return strdup(check_queue ? "ok\n" : "pong\n");
+	return strdup("ok\n");
 }
 
 /* Splits line into at most max words (spaces and tabs); returns the count, or max + 1 when there are more. */
@@ -404,8 +409,10 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
 		answer = answer_dup("error: %s takes no argument\n", excerpt);
-	} else if (strcmp(words[0], "ping") == 0 || strcmp(words[0], "health") == 0) {
-		answer = command_health(sup, strcmp(words[0], "health") == 0);
+	} else if (strcmp(words[0], "ping") == 0) {
+		answer = strdup("pong\n");
+	} else if (strcmp(words[0], "health") == 0) {
+		answer = command_health(sup);
 	} else if (strcmp(words[0], "stats") == 0) {
 		answer = stats_json(sup);
 	} else if (strcmp(words[0], "metrics") == 0) {
