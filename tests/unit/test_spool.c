@@ -1232,7 +1232,7 @@ Test(spool, names_from_inotify_are_taken_without_a_rescan)
 	cr_assert_gt(ready_calls, 0, "inotify never woke the loop");
 	for (int i = 0; i < 5; i++) {
 		struct job *job = take_one(src);
-		char expected[8];
+		char expected[16];
 		snprintf(expected, sizeof(expected), "n%d", i);
 		cr_assert_str_eq(job->id, expected, "in arrival order");
 		finish_ok(loop, src, job);
