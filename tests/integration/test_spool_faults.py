@@ -9,6 +9,7 @@ dropped by hand, droverctl submit).
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -159,3 +160,61 @@ def test_submit_refuses_what_would_fail_as_invalid(drover):
     assert not d.spool_files("incoming") and not d.spool_files("tmp")
     assert d.submit([{"id": "ok"}]) == ["ok"]
     d.wait_outcomes(["ok"], 20)
+
+
+# ---- the hot path, by counts ---------------------------------------------------------
+
+def tracer_of(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_the_hot_path_pays_one_fsync_per_job_and_shares_directory_fsyncs(drover, workdir):
+    """strace -y on the workers over a batch: counts, never times (issue 7's guard, spool part)."""
+    jobs = 300
+    d = drover(config={"supervisor": {"workers": 2, "log_level": "info"},
+                       "jobs": {"handler": "/bin/cat", "max_concurrent": 4}})
+    pids = list(d.wait_workers(2) and d.worker_pids().values())
+    out = workdir / "strace.out"
+    cmd = ["strace", "-y", "-o", str(out), "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,getdents64"]
+    for pid in pids:
+        cmd += ["-p", str(pid)]
+    try:
+        tracer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        pytest.fail("strace is needed for this count (apt-get install strace)")
+    try:
+        wait_until(lambda: all(tracer_of(p) == tracer.pid for p in pids), 10, "strace to attach to the workers")
+        ids = d.submit([{"id": "hot-%03d" % i} for i in range(jobs)], record=False)
+        d.wait_outcomes(ids, 120)
+        d.wait_queue_empty()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=10)
+    spool = str(d.spool)
+    counts = {"dir_fsync": 0, "file_fsync": 0, "rename": 0, "incoming_readdir": 0}
+    for line in out.read_text().splitlines():
+        line = re.sub(r"^\d+\s+", "", line)  # the pid prefix of a multi-process trace
+        if line.startswith("<..."):
+            continue  # the end of a call counted at its start ("<unfinished ...>")
+        call = line.split("(", 1)[0]
+        if call in ("fsync", "fdatasync"):
+            path = line.split("<", 1)[1].split(">", 1)[0] if "<" in line else ""
+            directory = any(path == "%s/%s" % (spool, sub) for sub in ("incoming", "processing", "complete", "failed"))
+            counts["dir_fsync" if directory else "file_fsync"] += 1
+        elif call.startswith("rename"):
+            counts["rename"] += 1
+        elif call == "getdents64" and "%s/incoming>" % spool in line:
+            counts["incoming_readdir"] += 1
+    per_job = {k: v / jobs for k, v in counts.items()}
+    print("per job: %r" % per_job)
+    # One fsync of the outcome file; directory fsyncs shared by outcomes that finish together (at most one per job).
+    assert per_job["file_fsync"] <= 1.0, per_job
+    assert per_job["dir_fsync"] <= 1.0, per_job
+    # A claim is one rename (straight to its attempt name), an outcome one more.
+    assert per_job["rename"] <= 2.0, per_job
+    # Names come from inotify: incoming/ is not reread per job.
+    assert per_job["incoming_readdir"] <= 0.2, per_job
