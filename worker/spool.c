@@ -138,10 +138,8 @@ struct spool {
 	char *dir;
 	char incoming[PATH_MAX];
 	char processing[PATH_MAX];
-	char tmp[PATH_MAX];
 	struct ev_loop *loop;
 	struct source_callbacks cb;
-	int slot;
 	uid_t euid;
 	struct stat owner_st;
 	const struct stat *owner; /* whom our outcome files must belong to, NULL = ourselves */
@@ -505,21 +503,34 @@ static int check_space(const char *dir, uid_t euid, char *err, size_t errlen)
 }
 
 /*
- * Whether tmp/<name> (opened as fd) was left by a writer that is gone. Our
- * outcome files are locked by their writer from creation to rename, so one
- * we can lock is dead, unless it is empty and new (created, not yet locked).
- * Anything else may be another producer's slow write: gone after an hour.
- * The name is checked to still be this file once the lock is ours.
+ * Whether our outcome file tmp/<name> (opened as fd) was left by a writer
+ * that is gone: our writers lock it from creation to rename, so one we can
+ * lock is dead, unless it is empty and new (created, not yet locked). The
+ * name is checked to still be this file once the lock is ours.
  */
-static bool tmp_file_abandoned(int fd, const char *path, const char *name, time_t now)
+static bool outcome_abandoned(int fd, const char *path, time_t now)
 {
 	struct stat st;
 
-	if (!has_suffix(name, OUTCOME_SUFFIX))
-		return fd_is_path(fd, path, &st) && S_ISREG(st.st_mode) && st.st_mtime < now - SPOOL_TMP_STALE_S;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, path, &st) || !S_ISREG(st.st_mode))
 		return false;
 	return st.st_size > 0 || st.st_mtime < now - SPOOL_TMP_NEW_S;
+}
+
+/* Whether tmp/<name> is garbage: an outcome of a dead writer, or anything else an hour old. */
+static bool tmp_file_abandoned(int dir_fd, const char *path, const char *name, time_t now)
+{
+	struct stat st;
+
+	if (!has_suffix(name, OUTCOME_SUFFIX)) /* a producer's, maybe slow, write: only age tells */
+		return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+		       st.st_mtime < now - SPOOL_TMP_STALE_S;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return false;
+	bool abandoned = outcome_abandoned(fd, path, now);
+	close(fd);
+	return abandoned;
 }
 
 /* Removes what dead writers left in tmp/ (see tmp/ above). */
@@ -536,12 +547,9 @@ static void sweep_tmp(const char *dir)
 	for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
 		if (e->d_name[0] == '.' || join_path(path, sizeof(path), dir, "tmp", e->d_name) < 0)
 			continue;
-		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-		if (fd < 0)
-			continue;
-		if (tmp_file_abandoned(fd, path, e->d_name, now) && unlink(path) == 0)
+		/* An outcome is unlinked while we hold its lock: no writer can be using that name. */
+		if (tmp_file_abandoned(dirfd(d), path, e->d_name, now) && unlink(path) == 0)
 			log_info("spool: removed %s, left in tmp/ by an interrupted write", path);
-		close(fd);
 	}
 	closedir(d);
 }
@@ -1427,8 +1435,7 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 		err[0] = '\0';
 	if (spool_prepare(sp->dir, err, errlen) < 0 ||
 	    join_path(sp->incoming, sizeof(sp->incoming), sp->dir, "incoming", NULL) < 0 ||
-	    join_path(sp->processing, sizeof(sp->processing), sp->dir, "processing", NULL) < 0 ||
-	    join_path(sp->tmp, sizeof(sp->tmp), sp->dir, "tmp", NULL) < 0) {
+	    join_path(sp->processing, sizeof(sp->processing), sp->dir, "processing", NULL) < 0) {
 		if (err[0] == '\0')
 			snprintf(err, errlen, "spool: %s: path too long", sp->dir);
 		free_spool(sp);
@@ -1436,7 +1443,6 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	}
 	sp->loop = loop;
 	sp->cb = *cb;
-	sp->slot = slot;
 	sp->euid = geteuid();
 	sp->owner = foreign_owner(sp->euid, sp->dir, &sp->owner_st);
 	sp->stale = true;
