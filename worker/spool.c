@@ -141,6 +141,7 @@ struct spool {
 	struct ev_loop *loop;
 	struct source_callbacks cb;
 	uid_t euid;
+	pid_t pid; /* a source lives in one process: asked once */
 	struct stat owner_st;
 	const struct stat *owner; /* whom our outcome files must belong to, NULL = ourselves */
 	struct scoreboard_slot *board;
@@ -278,9 +279,9 @@ static void outcome_name(const char *id, char *buf, size_t len)
 }
 
 /* A name unique on this host among our own files: "<ms>-<pid>-<counter><suffix>". */
-static void unique_name(char *buf, size_t len, const char *suffix)
+static void unique_name(char *buf, size_t len, pid_t pid, const char *suffix)
 {
-	snprintf(buf, len, "%013lld-%ld-%lu%s", wall_ms(), (long)getpid(), ++name_counter, suffix);
+	snprintf(buf, len, "%013lld-%ld-%lu%s", wall_ms(), (long)pid, ++name_counter, suffix);
 }
 
 static bool has_suffix(const char *name, const char *suffix)
@@ -610,7 +611,7 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 	struct stat owner;
 	char *id;
 
-	unique_name(name, sizeof(name), JSON_SUFFIX);
+	unique_name(name, sizeof(name), getpid(), JSON_SUFFIX);
 	if (join_path(tmp_path, sizeof(tmp_path), dir, "tmp", name) < 0 ||
 	    join_path(final_path, sizeof(final_path), dir, "incoming", name) < 0 ||
 	    join_path(incoming, sizeof(incoming), dir, "incoming", NULL) < 0)
@@ -1055,7 +1056,7 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 	const char *sub = claim->completed ? "complete" : "failed";
 	char tmp_name[96], file[SPOOL_OUTCOME_ID_MAX + 32], tmp_path[PATH_MAX], final_path[PATH_MAX];
 
-	unique_name(tmp_name, sizeof(tmp_name), OUTCOME_SUFFIX);
+	unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
 	outcome_name(claim->job->id, file, sizeof(file));
 	if (join_path(tmp_path, sizeof(tmp_path), sp->dir, "tmp", tmp_name) == 0 &&
 	    join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 &&
@@ -1444,6 +1445,7 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	sp->loop = loop;
 	sp->cb = *cb;
 	sp->euid = geteuid();
+	sp->pid = getpid();
 	sp->owner = foreign_owner(sp->euid, sp->dir, &sp->owner_st);
 	sp->stale = true;
 	start_watchers(sp);
