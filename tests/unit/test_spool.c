@@ -1244,3 +1244,35 @@ Test(spool, names_from_inotify_are_taken_without_a_rescan)
 	spool_source_ops.close(src);
 	ev_loop_destroy(loop);
 }
+
+Test(spool, a_reused_name_never_overwrites_a_claimed_job)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+
+	put_incoming("dup.json", "{\"id\":\"first\"}", 0);
+	struct source *a = open_source(loop), *b = open_source(loop);
+	struct job *first = take_one(a);
+	cr_assert_eq(spool_source_ops.attempt(a, first, 1), 0);
+	cr_assert(exists("processing", "dup.json;a=1"));
+
+	/* A producer reuses the name while the first job runs. */
+	put_incoming("dup.json", "{\"id\":\"second\"}", 0);
+	struct job *second = NULL;
+	if (spool_source_ops.take(b, &second) == 0)
+		spool_source_ops.attempt(b, second, 1);
+	char *content = slurp("processing", "dup.json;a=1");
+	cr_assert_not_null(content);
+	cr_assert_str_eq(content, "{\"id\":\"first\"}", "the running job's file was replaced");
+	free(content);
+	cr_assert_eq(count_entries("processing", NULL, 0) + count_entries("incoming", NULL, 0), 2,
+	             "both jobs still queued");
+	cr_assert_null(second, "the second may wait, but not take the first one's name");
+
+	finish_ok(loop, a, first);
+	second = take_one(b);
+	cr_assert_str_eq(second->id, "second");
+	finish_ok(loop, b, second);
+	spool_source_ops.close(a);
+	spool_source_ops.close(b);
+	ev_loop_destroy(loop);
+}
