@@ -218,3 +218,18 @@ def test_the_hot_path_pays_one_fsync_per_job_and_shares_directory_fsyncs(drover,
     assert per_job["rename"] <= 2.0, per_job
     # Names come from inotify: incoming/ is not reread per job.
     assert per_job["incoming_readdir"] <= 0.2, per_job
+
+
+def test_a_read_only_spool_shows_and_clears(tmpfs, drover):
+    spool = tmpfs("4m")
+    d = drover(config={"supervisor": {"workers": 1}, "spool": {"dir": str(spool)}})
+    d.wait_workers(1)
+    subprocess.run(["mount", "-o", "remount,ro", str(spool)], check=True)
+    try:
+        faults = d.wait_until(lambda: worker_faults(d), 15, "the read-only spool to show as a worker fault")
+        assert "not writable" in faults[0], faults
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(spool)], check=True)
+    d.wait_until(lambda: not worker_faults(d), 15, "the fault to clear")
+    assert d.submit([{"id": "writable-again"}]) == ["writable-again"]
+    d.wait_outcomes(["writable-again"], 20, spool=spool)
