@@ -451,8 +451,9 @@ static int spool_submit(const char *spool_dir, FILE *in)
 		char id[256];
 		if (spool_enqueue(spool_dir, line, (size_t)len, id, sizeof(id)) < 0) {
 			int saved = errno;
+			const char *refusal = saved == EINVAL ? spool_enqueue_refusal(line, (size_t)len) : NULL;
 			fprintf(stderr, "droverctl: error: line %lu: cannot enqueue into %s: %s\n", lineno, spool_dir,
-				strerror(saved));
+				refusal != NULL ? refusal : strerror(saved));
 			rc = spool_exit_code(saved);
 			break;
 		}

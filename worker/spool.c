@@ -10,43 +10,78 @@
  *
  * Names. spool_enqueue names a job "<unix ms, 13 digits>-<pid>-<counter>.json";
  * other producers may use any name. The attempts a job has started are kept
- * in its name, so that they survive any crash: after attempt N starts the file
- * is called "<name>;a=N" (no suffix = none yet). The job id is the payload's
- * "id" string, else the name without that suffix and without ".json".
+ * in its name, so that they survive any crash: once attempt N may start the
+ * file is called "<name>;a=N" (no suffix = none yet). The job id is the
+ * payload's "id" string, else the name without that suffix and without
+ * ".json" (control characters made '_').
  *
  * Claims. A worker claims incoming/F by opening it, taking flock(LOCK_EX|NB)
- * and only then renaming it to processing/F; it keeps the descriptor (and so
- * the lock) open until the job is finished or released. Every move of a job
- * file out of incoming/ or processing/ is done by the holder of its lock, so
- * a job is claimed by exactly one worker at a time, and a processing/ file
- * whose lock can be taken belongs to a dead worker: it goes back to incoming/
- * under its current name, attempt count included. Holders unlink before they
- * close, so a reclaimer that wins the lock of a finishing job finds nothing.
+ * and only then renaming it straight to processing/F;a=N (N = the attempt
+ * about to start: one rename, and attempt() then has nothing to do); it keeps
+ * the descriptor (and so the lock) open until the job is finished or
+ * released. Every move of a job file out of incoming/ or processing/ is done
+ * by the holder of its lock, so a job is claimed by exactly one worker at a
+ * time, and a processing/ file whose lock can be taken belongs to a dead
+ * worker: it goes back to incoming/ under its current name, attempt count
+ * included. Holders unlink before they close, so a reclaimer that wins the
+ * lock of a finishing job finds nothing. Moves between incoming/ and
+ * processing/ never replace a file (RENAME_NOREPLACE): a producer that reuses
+ * a name cannot make one job overwrite another.
  *
- * Durability. A job counts as enqueued once its rename into incoming/ is
- * fsynced; it leaves processing/ only after its outcome file is fsynced in
- * complete/ or failed/. Outcome files are replaced, so the duplicates that
- * at-least-once delivery can produce end as one file. An outcome file is
- * named <id>.json when the id is made of [A-Za-z0-9._-] (not leading '.') and
- * at most 160 bytes long; otherwise those bytes are kept, the others become
- * '_', and "-<fnv1a-32 of the id, 8 hex>" follows, so that distinct ids do
- * not share a file. An outcome that cannot be written leaves the job queued
- * (cb.settled says not durable; it goes back to incoming/) and the spool takes
- * no job for a few seconds, its fault showing.
+ * Durability: only the fsyncs the contract needs.
+ *  - Enqueue: the job file is fsynced, renamed into incoming/, and incoming/
+ *    is fsynced before spool_enqueue returns: a submitted job survives a
+ *    power cut.
+ *  - Claim, attempt, release, reclaim: renames, never fsynced. A worker crash
+ *    loses nothing (a rename is visible to every process at once); a rename
+ *    lost to a power cut leaves the job under its previous name, so it runs
+ *    again or with a lower attempt count, which at-least-once allows.
+ *  - Outcome: the document is written in tmp/ and fsynced, then renamed into
+ *    complete/ or failed/. That directory is fsynced once for all the outcomes
+ *    finished in the same loop iteration (group commit: an ev_prepare runs the
+ *    batch before the loop sleeps again); only then are the jobs' processing/
+ *    files unlinked and cb.settled called. The unlink is not fsynced: if a
+ *    power cut loses it, the finished job runs again and its outcome file is
+ *    replaced. Outcome files are replaced, so the duplicates that
+ *    at-least-once delivery can produce end as one file. An outcome file is
+ *    named <id>.json when the id is made of [A-Za-z0-9._-] (not leading '.')
+ *    and at most 160 bytes long; otherwise those bytes are kept, the others
+ *    become '_', and "-<fnv1a-32 of the id, 8 hex>" follows, so that distinct
+ *    ids do not share a file.
+ *  - An outcome that cannot be written (disk full, directory gone) stays in
+ *    memory with its job, still claimed in processing/; it is written again
+ *    on every safety pass until it succeeds. Meanwhile the fault shows and no
+ *    job is taken; if the worker stops or dies first, the job goes back to
+ *    incoming/ and runs again.
  *
- * Waking. inotify on incoming/ (through libev) marks the list of candidates
- * stale and calls cb.ready; a 1 s timer rescans as a safety net, reclaims
- * dead claims and checks the directories. Candidates are taken oldest first:
- * by mtime (which rename keeps, so a requeued job keeps its place), then name.
+ * tmp/. Our outcome files there are written under an flock held from just
+ * after their creation until their rename: one that is lockable and not
+ * empty (or older than a few seconds) was left by a dead writer and is
+ * removed by the next sweep (at start, on a supervisor's reclaim after a
+ * worker died, on each safety pass). Other files (producers' writes) are
+ * removed only once an hour old.
+ *
+ * Waking. One readdir of incoming/ fills a candidate list, oldest first (by
+ * mtime, which rename keeps, so a requeued job keeps its place, then name).
+ * inotify on incoming/ reports the names that arrive, appended to the list
+ * without a rescan; incoming/ is read again only when the list has run dry
+ * after an inotify overflow, without a watch, or on a safety pass. The safety
+ * pass checks the directories and free space, reclaims dead claims, sweeps
+ * tmp/, retries outcomes that could not be written and rescans an exhausted
+ * list. It runs at most once a second, from take() when that is called often
+ * enough (a worker's heartbeat calls it every second, so an idle worker wakes
+ * for nothing else), else from a backstop timer.
  */
 #include "spool.h"
 #include "events.h"
 #include "log.h"
+#include "scoreboard.h"
 #include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -55,22 +90,26 @@
 #include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #define SPOOL_DIR_MODE 0770
-#define SPOOL_TMP_STALE_S 3600
+#define SPOOL_TMP_STALE_S 3600        /* a producer's file in tmp/ is garbage after this long */
+#define SPOOL_TMP_NEW_S 10            /* an empty, lockable outcome file younger than this may be mid-creation */
 #define SPOOL_FILE_MODE 0640
 #define SPOOL_MAX_PAYLOAD (16u * 1024 * 1024)
 #define SPOOL_INVALID_PREFIX 4096     /* bytes of an oversized payload kept for the failed document */
-#define SPOOL_RESCAN_S 1.0            /* safety-net rescan and reclaim period */
-#define SPOOL_MIN_RESCAN_MS 200       /* a stale but non-empty list is rescanned at most this often */
-#define SPOOL_FAULT_HOLD_MS 5000      /* after a failed write, take nothing for this long */
+#define SPOOL_SAFETY_S 1.0            /* a safety pass at most this often */
+#define SPOOL_BACKSTOP_S 2.5          /* ...and at least this often, while healthy, when take() is not called */
+#define SPOOL_MIN_RESCAN_MS 200       /* without inotify, an exhausted list is reread at most this often */
+#define SPOOL_MIN_FREE_BYTES (16 * 1024) /* less free space than this is a fault: outcomes would not fit */
 #define SPOOL_OUTCOME_ID_MAX 160      /* bytes of the id kept in an outcome file name */
 #define SPOOL_UNREADABLE_WARN_MS 60000
 
 #define ATTEMPT_MARK ";a="
 #define JSON_SUFFIX ".json"
+#define OUTCOME_SUFFIX ".outcome"
 
 static const char *const spool_subdirs[] = { "tmp", "incoming", "processing", "complete", "failed" };
 
@@ -79,40 +118,59 @@ struct candidate {
 	char *name;
 };
 
+/*
+ * A claimed job's backend state: the locked descriptor, its current name in
+ * processing/ and, once finish() was called, its outcome on the way to disk.
+ */
+struct spool_claim {
+	int fd;
+	char name[NAME_MAX + 1];
+	size_t base_len;  /* name without the attempt suffix */
+	int name_attempt; /* the count the name records */
+	struct job *job;
+	bool completed;
+	char *doc;
+	size_t doc_len;
+	struct spool_claim *next; /* in written or stuck */
+};
+
 struct spool {
 	char *dir;
 	char incoming[PATH_MAX];
 	char processing[PATH_MAX];
-	char tmp[PATH_MAX];
 	struct ev_loop *loop;
 	struct source_callbacks cb;
-	int slot;
+	uid_t euid;
+	pid_t pid; /* a source lives in one process: asked once */
+	struct stat owner_st;
+	const struct stat *owner; /* whom our outcome files must belong to, NULL = ourselves */
+	struct scoreboard_slot *board;
+	char published_fault[SCOREBOARD_FAULT_MAX]; /* what we last wrote in board->fault */
 
 	int inotify_fd;
 	bool watching; /* the watch on incoming/ exists (it ends if the directory goes) */
 	ev_io inotify_watcher;
-	ev_timer rescan_timer;
-	ev_timer kick_timer; /* cb.ready from the loop, never from inside a call of ours */
+	ev_timer safety_timer; /* backstop of the safety pass */
+	ev_timer kick_timer;   /* cb.ready from the loop, never from inside a call of ours */
+	ev_prepare commit_watcher; /* group commit of the outcomes written in this loop iteration */
+	double last_safety;    /* ev_now of the last safety pass */
 
-	struct candidate *list; /* incoming/ at the last scan, oldest first */
-	size_t count;
+	struct candidate *list; /* incoming/ at the last scan (oldest first), then names inotify reported */
+	size_t count, cap;
 	size_t cursor;
-	bool stale;
+	bool stale; /* the list may miss names: read incoming/ when it runs dry */
 	long long last_scan_ms;
 	long long scan_cost_ms; /* of the last scan: a huge backlog makes rescans rarer */
 
 	bool paused;
-	size_t out; /* jobs handed out, not yet finished or released */
+	size_t out; /* jobs handed out, not yet settled or released */
+	struct spool_claim *written; /* outcomes renamed into place, their directory not yet fsynced */
+	size_t written_count;
+	struct spool_claim *stuck;   /* outcomes that could not be written yet */
+	char write_error[512];       /* why the last outcome write failed */
 	char fault[512];
-	long long fault_until_ms; /* a write failure keeps the fault at least until then */
 	long long unreadable_warned_ms;
-};
-
-/* A claimed job's backend state: the locked descriptor and its current name in processing/. */
-struct spool_claim {
-	int fd;
-	char name[NAME_MAX + 1];
-	size_t base_len; /* name without the attempt suffix */
+	struct spool_counters counters;
 };
 
 static unsigned long name_counter;
@@ -148,14 +206,31 @@ static int name_attempts(const char *name, size_t *base_len)
 	return atoi(digits);
 }
 
-/* The id a job has when its payload carries none: its file name minus suffix and ".json". */
+/* "<base>;a=N" (or base alone for N = 0) into buf; -1 when it would not be a valid name. */
+static int name_with_attempt(char *buf, size_t len, const char *name, size_t base_len, int attempt)
+{
+	int n = attempt > 0 ? snprintf(buf, len, "%.*s%s%d", (int)base_len, name, ATTEMPT_MARK, attempt)
+	                    : snprintf(buf, len, "%.*s", (int)base_len, name);
+	return n < 0 || (size_t)n >= len || n > NAME_MAX ? -1 : 0;
+}
+
+/*
+ * The id a job has when its payload carries none (or a bad one): its file
+ * name minus suffix and ".json". A file name may hold control characters,
+ * which no id may (events.h): those become '_'.
+ */
 static char *id_from_name(const char *name, size_t base_len)
 {
 	size_t suffix = strlen(JSON_SUFFIX);
 
 	if (base_len > suffix && memcmp(name + base_len - suffix, JSON_SUFFIX, suffix) == 0)
 		base_len -= suffix;
-	return strndup(name, base_len);
+	char *id = strndup(name, base_len);
+	for (char *p = id; p != NULL && *p != '\0'; p++) {
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '_';
+	}
+	return id;
 }
 
 static uint32_t fnv1a(const char *s)
@@ -204,9 +279,15 @@ static void outcome_name(const char *id, char *buf, size_t len)
 }
 
 /* A name unique on this host among our own files: "<ms>-<pid>-<counter><suffix>". */
-static void unique_name(char *buf, size_t len, const char *suffix)
+static void unique_name(char *buf, size_t len, pid_t pid, const char *suffix)
 {
-	snprintf(buf, len, "%013lld-%ld-%lu%s", wall_ms(), (long)getpid(), ++name_counter, suffix);
+	snprintf(buf, len, "%013lld-%ld-%lu%s", wall_ms(), (long)pid, ++name_counter, suffix);
+}
+
+static bool has_suffix(const char *name, const char *suffix)
+{
+	size_t n = strlen(name), s = strlen(suffix);
+	return n >= s && strcmp(name + n - s, suffix) == 0;
 }
 
 /* ---- files --------------------------------------------------------------- */
@@ -219,56 +300,104 @@ static int close_keep_errno(int fd)
 	return rc;
 }
 
-/* True when fd is still the file at path (the name was not taken over meanwhile). */
-static bool fd_is_path(int fd, const char *path)
+/* True when fd is still the file at path (the name was not taken over meanwhile); *st is fd's. */
+static bool fd_is_path(int fd, const char *path, struct stat *st)
 {
-	struct stat by_fd, by_path;
+	struct stat by_path;
 
-	if (fstat(fd, &by_fd) < 0 || lstat(path, &by_path) < 0)
+	if (fstat(fd, st) < 0 || lstat(path, &by_path) < 0)
 		return false;
-	return by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
+	return st->st_dev == by_path.st_dev && st->st_ino == by_path.st_ino;
 }
 
 /*
- * Writes data to tmp_path, fsyncs, renames it over final_path and fsyncs
- * final_dir. When root writes into a spool owned by someone else (droverctl
- * submit run by root), the file is given the spool's owner so that workers
- * running as that user can read it.
+ * rename() that never replaces an existing file, so that one job cannot
+ * overwrite another that happens to share its name. Filesystems without
+ * RENAME_NOREPLACE get a plain rename.
  */
-static int write_durably(const char *tmp_path, const char *final_path, const char *final_dir, const void *data,
-                         size_t len)
+static int move_noreplace(const char *from, const char *to)
 {
-	struct stat dir_st;
-	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, SPOOL_FILE_MODE);
+	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -1;
+	return rename(from, to);
+}
+
+static int fsync_retry(int fd)
+{
 	int rc;
+
+	do
+		rc = fsync(fd);
+	while (rc < 0 && errno == EINTR);
+	return rc;
+}
+
+static int flock_retry(int fd, int op)
+{
+	int rc;
+
+	do
+		rc = flock(fd, op);
+	while (rc < 0 && errno == EINTR);
+	return rc;
+}
+
+/*
+ * Writes data to tmp_path, fsyncs it and renames it over final_path; the
+ * caller fsyncs final's directory. An outcome file (locked) is locked from
+ * just after its creation until after its rename, so that a sweep of tmp/
+ * never takes it for a dead writer's (see tmp/ above); a job file is closed
+ * before its rename, so that a watcher of incoming/ sees the name once. When
+ * root writes into a spool owned by someone else (droverctl submit run by
+ * root), the file is given the directory's owner so that workers running as
+ * that user can read it. On failure nothing is left in tmp/.
+ */
+static int write_and_rename(const char *tmp_path, const char *final_path, const struct stat *owner, bool locked,
+                            const void *data, size_t len)
+{
+	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, SPOOL_FILE_MODE);
+	int rc = 0;
 
 	if (fd < 0)
 		return -1;
-	rc = write_all(fd, data, len);
-	if (rc == 0 && geteuid() == 0 && stat(final_dir, &dir_st) == 0 && dir_st.st_uid != 0 &&
-	    fchown(fd, dir_st.st_uid, dir_st.st_gid) < 0)
+	if (locked)
+		rc = flock_retry(fd, LOCK_EX);
+	if (rc == 0)
+		rc = write_all(fd, data, len);
+	if (rc == 0 && owner != NULL && fchown(fd, owner->st_uid, owner->st_gid) < 0)
 		log_debug("spool: chown %s", tmp_path);
-	while (rc == 0 && fsync(fd) < 0) {
-		if (errno != EINTR)
-			rc = -1;
-	}
-	if (close(fd) < 0 && rc == 0)
+	if (rc == 0)
+		rc = fsync_retry(fd);
+	if (!locked && close(fd) < 0 && rc == 0)
 		rc = -1;
-	if (rc == 0 && rename(tmp_path, final_path) < 0)
-		rc = -1;
+	if (rc == 0)
+		rc = rename(tmp_path, final_path);
 	if (rc < 0) {
 		int saved = errno;
 		unlink(tmp_path);
+		if (locked)
+			close(fd);
 		errno = saved;
 		return -1;
 	}
-	return fsync_dir(final_dir);
+	return locked ? close(fd) : 0;
 }
 
-/* Reads a claimed job's bytes; NULL with EFBIG when larger than the cap. */
-static char *read_payload(int fd, size_t *len_out)
+/* Who should own the files written into dir: NULL unless root writes into someone else's spool. */
+static const struct stat *foreign_owner(uid_t euid, const char *dir, struct stat *st)
 {
-	size_t cap = 4096, len = 0;
+	if (euid != 0 || stat(dir, st) < 0 || st->st_uid == 0)
+		return NULL;
+	return st;
+}
+
+/* Reads a claimed job's bytes (size from fstat: one read); NULL with EFBIG when larger than the cap. */
+static char *read_payload(int fd, off_t size, size_t *len_out)
+{
+	size_t cap = size > 0 && (uint64_t)size <= SPOOL_MAX_PAYLOAD ? (size_t)size + 1 : 4096;
+	size_t len = 0;
 	char *buf = malloc(cap + 1);
 
 	while (buf != NULL) {
@@ -297,6 +426,9 @@ static char *read_payload(int fd, size_t *len_out)
 		if (n == 0)
 			break;
 		len += (size_t)n;
+		/* A short read of a regular file is its end: no second read to see EOF. */
+		if (len < cap && len >= (size_t)size)
+			break;
 	}
 	if (buf != NULL) {
 		buf[len] = '\0';
@@ -347,16 +479,66 @@ static int check_dirs(const char *dir, bool create, char *err, size_t errlen)
 }
 
 /*
- * tmp/ holds only files on their way to a rename (an enqueue, an outcome). One
- * still there after SPOOL_TMP_STALE_S was left by a crash between write and
- * rename: its job is still in incoming/ or processing/, so the file is garbage.
- * The age guard keeps the sweep away from another process's write in progress.
+ * Free space and inodes as the writer can use them (root may use the
+ * reserve): below SPOOL_MIN_FREE_BYTES, or no inode left, outcomes would not
+ * fit. 0, or -1 and err. A filesystem that cannot tell is taken as fine.
  */
+static int check_space(const char *dir, uid_t euid, char *err, size_t errlen)
+{
+	struct statvfs vfs;
+
+	if (statvfs(dir, &vfs) < 0)
+		return 0;
+	unsigned long long blocks = euid == 0 ? vfs.f_bfree : vfs.f_bavail;
+	unsigned long long bytes = blocks * (unsigned long long)vfs.f_frsize;
+	unsigned long long inodes = euid == 0 ? vfs.f_ffree : vfs.f_favail;
+	if (bytes < SPOOL_MIN_FREE_BYTES) {
+		snprintf(err, errlen, "spool: %.300s: no space left on the filesystem (%llu bytes free)", dir, bytes);
+		return -1;
+	}
+	if (vfs.f_files > 0 && inodes == 0) {
+		snprintf(err, errlen, "spool: %.300s: no inode left on the filesystem", dir);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Whether our outcome file tmp/<name> (opened as fd) was left by a writer
+ * that is gone: our writers lock it from creation to rename, so one we can
+ * lock is dead, unless it is empty and new (created, not yet locked). The
+ * name is checked to still be this file once the lock is ours.
+ */
+static bool outcome_abandoned(int fd, const char *path, time_t now)
+{
+	struct stat st;
+
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, path, &st) || !S_ISREG(st.st_mode))
+		return false;
+	return st.st_size > 0 || st.st_mtime < now - SPOOL_TMP_NEW_S;
+}
+
+/* Whether tmp/<name> is garbage: an outcome of a dead writer, or anything else an hour old. */
+static bool tmp_file_abandoned(int dir_fd, const char *path, const char *name, time_t now)
+{
+	struct stat st;
+
+	if (!has_suffix(name, OUTCOME_SUFFIX)) /* a producer's, maybe slow, write: only age tells */
+		return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+		       st.st_mtime < now - SPOOL_TMP_STALE_S;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return false;
+	bool abandoned = outcome_abandoned(fd, path, now);
+	close(fd);
+	return abandoned;
+}
+
+/* Removes what dead writers left in tmp/ (see tmp/ above). */
 static void sweep_tmp(const char *dir)
 {
 	char tmp[PATH_MAX], path[PATH_MAX];
-	struct stat st;
-	time_t cutoff = time(NULL) - SPOOL_TMP_STALE_S;
+	time_t now = time(NULL);
 
 	if (join_path(tmp, sizeof(tmp), dir, "tmp", NULL) < 0)
 		return;
@@ -364,11 +546,10 @@ static void sweep_tmp(const char *dir)
 	if (d == NULL)
 		return;
 	for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
-		if (e->d_name[0] == '.')
+		if (e->d_name[0] == '.' || join_path(path, sizeof(path), dir, "tmp", e->d_name) < 0)
 			continue;
-		if (join_path(path, sizeof(path), dir, "tmp", e->d_name) < 0 || lstat(path, &st) < 0)
-			continue;
-		if (S_ISREG(st.st_mode) && st.st_mtime < cutoff && unlink(path) == 0)
+		/* An outcome is unlinked while we hold its lock: no writer can be using that name. */
+		if (tmp_file_abandoned(dirfd(d), path, e->d_name, now) && unlink(path) == 0)
 			log_info("spool: removed %s, left in tmp/ by an interrupted write", path);
 	}
 	closedir(d);
@@ -387,17 +568,60 @@ int spool_health(const char *dir, char *err, size_t errlen)
 	return check_dirs(dir, false, err, errlen);
 }
 
+/* ---- what a job may be ------------------------------------------------------ */
+
+/*
+ * Parses payload once: NULL when it is a JSON object whose "id" (if any) is
+ * acceptable, with that id in *id_out (malloc'd; NULL when there is none or
+ * it is empty), else a static sentence saying why not.
+ */
+static const char *payload_verdict(const char *payload, size_t len, char **id_out)
+{
+	json_t *doc = json_loadb(payload, len, 0, NULL);
+	const char *problem = NULL;
+
+	*id_out = NULL;
+	if (!json_is_object(doc)) {
+		json_decref(doc);
+		return "the message is not a JSON object";
+	}
+	json_t *id = json_object_get(doc, "id");
+	/* An empty id cannot name anything: the name fallback applies. */
+	if (json_is_string(id) && json_string_length(id) > 0) {
+		problem = event_job_id_problem(json_string_value(id), json_string_length(id));
+		if (problem == NULL)
+			*id_out = strndup(json_string_value(id), json_string_length(id));
+	}
+	json_decref(doc);
+	return problem;
+}
+
+const char *spool_enqueue_refusal(const char *payload, size_t len)
+{
+	char *id;
+	const char *problem = payload_verdict(payload, len, &id);
+
+	free(id);
+	return problem;
+}
+
 int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out, size_t id_len)
 {
 	char name[96], tmp_path[PATH_MAX], final_path[PATH_MAX], incoming[PATH_MAX];
+	struct stat owner;
 	char *id;
 
-	unique_name(name, sizeof(name), JSON_SUFFIX);
+	unique_name(name, sizeof(name), getpid(), JSON_SUFFIX);
 	if (join_path(tmp_path, sizeof(tmp_path), dir, "tmp", name) < 0 ||
 	    join_path(final_path, sizeof(final_path), dir, "incoming", name) < 0 ||
 	    join_path(incoming, sizeof(incoming), dir, "incoming", NULL) < 0)
 		return -1;
-	id = event_job_id(payload, len);
+	/* What a worker would fail as invalid_job is refused here, where the submitter sees why. */
+	if (payload_verdict(payload, len, &id) != NULL) {
+		free(id);
+		errno = EINVAL;
+		return -1;
+	}
 	if (id == NULL)
 		id = id_from_name(name, strlen(name));
 	if (id == NULL)
@@ -410,7 +634,9 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 	}
 	memcpy(id_out, id, strlen(id) + 1);
 	free(id);
-	return write_durably(tmp_path, final_path, incoming, payload, len);
+	if (write_and_rename(tmp_path, final_path, foreign_owner(geteuid(), incoming, &owner), false, payload, len) < 0)
+		return -1;
+	return fsync_dir(incoming);
 }
 
 /*
@@ -420,6 +646,7 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 static int reclaim_one(const char *processing, const char *incoming, const char *name)
 {
 	char from[PATH_MAX], to[PATH_MAX];
+	struct stat st;
 	int fd, rc = 0;
 
 	if (snprintf(from, sizeof(from), "%s/%s", processing, name) >= (int)sizeof(from) ||
@@ -430,11 +657,11 @@ static int reclaim_one(const char *processing, const char *incoming, const char 
 		return errno == ENOENT ? 0 : -1;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		rc = errno == EWOULDBLOCK ? 0 : -1;
-	} else if (fd_is_path(fd, from)) {
-		if (rename(from, to) == 0) {
+	} else if (fd_is_path(fd, from, &st)) {
+		if (move_noreplace(from, to) == 0) {
 			rc = 1;
 			log_info("spool: reclaimed %s from a dead worker", name);
-		} else if (errno != ENOENT) {
+		} else if (errno != ENOENT && errno != EEXIST) {
 			rc = -1;
 		}
 	}
@@ -442,7 +669,7 @@ static int reclaim_one(const char *processing, const char *incoming, const char 
 	return rc;
 }
 
-/* Reclaims every dead claim; the number moved, or -1 when processing/ cannot be read. */
+/* Reclaims every dead claim (no fsync: see Durability); the number moved, or -1 when processing/ cannot be read. */
 static int reclaim_dead(const char *processing, const char *incoming)
 {
 	DIR *d = opendir(processing);
@@ -461,8 +688,6 @@ static int reclaim_dead(const char *processing, const char *incoming)
 			log_warn("spool: reclaim %s/%s", processing, de->d_name);
 	}
 	closedir(d);
-	if (moved > 0 && (fsync_dir(incoming) < 0 || fsync_dir(processing) < 0))
-		log_warn("spool: fsync after reclaim");
 	return moved;
 }
 
@@ -473,6 +698,8 @@ int spool_reclaim(const char *dir)
 	if (join_path(processing, sizeof(processing), dir, "processing", NULL) < 0 ||
 	    join_path(incoming, sizeof(incoming), dir, "incoming", NULL) < 0)
 		return -1;
+	/* A worker died: what it was writing in tmp/ is garbage now. */
+	sweep_tmp(dir);
 	return reclaim_dead(processing, incoming);
 }
 
@@ -480,11 +707,11 @@ int spool_reclaim(const char *dir)
 
 static void list_clear(struct spool *sp)
 {
-	for (size_t i = 0; i < sp->count; i++)
+	for (size_t i = sp->cursor; i < sp->count; i++)
 		free(sp->list[i].name);
 	free(sp->list);
 	sp->list = NULL;
-	sp->count = sp->cursor = 0;
+	sp->count = sp->cap = sp->cursor = 0;
 }
 
 static int candidate_cmp(const void *a, const void *b)
@@ -499,71 +726,137 @@ static int candidate_cmp(const void *a, const void *b)
 	return strverscmp(x->name, y->name);
 }
 
-static void set_fault(struct spool *sp, long long hold_ms, const char *fmt, const char *what, int err)
+/* Appends a copy of name to *list. 0, or -1 on memory exhaustion. */
+static int candidate_push(struct candidate **list, size_t *count, size_t *cap, const char *name,
+                          const struct timespec *mtime)
 {
-	snprintf(sp->fault, sizeof(sp->fault), fmt, what, strerror(err));
-	if (hold_ms > 0)
-		sp->fault_until_ms = now_ms() + hold_ms;
+	if (*count == *cap) {
+		size_t grown_cap = *cap == 0 ? 64 : *cap * 2;
+		struct candidate *grown = realloc(*list, grown_cap * sizeof(**list));
+		if (grown == NULL)
+			return -1;
+		*list = grown;
+		*cap = grown_cap;
+	}
+	(*list)[*count].name = strdup(name);
+	if ((*list)[*count].name == NULL)
+		return -1;
+	(*list)[*count].mtime = *mtime;
+	(*count)++;
+	return 0;
 }
 
-/* One readdir of incoming/ into the sorted candidate list. 0, or -1 (fault set). */
-static int scan_incoming(struct spool *sp)
+/* One readdir of incoming/ into a sorted list. 0, or -1 with errno. */
+static int read_incoming(const char *incoming, struct candidate **list_out, size_t *count_out, size_t *cap_out)
 {
-	DIR *d = opendir(sp->incoming);
+	DIR *d = opendir(incoming);
 	struct dirent *de;
 	struct candidate *list = NULL;
 	size_t count = 0, cap = 0;
-	long long started = now_ms();
 	int rc = 0;
 
-	if (d == NULL) {
-		set_fault(sp, 0, "spool: cannot read %.400s: %s", sp->incoming, errno);
+	if (d == NULL)
 		return -1;
-	}
 	while ((errno = 0, de = readdir(d)) != NULL) {
 		struct stat st;
-		if (de->d_name[0] == '.')
-			continue;
-		if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
+		if (de->d_name[0] == '.' || (de->d_type != DT_REG && de->d_type != DT_UNKNOWN))
 			continue;
 		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
 			continue;
-		if (count == cap) {
-			size_t grown_cap = cap == 0 ? 64 : cap * 2;
-			struct candidate *grown = realloc(list, grown_cap * sizeof(*list));
-			if (grown == NULL) {
-				rc = -1;
-				break;
-			}
-			list = grown;
-			cap = grown_cap;
-		}
-		list[count].mtime = st.st_mtim;
-		list[count].name = strdup(de->d_name);
-		if (list[count].name == NULL) {
+		if (candidate_push(&list, &count, &cap, de->d_name, &st.st_mtim) < 0) {
 			rc = -1;
 			break;
 		}
-		count++;
 	}
 	if (rc == 0 && errno != 0)
 		rc = -1;
+	int saved = errno;
 	closedir(d);
 	if (rc < 0) {
-		set_fault(sp, 0, "spool: cannot list %.400s: %s", sp->incoming, errno);
 		for (size_t i = 0; i < count; i++)
 			free(list[i].name);
 		free(list);
+		errno = saved;
 		return -1;
 	}
 	if (count > 1)
 		qsort(list, count, sizeof(*list), candidate_cmp);
+	*list_out = list;
+	*count_out = count;
+	*cap_out = cap;
+	return 0;
+}
+
+/* ---- faults ---------------------------------------------------------------- */
+
+static bool fault_active(const struct spool *sp)
+{
+	return sp->fault[0] != '\0';
+}
+
+/*
+ * Shows the fault in the worker's scoreboard slot (stats), which the worker
+ * also uses for its own faults: only text the spool wrote itself is ever
+ * replaced or cleared there.
+ */
+static void publish_fault(struct spool *sp)
+{
+	if (sp->board == NULL)
+		return;
+	char *shown = sp->board->fault;
+	char text[SCOREBOARD_FAULT_MAX];
+	snprintf(text, sizeof(text), "%.*s", (int)sizeof(text) - 1, sp->fault);
+	bool ours = shown[0] == '\0' || strcmp(shown, sp->published_fault) == 0;
+	if (!ours || strcmp(shown, text) == 0)
+		return;
+	scoreboard_write_begin(sp->board);
+	memcpy(shown, text, sizeof(text));
+	scoreboard_write_end(sp->board);
+	memcpy(sp->published_fault, text, sizeof(text));
+}
+
+/* Sets (text non-empty) or clears the fault; logs each change once. */
+static void fault_update(struct spool *sp, const char *text)
+{
+	if (strcmp(text, sp->fault) != 0) {
+		if (text[0] != '\0')
+			log_error("%s", text);
+		else
+			log_info("spool: %s is usable again", sp->dir);
+		snprintf(sp->fault, sizeof(sp->fault), "%s", text);
+	}
+	publish_fault(sp);
+}
+
+static void fault_set_errno(struct spool *sp, const char *what, const char *path, int err)
+{
+	char text[sizeof(sp->fault)];
+
+	snprintf(text, sizeof(text), "spool: %s %.400s: %s", what, path, strerror(err));
+	fault_update(sp, text);
+}
+
+/* ---- the candidate list ------------------------------------------------------ */
+
+/* Rereads incoming/ into the candidate list. 0, or -1 (fault set). */
+static int scan_incoming(struct spool *sp)
+{
+	struct candidate *list;
+	size_t count, cap;
+	long long started = now_ms();
+
+	if (read_incoming(sp->incoming, &list, &count, &cap) < 0) {
+		fault_set_errno(sp, "cannot read", sp->incoming, errno);
+		return -1;
+	}
 	list_clear(sp);
 	sp->list = list;
 	sp->count = count;
+	sp->cap = cap;
 	sp->stale = false;
-	sp->scan_cost_ms = now_ms() - started;
+	sp->counters.scans++;
 	sp->last_scan_ms = now_ms();
+	sp->scan_cost_ms = sp->last_scan_ms - started;
 	return 0;
 }
 
@@ -571,6 +864,19 @@ static int scan_incoming(struct spool *sp)
 static long long rescan_interval_ms(const struct spool *sp, long long floor_ms)
 {
 	return sp->scan_cost_ms * 10 > floor_ms ? sp->scan_cost_ms * 10 : floor_ms;
+}
+
+/* A name inotify reported: appended (it is the newest), no readdir. */
+static void list_append(struct spool *sp, const char *name)
+{
+	static const struct timespec unknown = { 0, 0 };
+
+	if (name[0] == '.')
+		return;
+	if (sp->cursor == sp->count)
+		list_clear(sp); /* all taken: start a fresh array rather than grow a used one */
+	if (candidate_push(&sp->list, &sp->count, &sp->cap, name, &unknown) < 0)
+		sp->stale = true; /* out of memory: the next dry list rereads the directory */
 }
 
 /* ---- claiming ------------------------------------------------------------ */
@@ -581,23 +887,18 @@ static void claim_free(struct spool_claim *claim)
 		return;
 	if (claim->fd >= 0)
 		close(claim->fd);
+	free(claim->doc);
 	free(claim);
 }
 
-/* Builds the job for a claimed, locked file. NULL on memory exhaustion. */
-static struct job *job_from_claim(struct spool_claim *claim)
+/* Fills job's payload from the claimed file; false on memory exhaustion. */
+static bool load_payload(struct job *job, const struct spool_claim *claim, off_t size)
 {
-	struct job *job = calloc(1, sizeof(*job));
 	size_t len = 0;
 
-	if (job == NULL)
-		return NULL;
-	job->attempts_done = name_attempts(claim->name, &claim->base_len);
-	job->payload = read_payload(claim->fd, &len);
-	if (job->payload == NULL && errno == ENOMEM) {
-		free(job);
-		return NULL;
-	}
+	job->payload = read_payload(claim->fd, size, &len);
+	if (job->payload == NULL && errno == ENOMEM)
+		return false;
 	if (job->payload == NULL) {
 		/* Unreadable (EIO...): fail it with a reason rather than retrying forever. */
 		log_warn("spool: read %s", claim->name);
@@ -611,23 +912,67 @@ static struct job *job_from_claim(struct spool_claim *claim)
 			job->payload = prefix;
 		job->payload[len] = '\0';
 		job->invalid = true;
-	} else {
-		job->invalid = !event_payload_is_object(job->payload, len);
-	}
-	if (job->payload == NULL) {
-		free(job);
-		return NULL;
 	}
 	job->payload_len = len;
-	job->id = job->invalid ? NULL : event_job_id(job->payload, len);
+	return job->payload != NULL;
+}
+
+/* Builds the job for a claimed, locked file. NULL on memory exhaustion. */
+static struct job *job_from_claim(struct spool_claim *claim, off_t size, int attempts_done)
+{
+	struct job *job = calloc(1, sizeof(*job));
+
+	if (job == NULL)
+		return NULL;
+	job->attempts_done = attempts_done;
+	if (!load_payload(job, claim, size)) {
+		job_free(job);
+		return NULL;
+	}
+	if (!job->invalid) {
+		const char *problem = payload_verdict(job->payload, job->payload_len, &job->id);
+		if (problem != NULL) {
+			/* Failed as invalid_job under the file name's id, which is safe to show and log. */
+			log_warnx("spool: %s: %s: invalid job", claim->name, problem);
+			job->invalid = true;
+		}
+	}
 	if (job->id == NULL)
 		job->id = id_from_name(claim->name, claim->base_len);
 	if (job->id == NULL) {
 		job_free(job);
 		return NULL;
 	}
+	claim->job = job;
 	job->backend = claim;
 	return job;
+}
+
+/*
+ * Moves incoming/name to processing/, already named for the attempt that is
+ * about to start (so that attempt() has nothing to do); under the plain name
+ * when the suffix would not fit. The name used goes into claim.
+ */
+static int claim_rename(struct spool *sp, const char *from, const char *name, struct spool_claim *claim, int *done_out)
+{
+	char to[PATH_MAX];
+	int done = name_attempts(name, &claim->base_len);
+
+	*done_out = done;
+	claim->name_attempt = done + 1;
+	if (name_with_attempt(claim->name, sizeof(claim->name), name, claim->base_len, done + 1) < 0) {
+		claim->name_attempt = done;
+		snprintf(claim->name, sizeof(claim->name), "%s", name);
+	}
+	if (join_path(to, sizeof(to), sp->dir, "processing", claim->name) < 0)
+		return -1;
+	return move_noreplace(from, to);
+}
+
+static void give_back_path(const char *from, const char *to, const char *name)
+{
+	if (move_noreplace(from, to) < 0)
+		log_warn("spool: give back %s", name);
 }
 
 /*
@@ -638,11 +983,11 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 {
 	char from[PATH_MAX], to[PATH_MAX];
 	struct spool_claim *claim;
+	struct stat st;
 	struct job *job;
-	int fd;
+	int fd, done = 0;
 
-	if (snprintf(from, sizeof(from), "%s/%s", sp->incoming, name) >= (int)sizeof(from) ||
-	    snprintf(to, sizeof(to), "%s/%s", sp->processing, name) >= (int)sizeof(to) || strlen(name) > NAME_MAX)
+	if (strlen(name) > NAME_MAX || join_path(from, sizeof(from), sp->dir, "incoming", name) < 0)
 		return 1;
 	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0) {
@@ -652,24 +997,22 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 		}
 		return 1;
 	}
-	/* Lock first, then check the name still holds this file: only then may we move it. */
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, from) || rename(from, to) < 0) {
-		close(fd);
-		return 1;
-	}
 	claim = calloc(1, sizeof(*claim));
 	if (claim == NULL) {
-		if (rename(to, from) < 0)
-			log_warn("spool: give back %s", name);
 		close(fd);
 		return -1;
 	}
 	claim->fd = fd;
-	memcpy(claim->name, name, strlen(name) + 1);
-	job = job_from_claim(claim);
+	/* Lock first, then check the name still holds this file: only then may we move it. */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, from, &st) || !S_ISREG(st.st_mode) ||
+	    claim_rename(sp, from, name, claim, &done) < 0) {
+		claim_free(claim);
+		return 1;
+	}
+	job = job_from_claim(claim, st.st_size, done);
 	if (job == NULL) {
-		if (rename(to, from) < 0)
-			log_warn("spool: give back %s", name);
+		if (join_path(to, sizeof(to), sp->dir, "processing", claim->name) == 0)
+			give_back_path(to, from, name);
 		claim_free(claim);
 		return -1;
 	}
@@ -677,28 +1020,245 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 	return 0;
 }
 
-static bool fault_active(struct spool *sp)
+/* ---- outcomes: write, group commit, settle ------------------------------------ */
+
+/* Frees a job that left our hands; the claim's fd closes, releasing its lock. */
+static void drop_job(struct spool *sp, struct job *job)
 {
-	return sp->fault[0] != '\0';
+	claim_free(job->backend);
+	job->backend = NULL;
+	job_free(job);
+	if (sp->out > 0)
+		sp->out--;
 }
+
+/* Renames the claimed file back to incoming/ (attempt count kept, no fsync) and drops the job. */
+static void give_back(struct spool *sp, struct job *job)
+{
+	struct spool_claim *claim = job->backend;
+	char from[PATH_MAX], to[PATH_MAX];
+
+	if (claim == NULL) { /* never: every job we hand out has its claim */
+		drop_job(sp, job);
+		return;
+	}
+	if (join_path(from, sizeof(from), sp->dir, "processing", claim->name) < 0 ||
+	    join_path(to, sizeof(to), sp->dir, "incoming", claim->name) < 0 || move_noreplace(from, to) < 0)
+		log_warn("spool: release %s (the rescan will reclaim it)", claim->name);
+	else
+		list_append(sp, claim->name); /* ours to take again without waiting for inotify */
+	drop_job(sp, job);
+}
+
+/* Writes claim's outcome into complete/ or failed/ (not yet its directory's fsync). 0, or -1 and write_error. */
+static int write_outcome(struct spool *sp, struct spool_claim *claim)
+{
+	const char *sub = claim->completed ? "complete" : "failed";
+	char tmp_name[96], file[SPOOL_OUTCOME_ID_MAX + 32], tmp_path[PATH_MAX], final_path[PATH_MAX];
+
+	unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
+	outcome_name(claim->job->id, file, sizeof(file));
+	if (join_path(tmp_path, sizeof(tmp_path), sp->dir, "tmp", tmp_name) == 0 &&
+	    join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 &&
+	    write_and_rename(tmp_path, final_path, sp->owner, true, claim->doc, claim->doc_len) == 0)
+		return 0;
+	snprintf(sp->write_error, sizeof(sp->write_error), "spool: cannot write the outcome of %.100s into %.80s/: %s",
+	         claim->job->id, sub, strerror(errno));
+	return -1;
+}
+
+static void commit_arm(struct spool *sp)
+{
+	if (!ev_is_active(&sp->commit_watcher))
+		ev_prepare_start(sp->loop, &sp->commit_watcher);
+}
+
+static void push_written(struct spool *sp, struct spool_claim *claim)
+{
+	claim->next = sp->written;
+	sp->written = claim;
+	sp->written_count++;
+	commit_arm(sp);
+}
+
+static void push_stuck(struct spool *sp, struct spool_claim *claim)
+{
+	claim->next = sp->stuck;
+	sp->stuck = claim;
+}
+
+/* The job's outcome is durable: its claim leaves processing/ (unlink before close), then the worker hears. */
+static void settle(struct spool *sp, struct spool_claim *claim)
+{
+	char path[PATH_MAX];
+	struct job *job = claim->job;
+
+	if (join_path(path, sizeof(path), sp->dir, "processing", claim->name) < 0 || unlink(path) < 0)
+		log_warn("spool: remove %s/%s", sp->processing, claim->name);
+	sp->cb.settled(job, true, sp->cb.arg);
+	drop_job(sp, job);
+}
+
+static int sync_outcome_dir(struct spool *sp, const char *sub)
+{
+	char dir[PATH_MAX];
+
+	sp->counters.dir_fsyncs++;
+	if (join_path(dir, sizeof(dir), sp->dir, sub, NULL) < 0 || fsync_dir(dir) < 0) {
+		snprintf(sp->write_error, sizeof(sp->write_error), "spool: cannot fsync %.200s/%s: %s", sp->dir, sub,
+		         strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Group commit: one fsync of complete/ and/or failed/ for every outcome
+ * written since the last one, then each job settles. An outcome whose
+ * directory could not be synced is written again later (it is replaced).
+ */
+static void commit_written(struct spool *sp)
+{
+	struct spool_claim *batch = sp->written;
+	bool need_complete = false, need_failed = false;
+
+	ev_prepare_stop(sp->loop, &sp->commit_watcher);
+	sp->written = NULL;
+	sp->written_count = 0;
+	for (struct spool_claim *c = batch; c != NULL; c = c->next) {
+		need_complete |= c->completed;
+		need_failed |= !c->completed;
+	}
+	int complete_rc = need_complete ? sync_outcome_dir(sp, "complete") : 0;
+	int failed_rc = need_failed ? sync_outcome_dir(sp, "failed") : 0;
+	while (batch != NULL) {
+		struct spool_claim *c = batch;
+		batch = c->next;
+		if ((c->completed ? complete_rc : failed_rc) == 0) {
+			settle(sp, c);
+		} else {
+			push_stuck(sp, c);
+			fault_update(sp, sp->write_error);
+		}
+	}
+}
+
+static void commit_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	commit_written(w->data);
+}
+
+/* Writes the outcomes that could not be written before; the fault stays while one remains. */
+static void retry_stuck(struct spool *sp)
+{
+	struct spool_claim *pending = sp->stuck;
+
+	sp->stuck = NULL;
+	while (pending != NULL) {
+		struct spool_claim *c = pending;
+		pending = c->next;
+		if (write_outcome(sp, c) == 0)
+			push_written(sp, c);
+		else
+			push_stuck(sp, c);
+	}
+}
+
+/* ---- the safety pass ---------------------------------------------------------- */
+
+static void inotify_cb(struct ev_loop *loop, ev_io *w, int revents);
+
+/* Watches incoming/ if not watching yet (at open, and again after the directory was recreated). */
+static void ensure_watch(struct spool *sp)
+{
+	if (sp->inotify_fd < 0 || sp->watching)
+		return;
+	if (inotify_add_watch(sp->inotify_fd, sp->incoming, IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+		log_warn("spool: inotify on %s (the rescan remains)", sp->incoming);
+		return;
+	}
+	sp->watching = true;
+	sp->stale = true; /* names may have arrived while nobody watched */
+	if (!ev_is_active(&sp->inotify_watcher))
+		ev_io_start(sp->loop, &sp->inotify_watcher);
+}
+
+/* Healthy, the backstop fires rarely (take() usually runs the pass first); else every second. */
+static void safety_rearm(struct spool *sp)
+{
+	bool healthy = sp->watching && !fault_active(sp) && sp->stuck == NULL;
+
+	sp->safety_timer.repeat = healthy ? SPOOL_BACKSTOP_S : SPOOL_SAFETY_S;
+	ev_timer_again(sp->loop, &sp->safety_timer);
+}
+
+/* Rereads an exhausted list when names may be missing from it (or, without inotify, at a bounded rate). */
+static int maybe_rescan(struct spool *sp, bool force)
+{
+	if (sp->cursor < sp->count)
+		return 0;
+	if (!force && !sp->stale)
+		return 0;
+	if (!force && !sp->watching && now_ms() - sp->last_scan_ms < rescan_interval_ms(sp, SPOOL_MIN_RESCAN_MS))
+		return 0;
+	return scan_incoming(sp);
+}
+
+/* Directory health, free space, dead claims, tmp/ leftovers, stuck outcomes, missed names. True when work may wait. */
+static bool safety_pass(struct spool *sp)
+{
+	char err[sizeof(sp->fault)] = "";
+
+	sp->last_safety = ev_now(sp->loop);
+	sp->counters.safety_passes++;
+	if (check_dirs(sp->dir, false, err, sizeof(err)) == 0) {
+		ensure_watch(sp);
+		if (reclaim_dead(sp->processing, sp->incoming) < 0)
+			log_warn("spool: reclaim in %s", sp->processing);
+		sweep_tmp(sp->dir);
+		retry_stuck(sp);
+		if (sp->stuck != NULL)
+			snprintf(err, sizeof(err), "%s", sp->write_error);
+		else
+			check_space(sp->dir, sp->euid, err, sizeof(err));
+	}
+	if (err[0] == '\0' && !sp->paused && maybe_rescan(sp, true) < 0)
+		snprintf(err, sizeof(err), "%s", sp->fault); /* the scan set it */
+	fault_update(sp, err);
+	safety_rearm(sp);
+	return !fault_active(sp) && sp->cursor < sp->count;
+}
+
+static bool safety_due(const struct spool *sp)
+{
+	return ev_now(sp->loop) - sp->last_safety >= SPOOL_SAFETY_S;
+}
+
+static void safety_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct spool *sp = w->data;
+
+	if (safety_pass(sp) && !sp->paused && sp->cb.ready != NULL)
+		sp->cb.ready(sp->cb.arg);
+}
+
+/* ---- taking ------------------------------------------------------------------- */
 
 static int spool_take(struct source *src, struct job **job)
 {
 	struct spool *sp = (struct spool *)src;
 
+	if (safety_due(sp))
+		safety_pass(sp); /* here rather than on a timer of its own: no extra wake-up */
 	if (sp->paused || fault_active(sp))
 		return 1;
 	for (;;) {
-		bool exhausted = sp->cursor >= sp->count;
-		if (sp->stale &&
-		    (exhausted || now_ms() - sp->last_scan_ms >= rescan_interval_ms(sp, SPOOL_MIN_RESCAN_MS))) {
-			if (scan_incoming(sp) < 0)
-				return 1; /* the fault shows; the rescan timer retries */
-			exhausted = sp->count == 0;
-		}
-		if (exhausted)
+		if (maybe_rescan(sp, false) < 0 || sp->cursor >= sp->count)
 			return 1;
-		int rc = claim_candidate(sp, sp->list[sp->cursor++].name, job);
+		char *name = sp->list[sp->cursor].name;
+		sp->list[sp->cursor++].name = NULL;
+		int rc = claim_candidate(sp, name, job);
+		free(name);
 		if (rc <= 0) {
 			if (rc == 0)
 				sp->out++;
@@ -713,28 +1273,25 @@ static int spool_attempt(struct source *src, struct job *job, int attempt)
 {
 	struct spool *sp = (struct spool *)src;
 	struct spool_claim *claim = job->backend;
-	char name[NAME_MAX + 1 + 16], from[PATH_MAX], to[PATH_MAX];
+	char name[NAME_MAX + 1], from[PATH_MAX], to[PATH_MAX];
 
-	int n = attempt > 0 ? snprintf(name, sizeof(name), "%.*s%s%d", (int)claim->base_len, claim->name,
-	                               ATTEMPT_MARK, attempt)
-	                    : snprintf(name, sizeof(name), "%.*s", (int)claim->base_len, claim->name);
-	if (n < 0 || n > NAME_MAX) {
+	if (attempt == claim->name_attempt)
+		return 0; /* the claim named it already */
+	if (name_with_attempt(name, sizeof(name), claim->name, claim->base_len, attempt) < 0) {
 		/* The count then survives only in memory: a crash would repeat attempts, not lose the job. */
 		log_warnx("spool: %s: name too long to record attempt %d", claim->name, attempt);
 		return 0;
 	}
-	if (snprintf(from, sizeof(from), "%s/%s", sp->processing, claim->name) >= (int)sizeof(from) ||
-	    snprintf(to, sizeof(to), "%s/%s", sp->processing, name) >= (int)sizeof(to)) {
-		errno = ENAMETOOLONG;
+	if (join_path(from, sizeof(from), sp->dir, "processing", claim->name) < 0 ||
+	    join_path(to, sizeof(to), sp->dir, "processing", name) < 0)
 		return -1;
-	}
-	if (rename(from, to) < 0) {
+	/* No fsync: a count lost to a power cut only allows an attempt more. */
+	if (move_noreplace(from, to) < 0) {
 		log_warn("spool: record attempt %d of %s", attempt, job->id);
 		return -1;
 	}
-	memcpy(claim->name, name, (size_t)n + 1);
-	if (fsync_dir(sp->processing) < 0)
-		log_warn("spool: fsync %s", sp->processing);
+	memcpy(claim->name, name, strlen(name) + 1);
+	claim->name_attempt = attempt;
 	return 0;
 }
 
@@ -743,80 +1300,35 @@ static void spool_status(struct source *src, struct job *job, const char *doc, s
 	/* The spool keeps outcomes only; live progress is in stats. */
 }
 
-/* Frees a job that left our hands; the claim's fd closes, releasing its lock. */
-static void drop_job(struct spool *sp, struct job *job)
-{
-	claim_free(job->backend);
-	job->backend = NULL;
-	job_free(job);
-	if (sp->out > 0)
-		sp->out--;
-}
-
-/* Renames the claimed file back to incoming/ (attempt count kept) and drops the job. */
-static void give_back(struct spool *sp, struct job *job)
-{
-	struct spool_claim *claim = job->backend;
-	char from[PATH_MAX], to[PATH_MAX];
-	bool moved = false;
-
-	if (snprintf(from, sizeof(from), "%s/%s", sp->processing, claim->name) < (int)sizeof(from) &&
-	    snprintf(to, sizeof(to), "%s/%s", sp->incoming, claim->name) < (int)sizeof(to)) {
-		moved = rename(from, to) == 0;
-		if (moved)
-			sp->stale = true; /* ours to take again without waiting for inotify */
-		else
-			log_warn("spool: release %s (the rescan will reclaim it)", claim->name);
-	}
-	/* Unlock before the fsyncs so that a worker woken by the rename can claim it at once. */
-	drop_job(sp, job);
-	if (moved && (fsync_dir(sp->incoming) < 0 || fsync_dir(sp->processing) < 0))
-		log_warn("spool: fsync after release");
-}
-
 static void spool_release(struct source *src, struct job *job)
 {
 	give_back((struct spool *)src, job);
-}
-
-/* Writes the outcome document durably into complete/ or failed/. 0 or -1. */
-static int write_outcome(struct spool *sp, struct job *job, bool completed, const char *doc, size_t len)
-{
-	const char *sub = completed ? "complete" : "failed";
-	char tmp_name[96], file[SPOOL_OUTCOME_ID_MAX + 32];
-	char tmp_path[PATH_MAX], final_path[PATH_MAX], final_dir[PATH_MAX];
-
-	unique_name(tmp_name, sizeof(tmp_name), ".outcome");
-	outcome_name(job->id, file, sizeof(file));
-	if (join_path(tmp_path, sizeof(tmp_path), sp->dir, "tmp", tmp_name) < 0 ||
-	    join_path(final_path, sizeof(final_path), sp->dir, sub, file) < 0 ||
-	    join_path(final_dir, sizeof(final_dir), sp->dir, sub, NULL) < 0)
-		return -1;
-	return write_durably(tmp_path, final_path, final_dir, doc, len);
 }
 
 static void spool_finish(struct source *src, struct job *job, bool completed, const char *doc, size_t len)
 {
 	struct spool *sp = (struct spool *)src;
 	struct spool_claim *claim = job->backend;
-	char path[PATH_MAX];
 
-	if (write_outcome(sp, job, completed, doc, len) < 0) {
-		/* Not durable: the job stays queued and runs again; stop taking jobs for a while. */
-		set_fault(sp, SPOOL_FAULT_HOLD_MS, "spool: cannot write the outcome of %.200s: %s", job->id, errno);
-		log_error("%s", sp->fault);
+	claim->completed = completed;
+	claim->doc_len = len;
+	claim->doc = malloc(len + 1);
+	if (claim->doc == NULL) {
+		log_error("spool: out of memory keeping the outcome of %s; it goes back to the queue", job->id);
 		sp->cb.settled(job, false, sp->cb.arg);
 		give_back(sp, job);
 		return;
 	}
-	/* Unlink before close: a reclaimer that wins our lock must find no file. */
-	if (snprintf(path, sizeof(path), "%s/%s", sp->processing, claim->name) >= (int)sizeof(path) ||
-	    unlink(path) < 0)
-		log_warn("spool: remove %s/%s", sp->processing, claim->name);
-	else if (fsync_dir(sp->processing) < 0)
-		log_warn("spool: fsync %s", sp->processing);
-	sp->cb.settled(job, true, sp->cb.arg);
-	drop_job(sp, job);
+	memcpy(claim->doc, doc, len);
+	claim->doc[len] = '\0';
+	if (write_outcome(sp, claim) == 0) {
+		push_written(sp, claim);
+		return;
+	}
+	/* Kept, claimed, and written again on each safety pass; no job is taken meanwhile. */
+	push_stuck(sp, claim);
+	fault_update(sp, sp->write_error);
+	safety_rearm(sp);
 }
 
 /* ---- the source ------------------------------------------------------------ */
@@ -837,77 +1349,46 @@ static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		sp->cb.ready(sp->cb.arg);
 }
 
-static void inotify_cb(struct ev_loop *loop, ev_io *w, int revents);
-
-/* Watches incoming/ if not watching yet (at open, and again after the directory was recreated). */
-static void ensure_watch(struct spool *sp)
+/* One batch of inotify events: names appended, lost watches and overflows noted. True when work may wait. */
+static bool read_inotify_events(struct spool *sp, const char *buf, ssize_t n)
 {
-	if (sp->inotify_fd < 0 || sp->watching)
-		return;
-	if (inotify_add_watch(sp->inotify_fd, sp->incoming, IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE) < 0) {
-		log_warn("spool: inotify on %s (the 1 s rescan remains)", sp->incoming);
-		return;
+	bool news = false;
+
+	for (const char *p = buf; p < buf + n;) {
+		const struct inotify_event *ev = (const struct inotify_event *)(const void *)p;
+		if (ev->mask & IN_IGNORED) {
+			/* incoming/ went away: the safety pass watches again once it is back. */
+			sp->watching = false;
+			sp->stale = true;
+		}
+		if (ev->mask & IN_Q_OVERFLOW)
+			sp->stale = true;
+		if ((ev->mask & (IN_MOVED_TO | IN_CLOSE_WRITE)) && ev->len > 0 && ev->name[0] != '\0') {
+			list_append(sp, ev->name);
+			news = true;
+		}
+		p += sizeof(*ev) + ev->len;
 	}
-	sp->watching = true;
-	if (!ev_is_active(&sp->inotify_watcher))
-		ev_io_start(sp->loop, &sp->inotify_watcher);
+	return news || sp->stale;
 }
 
 static void inotify_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct spool *sp = w->data;
 	char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+	bool news = false;
 	ssize_t n;
 
-	while ((n = read_some(sp->inotify_fd, buf, sizeof(buf))) > 0) {
-		for (char *p = buf; p < buf + n;) {
-			const struct inotify_event *ev = (const struct inotify_event *)p;
-			/* The watch ends when incoming/ goes away: the rescan timer watches again. */
-			if (ev->mask & IN_IGNORED)
-				sp->watching = false;
-			p += sizeof(*ev) + ev->len;
-		}
-	}
+	while ((n = read_some(sp->inotify_fd, buf, sizeof(buf))) > 0)
+		news |= read_inotify_events(sp, buf, n);
 	if (n < 0 && errno != EAGAIN) {
 		log_warn("spool: read inotify");
 		ev_io_stop(loop, w);
+		sp->watching = false;
+		sp->stale = true;
 		return;
 	}
-	sp->stale = true;
-	if (!sp->paused && !fault_active(sp) && sp->cb.ready != NULL)
-		sp->cb.ready(sp->cb.arg);
-}
-
-/* The safety net: directory health, dead claims, missed wakes. */
-static void rescan_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	struct spool *sp = w->data;
-	char err[sizeof(sp->fault)];
-	bool had_fault = fault_active(sp);
-
-	if (check_dirs(sp->dir, false, err, sizeof(err)) < 0) {
-		if (strcmp(err, sp->fault) != 0)
-			log_error("%s", err);
-		snprintf(sp->fault, sizeof(sp->fault), "%s", err);
-		return;
-	}
-	if (had_fault && now_ms() < sp->fault_until_ms)
-		return;
-	if (had_fault) {
-		log_info("spool: %s is usable again", sp->dir);
-		sp->fault[0] = '\0';
-	}
-	ensure_watch(sp);
-	if (reclaim_dead(sp->processing, sp->incoming) < 0)
-		log_warn("spool: reclaim in %s", sp->processing);
-	if (sp->paused)
-		return;
-	/* A fresh list with candidates left needs no scan to know there may be work. */
-	bool fresh = sp->cursor < sp->count &&
-	             now_ms() - sp->last_scan_ms < rescan_interval_ms(sp, (long long)(SPOOL_RESCAN_S * 1000));
-	if (!fresh && scan_incoming(sp) < 0)
-		return;
-	if (sp->count > sp->cursor && sp->cb.ready != NULL)
+	if (news && !sp->paused && !fault_active(sp) && sp->cb.ready != NULL)
 		sp->cb.ready(sp->cb.arg);
 }
 
@@ -920,6 +1401,24 @@ static void free_spool(struct spool *sp)
 		close(sp->inotify_fd);
 	free(sp->dir);
 	free(sp);
+}
+
+static void start_watchers(struct spool *sp)
+{
+	sp->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (sp->inotify_fd < 0)
+		log_warn("spool: inotify (the rescan remains)");
+	ev_io_init(&sp->inotify_watcher, inotify_cb, sp->inotify_fd, EV_READ);
+	sp->inotify_watcher.data = sp;
+	ensure_watch(sp);
+	ev_init(&sp->safety_timer, safety_cb);
+	sp->safety_timer.data = sp;
+	sp->last_safety = ev_now(sp->loop);
+	safety_rearm(sp);
+	ev_timer_init(&sp->kick_timer, kick_cb, 0., 0.);
+	sp->kick_timer.data = sp;
+	ev_prepare_init(&sp->commit_watcher, commit_cb);
+	sp->commit_watcher.data = sp;
 }
 
 static struct source *spool_open(const struct config *cfg, struct ev_loop *loop, int slot,
@@ -937,8 +1436,7 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 		err[0] = '\0';
 	if (spool_prepare(sp->dir, err, errlen) < 0 ||
 	    join_path(sp->incoming, sizeof(sp->incoming), sp->dir, "incoming", NULL) < 0 ||
-	    join_path(sp->processing, sizeof(sp->processing), sp->dir, "processing", NULL) < 0 ||
-	    join_path(sp->tmp, sizeof(sp->tmp), sp->dir, "tmp", NULL) < 0) {
+	    join_path(sp->processing, sizeof(sp->processing), sp->dir, "processing", NULL) < 0) {
 		if (err[0] == '\0')
 			snprintf(err, errlen, "spool: %s: path too long", sp->dir);
 		free_spool(sp);
@@ -946,21 +1444,11 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	}
 	sp->loop = loop;
 	sp->cb = *cb;
-	sp->slot = slot;
+	sp->euid = geteuid();
+	sp->pid = getpid();
+	sp->owner = foreign_owner(sp->euid, sp->dir, &sp->owner_st);
 	sp->stale = true;
-
-	sp->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (sp->inotify_fd < 0)
-		log_warn("spool: inotify (the 1 s rescan remains)");
-	ev_io_init(&sp->inotify_watcher, inotify_cb, sp->inotify_fd, EV_READ);
-	sp->inotify_watcher.data = sp;
-	ensure_watch(sp);
-	ev_timer_init(&sp->rescan_timer, rescan_cb, SPOOL_RESCAN_S, SPOOL_RESCAN_S);
-	sp->rescan_timer.data = sp;
-	ev_timer_start(loop, &sp->rescan_timer);
-	ev_timer_init(&sp->kick_timer, kick_cb, 0., 0.);
-	sp->kick_timer.data = sp;
-
+	start_watchers(sp);
 	if (reclaim_dead(sp->processing, sp->incoming) < 0)
 		log_warn("spool: reclaim in %s", sp->processing);
 	schedule_ready(sp);
@@ -985,12 +1473,25 @@ static void spool_resume(struct source *src)
 
 static size_t spool_pending(struct source *src)
 {
-	return 0; /* finish() is durable before it returns */
+	/* Outcomes written but not yet committed; stuck ones need not hold a stop (see close). */
+	return ((struct spool *)src)->written_count;
 }
 
 static const char *spool_fault(struct source *src)
 {
 	return ((struct spool *)src)->fault;
+}
+
+/* Outcomes that never became durable: their jobs go back to incoming/ and run again. */
+static void give_back_stuck(struct spool *sp)
+{
+	while (sp->stuck != NULL) {
+		struct spool_claim *c = sp->stuck;
+		sp->stuck = c->next;
+		log_warnx("spool: the outcome of %s was never written; the job goes back to the queue", c->job->id);
+		sp->cb.settled(c->job, false, sp->cb.arg);
+		give_back(sp, c->job);
+	}
 }
 
 static void spool_close(struct source *src)
@@ -999,12 +1500,32 @@ static void spool_close(struct source *src)
 
 	if (sp == NULL)
 		return;
+	if (sp->written != NULL)
+		commit_written(sp);
+	give_back_stuck(sp);
 	if (sp->out > 0)
 		log_warnx("spool: closing with %zu jobs still out (they will be reclaimed)", sp->out);
 	ev_io_stop(sp->loop, &sp->inotify_watcher);
-	ev_timer_stop(sp->loop, &sp->rescan_timer);
+	ev_timer_stop(sp->loop, &sp->safety_timer);
 	ev_timer_stop(sp->loop, &sp->kick_timer);
+	ev_prepare_stop(sp->loop, &sp->commit_watcher);
+	if (sp->board != NULL && sp->published_fault[0] != '\0') {
+		fault_update(sp, ""); /* a fault of ours must not outlive us in the slot */
+	}
 	free_spool(sp);
+}
+
+void spool_source_set_scoreboard(struct source *src, struct scoreboard_slot *slot)
+{
+	struct spool *sp = (struct spool *)src;
+
+	sp->board = slot;
+	publish_fault(sp);
+}
+
+void spool_source_counters(const struct source *src, struct spool_counters *out)
+{
+	*out = ((const struct spool *)src)->counters;
 }
 
 const struct source_ops spool_source_ops = {

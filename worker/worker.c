@@ -15,6 +15,7 @@
 #include "orphans.h"
 #include "runner.h"
 #include "source.h"
+#include "spool.h"
 #include "util.h"
 
 #include <errno.h>
@@ -899,6 +900,8 @@ int worker_main(const struct worker_params *params)
 	if (w.cfg->backend == BACKEND_KAFKA) {
 		kafka_source_set_scoreboard(w.source, w.board);
 		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
+	} else {
+		spool_source_set_scoreboard(w.source, w.board);
 	}
 
 	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);

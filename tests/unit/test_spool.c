@@ -12,6 +12,7 @@
 #include <ftw.h>
 #include <regex.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,10 +177,19 @@ static void expect_none(struct source *src)
 	cr_assert_eq(spool_source_ops.take(src, &job), 1, "expected no job, got %s", job ? job->id : "?");
 }
 
-static void finish_ok(struct source *src, struct job *job)
+/* Runs loop iterations until every outcome handed to finish() is committed (the group commit runs before the loop sleeps). */
+static void commit(struct ev_loop *loop, struct source *src)
+{
+	for (int i = 0; i < 10 && spool_source_ops.pending(src) > 0; i++)
+		ev_run(loop, EVRUN_NOWAIT);
+	cr_assert_eq(spool_source_ops.pending(src), 0, "outcomes still uncommitted after 10 loop iterations");
+}
+
+static void finish_ok(struct ev_loop *loop, struct source *src, struct job *job)
 {
 	static const char doc[] = "{\"done\":true}";
 	spool_source_ops.finish(src, job, true, doc, strlen(doc));
+	commit(loop, src);
 }
 
 /* Runs the loop until *flag becomes true or the deadline passes; false on timeout. */
@@ -324,7 +334,7 @@ Test(spool, takes_oldest_first_by_mtime_then_name)
 		cr_assert_str_eq(job->id, order[i]);
 		cr_assert_eq(job->attempts_done, 0);
 		cr_assert_not(job->invalid);
-		finish_ok(src, job);
+		finish_ok(loop, src, job);
 	}
 	expect_none(src);
 	cr_assert(exists("incoming", ".hidden.json"), "hidden files are left alone");
@@ -346,9 +356,12 @@ Test(spool, claim_moves_the_file_and_reads_the_payload)
 	cr_assert_eq(job->payload_len, strlen(payload));
 	cr_assert_str_eq(job->payload, payload);
 	cr_assert_not(exists("incoming", name));
-	cr_assert(exists("processing", name));
+	/* Claimed straight under the name of the attempt about to start: one rename. */
+	char claimed[300];
+	snprintf(claimed, sizeof(claimed), "%s;a=1", name);
+	cr_assert(exists("processing", claimed), "processing/%s", claimed);
 	expect_none(src);
-	finish_ok(src, job);
+	finish_ok(loop, src, job);
 	spool_source_ops.close(src);
 	ev_loop_destroy(loop);
 }
@@ -375,7 +388,7 @@ Test(spool, pause_stops_taking_and_resume_wakes)
 	cr_assert_str_eq(job->id, "paused");
 	cr_assert_eq(spool_source_ops.pending(src), 0);
 	cr_assert_str_eq(spool_source_ops.fault(src), "");
-	finish_ok(src, job);
+	finish_ok(loop, src, job);
 	spool_source_ops.close(src);
 	ev_loop_destroy(loop);
 }
@@ -400,6 +413,7 @@ Test(spool, payloads_that_are_not_objects_are_invalid)
 		cr_assert_eq(job->invalid, i < 3, "%s invalid=%d", job->id, job->invalid);
 		spool_source_ops.finish(src, job, false, "{}", 2);
 	}
+	commit(loop, src);
 	cr_assert(exists("failed", "1-text.json"));
 	cr_assert(exists("failed", "3-empty.json"));
 	spool_source_ops.close(src);
@@ -431,6 +445,7 @@ Test(spool, an_oversized_payload_is_invalid_and_bounded)
 	cr_assert_leq(job->payload_len, 4096);
 	cr_assert_eq(strlen(job->payload), job->payload_len);
 	spool_source_ops.finish(src, job, false, "{}", 2);
+	commit(loop, src);
 	cr_assert(exists("failed", "big.json"));
 	cr_assert_eq(count_entries("processing", NULL, 0), 0);
 	spool_source_ops.close(src);
@@ -450,8 +465,10 @@ Test(spool, attempt_renames_the_claim_and_keeps_the_id)
 	struct job *job = take_one(src);
 	char *id = strdup(job->id);
 
-	cr_assert_eq(spool_source_ops.attempt(src, job, 1), 0);
+	/* The claim already carries attempt 1: starting it renames nothing. */
 	snprintf(with_attempt, sizeof(with_attempt), "%s;a=1", name);
+	cr_assert(exists("processing", with_attempt), "processing/%s", with_attempt);
+	cr_assert_eq(spool_source_ops.attempt(src, job, 1), 0);
 	cr_assert(exists("processing", with_attempt), "processing/%s", with_attempt);
 	cr_assert_not(exists("processing", name));
 
@@ -468,8 +485,17 @@ Test(spool, attempt_renames_the_claim_and_keeps_the_id)
 	job = take_one(src);
 	cr_assert_eq(job->attempts_done, 2);
 	cr_assert_str_eq(job->id, id, "the id never carries the attempt suffix");
+	snprintf(with_attempt, sizeof(with_attempt), "%s;a=3", name);
+	cr_assert(exists("processing", with_attempt), "processing/%s", with_attempt);
 	cr_assert_eq(spool_source_ops.attempt(src, job, 3), 0);
-	finish_ok(src, job);
+
+	/* A start that did not happen is taken back (the worker does so on a spawn fault). */
+	cr_assert_eq(spool_source_ops.attempt(src, job, 2), 0);
+	snprintf(with_attempt, sizeof(with_attempt), "%s;a=2", name);
+	cr_assert(exists("processing", with_attempt), "processing/%s", with_attempt);
+	cr_assert_eq(count_entries("processing", NULL, 0), 1);
+	cr_assert_eq(spool_source_ops.attempt(src, job, 3), 0);
+	finish_ok(loop, src, job);
 	char outcome[300];
 	snprintf(outcome, sizeof(outcome), "%s.json", id);
 	cr_assert(exists("complete", outcome), "complete/%s", outcome);
@@ -491,6 +517,8 @@ Test(spool, finish_writes_the_document_and_removes_the_claim)
 	struct job *job = take_one(src);
 	cr_assert_str_eq(job->id, "ok-1");
 	spool_source_ops.finish(src, job, true, doc_ok, strlen(doc_ok));
+	cr_assert_eq(settled_calls, 0, "settled only once the directory is fsynced");
+	commit(loop, src);
 	cr_assert_eq(settled_calls, 1);
 	cr_assert(settled_durable);
 	cr_assert_str_eq(settled_id, "ok-1");
@@ -501,6 +529,7 @@ Test(spool, finish_writes_the_document_and_removes_the_claim)
 
 	job = take_one(src);
 	spool_source_ops.finish(src, job, false, doc_bad, strlen(doc_bad));
+	commit(loop, src);
 	cr_assert_eq(settled_calls, 2);
 	content = slurp("failed", "bad-1.json");
 	cr_assert_not_null(content);
@@ -524,11 +553,13 @@ Test(spool, a_duplicate_outcome_replaces_the_first)
 	struct source *src = open_source(loop);
 	struct job *job = take_one(src);
 	spool_source_ops.finish(src, job, true, "{\"n\":1}", 7);
+	commit(loop, src);
 	enqueue("{\"id\":\"dup\",\"n\":2}", NULL, 0);
 	spool_source_ops.close(src);
 	src = open_source(loop);
 	job = take_one(src);
 	spool_source_ops.finish(src, job, true, "{\"n\":2}", 7);
+	commit(loop, src);
 	cr_assert_eq(count_entries("complete", NULL, 0), 1);
 	char *content = slurp("complete", "dup.json");
 	cr_assert_str_eq(content, "{\"n\":2}");
@@ -555,7 +586,7 @@ Test(spool, outcome_names_are_sanitized)
 
 	struct source *src = open_source(loop);
 	for (int i = 0; i < 4; i++)
-		finish_ok(src, take_one(src));
+		finish_ok(loop, src, take_one(src));
 	cr_assert_eq(count_entries("complete", NULL, 0), 4, "distinct ids keep distinct outcome files");
 	cr_assert(exists("complete", "a_b.json"), "a clean id is used as is");
 
@@ -581,12 +612,34 @@ Test(spool, outcome_names_are_sanitized)
 	ev_loop_destroy(loop);
 }
 
-Test(spool, an_outcome_that_cannot_be_written_keeps_the_job_queued)
+/* Runs the loop until cond(src) holds or seconds pass; false on timeout. */
+static bool loop_until(struct ev_loop *loop, struct source *src, bool (*cond)(struct source *), double seconds)
+{
+	bool never = false;
+	long long deadline = now_ms() + (long long)(seconds * 1000);
+
+	while (!cond(src) && now_ms() < deadline)
+		run_until(loop, &never, 0.05);
+	return cond(src);
+}
+
+static bool has_fault(struct source *src)
+{
+	return spool_source_ops.fault(src)[0] != '\0';
+}
+
+static bool settled_and_healthy(struct source *src)
+{
+	return settled_calls > 0 && !has_fault(src);
+}
+
+Test(spool, an_outcome_that_cannot_be_written_stays_claimed_and_is_written_later)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
 	char complete[512], aside[512];
 
 	enqueue("{\"id\":\"stuck\"}", NULL, 0);
+	enqueue("{\"id\":\"waiting\"}", NULL, 0);
 	struct source *src = open_source(loop);
 	struct job *job = take_one(src);
 	sub_path(complete, sizeof(complete), "complete", NULL);
@@ -594,14 +647,93 @@ Test(spool, an_outcome_that_cannot_be_written_keeps_the_job_queued)
 	cr_assert_eq(rename(complete, aside), 0);
 	cr_assert_eq(close(open(complete, O_WRONLY | O_CREAT, 0644)), 0); /* a file where the directory was */
 
-	finish_ok(src, job);
-	cr_assert_eq(settled_calls, 1);
-	cr_assert_not(settled_durable, "settled must say the outcome is not durable");
-	cr_assert_eq(count_entries("incoming", NULL, 0), 1, "the job is back in incoming/");
-	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	spool_source_ops.finish(src, job, true, "{\"done\":1}", 10);
+	for (int i = 0; i < 5; i++)
+		ev_run(loop, EVRUN_NOWAIT);
+	cr_assert_eq(settled_calls, 0, "not durable, so not settled");
+	cr_assert_eq(count_entries("processing", NULL, 0), 1, "the job stays claimed");
+	cr_assert_eq(count_entries("incoming", NULL, 0), 1, "only the other job waits");
 	cr_assert_eq(count_entries("tmp", NULL, 0), 0, "no temporary file left");
-	cr_assert_str_neq(spool_source_ops.fault(src), "", "the fault shows");
+	cr_assert_not_null(strstr(spool_source_ops.fault(src), "stuck"), "the fault shows: '%s'",
+	                   spool_source_ops.fault(src));
 	expect_none(src);
+
+	/* The directory is back: the next safety pass writes the outcome, and the fault clears. */
+	cr_assert_eq(unlink(complete), 0);
+	cr_assert_eq(rename(aside, complete), 0);
+	cr_assert(loop_until(loop, src, settled_and_healthy, 10.0), "never written: fault '%s'",
+	          spool_source_ops.fault(src));
+	cr_assert(settled_durable);
+	cr_assert_str_eq(settled_id, "stuck");
+	char *content = slurp("complete", "stuck.json");
+	cr_assert_not_null(content);
+	cr_assert_str_eq(content, "{\"done\":1}");
+	free(content);
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	job = take_one(src);
+	cr_assert_str_eq(job->id, "waiting");
+	finish_ok(loop, src, job);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, closing_gives_back_an_outcome_never_written)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char failed[512], name[256];
+
+	enqueue("{\"id\":\"unlucky\"}", NULL, 0);
+	struct source *src = open_source(loop);
+	struct job *job = take_one(src);
+	sub_path(failed, sizeof(failed), "failed", NULL);
+	cr_assert_eq(rmdir(failed), 0);
+	spool_source_ops.finish(src, job, false, "{}", 2);
+	cr_assert_eq(spool_source_ops.pending(src), 0, "a stuck outcome does not hold a stop");
+	spool_source_ops.close(src);
+	cr_assert_eq(settled_calls, 1);
+	cr_assert_not(settled_durable);
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	cr_assert_eq(count_entries("incoming", name, sizeof(name)), 1, "the job goes back to run again");
+	cr_assert_not_null(strstr(name, ";a=1"), "with its attempt count: %s", name);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, outcomes_finished_together_share_one_directory_fsync)
+{
+	enum { JOBS = 20 };
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct spool_counters counts;
+	char payload[64];
+
+	for (int i = 0; i < JOBS + 1; i++) {
+		snprintf(payload, sizeof(payload), "{\"id\":\"g%02d\"}", i);
+		enqueue(payload, NULL, 0);
+	}
+	struct source *src = open_source(loop);
+	struct job *jobs[JOBS];
+	for (int i = 0; i < JOBS; i++)
+		jobs[i] = take_one(src);
+	/* All finished within one loop iteration, like handlers reaped together. */
+	for (int i = 0; i < JOBS; i++)
+		spool_source_ops.finish(src, jobs[i], i % 2 == 0, "{}", 2);
+	cr_assert_eq(spool_source_ops.pending(src), JOBS);
+	cr_assert_eq(settled_calls, 0);
+	cr_assert_eq(count_entries("processing", NULL, 0), JOBS, "claims stay until the commit");
+	cr_assert_eq(count_entries("complete", NULL, 0) + count_entries("failed", NULL, 0), JOBS,
+	             "outcome files are in place before the commit");
+	spool_source_counters(src, &counts);
+	cr_assert_eq(counts.dir_fsyncs, 0);
+	commit(loop, src);
+	spool_source_counters(src, &counts);
+	cr_assert_eq(counts.dir_fsyncs, 2, "one fsync of complete/ and one of failed/ for %d outcomes, got %lu",
+	             JOBS, counts.dir_fsyncs);
+	cr_assert_eq(settled_calls, JOBS);
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+
+	/* A lone outcome pays its own. */
+	finish_ok(loop, src, take_one(src));
+	spool_source_counters(src, &counts);
+	cr_assert_eq(counts.dir_fsyncs, 3);
 	spool_source_ops.close(src);
 	ev_loop_destroy(loop);
 }
@@ -609,7 +741,7 @@ Test(spool, an_outcome_that_cannot_be_written_keeps_the_job_queued)
 /* ---- claims among processes ---------------------------------------------------------- */
 
 /* Takes and finishes jobs until none is left; writes each id taken to fd, one per line. */
-static void drain_into(struct source *src, int fd)
+static void drain_into(struct ev_loop *loop, struct source *src, int fd)
 {
 	struct job *job;
 	char line[300];
@@ -618,7 +750,7 @@ static void drain_into(struct source *src, int fd)
 		int n = snprintf(line, sizeof(line), "%s\n", job->id);
 		if (write_all(fd, line, (size_t)n) < 0)
 			_exit(3);
-		finish_ok(src, job);
+		finish_ok(loop, src, job);
 	}
 }
 
@@ -646,7 +778,7 @@ static pid_t fork_drainer(int start_fd, const char *out_path)
 		struct source *src = spool_source_ops.open(&test_cfg, loop, 2, &callbacks, err, sizeof(err));
 		if (src == NULL)
 			_exit(2);
-		drain_into(src, out);
+		drain_into(loop, src, out);
 		close(out);
 		spool_source_ops.close(src);
 		_exit(0);
@@ -703,7 +835,7 @@ Test(spool, competing_processes_claim_each_job_exactly_once)
 				char line[64];
 				int n = snprintf(line, sizeof(line), "%s\n", job->id);
 				cr_assert_eq(write_all(out, line, (size_t)n), 0);
-				finish_ok(s == 0 ? a : b, job);
+				finish_ok(loop, s == 0 ? a : b, job);
 				more = true;
 			}
 		}
@@ -775,7 +907,7 @@ Test(spool, a_dead_claim_is_reclaimed_with_its_attempt_count)
 	struct job *job = take_one(src);
 	cr_assert_str_eq(job->id, "orphan");
 	cr_assert_eq(job->attempts_done, 2);
-	finish_ok(src, job);
+	finish_ok(loop, src, job);
 	spool_source_ops.close(src);
 	ev_loop_destroy(loop);
 }
@@ -797,7 +929,7 @@ Test(spool, a_live_claim_is_never_reclaimed)
 	struct source *src = open_source(loop);
 	expect_none(src);
 	bool never = false;
-	run_until(loop, &never, 1.3); /* past one rescan period */
+	run_until(loop, &never, 3.0); /* past one backstop of the safety pass */
 	cr_assert_eq(count_entries("processing", NULL, 0), 1);
 	cr_assert_eq(count_entries("incoming", NULL, 0), 0);
 
@@ -806,15 +938,15 @@ Test(spool, a_live_claim_is_never_reclaimed)
 	cr_assert_eq(waitpid_retry(pid, &status, 0), pid);
 	ready_calls = 0;
 	struct job *job = NULL;
-	for (int i = 0; i < 50 && job == NULL; i++) {
+	for (int i = 0; i < 100 && job == NULL; i++) {
 		run_until(loop, &never, 0.1);
 		if (ready_calls > 0 && spool_source_ops.take(src, &job) != 0)
 			job = NULL;
 	}
-	cr_assert_not_null(job, "the dead claim was not reclaimed (and announced) within 5 s");
+	cr_assert_not_null(job, "the dead claim was not reclaimed (and announced) within 10 s");
 	cr_assert_str_eq(job->id, "held");
 	cr_assert_eq(job->attempts_done, 2);
-	finish_ok(src, job);
+	finish_ok(loop, src, job);
 	spool_source_ops.close(src);
 	ev_loop_destroy(loop);
 	close(report[0]);
@@ -852,15 +984,16 @@ Test(spool, inotify_wakes_the_loop_before_the_rescan)
 	memset(&wake, 0, sizeof(wake));
 	wake.src = spool_source_ops.open(&test_cfg, loop, 1, &cb, err, sizeof(err));
 	cr_assert_not_null(wake.src, "%s", err);
-	long long opened = now_ms();
 	ev_timer_init(&wake.enqueue_timer, enqueue_later, 0.05, 0.);
 	ev_timer_start(loop, &wake.enqueue_timer);
 	cr_assert(run_until(loop, &wake.got, 5.0), "never woken");
-	long long elapsed = now_ms() - opened;
-	/* The rescan timer first fires 1 s after open: a wake before it came from inotify. */
-	cr_assert_lt(elapsed, 900, "woken after %lld ms: inotify did not work", elapsed);
+	struct spool_counters counts;
+	spool_source_counters(wake.src, &counts);
+	/* Woken, and the name taken, with no safety pass and no readdir beyond the first (empty) one. */
+	cr_assert_eq(counts.safety_passes, 0, "woken by the safety pass, not inotify");
+	cr_assert_eq(counts.scans, 1, "inotify's name needs no rescan, got %lu scans", counts.scans);
 	cr_assert_str_eq(wake.job->id, "woken");
-	finish_ok(wake.src, wake.job);
+	finish_ok(loop, wake.src, wake.job);
 	spool_source_ops.close(wake.src);
 	ev_loop_destroy(loop);
 }
@@ -876,7 +1009,7 @@ Test(spool, the_rescan_reports_a_vanished_directory_and_recovers)
 	sub_path(aside, sizeof(aside), "incoming-aside", NULL);
 	cr_assert_eq(rename(incoming, aside), 0);
 	bool never = false;
-	for (int i = 0; i < 30 && spool_source_ops.fault(src)[0] == '\0'; i++)
+	for (int i = 0; i < 100 && spool_source_ops.fault(src)[0] == '\0'; i++)
 		run_until(loop, &never, 0.1);
 	cr_assert_not_null(strstr(spool_source_ops.fault(src), "incoming"), "fault: '%s'",
 	                   spool_source_ops.fault(src));
@@ -885,13 +1018,13 @@ Test(spool, the_rescan_reports_a_vanished_directory_and_recovers)
 	cr_assert_eq(rename(aside, incoming), 0);
 	enqueue("{\"id\":\"after\"}", NULL, 0);
 	ready_calls = 0;
-	for (int i = 0; i < 30 && (spool_source_ops.fault(src)[0] != '\0' || ready_calls == 0); i++)
+	for (int i = 0; i < 100 && (spool_source_ops.fault(src)[0] != '\0' || ready_calls == 0); i++)
 		run_until(loop, &never, 0.1);
 	cr_assert_str_eq(spool_source_ops.fault(src), "");
 	cr_assert_gt(ready_calls, 0);
 	struct job *job = take_one(src);
 	cr_assert_str_eq(job->id, "after");
-	finish_ok(src, job);
+	finish_ok(loop, src, job);
 	spool_source_ops.close(src);
 	ev_loop_destroy(loop);
 }
@@ -905,16 +1038,18 @@ Test(spool, inotify_watches_a_recreated_incoming_directory)
 
 	sub_path(incoming, sizeof(incoming), "incoming", NULL);
 	cr_assert_eq(rmdir(incoming), 0);
-	for (int i = 0; i < 60 && spool_source_ops.fault(src)[0] == '\0'; i++)
+	for (int i = 0; i < 200 && spool_source_ops.fault(src)[0] == '\0'; i++)
 		run_until(loop, &never, 0.05);
 	cr_assert_str_neq(spool_source_ops.fault(src), "", "a missing incoming/ is a fault");
 	cr_assert_eq(mkdir(incoming, 0770), 0); /* a new directory: the old watch is gone */
-	for (int i = 0; i < 60 && spool_source_ops.fault(src)[0] != '\0'; i++)
+	for (int i = 0; i < 200 && spool_source_ops.fault(src)[0] != '\0'; i++)
 		run_until(loop, &never, 0.05);
 	cr_assert_str_eq(spool_source_ops.fault(src), "");
 
-	/* The fault cleared in a rescan tick just now; the next tick is ~1 s away, so a quick wake is inotify's. */
+	/* The fault cleared in a safety pass just now: a wake without another pass is inotify's. */
 	long long cleared = now_ms();
+	struct spool_counters before, after;
+	spool_source_counters(src, &before);
 	enqueue("{\"id\":\"rewatched\"}", NULL, 0);
 	ready_calls = 0;
 	struct job *job = NULL;
@@ -924,10 +1059,220 @@ Test(spool, inotify_watches_a_recreated_incoming_directory)
 			job = NULL;
 	}
 	cr_assert_not_null(job, "never woken");
-	long long waited = now_ms() - cleared;
-	cr_assert_lt(waited, 800, "woken after %lld ms: incoming/ is not watched again", waited);
+	spool_source_counters(src, &after);
+	cr_assert_eq(after.safety_passes, before.safety_passes, "woken by a safety pass: incoming/ is not watched again");
 	cr_assert_str_eq(job->id, "rewatched");
-	finish_ok(src, job);
+	finish_ok(loop, src, job);
 	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+/* ---- hostile input ------------------------------------------------------------------- */
+
+Test(spool, a_dropped_job_with_a_bad_id_is_invalid_under_its_file_name)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	time_t now = time(NULL);
+	static char long_id[2100];
+
+	memset(long_id, 0, sizeof(long_id));
+	strcpy(long_id, "{\"id\":\"");
+	memset(long_id + strlen(long_id), 'x', 1100);
+	strcat(long_id, "\"}");
+	put_incoming("1-long.json", long_id, now - 40);
+	put_incoming("2-newline.json", "{\"id\":\"a\\nforged log line\"}", now - 30);
+	put_incoming("3-nul.json", "{\"id\":\"a\\u0001b\"}", now - 20);
+	put_incoming("4-ok.json", "{\"id\":\"fine-id\"}", now - 10);
+	put_incoming("5-bad\nname.json", "{\"x\":1}", now - 5);
+
+	struct source *src = open_source(loop);
+	static const char *ids[] = { "1-long", "2-newline", "3-nul", "fine-id", "5-bad_name" };
+	for (size_t i = 0; i < 5; i++) {
+		struct job *job = take_one(src);
+		cr_assert_str_eq(job->id, ids[i]);
+		cr_assert_eq(job->invalid, i < 3, "%s invalid=%d", job->id, job->invalid);
+		spool_source_ops.finish(src, job, false, "{}", 2);
+	}
+	commit(loop, src);
+	cr_assert(exists("failed", "1-long.json"));
+	cr_assert(exists("failed", "2-newline.json"));
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, enqueue_refuses_what_would_be_an_invalid_job)
+{
+	char id[256], big[2200];
+	static const char *bad[] = { "not json", "[1,2]", "\"a string\"", "{\"id\":\"tab\\there\"}",
+	                             "{\"id\":\"nul\\u0000\"}", NULL };
+
+	snprintf(big, sizeof(big), "{\"id\":\"%01100d\"}", 7);
+	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+		const char *payload = bad[i] != NULL ? bad[i] : big;
+		errno = 0;
+		cr_assert_eq(spool_enqueue(spool_dir, payload, strlen(payload), id, sizeof(id)), -1, "%s accepted",
+		             payload);
+		cr_assert_eq(errno, EINVAL, "%s: errno %d", payload, errno);
+		const char *why = spool_enqueue_refusal(payload, strlen(payload));
+		cr_assert_not_null(why, "%s: no reason given", payload);
+	}
+	cr_assert_not_null(strstr(spool_enqueue_refusal("[1]", 3), "JSON object"));
+	cr_assert_not_null(strstr(spool_enqueue_refusal(big, strlen(big)), "1024"));
+	cr_assert_eq(count_entries("incoming", NULL, 0), 0, "nothing refused was queued");
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0);
+	cr_assert_null(spool_enqueue_refusal("{\"id\":\"ok\"}", 11));
+	cr_assert_null(spool_enqueue_refusal("{}", 2));
+	enqueue("{\"id\":\"ok\"}", id, sizeof(id));
+	cr_assert_str_eq(id, "ok");
+}
+
+/* ---- faults in stats ------------------------------------------------------------------- */
+
+Test(spool, the_fault_shows_in_the_scoreboard_and_clears)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct scoreboard_slot *slot = calloc(1, sizeof(*slot));
+	char failed[512], aside[512];
+
+	cr_assert_not_null(slot);
+	enqueue("{\"id\":\"f1\"}", NULL, 0);
+	struct source *src = open_source(loop);
+	spool_source_set_scoreboard(src, slot);
+	cr_assert_str_eq(slot->fault, "");
+	struct job *job = take_one(src);
+	sub_path(failed, sizeof(failed), "failed", NULL);
+	sub_path(aside, sizeof(aside), "failed-aside", NULL);
+	cr_assert_eq(rename(failed, aside), 0);
+	spool_source_ops.finish(src, job, false, "{}", 2);
+	cr_assert_not_null(strstr(slot->fault, "f1"), "scoreboard fault: '%s'", slot->fault);
+	cr_assert_eq(rename(aside, failed), 0);
+	cr_assert(loop_until(loop, src, settled_and_healthy, 10.0), "fault never cleared: '%s'", spool_source_ops.fault(src));
+	cr_assert_str_eq(slot->fault, "", "cleared in stats too");
+
+	/* A fault the worker wrote (its handler cannot start) is not the spool's to clear. */
+	snprintf(slot->fault, sizeof(slot->fault), "handler /x cannot be started");
+	bool never = false;
+	run_until(loop, &never, 1.5);
+	cr_assert_str_eq(slot->fault, "handler /x cannot be started");
+	spool_source_ops.close(src);
+	cr_assert_str_eq(slot->fault, "handler /x cannot be started");
+	free(slot);
+	ev_loop_destroy(loop);
+}
+
+/* ---- tmp/ ------------------------------------------------------------------------------ */
+
+/* A writer of an outcome file: creates it, locks it as the spool does, writes, then holds it until killed. */
+static pid_t fork_outcome_writer(const char *path, int report_fd)
+{
+	pid_t pid = fork_helper();
+	if (pid == 0) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0640);
+		if (fd < 0 || flock(fd, LOCK_EX) < 0 || write_all(fd, "{}", 2) < 0 || write_all(report_fd, "w", 1) < 0)
+			_exit(2);
+		for (;;)
+			pause();
+	}
+	return pid;
+}
+
+Test(spool, tmp_outcomes_of_dead_writers_go_at_once_live_ones_stay)
+{
+	char live[512], dead[512], fresh_empty[512], producer[512];
+	int report[2], status;
+	char c;
+
+	sub_path(live, sizeof(live), "tmp", "1-live.outcome");
+	sub_path(dead, sizeof(dead), "tmp", "2-dead.outcome");
+	sub_path(fresh_empty, sizeof(fresh_empty), "tmp", "3-creating.outcome");
+	sub_path(producer, sizeof(producer), "tmp", "4-producer.json");
+	cr_assert_eq(pipe(report), 0);
+	pid_t writer = fork_outcome_writer(live, report[1]);
+	cr_assert_eq(read_full(report[0], &c, 1), 1, "writer failed");
+	pid_t victim = fork_outcome_writer(dead, report[1]);
+	cr_assert_eq(read_full(report[0], &c, 1), 1, "writer failed");
+	cr_assert_eq(kill(victim, SIGKILL), 0);
+	cr_assert_eq(waitpid_retry(victim, &status, 0), victim);
+	cr_assert_eq(close(open(fresh_empty, O_WRONLY | O_CREAT, 0640)), 0); /* created, lock not yet taken */
+	cr_assert_eq(close(open(producer, O_WRONLY | O_CREAT, 0640)), 0);
+
+	cr_assert_geq(spool_reclaim(spool_dir), 0); /* what the supervisor runs when a worker died */
+	cr_assert_eq(access(dead, F_OK), -1, "a dead writer's outcome must go at once");
+	cr_assert_eq(access(live, F_OK), 0, "a live writer's outcome must stay");
+	cr_assert_eq(access(fresh_empty, F_OK), 0, "an empty new file may be a writer about to lock it");
+	cr_assert_eq(access(producer, F_OK), 0, "a producer's recent file stays");
+
+	cr_assert_eq(kill(writer, SIGKILL), 0);
+	cr_assert_eq(waitpid_retry(writer, &status, 0), writer);
+	char err[256];
+	cr_assert_eq(spool_prepare(spool_dir, err, sizeof(err)), 0, "%s", err); /* a new worker's start sweeps too */
+	cr_assert_eq(access(live, F_OK), -1, "its writer is dead now");
+	close(report[0]);
+	close(report[1]);
+}
+
+/* ---- names from inotify ------------------------------------------------------------------ */
+
+Test(spool, names_from_inotify_are_taken_without_a_rescan)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct spool_counters before, after;
+	struct source *src = open_source(loop);
+
+	expect_none(src); /* the first, empty, scan */
+	spool_source_counters(src, &before);
+	for (int i = 0; i < 5; i++) {
+		char payload[32];
+		snprintf(payload, sizeof(payload), "{\"id\":\"n%d\"}", i);
+		enqueue(payload, NULL, 0);
+	}
+	ready_calls = 0;
+	for (int i = 0; i < 100 && ready_calls == 0; i++)
+		ev_run(loop, EVRUN_NOWAIT);
+	cr_assert_gt(ready_calls, 0, "inotify never woke the loop");
+	for (int i = 0; i < 5; i++) {
+		struct job *job = take_one(src);
+		char expected[16];
+		snprintf(expected, sizeof(expected), "n%d", i);
+		cr_assert_str_eq(job->id, expected, "in arrival order");
+		finish_ok(loop, src, job);
+	}
+	expect_none(src);
+	spool_source_counters(src, &after);
+	cr_assert_eq(after.scans, before.scans, "%lu readdirs of incoming/ for 5 names inotify reported",
+	             after.scans - before.scans);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, a_reused_name_never_overwrites_a_claimed_job)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+
+	put_incoming("dup.json", "{\"id\":\"first\"}", 0);
+	struct source *a = open_source(loop), *b = open_source(loop);
+	struct job *first = take_one(a);
+	cr_assert_eq(spool_source_ops.attempt(a, first, 1), 0);
+	cr_assert(exists("processing", "dup.json;a=1"));
+
+	/* A producer reuses the name while the first job runs. */
+	put_incoming("dup.json", "{\"id\":\"second\"}", 0);
+	struct job *second = NULL;
+	if (spool_source_ops.take(b, &second) == 0)
+		spool_source_ops.attempt(b, second, 1);
+	char *content = slurp("processing", "dup.json;a=1");
+	cr_assert_not_null(content);
+	cr_assert_str_eq(content, "{\"id\":\"first\"}", "the running job's file was replaced");
+	free(content);
+	cr_assert_eq(count_entries("processing", NULL, 0) + count_entries("incoming", NULL, 0), 2,
+	             "both jobs still queued");
+	cr_assert_null(second, "the second may wait, but not take the first one's name");
+
+	finish_ok(loop, a, first);
+	second = take_one(b);
+	cr_assert_str_eq(second->id, "second");
+	finish_ok(loop, b, second);
+	spool_source_ops.close(a);
+	spool_source_ops.close(b);
 	ev_loop_destroy(loop);
 }
