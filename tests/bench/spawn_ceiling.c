@@ -119,19 +119,22 @@ static int start_job(struct slot *s, char **handler, const char *job, size_t len
 {
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 };
 	posix_spawn_file_actions_t fa;
+	pid_t pid;
 	int rc = -1;
 
+	s->pid = 0; /* posix_spawn leaves pid unspecified when it fails */
 	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0)
 		goto done;
 	if (posix_spawn_file_actions_init(&fa) != 0)
 		goto done;
 	if (posix_spawn_file_actions_adddup2(&fa, in[0], 0) == 0 &&
 	    posix_spawn_file_actions_adddup2(&fa, out[1], 1) == 0 &&
-	    posix_spawn(&s->pid, handler[0], &fa, NULL, handler, environ) == 0)
+	    posix_spawn(&pid, handler[0], &fa, NULL, handler, environ) == 0)
 		rc = 0;
 	posix_spawn_file_actions_destroy(&fa);
 	if (rc < 0)
 		goto done;
+	s->pid = pid;
 	/* A job of a few hundred bytes fits the pipe: one write, then EOF for the handler. */
 	rc = write_all(in[1], job, len);
 	s->out_fd = out[0];
