@@ -552,6 +552,9 @@ def bench_spool(ctx, workers, k):
         rounds.append({"ceiling": ceiling, "drover": drover})
     ctx.say("%s: idle, latency, restart" % name)
     service = spool_service(ctx, workers, k, "svc-spool%dx%d" % (workers, k))
+    for role in ("supervisor", "worker"):  # busy: the backlog rounds and the open-loop runs
+        service["rss_busy_kb"][role] = max([service["rss_busy_kb"][role]] +
+                                           [r["drover"]["rss_busy_kb"][role] for r in rounds])
     ctx.results[name] = {"backend": "spool", "workers": workers, "max_concurrent": k, "jobs": n,
                          "rounds": rounds, "service": service}
     paired_rows(ctx, name, rounds, "ceiling", "spawn ceiling",
