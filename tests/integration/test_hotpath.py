@@ -39,7 +39,7 @@ MAX_PROC_OPENS_PER_JOB = 1.0
 # Only the supervisor forks, once per worker start; a worker forks nothing.
 MAX_WORKER_FULL_FORKS_PER_JOB = 0.0
 
-TRACED = "fsync,fdatasync,open,openat,openat2,creat,fork,vfork,clone,clone3,execve,execveat"
+TRACED = "fsync,fdatasync,syncfs,open,openat,openat2,creat,fork,vfork,clone,clone3,execve,execveat"
 STRACE = shutil.which("strace") or "/usr/bin/strace"
 HANDLER = "/bin/cat"
 
@@ -133,10 +133,12 @@ def count_trace(path, drover_pid):
             continue
         if not m.group(4):
             continue
-        if call in ("fsync", "fdatasync"):
+        if call in ("fsync", "fdatasync", "syncfs"):
             fd = FD_PATH.match(args)
             target = fd.group(1) if fd else ""
-            counts["directory fsyncs" if os.path.isdir(target) else "file fsyncs"] += 1
+            # syncfs flushes the whole file system: at least as costly as a directory fsync.
+            is_dir = call == "syncfs" or os.path.isdir(target)
+            counts["directory fsyncs" if is_dir else "file fsyncs"] += 1
         elif call in ("open", "openat", "openat2", "creat"):
             target = open_path(args)
             if target.startswith("/proc/") or target == "/proc":
