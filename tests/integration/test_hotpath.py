@@ -186,3 +186,40 @@ def test_hot_path_system_calls_per_job(traced, figures):
         problems.append("forks/clones without CLONE_VM in workers %.2f/job > %.2f"
                         % (per_job["full forks, workers"], MAX_WORKER_FULL_FORKS_PER_JOB))
     assert not problems, "hot path grew: %s\n(all counts: %s)" % ("; ".join(problems), report)
+
+
+def test_count_trace_tells_drover_from_its_handlers(workdir):
+    """The counting itself, on a hand-written trace: what is drover's, what is a handler's, what is a fork."""
+    a_dir, a_file = workdir / "complete", workdir / "job.json"
+    a_dir.mkdir()
+    a_file.write_text("{}")
+    trace = workdir / "strace.out"
+    trace.write_text("\n".join([
+        '100 execve("/build/drover", ["drover", "-c", "x.ini"], 0x7ffd /* 20 vars */) = 0',
+        # the supervisor forks a worker
+        '100 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|CLONE_CHILD_SETTID|SIGCHLD, child_tidptr=0x7f) = 101',
+        # the worker spawns a handler sharing its memory; the child looks under /proc before its exec
+        '101 clone3({flags=CLONE_VM|CLONE_VFORK, exit_signal=SIGCHLD, stack=0x7f, stack_size=0x9000}, 88 <unfinished ...>',
+        '102 openat(AT_FDCWD</w>, "/proc/self/fd", O_RDONLY|O_DIRECTORY) = 3</proc/102/fd>',
+        '102 execve("/bin/cat", ["/bin/cat"], 0x7ffd /* 20 vars */ <unfinished ...>',
+        '101 <... clone3 resumed>) = 102',
+        '102 <... execve resumed>) = 0',
+        # the handler's own calls are not drover's
+        '102 openat(AT_FDCWD</w>, "/proc/meminfo", O_RDONLY) = 3</proc/meminfo>',
+        '102 fsync(1<%s>) = 0' % a_dir,
+        # a thread is no fork
+        '101 clone(child_stack=0x7f, flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM) = 103',
+        # the sweep reading an environment through a directory fd
+        '101 openat(5</proc>, "7/environ", O_RDONLY|O_CLOEXEC) = -1 ENOENT (No such file or directory)',
+        '101 fsync(7<%s> <unfinished ...>' % a_dir,
+        '101 <... fsync resumed>) = 0',
+        '101 fdatasync(8<%s>) = 0' % a_file,
+        '102 +++ exited with 0 +++',
+        # a worker fork whose child gets the handler's old pid: that child is drover's again
+        '101 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|CLONE_CHILD_SETTID|SIGCHLD, child_tidptr=0x7f) = 102',
+        '102 openat(AT_FDCWD</w>, "/proc/1/stat", O_RDONLY) = 3</proc/1/stat>',
+    ]) + "\n")
+    counts = count_trace(trace, 100)
+    assert counts == {"full forks, supervisor": 1, "full forks, workers": 1, "handler execs": 1,
+                      "opens under /proc": 3, "opens of /proc/*/environ": 1,
+                      "directory fsyncs": 1, "file fsyncs": 1}, counts
