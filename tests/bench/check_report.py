@@ -31,7 +31,7 @@ def problems_of(report):
         for ref in PAIRED[res["backend"]]:
             wanted += ["jobs/s vs " + ref, "CPU per job vs " + ref]
         for figure in wanted:
-            found = [r for r in mine if r["figure"].split(" (offered")[0] == figure]
+            found = [r for r in mine if r["figure"] == figure]
             if len(found) != 1:
                 problems.append("%s: %d rows for %r" % (name, len(found), figure))
                 continue
