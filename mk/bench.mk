@@ -22,3 +22,12 @@ bench-tiny: all $(BENCH_BIN)
 $(BUILD)/bench/%: tests/bench/%.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $<
+
+# make lint covers the bench's C too.
+.PHONY: lint-bench
+lint: lint-bench
+lint-bench: | $(DEPS_STAMP)
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --suppress=missingIncludeSystem --inline-suppr $(CPPFLAGS) tests/bench
+	@set -e; for f in $(wildcard tests/bench/*.c); do \
+	  echo "clang-tidy $$f"; clang-tidy --quiet $$f -- $(CPPFLAGS) -std=gnu11; done
