@@ -5,7 +5,7 @@
 #   make test       install what is missing, build, run every test (also under ASan/UBSan)
 #   make lint       cppcheck and clang-tidy
 #   make install    PREFIX=/usr/local DESTDIR=   (mk/install.mk)
-#   make bench      throughput figures (not part of make test)
+#   make bench      drover side by side with the spawn ceiling and a Python pool (mk/bench.mk)
 #
 # Sources are found by wildcard so that a new module needs no Makefile edit:
 # shared/*.c and worker/*.c form a library linked into both programs and the
@@ -44,7 +44,7 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 DEB_BUILD := build-essential pkg-config librdkafka-dev libev-dev libjansson-dev libinih-dev
 DEB_TEST  := libcriterion-dev kcat python3 python3-pytest procps util-linux cppcheck clang-tidy \
              prometheus debhelper dpkg-dev fakeroot lintian systemd shellcheck \
-             init-system-helpers logrotate groff-base
+             init-system-helpers logrotate groff-base python3-confluent-kafka strace
 DEPS_STAMP := $(BUILD)/.deps
 
 .PHONY: all deps test unit integration lint clean asan
@@ -108,6 +108,7 @@ test: deps all unit asan
 	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== (asan) $$t"; $(SAN_ENV) $$t --jobs 2; done
 	$(MAKE) integration
 	$(SAN_ENV) DROVER_BUILD=$(CURDIR)/build-asan $(PYTHON) -m pytest -q -p no:cacheprovider -m asan tests/integration
+	$(MAKE) bench-tiny
 
 lint: deps
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \

@@ -1,68 +1,98 @@
 #!/usr/bin/python3
-"""bench: drover's throughput and restart figures (`make bench`, not part of `make test`).
+"""bench: drover side by side with what it should match (`make bench`; issue 7).
 
-1. Throughput: BENCH_JOBS (default 1000) jobs through the spool pool (3 workers x
-   max_concurrent 4) with a trivial handler (/bin/cat: the job comes back as the
-   result). Timed from the start of `droverctl submit` until every job has its
-   outcome file in complete/; the durable enqueue alone is timed too.
-2. Restart: kill -9 of a worker, until `stats` shows a new pid in that slot in
-   state running, once per slot (a slot killed again within 10 s counts as
-   crash-looping and backs off longer). restart_delay_ms (100, with +-20%
-   jitter) is part of the figure.
+References, run on the same machine in paired rounds (A B A B ...; each ratio
+is the median of the per-pair ratios):
+  - spawn_ceiling (tests/bench/spawn_ceiling.c): P processes x K jobs in
+    flight, each job pipe2 x2 + posix_spawn(/bin/cat) + a 200 B write + read
+    to EOF + waitpid, jobs from memory. The ceiling of spawning.
+  - peer_pool.py: a Python pool on the same Kafka mock cluster
+    (multiprocessing, one confluent_kafka consumer per process, K threads of
+    subprocess.run, async commit per job).
 
-It starts its own drover on a temporary directory and kills only that
-drover's processes, by pid. DROVER_BUILD names the build tree (default build/).
+Figures, per configuration (P workers x K max_concurrent, handler /bin/cat):
+  jobs/s on a backlog; CPU ms per job of the whole process tree (wait4's
+  rusage of drover started in the foreground and stopped with TERM: the
+  supervisor reaps its workers, workers reap handlers); enqueue -> outcome
+  p50/p99 at open-loop rates of 300 and 1000 jobs/s; wake-ups per second of
+  each idle process (context switches of all its threads); VmRSS per process
+  idle and busy; restart time after kill -9 of a worker. The 1-minute load
+  average is recorded beside every figure, and each row shows issue 7's
+  target and whether it is met. Speed is never asserted: the exit status
+  says only whether every figure was produced.
+
+Environment: BENCH_SCALE=tiny|full (default full; tiny is what `make test`
+runs), BENCH_JOBS (backlog size), BENCH_PAIRS, BENCH_KAFKA=2x4,3x4 (Kafka
+configurations; "" skips Kafka), BENCH_JSON (default BUILD/bench.json),
+BENCH_KEEP=1 keeps the work directory. DROVER_BUILD names the build tree.
+
+Everything runs in a directory under the build tree (a disk, not tmpfs, so
+that fsyncs cost what they cost). Every process is started here and stopped
+by pid; every wait polls with a deadline.
 """
+import ctypes
 import json
+import math
 import os
+import select
 import shutil
 import signal
 import socket
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("DROVER_BUILD") or os.path.join(ROOT, "build")
-JOBS = int(os.environ.get("BENCH_JOBS", "1000"))
-WORKERS = 3
-MAX_CONCURRENT = 4
-RESTART_DELAY_MS = 100
+BUILD = os.path.abspath(os.environ.get("DROVER_BUILD") or os.path.join(ROOT, "build"))
+PYTHON = "/usr/bin/python3"
+CEILING = os.path.join(BUILD, "bench", "spawn_ceiling")
+PEER_POOL = os.path.join(ROOT, "tests", "bench", "peer_pool.py")
+MOCK_BROKER = os.path.join(BUILD, "support", "mock_broker")
 HANDLER = "/bin/cat"
+JOB_BYTES = 200
+RESTART_DELAY_MS = 100
+KAFKA_PARTITIONS = 12
+STATUS_TOPIC, FAILED_TOPIC = "bench.status", "bench.failed"
+RATES = (300, 1000)
 
-CONFIG = """\
-[supervisor]
-workers = {workers}
-control_socket = {dir}/drover.sock
-pid_file = {dir}/drover.pid
-log_file = {dir}/drover.log
-log_level = warn
-shutdown_timeout_ms = 5000
-restart_delay_ms = {restart_delay}
-restart_delay_max_ms = 5000
+SCALES = {
+    # Enough to produce every figure, fast enough for make test.
+    "tiny": {"spool_jobs": 150, "kafka_jobs": 200, "pairs": 1, "latency_s": 0.6, "idle_s": 1.0,
+             "round_cap_s": 20, "drain_cap_s": 10},
+    # At most about 5 minutes on the 2-core machine. A pool slower than the backlog or the offered
+    # rate allows is measured for round_cap_s (backlog) or drain_cap_s (after the open loop) at most,
+    # so a slow drover cannot stretch the run.
+    "full": {"spool_jobs": 3000, "kafka_jobs": 3000, "pairs": 3, "latency_s": 3.0, "idle_s": 5.0,
+             "round_cap_s": 10, "drain_cap_s": 6},
+}
 
-[jobs]
-handler = {handler}
-max_concurrent = {max_concurrent}
-timeout_ms = 10000
-kill_grace_ms = 1000
-max_attempts = 3
-retry_delay_ms = 100
+# Issue 7's targets. Each returns (text, met) from the row's value and ratio.
+MIB = 1024
 
-[queue]
-backend = spool
 
-[spool]
-dir = {dir}/spool
-"""
+def at_least(limit):
+    return "ratio >= %.2f" % limit, lambda value, ratio: ratio is not None and ratio >= limit
+
+
+def at_most_ratio(limit):
+    return "ratio <= %.2f" % limit, lambda value, ratio: ratio is not None and ratio <= limit
+
+
+def at_most(limit, unit):
+    return "<= %g %s" % (limit, unit), lambda value, ratio: value is not None and value <= limit
 
 
 class BenchError(Exception):
     pass
 
 
-def wait_until(what, predicate, timeout, interval=0.01):
+# ---- small tools -----------------------------------------------------------------
+
+def wait_until(what, predicate, timeout, interval=0.02):
     """Polls predicate until it returns a true value; BenchError after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -74,29 +104,216 @@ def wait_until(what, predicate, timeout, interval=0.01):
         time.sleep(interval)
 
 
-class Drover:
-    """One drover process on a temporary directory, stopped by pid."""
+def load1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
-    def __init__(self, workdir):
+
+def percentile(values, p):
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100.0 * len(ordered)) - 1)]
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def job_json(job_id):
+    """A job of exactly JOB_BYTES bytes, newline included."""
+    head = '{"id":"%s","prompt":"' % job_id
+    return head + "x" * (JOB_BYTES - len(head) - 3) + '"}\n'
+
+
+def proc_status(pid, fields):
+    """{field: int} from /proc/PID/status (kB or counts); {} when the process is gone."""
+    out = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in fields:
+                    out[name] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def rss_kb(pid):
+    return proc_status(pid, ("VmRSS",)).get("VmRSS")
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches of every thread of pid, or None."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        st = proc_status_path("/proc/%d/task/%s/status" % (pid, tid))
+        total += st.get("voluntary_ctxt_switches", 0) + st.get("nonvoluntary_ctxt_switches", 0)
+    return total
+
+
+def proc_status_path(path):
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name.endswith("ctxt_switches"):
+                    out[name] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def children_of(pid):
+    """Direct children of every thread of pid."""
+    out = []
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                out.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+class Tree:
+    """A child started in its own session whose whole tree's CPU comes from wait4 when it ends."""
+
+    def __init__(self, argv, workdir, name, env=None, stdout=None):
+        self.name = name
+        self.log = os.path.join(workdir, name + ".out")
+        out = open(self.log, "wb")
+        self.started_ns = time.time_ns()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout or out, stderr=out,
+                                     env=env, start_new_session=True)
+        out.close()
+        self.status = None
+        self.rusage = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def running(self):
+        if self.status is not None:
+            return False
+        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:
+            return True
+        self._reaped(status, usage)
+        return False
+
+    def _reaped(self, status, usage):
+        self.status, self.rusage = status, usage
+        # Popen must not wait for a pid we reaped ourselves.
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def finish(self, sig=None, timeout=30):
+        """Sends sig (if any), reaps with a deadline (then KILLs the group); returns the tree's CPU seconds."""
+        if self.status is None and sig is not None:
+            os.kill(self.pid, sig)
+        try:
+            wait_until("%s (pid %d) to exit" % (self.name, self.pid), lambda: not self.running(), timeout)
+        except BenchError:
+            os.killpg(self.pid, signal.SIGKILL)
+            _, status, usage = os.wait4(self.pid, 0)
+            self._reaped(status, usage)
+            raise
+        return self.rusage.ru_utime + self.rusage.ru_stime
+
+    def kill(self):
+        """Failure path: the whole session started here, by its id."""
+        if self.status is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            _, status, usage = os.wait4(self.pid, 0)
+            self._reaped(status, usage)
+
+    def tail(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-1500:]
+        except OSError:
+            return ""
+
+
+class RssSampler:
+    """Largest VmRSS seen per role (supervisor, worker) of a drover tree while it works."""
+
+    def __init__(self, root_pid):
+        self.root = root_pid
+        self.peak = {"supervisor": 0, "worker": 0}
+
+    def sample(self):
+        self.peak["supervisor"] = max(self.peak["supervisor"], rss_kb(self.root) or 0)
+        for pid in children_of(self.root):
+            self.peak["worker"] = max(self.peak["worker"], rss_kb(pid) or 0)
+
+
+# ---- drover ------------------------------------------------------------------------
+
+def render_ini(cfg):
+    lines = []
+    for section, keys in cfg.items():
+        lines.append("[%s]" % section)
+        lines.extend("%s = %s" % kv for kv in keys.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class Drover:
+    """One drover in the foreground, as a child of the bench, on its own directory."""
+
+    def __init__(self, workdir, workers, max_concurrent, backend="spool", extra=None):
+        os.makedirs(workdir)
         self.dir = workdir
         self.sock = os.path.join(workdir, "drover.sock")
         self.spool = os.path.join(workdir, "spool")
-        self.config = os.path.join(workdir, "drover.ini")
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(dir=workdir, workers=WORKERS, max_concurrent=MAX_CONCURRENT,
-                                  restart_delay=RESTART_DELAY_MS, handler=HANDLER))
-        self.proc = None
+        self.ini = os.path.join(workdir, "drover.ini")
+        cfg = {
+            "supervisor": {"workers": workers, "control_socket": self.sock,
+                           "pid_file": os.path.join(workdir, "drover.pid"),
+                           "log_file": os.path.join(workdir, "drover.log"), "log_level": "warn",
+                           "shutdown_timeout_ms": 5000, "restart_delay_ms": RESTART_DELAY_MS,
+                           "restart_delay_max_ms": 5000},
+            "jobs": {"handler": HANDLER, "max_concurrent": max_concurrent, "timeout_ms": 30000,
+                     "kill_grace_ms": 1000, "max_attempts": 3, "retry_delay_ms": 100},
+            "queue": {"backend": backend},
+            "spool": {"dir": self.spool},
+        }
+        for section, keys in (extra or {}).items():
+            cfg.setdefault(section, {}).update(keys)
+        with open(self.ini, "w") as f:
+            f.write(render_ini(cfg))
+        for sub in ("tmp", "incoming", "processing", "complete", "failed"):
+            os.makedirs(os.path.join(self.spool, sub))
+        self.tree = None
 
     def start(self):
-        out = open(os.path.join(self.dir, "drover.out"), "wb")
-        self.proc = subprocess.Popen([os.path.join(BUILD, "drover"), "-c", self.config],
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        out.close()
-        wait_until("drover to answer ping", self.ping, 15)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("DROVER_", "KAFKA_")) and k not in
+               ("PROCESSING_WORKER_INSTANCES", "MAX_CONCURRENT_GENERATIONS", "GENERATION_TIMEOUT_MS", "USE_KAFKA")}
+        self.tree = Tree([os.path.join(BUILD, "drover"), "-c", self.ini], self.dir, "drover", env=env)
+        return self
+
+    def check_alive(self):
+        if not self.tree.running():
+            raise BenchError("drover exited (status %s): %s" % (self.tree.status, self.tree.tail()))
 
     def command(self, line, timeout=5.0):
-        """One control-socket exchange (spec section 7); None when it fails."""
+        """One control-socket exchange; None when it fails."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(timeout)
@@ -112,118 +329,748 @@ class Drover:
         except OSError:
             return None
 
-    def ping(self):
-        if self.proc.poll() is not None:
-            raise BenchError("drover exited with status %d; see %s" % (self.proc.returncode, self.dir))
-        answer = self.command("ping")
-        return answer is not None and answer.strip() == "pong"
-
     def stats(self):
+        self.check_alive()
         answer = self.command("stats")
-        if answer is None:
-            return None
         try:
-            return json.loads(answer)
+            return json.loads(answer) if answer else None
         except ValueError:
             return None
 
+    def wait_running(self, workers, timeout=20):
+        def ok():
+            s = self.stats()
+            if not s:
+                return None
+            running = [w for w in s.get("workers", []) if w.get("state") == "running" and w.get("pid")]
+            return s if len(running) == workers else None
+        return wait_until("%d running workers" % workers, ok, timeout)
+
+    def worker_pids(self):
+        return {w["slot"]: w["pid"] for w in self.stats()["workers"] if w.get("pid")}
+
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        """TERM, then the whole tree's CPU seconds."""
+        return self.tree.finish(signal.SIGTERM, timeout=30)
 
 
-def count_files(directory):
+# ---- the spool ---------------------------------------------------------------------
+
+def count_outcomes(spool):
+    n = 0
+    for sub in ("complete", "failed"):
+        with os.scandir(os.path.join(spool, sub)) as it:
+            n += sum(1 for e in it if e.name.endswith(".json"))
+    return n
+
+
+def fill_backlog(spool, prefix, n):
+    """n jobs straight into incoming/ before drover starts (no fsync: the enqueue is not what is measured)."""
+    incoming = os.path.join(spool, "incoming")
+    for i in range(n):
+        job_id = "%s-%06d" % (prefix, i)
+        with open(os.path.join(incoming, job_id + ".json"), "w") as f:
+            f.write(job_json(job_id))
+
+
+def spool_drover_round(ctx, workers, k, n, tag):
+    d = Drover(ctx.path(tag), workers, k)
+    fill_backlog(d.spool, tag, n)
+    load = load1()
+    d.start()
+    sampler = RssSampler(d.tree.pid)
+    cap = time.monotonic() + ctx.scale["round_cap_s"]
     try:
-        with os.scandir(directory) as it:
-            return sum(1 for entry in it if entry.name.endswith(".json"))
-    except FileNotFoundError:
-        return 0
+        done = 0
+        while done < n and time.monotonic() < cap:
+            d.check_alive()
+            sampler.sample()
+            time.sleep(0.1)
+            done = count_outcomes(d.spool)
+        if done >= n:
+            end = max(e.stat().st_mtime_ns for e in os.scandir(os.path.join(d.spool, "complete")))
+        else:  # capped: the rate so far; the CPU is divided by every outcome written by the stop
+            end = time.time_ns()
+        cpu = d.stop()
+        failed = os.listdir(os.path.join(d.spool, "failed"))
+        if failed:
+            raise BenchError("%s: %d jobs failed, e.g. %s" % (tag, len(failed), failed[:3]))
+        finished = count_outcomes(d.spool)
+    except BaseException:
+        d.tree.kill()
+        raise
+    return {"jobs_per_s": done / ((end - d.tree.started_ns) / 1e9), "cpu_ms_per_job": cpu * 1000 / finished,
+            "jobs": n, "finished": finished, "capped": done < n, "load1": load, "rss_busy_kb": dict(sampler.peak)}
 
 
-def bench_throughput(drover):
-    batch = os.path.join(drover.dir, "batch.jsonl")
-    with open(batch, "w") as f:
-        for i in range(JOBS):
-            f.write(json.dumps({"id": "bench-%06d" % i, "prompt": "job %d" % i}) + "\n")
-    complete = os.path.join(drover.spool, "complete")
-    failed = os.path.join(drover.spool, "failed")
-    started = time.monotonic()
-    subprocess.run([os.path.join(BUILD, "droverctl"), "-c", drover.config, "-s", drover.sock, "submit", batch],
-                   check=True, stdout=subprocess.DEVNULL, timeout=JOBS / 10 + 60)
-    submitted = time.monotonic()
-
-    def all_out():
-        if drover.proc.poll() is not None:
-            raise BenchError("drover exited with status %d" % drover.proc.returncode)
-        return count_files(complete) + count_files(failed) >= JOBS
-
-    wait_until("%d outcomes" % JOBS, all_out, JOBS / 10 + 60, interval=0.005)
-    finished = time.monotonic()
-    done, lost = count_files(complete), count_files(failed)
-    if done != JOBS:
-        raise BenchError("%d of %d jobs completed, %d failed" % (done, JOBS, lost))
-    print("throughput: %d jobs, %d workers x %d, handler %s" % (JOBS, WORKERS, MAX_CONCURRENT, HANDLER))
-    print("  durable enqueue (droverctl submit): %.2f s, %.0f jobs/s" %
-          (submitted - started, JOBS / (submitted - started)))
-    print("  submit to last outcome:             %.2f s, %.0f jobs/s" %
-          (finished - started, JOBS / (finished - started)))
+def ceiling_round(ctx, workers, k, n, tag):
+    load = load1()
+    t = Tree([CEILING, "-p", str(workers), "-k", str(k), "-n", str(n), "-s", str(JOB_BYTES), HANDLER],
+             ctx.workdir, tag)
+    try:
+        cpu = t.finish(timeout=n / 20 + 60)
+    except BaseException:
+        t.kill()
+        raise
+    if t.proc.returncode != 0:
+        raise BenchError("spawn_ceiling failed (%s): %s" % (t.proc.returncode, t.tail()))
+    result = json.loads(t.tail().strip().splitlines()[-1])
+    return {"jobs_per_s": n / (result["elapsed_ns"] / 1e9), "cpu_ms_per_job": cpu * 1000 / n, "load1": load}
 
 
-def slot_of(stats, slot):
-    for worker in stats.get("workers", []):
-        if worker.get("slot") == slot:
-            return worker
-    return None
+class Inotify:
+    """Arrival times (time_ns) of files renamed into a directory, read by a thread."""
+    IN_MOVED_TO, IN_CLOSE_WRITE, IN_CLOEXEC, IN_NONBLOCK = 0x80, 0x8, 0o2000000, 0o4000
+
+    def __init__(self, directory):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self.fd = libc.inotify_init1(self.IN_CLOEXEC | self.IN_NONBLOCK)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, directory.encode(), self.IN_MOVED_TO | self.IN_CLOSE_WRITE) < 0:
+            raise BenchError("inotify on %s: %s" % (directory, os.strerror(ctypes.get_errno())))
+        self.seen = {}
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping:
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                continue
+            now = time.time_ns()
+            at = 0
+            while at + 16 <= len(data):
+                _, _, _, length = struct.unpack_from("iIII", data, at)
+                name = data[at + 16:at + 16 + length].split(b"\0", 1)[0].decode()
+                self.seen.setdefault(name, now)
+                at += 16 + length
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        os.close(self.fd)
 
 
-def bench_restart(drover):
+def open_loop_spool(d, rate, seconds, drain_cap, tag, sampler):
+    """Enqueues rate jobs/s for seconds (write in tmp/, rename into incoming/); returns (latencies in ms,
+    offered rate, unfinished). A job without an outcome drain_cap seconds after the last enqueue counts
+    with its wait so far (a lower bound), and is taken out of incoming/ so that the next figure starts clean."""
+    n = max(20, int(rate * seconds))
+    watch = Inotify(os.path.join(d.spool, "complete"))
+    enqueued = {}
+    try:
+        t0 = time.monotonic()
+        for i in range(n):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            job_id = "%s-%06d" % (tag, i)
+            tmp = os.path.join(d.spool, "tmp", job_id + ".json")
+            with open(tmp, "w") as f:
+                f.write(job_json(job_id))
+            os.rename(tmp, os.path.join(d.spool, "incoming", job_id + ".json"))
+            enqueued[job_id + ".json"] = time.time_ns()
+            if i % 50 == 0:
+                sampler.sample()
+        achieved = n / (time.monotonic() - t0)
+
+        cap = time.monotonic() + drain_cap
+        while time.monotonic() < cap and not all(name in watch.seen for name in enqueued):
+            d.check_alive()
+            time.sleep(0.05)
+        now = time.time_ns()
+    finally:
+        watch.close()
+    unfinished = [name for name in enqueued if name not in watch.seen]
+    for name in unfinished:
+        try:
+            os.unlink(os.path.join(d.spool, "incoming", name))
+        except FileNotFoundError:
+            pass  # claimed meanwhile: it finishes on its own
+    return [(watch.seen.get(name, now) - t) / 1e6 for name, t in enqueued.items()], achieved, len(unfinished)
+
+
+def measure_idle(pids, seconds):
+    """{name: wake-ups per second} of each process over seconds (context switches of all its threads)."""
+    before = {name: context_switches(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    after = {name: context_switches(pid) for name, pid in pids.items()}
+    return {name: (after[name] - before[name]) / elapsed for name in pids
+            if before[name] is not None and after[name] is not None}
+
+
+def restart_times(d, workers):
+    """ms from kill -9 of each slot's worker until stats shows a new pid running there; also (in
+    respawn) until the new pid first shows, in any state, which tells the restart delay from the start-up."""
     def worker_in(slot, not_pid, states):
-        stats = drover.stats()
-        worker = stats and slot_of(stats, slot)
-        if worker and worker.get("pid") not in (0, None, not_pid) and worker.get("state") in states:
-            return worker
+        stats = d.stats()
+        for w in (stats or {}).get("workers", []):
+            if w.get("slot") == slot and w.get("pid") not in (0, None, not_pid) and w.get("state") in states:
+                return w
         return None
-
-    respawned, running = [], []
-    for slot in range(WORKERS):
-        victim = wait_until("slot %d running" % slot, lambda: worker_in(slot, -1, ("running",)), 15)
+    times, respawn = [], []
+    for slot in range(workers):
+        victim = wait_until("slot %d running" % slot, lambda: worker_in(slot, -1, ("running",)), 30)
         os.kill(victim["pid"], signal.SIGKILL)
         started = time.monotonic()
-        wait_until("a new worker in slot %d" % slot, lambda: worker_in(slot, victim["pid"], ("starting", "running")),
-                   30, interval=0.002)
-        respawned.append((time.monotonic() - started) * 1000)
-        replacement = wait_until("slot %d running again" % slot, lambda: worker_in(slot, victim["pid"], ("running",)),
-                                 30, interval=0.002)
-        running.append((time.monotonic() - started) * 1000)
-        if replacement.get("restarts", 0) < 1:
-            raise BenchError("slot %d: restarts is %r after a kill -9" % (slot, replacement.get("restarts")))
-    print("restart after kill -9 of a worker (restart_delay_ms %d, +-20%% jitter), one per slot:" % RESTART_DELAY_MS)
-    print("  new pid in stats:   %s ms" % ", ".join("%.0f" % t for t in respawned))
-    print("  state running:      %s ms" % ", ".join("%.0f" % t for t in running))
+        seen = []
+
+        def running():
+            w = worker_in(slot, victim["pid"], ("starting", "running"))
+            if w and not seen:
+                seen.append((time.monotonic() - started) * 1000)
+            return w and w["state"] == "running"
+        wait_until("a new worker running in slot %d" % slot, running, 30, interval=0.002)
+        times.append((time.monotonic() - started) * 1000)
+        respawn.append(seen[0])
+    return times, respawn
+
+
+def process_roles(d, workers):
+    pids = {"supervisor": d.tree.pid}
+    pids.update({"worker %d" % slot: pid for slot, pid in d.worker_pids().items()})
+    if len(pids) != workers + 1:
+        raise BenchError("expected %d workers, stats shows %s" % (workers, pids))
+    return pids
+
+
+def spool_service(ctx, workers, k, tag):
+    """One long-lived drover: idle wake-ups and RSS, open-loop latency, restart after kill -9."""
+    d = Drover(ctx.path(tag), workers, k)
+    d.start()
+    out = {}
+    try:
+        d.wait_running(workers)
+        time.sleep(0.5)  # let start-up settle before calling it idle
+        pids = process_roles(d, workers)
+        out["idle_load1"] = load1()
+        out["wakeups"] = measure_idle(pids, ctx.scale["idle_s"])
+        out["rss_idle_kb"] = {name: rss_kb(pid) for name, pid in pids.items()}
+        sampler = RssSampler(d.tree.pid)
+        for rate in RATES:
+            load = load1()
+            lat, achieved, unfinished = open_loop_spool(d, rate, ctx.scale["latency_s"], ctx.scale["drain_cap_s"],
+                                                        "%s-r%d" % (tag, rate), sampler)
+            out["latency_%d" % rate] = {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+                                        "jobs": len(lat), "unfinished": unfinished, "offered_per_s": achieved,
+                                        "load1": load}
+        out["rss_busy_kb"] = dict(sampler.peak)
+        out["restart_load1"] = load1()
+        out["restart_ms"], out["respawn_ms"] = restart_times(d, workers)
+        d.stop()
+    except BaseException:
+        d.tree.kill()
+        raise
+    return out
+
+
+def bench_spool(ctx, workers, k):
+    name = "spool %dx%d" % (workers, k)
+    n = ctx.spool_jobs
+    rounds = []
+    for r in range(ctx.pairs):
+        ctx.say("%s: pair %d/%d, %d jobs" % (name, r + 1, ctx.pairs, n))
+        ceiling = ceiling_round(ctx, workers, k, n, "ceil-s%dx%d-%d" % (workers, k, r))
+        drover = spool_drover_round(ctx, workers, k, n, "spool%dx%d-%d" % (workers, k, r))
+        rounds.append({"ceiling": ceiling, "drover": drover})
+    ctx.say("%s: idle, latency, restart" % name)
+    service = spool_service(ctx, workers, k, "svc-spool%dx%d" % (workers, k))
+    for role in ("supervisor", "worker"):  # busy: the backlog rounds and the open-loop runs
+        service["rss_busy_kb"][role] = max([service["rss_busy_kb"][role]] +
+                                           [r["drover"]["rss_busy_kb"][role] for r in rounds])
+    ctx.results[name] = {"backend": "spool", "workers": workers, "max_concurrent": k, "jobs": n,
+                         "rounds": rounds, "service": service}
+    paired_rows(ctx, name, rounds, "ceiling", "spawn ceiling",
+                jobs_target=at_least(0.90), cpu_target=at_most_ratio(1.15))
+    service_rows(ctx, name, service, workers, backend="spool")
+
+
+# ---- Kafka ---------------------------------------------------------------------------
+
+class MockBroker:
+    """build/support/mock_broker in its own process, driven over its stdin."""
+
+    def __init__(self, workdir):
+        self.err = open(os.path.join(workdir, "mock_broker.stderr"), "wb")
+        self.proc = subprocess.Popen([MOCK_BROKER, STATUS_TOPIC + ":3", FAILED_TOPIC + ":3"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     start_new_session=True)
+        self.buf = b""
+        self.bootstrap = self.read_line(10)
+
+    def read_line(self, timeout):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise BenchError("mock_broker did not answer")
+            if select.select([self.proc.stdout], [], [], left)[0]:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise BenchError("mock_broker exited")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def command(self, line):
+        self.proc.stdin.write((line + "\n").encode())
+        self.proc.stdin.flush()
+        answer = self.read_line(15)
+        if not answer.startswith("ok"):
+            raise BenchError("mock_broker %r: %s" % (line, answer))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, BrokenPipeError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.err.close()
+
+
+class KafkaSide:
+    """The bench's own clients on the mock: topics, the backlog producer, the outcome reader."""
+
+    def __init__(self, mock):
+        from confluent_kafka import Producer
+        self.mock = mock
+        self.producer = Producer({"bootstrap.servers": mock.bootstrap, "linger.ms": 0,
+                                  "log.connection.close": False})
+
+    def topics(self, tag):
+        req, done = "bench.%s.requests" % tag, "bench.%s.complete" % tag
+        self.mock.command("create %s %d" % (req, KAFKA_PARTITIONS))
+        self.mock.command("create %s 3" % done)
+        return req, done
+
+    def produce(self, topic, job_id, partition):
+        """Produces one job; returns its timestamp in ms (set here, so it is the enqueue time)."""
+        ts = time.time_ns() // 1000000
+        while True:
+            try:
+                self.producer.produce(topic, key=job_id.encode(), value=job_json(job_id).encode(),
+                                      partition=partition, timestamp=ts)
+                break
+            except BufferError:
+                self.producer.poll(0.01)
+        self.producer.poll(0)
+        return ts
+
+    def flush(self):
+        if self.producer.flush(30) != 0:
+            raise BenchError("the bench's producer could not deliver its jobs")
+
+    def backlog(self, topic, prefix, n):
+        ids = ["%s-%06d" % (prefix, i) for i in range(n)]
+        for i, job_id in enumerate(ids):
+            self.produce(topic, job_id, i % KAFKA_PARTITIONS)
+        self.flush()
+        return ids
+
+    def outcomes(self, topic, ids, timeout, alive=None, partial=False):
+        """{id: outcome timestamp ms} once every id has one on topic; after timeout, what is there
+        when partial, else BenchError."""
+        from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+        c = Consumer({"bootstrap.servers": self.mock.bootstrap, "group.id": "bench-reader",
+                      "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(3)])
+        wanted, seen = set(ids), {}
+        deadline = time.monotonic() + timeout
+        try:
+            while not wanted <= seen.keys():
+                if time.monotonic() > deadline:
+                    if partial:
+                        break
+                    raise BenchError("%d of %d outcomes on %s after %.0f s"
+                                     % (len(wanted & seen.keys()), len(wanted), topic, timeout))
+                if alive:
+                    alive()
+                for m in c.consume(1000, 0.2):
+                    if m.error() is None and m.key() is not None:
+                        seen.setdefault(m.key().decode(), m.timestamp()[1])
+        finally:
+            c.close()
+        return {i: seen[i] for i in wanted if i in seen}
+
+    def count(self, topic):
+        """Messages on topic (3 partitions): the sum of the high watermarks."""
+        from confluent_kafka import Consumer, TopicPartition
+        c = Consumer({"bootstrap.servers": self.mock.bootstrap, "group.id": "bench-reader"})
+        try:
+            return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(3))
+        finally:
+            c.close()
+
+
+def kafka_drover(ctx, workers, k, req, done, group, tag, fetch_wait=True):
+    # The mock waits fetch.wait.max.ms on every empty fetch: lowered for the busy figures, left at
+    # librdkafka's default (with its default heartbeat) for the idle ones.
+    lib = {"session.timeout.ms": 6000}
+    if fetch_wait:
+        lib.update({"fetch.wait.max.ms": 5, "heartbeat.interval.ms": 500})
+    return Drover(ctx.path(tag), workers, k, backend="kafka", extra={
+        "kafka": {"brokers": ctx.mock.bootstrap, "group_id": group, "static_membership": "false",
+                  "requests_topic": req, "complete_topic": done, "status_topic": STATUS_TOPIC,
+                  "failed_topic": FAILED_TOPIC},
+        "librdkafka": lib})
+
+
+def peer_pool(ctx, workers, k, req, done, group, tag):
+    args = [PYTHON, PEER_POOL, "--bootstrap", ctx.mock.bootstrap, "--topic", req, "--complete", done,
+            "--group", group, "--processes", str(workers), "--threads", str(k), "--fetch-wait-ms", "5"]
+    return Tree(args, ctx.workdir, tag, stdout=subprocess.PIPE)
+
+
+class PeerAssignments:
+    """Reads peer_pool's "assigned PID N" lines in a thread; total() is the partitions held."""
+
+    def __init__(self, tree):
+        self.held = {}
+        self.thread = threading.Thread(target=self._run, args=(tree.proc.stdout,), daemon=True)
+        self.thread.start()
+
+    def _run(self, stream):
+        for line in stream:
+            parts = line.decode(errors="replace").split()
+            if len(parts) == 3 and parts[0] == "assigned":
+                self.held[parts[1]] = int(parts[2])
+
+    def stable(self, processes):
+        """Every process holds partitions and together they hold all: no rebalance is still to come."""
+        held = list(self.held.values())
+        return len(held) == processes and all(held) and sum(held) == KAFKA_PARTITIONS
+
+
+def group_stable(d, workers):
+    """Every worker of d holds partitions and together they hold all of them."""
+    s = d.stats()
+    if not s:
+        return False
+    held = [len((w.get("kafka") or {}).get("partitions", [])) for w in s["workers"] if w.get("pid")]
+    return len(held) == workers and all(held) and sum(held) == KAFKA_PARTITIONS
+
+
+class KafkaPool:
+    """drover or the peer pool on one requests topic, in its own group; tree is the process to reap."""
+
+    def __init__(self, ctx, system, workers, k, req, done, tag):
+        self.system, self.workers = system, workers
+        if system == "drover":
+            self.drover = kafka_drover(ctx, workers, k, req, done, "g-" + tag, tag).start()
+            self.tree = self.drover.tree
+        else:
+            self.tree = peer_pool(ctx, workers, k, req, done, "g-" + tag, tag)
+            self.assigned = PeerAssignments(self.tree)
+
+    def alive(self):
+        if self.system == "drover":
+            self.drover.check_alive()
+        elif not self.tree.running():
+            raise BenchError("peer_pool exited: %s" % self.tree.tail())
+
+    def wait_stable(self):
+        """Until every member holds partitions and together all of them, so no rebalance is measured."""
+        def stable():
+            self.alive()
+            if self.system == "drover":
+                return group_stable(self.drover, self.workers)
+            return self.assigned.stable(self.workers)
+        wait_until("%s group to hold all %d partitions" % (self.system, KAFKA_PARTITIONS), stable, 90, interval=0.1)
+
+
+def kafka_throughput(ctx, system, workers, k, n, tag):
+    """A backlog produced at once into a stable group; jobs/s from the first to the last outcome."""
+    req, done = ctx.kafka.topics(tag)
+    load = load1()
+    pool = KafkaPool(ctx, system, workers, k, req, done, tag)
+    sampler = RssSampler(pool.tree.pid)
+
+    def check():
+        pool.alive()
+        sampler.sample()
+    try:
+        pool.wait_stable()
+        ids = ctx.kafka.backlog(req, tag, n)
+        stamps = ctx.kafka.outcomes(done, ids, ctx.scale["round_cap_s"], alive=check, partial=True)
+        cpu = pool.tree.finish(signal.SIGTERM, timeout=30)
+        finished = ctx.kafka.count(done)  # by the stop, duplicates included: they cost CPU too
+    except BaseException:
+        pool.tree.kill()
+        raise
+    if len(stamps) < 2 or not finished:
+        raise BenchError("%s: %d outcomes within %.0f s" % (tag, len(stamps), ctx.scale["round_cap_s"]))
+    first, last = min(stamps.values()), max(stamps.values())
+    return {"jobs_per_s": (len(stamps) - 1) / max(0.001, (last - first) / 1000.0),
+            "cpu_ms_per_job": cpu * 1000 / finished, "jobs": n, "finished": finished, "capped": len(stamps) < n,
+            "load1": load, "rss_busy_kb": dict(sampler.peak)}
+
+
+def open_loop_kafka(ctx, req, done, rate, seconds, tag, alive):
+    """Produces rate jobs/s for seconds; returns (latencies in ms, offered rate, unfinished). A job
+    without an outcome drain_cap_s after the last produce counts with its wait so far (a lower bound)."""
+    n = max(20, int(rate * seconds))
+    sent = {}
+    t0 = time.monotonic()
+    for i in range(n):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        job_id = "%s-%06d" % (tag, i)
+        sent[job_id] = ctx.kafka.produce(req, job_id, i % KAFKA_PARTITIONS)
+    achieved = n / (time.monotonic() - t0)
+    ctx.kafka.flush()
+    stamps = ctx.kafka.outcomes(done, sent, ctx.scale["drain_cap_s"], alive=alive, partial=True)
+    now = time.time_ns() // 1000000
+    return [float(stamps.get(i, now) - sent[i]) for i in sent], achieved, len(sent) - len(stamps)
+
+
+def kafka_latency(ctx, system, workers, k, tag):
+    """Open-loop latency at each rate on one long-lived pool that holds every partition."""
+    req, done = ctx.kafka.topics(tag)
+    pool = KafkaPool(ctx, system, workers, k, req, done, tag)
+    out = {}
+    try:
+        pool.wait_stable()
+        # One job per partition first, so that neither the bench's producer (topic metadata) nor the
+        # pool (first fetch of each partition) is measured warming up.
+        warm = {}
+        for p in range(KAFKA_PARTITIONS):
+            warm["%s-warm-%d" % (tag, p)] = ctx.kafka.produce(req, "%s-warm-%d" % (tag, p), p)
+        ctx.kafka.flush()
+        ctx.kafka.outcomes(done, warm, 60, alive=pool.alive)
+        for rate in RATES:
+            load = load1()
+            lat, achieved, unfinished = open_loop_kafka(ctx, req, done, rate, ctx.scale["latency_s"],
+                                                        "%s-r%d" % (tag, rate), pool.alive)
+            out["latency_%d" % rate] = {"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+                                        "jobs": len(lat), "unfinished": unfinished, "offered_per_s": achieved,
+                                        "load1": load}
+        pool.tree.finish(signal.SIGTERM, timeout=30)
+    except BaseException:
+        pool.tree.kill()
+        raise
+    return out
+
+
+def kafka_idle(ctx, workers, k, tag):
+    """Idle wake-ups and RSS with librdkafka's own fetch wait (not the mock's 5 ms), then restart after kill -9."""
+    req, done = ctx.kafka.topics(tag)
+    d = kafka_drover(ctx, workers, k, req, done, "g-" + tag, tag, fetch_wait=False).start()
+    out = {}
+    try:
+        def joined():
+            return group_stable(d, workers)
+        wait_until("%s to hold all partitions" % tag, joined, 60, interval=0.1)
+        time.sleep(0.5)
+        pids = process_roles(d, workers)
+        out["idle_load1"] = load1()
+        out["wakeups"] = measure_idle(pids, ctx.scale["idle_s"])
+        out["rss_idle_kb"] = {name: rss_kb(pid) for name, pid in pids.items()}
+        out["restart_load1"] = load1()
+        out["restart_ms"], out["respawn_ms"] = restart_times(d, workers)
+        d.stop()
+    except BaseException:
+        d.tree.kill()
+        raise
+    return out
+
+
+def bench_kafka(ctx, workers, k):
+    name = "kafka %dx%d" % (workers, k)
+    n = ctx.kafka_jobs
+    rounds = []
+    for r in range(ctx.pairs):
+        ctx.say("%s: round %d/%d, %d jobs" % (name, r + 1, ctx.pairs, n))
+        rnd = {}
+        # Alternate which pool goes first, so that drift does not favour one.
+        order = ("peer", "drover") if r % 2 else ("drover", "peer")
+        for system in order:
+            rnd[system] = kafka_throughput(ctx, system, workers, k, n, "k%dx%d-%s-%d" % (workers, k, system, r))
+        rnd["ceiling"] = ceiling_round(ctx, workers, k, n, "ceil-k%dx%d-%d" % (workers, k, r))
+        rounds.append(rnd)
+    ctx.say("%s: latency (drover, peer pool), idle, restart" % name)
+    service = kafka_latency(ctx, "drover", workers, k, "lat%dx%d-drover" % (workers, k))
+    peer = kafka_latency(ctx, "peer", workers, k, "lat%dx%d-peer" % (workers, k))
+    service.update(kafka_idle(ctx, workers, k, "idle%dx%d" % (workers, k)))
+    busy = {"supervisor": max(r["drover"]["rss_busy_kb"]["supervisor"] for r in rounds),
+            "worker": max(r["drover"]["rss_busy_kb"]["worker"] for r in rounds)}
+    service["rss_busy_kb"] = busy
+    ctx.results[name] = {"backend": "kafka", "workers": workers, "max_concurrent": k, "jobs": n,
+                         "rounds": rounds, "service": service, "peer_latency": peer}
+    paired_rows(ctx, name, rounds, "ceiling", "spawn ceiling", jobs_target=at_least(0.85), cpu_target=None)
+    paired_rows(ctx, name, rounds, "peer", "python pool", jobs_target=at_least(1.30), cpu_target=None)
+    service_rows(ctx, name, service, workers, backend="kafka", peer=peer)
+
+
+# ---- the table -------------------------------------------------------------------------
+
+class Context:
+    def __init__(self, scale_name, workdir):
+        self.scale_name = scale_name
+        self.scale = dict(SCALES[scale_name])
+        jobs = os.environ.get("BENCH_JOBS")
+        self.spool_jobs = int(jobs) if jobs else self.scale["spool_jobs"]
+        self.kafka_jobs = int(jobs) if jobs else self.scale["kafka_jobs"]
+        self.pairs = int(os.environ.get("BENCH_PAIRS") or self.scale["pairs"])
+        self.workdir = workdir
+        self.results = {}
+        self.rows = []
+        self.mock = None
+        self.kafka = None
+        self.t0 = time.monotonic()
+
+    def path(self, tag):
+        return os.path.join(self.workdir, tag)
+
+    def say(self, text):
+        print("[%5.1f s, load %.2f] %s" % (time.monotonic() - self.t0, load1(), text), flush=True)
+
+    def row(self, config, figure, drover, reference=None, ratio=None, target=None, unit="", load=None, note=""):
+        text, check = target if target else ("", None)
+        met = None if check is None else bool(check(drover, ratio))
+        self.rows.append({"config": config, "figure": figure, "unit": unit, "drover": drover,
+                          "reference": reference, "ratio": ratio, "target": text, "met": met, "load1": load,
+                          "note": note})
+
+
+def paired_rows(ctx, name, rounds, ref_key, ref_name, jobs_target, cpu_target):
+    loads = [r["drover"]["load1"] for r in rounds]
+    capped = sum(1 for r in rounds for side in ("drover", ref_key) if r[side].get("capped"))
+    note = "%d round(s) stopped at %.0f s" % (capped, ctx.scale["round_cap_s"]) if capped else ""
+    for figure, key, unit, target in (("jobs/s vs %s" % ref_name, "jobs_per_s", "jobs/s", jobs_target),
+                                      ("CPU per job vs %s" % ref_name, "cpu_ms_per_job", "ms", cpu_target)):
+        ratios = [r["drover"][key] / r[ref_key][key] for r in rounds if r[ref_key][key]]
+        ctx.row(name, figure, median([r["drover"][key] for r in rounds]), median([r[ref_key][key] for r in rounds]),
+                median(ratios), target, unit, median(loads), note)
+
+
+def service_rows(ctx, name, s, workers, backend, peer=None):
+    for rate in RATES:
+        lat = s["latency_%d" % rate]
+        for p in ("p50", "p99"):
+            ref = peer["latency_%d" % rate]["%s_ms" % p] if peer else None
+            ratio = lat["%s_ms" % p] / ref if ref else None
+            if p == "p99":
+                target = at_most_ratio(0.80) if peer else at_most(10, "ms")
+            else:
+                target = None
+            note = "offered %.0f/s" % lat["offered_per_s"]
+            if lat["unfinished"]:
+                note += ", %d unfinished: a lower bound" % lat["unfinished"]
+            ctx.row(name, "latency %s at %d/s" % (p, rate), lat["%s_ms" % p], ref, ratio, target, "ms",
+                    lat["load1"], note)
+    worker_names = sorted(n for n in s["wakeups"] if n.startswith("worker"))
+    ctx.row(name, "idle wake-ups/s, supervisor", s["wakeups"].get("supervisor"), unit="/s", load=s["idle_load1"])
+    ctx.row(name, "idle wake-ups/s, worst worker", max(s["wakeups"][n] for n in worker_names),
+            target=at_most(1, "/s"), unit="/s", load=s["idle_load1"])
+    idle_limit, busy_limit = (3, None) if backend == "spool" else (6, 12)
+    idle, busy = s["rss_idle_kb"], s["rss_busy_kb"]
+    ctx.row(name, "RSS supervisor idle", idle["supervisor"] / MIB, target=at_most(6, "MiB"), unit="MiB",
+            load=s["idle_load1"])
+    ctx.row(name, "RSS supervisor busy", busy["supervisor"] / MIB, target=at_most(6, "MiB"), unit="MiB")
+    ctx.row(name, "RSS worker idle (largest)", max(idle[n] for n in worker_names) / MIB,
+            target=at_most(idle_limit, "MiB"), unit="MiB", load=s["idle_load1"])
+    ctx.row(name, "RSS worker busy (largest)", busy["worker"] / MIB,
+            target=at_most(busy_limit, "MiB") if busy_limit else None, unit="MiB")
+    ctx.row(name, "restart after kill -9, slowest slot", max(s["restart_ms"]),
+            target=at_most(150 + RESTART_DELAY_MS, "ms"), unit="ms", load=s["restart_load1"],
+            note="new pid shown after %.0f ms" % max(s["respawn_ms"]))
+
+
+def fmt(value, unit=""):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return ("%.2f" if abs(value) < 10 else "%.0f") % value
+    return str(value)
+
+
+def print_table(rows):
+    head = ("config", "figure", "drover", "reference", "ratio", "target (issue 7)", "met", "load1")
+    lines = [head]
+    for r in rows:
+        met = "" if r["met"] is None else ("met" if r["met"] else "NOT MET")
+        figure = "%s [%s]" % (r["figure"], r["unit"]) if r["unit"] else r["figure"]
+        if r.get("note"):
+            figure += " (%s)" % r["note"]
+        lines.append((r["config"], figure,
+                      fmt(r["drover"]), fmt(r["reference"]), fmt(r["ratio"]), r["target"], met, fmt(r["load1"])))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for i, line in enumerate(lines):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
+        if i == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(out))
+
+
+def parse_configs(text):
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        p, _, k = item.partition("x")
+        out.append((int(p), int(k)))
+    return out
+
+
+def check_built():
+    missing = [p for p in (os.path.join(BUILD, "drover"), CEILING) if not os.access(p, os.X_OK)]
+    kafka = os.environ.get("BENCH_KAFKA", "2x4")
+    if kafka and not os.access(MOCK_BROKER, os.X_OK):
+        missing.append(MOCK_BROKER)
+    return missing
 
 
 def main():
-    for program in ("drover", "droverctl"):
-        if not os.access(os.path.join(BUILD, program), os.X_OK):
-            print("bench: %s/%s is missing: run make first" % (BUILD, program), file=sys.stderr)
-            return 2
-    workdir = tempfile.mkdtemp(prefix="drover-bench-")
-    drover = Drover(workdir)
+    scale = os.environ.get("BENCH_SCALE", "full")
+    if scale not in SCALES:
+        print("bench: BENCH_SCALE must be one of %s" % ", ".join(SCALES), file=sys.stderr)
+        return 2
+    missing = check_built()
+    if missing:
+        print("bench: not built: %s (make bench builds them)" % ", ".join(missing), file=sys.stderr)
+        return 2
+    workdir = tempfile.mkdtemp(prefix="bench-", dir=BUILD)
+    ctx = Context(scale, workdir)
+    spool_configs = parse_configs(os.environ.get("BENCH_SPOOL", "2x4,3x4"))
+    kafka_configs = parse_configs(os.environ.get("BENCH_KAFKA", "2x4"))
+    meta = {"scale": scale, "spool_jobs": ctx.spool_jobs, "kafka_jobs": ctx.kafka_jobs, "pairs": ctx.pairs,
+            "handler": HANDLER, "job_bytes": JOB_BYTES, "cpus": os.cpu_count(), "load1_at_start": load1(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build": BUILD}
     try:
-        drover.start()
-        bench_throughput(drover)
-        bench_restart(drover)
-    except (BenchError, subprocess.SubprocessError) as e:
+        for workers, k in spool_configs:
+            bench_spool(ctx, workers, k)
+        if kafka_configs:
+            ctx.mock = MockBroker(workdir)
+            ctx.kafka = KafkaSide(ctx.mock)
+            for workers, k in kafka_configs:
+                bench_kafka(ctx, workers, k)
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
         print("bench: %s (files kept in %s)" % (e, workdir), file=sys.stderr)
-        drover.stop()
         return 1
-    drover.stop()
+    finally:
+        if ctx.kafka:
+            ctx.kafka.producer.flush(5)
+            ctx.kafka.producer = None  # its threads end before the mock goes, which would be logged
+        if ctx.mock:
+            ctx.mock.stop()
+    meta["seconds"] = time.monotonic() - ctx.t0
+    report = {"meta": meta, "rows": ctx.rows, "results": ctx.results}
+    path = os.environ.get("BENCH_JSON") or os.path.join(BUILD, "bench.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+    os.rename(path + ".tmp", path)
+    print()
+    print_table(ctx.rows)
+    print("\n%s scale, %d pair(s), %.0f s%s; JSON: %s" % (scale, ctx.pairs, meta["seconds"],
+          " (over the 5-minute budget: lower BENCH_JOBS or BENCH_PAIRS)" if meta["seconds"] > 300 else "", path))
     if os.environ.get("BENCH_KEEP"):
         print("files kept in %s" % workdir)
     else:
