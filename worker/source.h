@@ -26,6 +26,7 @@ struct job {
 	size_t payload_len;
 	int attempts_done;   /* attempts already made before this delivery */
 	bool invalid;        /* not a JSON object: fail with invalid_job, never run */
+	const char *invalid_reason; /* static sentence saying why, NULL = not a JSON object */
 	bool completed;      /* set by the worker before finish(): what settles, for the counters */
 	double duration_s;   /* of the completing attempt, for the duration histogram */
 	void *backend;       /* the source's own per-job state */

@@ -99,6 +99,7 @@
 #define SPOOL_TMP_NEW_S 10            /* an empty, lockable outcome file younger than this may be mid-creation */
 #define SPOOL_FILE_MODE 0640
 #define SPOOL_MAX_PAYLOAD (16u * 1024 * 1024)
+#define SPOOL_MAX_PAYLOAD_TEXT "16 MiB"
 #define SPOOL_INVALID_PREFIX 4096     /* bytes of an oversized payload kept for the failed document */
 #define SPOOL_SAFETY_S 1.0            /* a safety pass at most this often */
 #define SPOOL_BACKSTOP_S 2.5          /* ...and at least this often, while healthy, when take() is not called */
@@ -904,6 +905,7 @@ static bool load_payload(struct job *job, const struct spool_claim *claim, off_t
 		log_warn("spool: read %s", claim->name);
 		job->payload = strdup("");
 		job->invalid = true;
+		job->invalid_reason = "the job file cannot be read";
 	} else if (errno == EFBIG) {
 		log_warnx("spool: %s is larger than %u bytes: invalid job", claim->name, SPOOL_MAX_PAYLOAD);
 		len = len > SPOOL_INVALID_PREFIX ? SPOOL_INVALID_PREFIX : len;
@@ -912,6 +914,7 @@ static bool load_payload(struct job *job, const struct spool_claim *claim, off_t
 			job->payload = prefix;
 		job->payload[len] = '\0';
 		job->invalid = true;
+		job->invalid_reason = "the job file is larger than " SPOOL_MAX_PAYLOAD_TEXT;
 	}
 	job->payload_len = len;
 	return job->payload != NULL;
@@ -935,6 +938,7 @@ static struct job *job_from_claim(struct spool_claim *claim, off_t size, int att
 			/* Failed as invalid_job under the file name's id, which is safe to show and log. */
 			log_warnx("spool: %s: %s: invalid job", claim->name, problem);
 			job->invalid = true;
+			job->invalid_reason = problem;
 		}
 	}
 	if (job->id == NULL)

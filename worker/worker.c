@@ -607,7 +607,7 @@ static bool worker_refuses_job(struct worker *w, struct task *t)
 
 	const char *id_problem = event_job_id_problem(job->id, strlen(job->id));
 	if (job->invalid) {
-		failure.message = "the message is not a JSON object";
+		failure.message = job->invalid_reason != NULL ? job->invalid_reason : "the message is not a JSON object";
 	} else if (id_problem != NULL) {
 		log_warnx("job with an id of %zu bytes: %s", strlen(job->id), id_problem);
 		failure.message = id_problem;
