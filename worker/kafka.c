@@ -3,9 +3,11 @@
  * the consumer group, with its own consumer and producer, created after fork
  * in open(). librdkafka wakes the worker's libev loop through a pipe
  * (rd_kafka_queue_io_event_enable on the consumer queue, which also carries
- * the consumer's main queue, and on the producer's main queue); a short timer
- * polls as well, because the pipe is written only when a queue becomes
- * non-empty and max.poll.interval.ms counts polls.
+ * the consumer's main queue, and on the producer's main queue), and every
+ * wake-up drains both queues. A timer polls as well, but rarely: once a second
+ * while work or a fault is there (a fault's age is shown in stats), and when
+ * idle only often enough for max.poll.interval.ms, which counts polls. An idle
+ * worker's own thread thus sleeps; what wakes it then is librdkafka's threads.
  *
  * At-least-once: per partition, every offset received is tracked until its
  * complete or failed event is acknowledged by the broker (idempotent producer,
@@ -43,7 +45,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#define POLL_INTERVAL_S 0.2
+#define BUSY_POLL_S 1.0
+#define IDLE_POLL_MAX_S 30.0
 #define PROGRESS_INTERVAL_MS 1000
 #define OUTCOME_RETRY_FIRST_MS 500
 #define OUTCOME_RETRY_MAX_MS 30000
@@ -124,6 +127,7 @@ struct source {
 	int wake_fd[2];
 	ev_io wake_watcher;
 	ev_timer poll_timer;
+	double idle_poll_s;      /* the timer's period while nothing is in flight */
 	ev_prepare flow_watcher;
 
 	struct kpart *parts;
@@ -166,6 +170,7 @@ struct source {
 };
 
 static void serve(struct source *src);
+static void poll_timer_adjust(struct source *src);
 static void revoke_check(struct source *src);
 static void outcome_produce(struct kjob *kj);
 
@@ -1095,6 +1100,7 @@ static void wake_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 	while (read_some(watcher->fd, buf, sizeof(buf)) > 0)
 		;
 	serve(src);
+	poll_timer_adjust(src);
 }
 
 static const char *kafka_fault(struct source *src);
@@ -1124,10 +1130,31 @@ static void publish_fault(struct source *src)
 	snprintf(src->published_fault, sizeof(src->published_fault), "%s", text);
 }
 
+/* Nothing in flight and no fault shown or about to be: nothing whose age matters. */
+static bool source_idle(const struct source *src)
+{
+	return src->out.head == NULL && src->buffered == 0 && src->revoking == NULL && src->fault_text[0] == '\0' &&
+	       src->fatal[0] == '\0' && !src->brokers_down && !src->topic_missing && src->outcomes_retrying == 0;
+}
+
+/* The poll timer's period follows the work: a second while busy, rarely when idle. */
+static void poll_timer_adjust(struct source *src)
+{
+	double want = source_idle(src) ? src->idle_poll_s : BUSY_POLL_S;
+	if (src->poll_timer.repeat == want)
+		return;
+	src->poll_timer.repeat = want;
+	/* Going busy: the next tick within a second; going idle: the tick already due stays. */
+	if (want < src->idle_poll_s || !ev_is_active(&src->poll_timer))
+		ev_timer_again(src->loop, &src->poll_timer);
+}
+
 static void poll_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
-	serve(timer->data);
-	publish_fault(timer->data);
+	struct source *src = timer->data;
+	serve(src);
+	publish_fault(src);
+	poll_timer_adjust(src);
 }
 
 /* ---- open --------------------------------------------------------------- */
@@ -1171,6 +1198,8 @@ static rd_kafka_t *create_handle(struct source *src, enum kafka_role role, char 
 		long long limit = conf_ms(conf, "max.poll.interval.ms", 300000) / 2;
 		src->drain_ms = src->cfg->shutdown_timeout_ms < limit ? src->cfg->shutdown_timeout_ms : limit;
 		src->commit_stall_ms = 2 * conf_ms(conf, "auto.commit.interval.ms", 5000) + 500;
+		double idle = (double)conf_ms(conf, "max.poll.interval.ms", 300000) / 4000.0;
+		src->idle_poll_s = idle < BUSY_POLL_S ? BUSY_POLL_S : idle > IDLE_POLL_MAX_S ? IDLE_POLL_MAX_S : idle;
 	} else {
 		rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
 	}
@@ -1216,7 +1245,7 @@ static int setup_wakeup(struct source *src, char *err, size_t errlen)
 	ev_io_init(&src->wake_watcher, wake_cb, src->wake_fd[0], EV_READ);
 	src->wake_watcher.data = src;
 	ev_io_start(src->loop, &src->wake_watcher);
-	ev_timer_init(&src->poll_timer, poll_timer_cb, POLL_INTERVAL_S, POLL_INTERVAL_S);
+	ev_timer_init(&src->poll_timer, poll_timer_cb, BUSY_POLL_S, BUSY_POLL_S);
 	src->poll_timer.data = src;
 	ev_timer_start(src->loop, &src->poll_timer);
 	ev_prepare_init(&src->flow_watcher, flow_cb);

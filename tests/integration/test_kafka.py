@@ -392,3 +392,31 @@ def test_more_workers_than_partitions_stop_cleanly(mock, drover, fast_handler):
     assert early.stop() == 0
     exits = [l for l in early.log_text().splitlines() if "exited:" in l and "worker" in l]
     assert len(exits) == 2 and all(l.endswith("exited: exit 0") for l in exits), exits
+
+
+def _thread_switches(pid, tid):
+    with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+        return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+
+
+def test_idle_worker_thread_sleeps(mock, drover, fast_handler):
+    # An idle worker's own thread (not librdkafka's) wakes only for its heartbeat and librdkafka's
+    # events: no polling timer. Counted in context switches over a fixed window of jobs-free time;
+    # a 0.2 s poll timer alone would add 5 per second.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=1, handler=handler, runs_dir=runs,
+                          librdkafka={"statistics.interval.ms": 60000})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 1)
+    jobs = kh.make_jobs(5, prefix="warm")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 60, drover=d)
+    pid = list(d.worker_pids().values())[0]
+    time.sleep(2)  # the last outcome's acknowledgement and commit settle
+    window = 6.0
+    before = _thread_switches(pid, pid)
+    time.sleep(window)
+    woke = _thread_switches(pid, pid) - before
+    # The heartbeat (1/s) plus a few librdkafka events (commits, rare polls).
+    assert woke <= 2 * window, "worker thread woke %d times in %.0f s while idle" % (woke, window)
