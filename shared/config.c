@@ -182,6 +182,9 @@ static const struct opt_spec option_table[] = {
 	  "group.instance.id = <instance_id>-<slot>", NULL, NULL },
 	{ "kafka", "instance_id", OPT_STRING, false, CFG(instance_id), 0, 0, "", NULL,
 	  "default: the host name", NULL, NULL },
+	{ "kafka", "max_uncommitted", OPT_INT, false, CFG(kafka_max_uncommitted), 0, 1000000, "0", NULL,
+	  "per partition, offsets past the oldest unfinished one a worker may take (what a crash can repeat); "
+	  "0 = 2 x max_concurrent", NULL, NULL },
 	{ "kafka", "security_protocol", OPT_ENUM, false, CFG(security_protocol), 0, 0, "plaintext", NULL,
 	  "KAFKA_SSL=true selects ssl (sasl_ssl when a SASL user is set), false plaintext (sasl_plaintext)",
 	  NULL, security_names },

@@ -135,6 +135,7 @@ struct source {
 	struct kjob_list out;    /* taken: running or settling */
 	size_t buffer_cap;       /* the worker's share of prefetched messages, spread over its partitions */
 	int64_t uncommitted_max; /* while commits fail: acknowledged offsets a partition may run ahead */
+	int64_t window;          /* [kafka] max_uncommitted: offsets past the oldest unfinished one that may be taken */
 	long long commit_stall_ms; /* no successful commit for this long counts as failing */
 	unsigned long take_seq;
 	bool flow_dirty;
@@ -354,6 +355,21 @@ static void part_ack(struct source *src, struct kpart *p, int64_t offset)
 	memmove(p->done, p->done + prefix, (p->count - prefix) * sizeof(*p->done));
 	p->count -= prefix;
 	store_offset(src, p);
+	if (p->queue.head != NULL)
+		src->wake_worker = true; /* the window moved: the partition may hand out jobs again */
+}
+
+/*
+ * Whether the partition's next job lies within max_uncommitted offsets of its
+ * oldest unfinished one (offsets[0]: taken jobs go in offset order, so it is
+ * either running or the next job itself). Everything from there on runs again
+ * if the worker dies, so this bounds what one slow job at a partition's head
+ * can make a crash repeat.
+ */
+static bool part_in_window(const struct source *src, const struct kpart *p)
+{
+	const struct kjob *next = p->queue.head;
+	return next == NULL || p->count == 0 || next->offset - p->offsets[0] < src->window;
 }
 
 /* The job still belongs to the partition's current assignment. */
@@ -1275,6 +1291,7 @@ static struct source *kafka_open(const struct config *cfg, struct ev_loop *loop,
 	size_t cap = cfg->max_concurrent > 0 ? (size_t)cfg->max_concurrent : 1;
 	src->buffer_cap = cap < 2 ? 2 : cap > BUFFER_MAX ? BUFFER_MAX : cap;
 	src->uncommitted_max = (int64_t)src->buffer_cap;
+	src->window = cfg->kafka_max_uncommitted > 0 ? cfg->kafka_max_uncommitted : 2 * (int64_t)cap;
 	src->max_event_bytes = producer_max_bytes(cfg, slot);
 
 	src->producer = create_handle(src, KAFKA_ROLE_PRODUCER, err, errlen);
@@ -1304,7 +1321,8 @@ static int kafka_take(struct source *src, struct job **job)
 		return 1;
 	struct kpart *next = NULL;
 	for (struct kpart *p = src->parts; p != NULL; p = p->next)
-		if (p->queue.head != NULL && !part_held_back(src, p) && (next == NULL || p->taken_seq < next->taken_seq))
+		if (p->queue.head != NULL && !part_held_back(src, p) && part_in_window(src, p) &&
+		    (next == NULL || p->taken_seq < next->taken_seq))
 			next = p;
 	if (next == NULL)
 		return 1;

@@ -420,3 +420,49 @@ def test_idle_worker_thread_sleeps(mock, drover, fast_handler):
     woke = _thread_switches(pid, pid) - before
     # The heartbeat (1/s) plus a few librdkafka events (commits, rare polls).
     assert woke <= 2 * window, "worker thread woke %d times in %.0f s while idle" % (woke, window)
+
+
+HANG_HANDLER = r"""#!/bin/sh
+# Records each run; a job with "hang" sleeps while the file $KRUN_DIR/../hang exists.
+job=$(cat)
+: > "$KRUN_DIR/$DROVER_JOB_ID.$$"
+case "$job" in
+*'"hang"'*) while [ -e "$KRUN_DIR/../hang" ]; do sleep 0.1; done ;;
+esac
+printf '{"done":"%s"}\n' "$DROVER_JOB_ID"
+"""
+
+
+def test_kill9_behind_a_hanging_job_repeats_at_most_max_uncommitted(mock, drover, workdir):
+    # One job hangs at the head of the only partition: the partition's offset cannot move past it,
+    # so every job taken behind it runs again after a kill -9. max_uncommitted bounds how many.
+    handler = workdir / "hang_handler.sh"
+    handler.write_text(HANG_HANDLER)
+    handler.chmod(0o755)
+    runs = workdir / "runs"
+    runs.mkdir()
+    (workdir / "hang").write_text("")
+    m = mock(topics=[(kh.REQUESTS, 1), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    window = 6
+    cfg = kh.kafka_config(m.bootstrap, workers=1, max_concurrent=4, handler=handler, runs_dir=runs,
+                          kafka={"max_uncommitted": window},
+                          supervisor={"restart_delay_ms": 100})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 1, partitions=1)
+    head = [("hang-0", json.dumps({"id": "hang-0", "hang": True}))]
+    jobs = kh.make_jobs(120, prefix="behind")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, head + jobs)
+    # The hanging job plus window - 1 jobs behind it have run; their outcomes are acknowledged.
+    d.wait_until(lambda: len(kh.outcome_docs(m.bootstrap, kh.COMPLETE)) >= window - 1, 60,
+                 "the jobs within the window to complete")
+    pid = list(d.worker_pids().values())[0]
+    ran_before_kill = sum(kh.run_counts(runs).values())
+    os.kill(pid, signal.SIGKILL)
+    (workdir / "hang").unlink()
+    ids = [i for i, _ in head + jobs]
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d)
+    assert not failed
+    reruns = sum(c - 1 for c in kh.run_counts(runs).values())
+    assert reruns <= window, "%d jobs ran again after the kill (%d had run before it; bound %d)" % (
+        reruns, ran_before_kill, window)
+    assert ran_before_kill <= window, ran_before_kill
