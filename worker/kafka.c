@@ -57,6 +57,7 @@
 #define EVENT_OVERHEAD_BYTES 1024
 #define AWAITING_ACK_FAULT_MS 10000
 #define ERROR_LOG_INTERVAL_MS 10000
+#define HURRY_CLOSE_MIN_MS 500
 
 struct kjob;
 
@@ -127,7 +128,6 @@ struct source {
 	int wake_fd[2];
 	ev_io wake_watcher;
 	ev_timer poll_timer;
-	double idle_poll_s;      /* the timer's period while nothing is in flight */
 	ev_prepare flow_watcher;
 
 	struct kpart *parts;
@@ -137,11 +137,16 @@ struct source {
 	int64_t uncommitted_max; /* while commits fail: acknowledged offsets a partition may run ahead */
 	int64_t window;          /* [kafka] max_uncommitted: offsets past the oldest unfinished one that may be taken */
 	long long commit_stall_ms; /* no successful commit for this long counts as failing */
+	double idle_poll_s;      /* the poll timer's period while nothing is in flight */
+	long long hurry_until_ms; /* a fast stop: close() is done by then (0 = none) */
+	ev_timer hurry_timer;
 	unsigned long take_seq;
 	bool flow_dirty;
 	bool worker_paused;
 	bool wake_worker;        /* a held-back partition may hand out jobs again */
 	bool closing;
+	bool gave_up;            /* fast stop: unacknowledged outcomes no longer awaited */
+	bool leave_handles;      /* a fast close ran out of time: exit without destroying them */
 	bool subscribed;
 	bool ever_assigned;
 	size_t max_event_bytes;
@@ -172,6 +177,7 @@ struct source {
 
 static void serve(struct source *src);
 static void poll_timer_adjust(struct source *src);
+static void hurry_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents);
 static void revoke_check(struct source *src);
 static void outcome_produce(struct kjob *kj);
 
@@ -720,7 +726,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 		return;
 	}
 	/* Any error, a timeout too, means "maybe not written": never move the offset for it. */
-	if (src->closing || !kjob_current(kj)) {
+	if (src->closing || src->gave_up || !kjob_current(kj)) {
 		/* The job runs again where its partition lives now (or after restart). */
 		log_warnx("job %s: outcome not acknowledged (%s); the job stays in the queue", kj->job->id,
 		          rd_kafka_err2str(msg->err));
@@ -1269,6 +1275,7 @@ static int setup_wakeup(struct source *src, char *err, size_t errlen)
 	ev_prepare_start(src->loop, &src->flow_watcher);
 	ev_timer_init(&src->drain_timer, drain_timer_cb, 0, 0);
 	src->drain_timer.data = src;
+	ev_timer_init(&src->hurry_timer, hurry_timer_cb, 0, 0);
 	return 0;
 }
 
@@ -1428,6 +1435,8 @@ static void kafka_resume(struct source *src)
 
 static size_t kafka_pending(struct source *src)
 {
+	if (src->gave_up)
+		return 0; /* a fast stop no longer waits: close() abandons what is left */
 	size_t n = 0;
 	for (struct kjob *kj = src->out.head; kj != NULL; kj = kj->next)
 		if (kj->state == KJOB_SETTLING)
@@ -1466,6 +1475,89 @@ static const char *kafka_fault(struct source *src)
 	return src->fault_text;
 }
 
+/* ---- fast stop ---------------------------------------------------------- */
+
+/*
+ * Settles as not durable the first outcome waiting for a retry (not in flight).
+ * (The analyzer cannot see that kjob_settle unlinked the entry it freed.)
+ */
+static bool settle_one_retrying(struct source *src)
+{
+	struct kjob *kj = src->out.head;
+	while (kj != NULL && (kj->state != KJOB_SETTLING || kj->in_flight)) // NOLINT(clang-analyzer-unix.Malloc)
+		kj = kj->next;
+	if (kj == NULL)
+		return false;
+	kjob_settle(kj, false);
+	return true;
+}
+
+/* The fast stop's wait is over: what the brokers have not acknowledged stays in the queue. */
+static void hurry_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct source *src = timer->data;
+	size_t waiting = kafka_pending(src);
+	src->gave_up = true;
+	if (waiting == 0)
+		return;
+	log_warnx("kafka: fast stop: %zu outcome(s) not acknowledged; their jobs stay in the queue", waiting);
+	rd_kafka_purge(src->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	rd_kafka_poll(src->producer, 0); /* the purge reports settle their jobs as not durable */
+	while (settle_one_retrying(src))
+		;
+}
+
+static void kafka_hurry(struct source *src, long long budget_ms)
+{
+	if (src->hurry_until_ms != 0)
+		return;
+	src->hurry_until_ms = now_ms() + budget_ms;
+	ev_timer_init(&src->hurry_timer, hurry_timer_cb, (double)budget_ms / 2000.0, 0);
+	src->hurry_timer.data = src;
+	ev_timer_start(src->loop, &src->hurry_timer);
+}
+
+/* What a fast close may still spend, at least HURRY_CLOSE_MIN_MS. */
+static int hurry_left_ms(const struct source *src)
+{
+	long long left = src->hurry_until_ms - now_ms();
+	return left < HURRY_CLOSE_MIN_MS ? HURRY_CLOSE_MIN_MS : left > 60000 ? 60000 : (int)left;
+}
+
+/*
+ * Leaves the group within the fast stop's time: the asynchronous close, whose
+ * rebalance events are served here. False when the time ran out (brokers
+ * down): the process then exits without waiting for librdkafka.
+ */
+static bool consumer_close_in_time(struct source *src)
+{
+	long long deadline = now_ms() + hurry_left_ms(src);
+	rd_kafka_queue_t *queue = rd_kafka_queue_new(src->consumer);
+	if (queue == NULL)
+		return false;
+	rd_kafka_error_t *error = rd_kafka_consumer_close_queue(src->consumer, queue);
+	if (error != NULL) {
+		log_warnx("kafka: consumer close: %s", rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+		rd_kafka_queue_destroy(queue);
+		return false;
+	}
+	while (!rd_kafka_consumer_closed(src->consumer) && now_ms() < deadline) {
+		rd_kafka_event_t *event = rd_kafka_queue_poll(queue, 100);
+		if (event == NULL)
+			continue;
+		if (rd_kafka_event_type(event) == RD_KAFKA_EVENT_REBALANCE)
+			on_rebalance(src->consumer, rd_kafka_event_error(event), rd_kafka_event_topic_partition_list(event),
+			             src);
+		rd_kafka_event_destroy(event);
+	}
+	bool closed = rd_kafka_consumer_closed(src->consumer);
+	rd_kafka_queue_destroy(queue);
+	if (!closed)
+		log_warnx("kafka: fast stop: the group could not be left in time; exiting without it");
+	return closed;
+}
+
 /* ---- close -------------------------------------------------------------- */
 
 /* Outcomes still unacknowledged after the flush: given up (their jobs stay in the queue). */
@@ -1493,6 +1585,7 @@ static void stop_watchers(struct source *src)
 	ev_timer_stop(src->loop, &src->poll_timer);
 	ev_prepare_stop(src->loop, &src->flow_watcher);
 	ev_timer_stop(src->loop, &src->drain_timer);
+	ev_timer_stop(src->loop, &src->hurry_timer);
 }
 
 static void destroy_handles(struct source *src)
@@ -1513,14 +1606,17 @@ static void destroy_handles(struct source *src)
 		 * but never got an assignment; the worker exits right after close, so
 		 * leaving that handle to process exit is the safe choice.
 		 */
-		if (!src->subscribed || src->ever_assigned)
+		if (src->leave_handles)
+			log_debug("kafka: fast stop: leaving the consumer to process exit");
+		else if (!src->subscribed || src->ever_assigned)
 			rd_kafka_destroy(src->consumer);
 		else
 			log_debug("kafka: consumer never had an assignment; not destroying it (librdkafka 2.0.2)");
 		src->consumer = NULL;
 	}
 	if (src->producer != NULL) {
-		rd_kafka_destroy(src->producer);
+		if (!src->leave_handles)
+			rd_kafka_destroy(src->producer);
 		src->producer = NULL;
 	}
 	for (int i = 0; i < 2; i++)
@@ -1532,8 +1628,10 @@ static void kafka_close(struct source *src)
 {
 	src->closing = true;
 	stop_watchers(src);
+	bool hurry = src->hurry_until_ms != 0;
 	/* Outcomes first: an offset is stored only after its outcome is acknowledged. */
-	if (src->producer != NULL && rd_kafka_flush(src->producer, CLOSE_FLUSH_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (src->producer != NULL &&
+	    rd_kafka_flush(src->producer, hurry ? hurry_left_ms(src) / 2 : CLOSE_FLUSH_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		log_warnx("kafka: %d event(s) not delivered at shutdown", rd_kafka_outq_len(src->producer));
 	abandon_unsettled(src);
 	for (struct kpart *p = src->parts; p != NULL; p = p->next) {
@@ -1551,12 +1649,15 @@ static void kafka_close(struct source *src)
 	 * workers stopping at the same time left the group first.
 	 */
 	if (src->consumer != NULL && src->ever_assigned) {
-		rd_kafka_resp_err_t err = rd_kafka_commit(src->consumer, NULL, 0);
+		/* A fast stop does not wait for it: consumer close commits as well. */
+		rd_kafka_resp_err_t err = rd_kafka_commit(src->consumer, NULL, hurry);
 		if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
 			log_info("kafka: final commit before leaving: %s", rd_kafka_err2str(err));
 	}
 	/* Leaves the group (static members keep their place until session.timeout.ms) and commits. */
-	if (src->consumer != NULL) {
+	if (src->consumer != NULL && hurry) {
+		src->leave_handles = !consumer_close_in_time(src);
+	} else if (src->consumer != NULL) {
 		rd_kafka_resp_err_t err = rd_kafka_consumer_close(src->consumer);
 		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 			log_warnx("kafka: consumer close: %s", rd_kafka_err2str(err));
@@ -1603,5 +1704,6 @@ const struct source_ops kafka_source_ops = {
 	.resume = kafka_resume,
 	.pending = kafka_pending,
 	.fault = kafka_fault,
+	.hurry = kafka_hurry,
 	.close = kafka_close,
 };

@@ -59,6 +59,12 @@ struct source_ops {
 	size_t (*pending)(struct source *src);
 	/* Stats for the scoreboard's fault text; "" when healthy. */
 	const char *(*fault)(struct source *src);
+	/*
+	 * Optional. A fast stop (QUIT): outcomes not acknowledged within about half
+	 * of budget_ms are given up (their jobs stay in the queue), and close()
+	 * finishes within the rest.
+	 */
+	void (*hurry)(struct source *src, long long budget_ms);
 	/* Final commit and teardown; jobs still out were released or finished before. */
 	void (*close)(struct source *src);
 };

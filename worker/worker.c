@@ -600,6 +600,8 @@ static void worker_drain(struct worker *w, enum drain_mode mode)
 	w->board->draining = 1;
 	scoreboard_write_end(w->board);
 	worker_update_flow(w);
+	if (mode == DRAIN_FAST && w->ops->hurry != NULL)
+		w->ops->hurry(w->source, w->cfg->kill_grace_ms);
 	for (struct task *t = w->tasks, *next; t != NULL; t = next) {
 		next = t->next;
 		if (t->run == NULL)

@@ -466,3 +466,33 @@ def test_kill9_behind_a_hanging_job_repeats_at_most_max_uncommitted(mock, drover
     assert reruns <= window, "%d jobs ran again after the kill (%d had run before it; bound %d)" % (
         reruns, ran_before_kill, window)
     assert ran_before_kill <= window, ran_before_kill
+
+
+def test_quit_during_an_outage_exits_without_sigkill(mock, drover, fast_handler):
+    # All brokers down with outcomes unacknowledged: QUIT gives them up (the jobs stay in the queue)
+    # and the workers exit by themselves, before the supervisor's SIGKILL; nothing is lost.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=3, handler=handler, runs_dir=runs,
+                          jobs={"kill_grace_ms": 2000})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2)
+    jobs = kh.make_jobs(60, prefix="q", sleep=0.3)
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.wait_until(lambda: d.stats()["jobs"]["completed"] >= 6, 60, "some progress")
+    m.down()
+    d.wait_until(lambda: any("kafka:" in (w.get("fault") or "") for w in d.stats()["workers"]), 40,
+                 "the outage in stats")
+    d.signal(signal.SIGQUIT)
+    assert d.wait_exit(30) == 0
+    log = d.log_text()
+    assert "did not exit after QUIT" not in log and "ignored QUIT" not in log, log[-3000:]
+    assert "outcome(s) not acknowledged" in log or "not delivered at shutdown" in log, log[-3000:]
+    exits = [l for l in log.splitlines() if "exited:" in l and "worker" in l]
+    assert len(exits) == 2 and all(l.endswith("exited: exit 0") for l in exits), exits
+    # Nothing was lost: with the brokers back, every job ends on an outcome topic.
+    m.up()
+    d2 = drover(config=cfg, name="again")
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d2)
+    assert not failed and set(complete) == set(ids)
