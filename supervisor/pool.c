@@ -233,6 +233,14 @@ static void pool_kill_handler_groups(const struct scoreboard_slot *copy, int slo
 	}
 }
 
+/* Each message the dead worker was running counts one death in the crash ledger. */
+static void pool_record_crash(struct supervisor *sup, const struct scoreboard_slot *copy)
+{
+	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++)
+		if (copy->jobs[i].used && copy->jobs[i].delivery != 0)
+			scoreboard_crash_record(sup->scoreboard, copy->jobs[i].delivery);
+}
+
 /* What the dead worker leaves: its handler groups are killed, its counters
  * kept, its spool claims returned. */
 static void pool_bury(struct slot *s, bool clean)
@@ -243,6 +251,8 @@ static void pool_bury(struct slot *s, bool clean)
 
 	scoreboard_read_slot(board, &copy);
 	pool_kill_handler_groups(&copy, s->index);
+	if (!clean)
+		pool_record_crash(sup, &copy);
 	if (!clean && copy.in_flight > 0) {
 		sup->jobs_lost += (uint64_t)copy.in_flight;
 		log_warnx("worker %d died with %d job(s) in flight; they will run again", s->index, copy.in_flight);

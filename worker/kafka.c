@@ -448,6 +448,7 @@ static struct kjob *kjob_from_message(struct source *src, struct kpart *p, const
 	if (job->id == NULL)
 		goto fail;
 	job->invalid = !event_payload_is_object(job->payload, job->payload_len);
+	job->delivery = scoreboard_delivery_key(rd_kafka_topic_name(msg->rkt), msg->partition, msg->offset);
 	job->backend = kj;
 	kj->src = src;
 	kj->job = job;
@@ -1339,6 +1340,10 @@ static int kafka_take(struct source *src, struct job **job)
 	src->buffered--;
 	kj->state = KJOB_RUNNING;
 	kj->part->outstanding++;
+	/* Redelivered after it took workers down with it: those attempts count (the ledger is this host's). */
+	int deaths = scoreboard_crash_deaths(kj->job->delivery);
+	if (deaths > kj->job->attempts_done)
+		kj->job->attempts_done = deaths;
 	list_push_tail(&src->out, kj);
 	src->flow_dirty = true;
 	*job = kj->job;

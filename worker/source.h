@@ -17,6 +17,7 @@
 #include <ev.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -24,7 +25,8 @@ struct job {
 	char *id;            /* spec section 3 rules; never NULL */
 	char *payload;       /* the message bytes, NUL-terminated for convenience */
 	size_t payload_len;
-	int attempts_done;   /* attempts already made before this delivery */
+	int attempts_done;   /* attempts already made before this delivery (crashed workers' included) */
+	uint64_t delivery;   /* the message's place in the queue (scoreboard crash ledger), 0 = none */
 	bool invalid;        /* not a JSON object: fail with invalid_job, never run */
 	void *backend;       /* the source's own per-job state */
 };

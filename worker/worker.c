@@ -532,7 +532,19 @@ static void worker_start_job(struct worker *w, struct job *job)
 		task_fail(t, &failure);
 		return;
 	}
+	if (job->attempts_done >= w->cfg->max_attempts) {
+		/* Its earlier attempts died with their workers (the crash ledger counted them). */
+		struct failure failure = {
+			.reason = "worker_lost",
+			.exit_code = -1,
+			.message = "the worker died while running it, max_attempts times",
+		};
+		task_fail(t, &failure);
+		return;
+	}
 	t->board_index = scoreboard_job_add(w->board, job->id, job->attempts_done + 1);
+	if (job->delivery != 0)
+		scoreboard_job_set_delivery(w->board, t->board_index, job->delivery);
 	if (job->attempts_done == 0)
 		counters_update(w, count_started, 0);
 	task_begin_attempt(t);

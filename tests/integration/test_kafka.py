@@ -496,3 +496,38 @@ def test_quit_during_an_outage_exits_without_sigkill(mock, drover, fast_handler)
     d2 = drover(config=cfg, name="again")
     complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d2)
     assert not failed and set(complete) == set(ids)
+
+
+KILLER_HANDLER = r"""#!/bin/sh
+# Records each run; a job with "kill" kills its worker (the handler's parent).
+job=$(cat)
+: > "$KRUN_DIR/$DROVER_JOB_ID.$$"
+case "$job" in
+*'"kill"'*) kill -9 $PPID; sleep 5 ;;
+esac
+printf '{"done":"%s"}\n' "$DROVER_JOB_ID"
+"""
+
+
+def test_job_that_kills_its_worker_fails_after_max_attempts(mock, drover, workdir):
+    # Kafka redelivers the message after each crash; the supervisor's crash ledger counts the deaths,
+    # so the job runs at most max_attempts times on this host and ends failed with worker_lost.
+    handler = workdir / "killer.sh"
+    handler.write_text(KILLER_HANDLER)
+    handler.chmod(0o755)
+    runs = workdir / "runs"
+    runs.mkdir()
+    m = mock(topics=[(kh.REQUESTS, 2), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=1, handler=handler, runs_dir=runs,
+                          jobs={"max_attempts": 3},
+                          supervisor={"restart_delay_ms": 100, "restart_delay_max_ms": 300})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2, partitions=2)
+    jobs = [("killer", json.dumps({"id": "killer", "kill": True}))] + kh.make_jobs(20, prefix="innocent")
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 180, drover=d)
+    assert "killer" in failed and "killer" not in complete, (sorted(complete), failed)
+    assert failed["killer"]["error"]["reason"] == "worker_lost", failed["killer"]
+    assert kh.run_counts(runs)["killer"] <= 3, kh.run_counts(runs)
+    assert set(complete) == set(ids) - {"killer"}, sorted(set(ids) - set(complete))
