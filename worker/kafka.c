@@ -419,13 +419,40 @@ static void kjob_free(struct kjob *kj)
 	free(kj);
 }
 
-static char *job_id_for(const rd_kafka_message_t *msg, const char *payload)
+char *kafka_message_id(const char *payload, size_t len, const void *key, size_t key_len, const char **problem)
 {
-	char *id = event_job_id(payload, msg->len);
-	if (id != NULL)
+	json_t *doc = json_loadb(payload, len, 0, NULL);
+	json_t *field = json_object_get(doc, "id");
+	char *id = NULL;
+	*problem = NULL;
+	/* An empty "id" names nothing: the key, or the message's place, names the job then. */
+	if (json_is_string(field) && json_string_length(field) > 0) {
+		*problem = event_job_id_problem(json_string_value(field), json_string_length(field));
+		id = strndup(json_string_value(field), json_string_length(field));
+	} else if (key != NULL && key_len > 0) {
+		*problem = event_job_id_problem(key, key_len);
+		id = strndup(key, key_len);
+	}
+	json_decref(doc);
+	return id;
+}
+
+/*
+ * The job's id; a message whose id breaks the rules is marked invalid (it fails
+ * with invalid_job) and named by its place, <topic>-<partition>-<offset>, so
+ * that its failed event is still valid.
+ */
+static char *job_id_for(const rd_kafka_message_t *msg, struct job *job)
+{
+	const char *problem;
+	char *id = kafka_message_id(job->payload, job->payload_len, msg->key, msg->key_len, &problem);
+	if (id != NULL && problem == NULL)
 		return id;
-	if (msg->key_len > 0 && memchr(msg->key, '\0', msg->key_len) == NULL)
-		return strndup(msg->key, msg->key_len);
+	free(id);
+	if (problem != NULL) {
+		job->invalid = true;
+		job->invalid_reason = problem;
+	}
 	if (asprintf(&id, "%s-%d-%lld", rd_kafka_topic_name(msg->rkt), (int)msg->partition, (long long)msg->offset) < 0)
 		return NULL;
 	return id;
@@ -444,10 +471,10 @@ static struct kjob *kjob_from_message(struct source *src, struct kpart *p, const
 	job->payload = payload;
 	job->payload_len = msg->len;
 	payload = NULL;
-	job->id = job_id_for(msg, job->payload);
+	job->invalid = !event_payload_is_object(job->payload, job->payload_len);
+	job->id = job_id_for(msg, job);
 	if (job->id == NULL)
 		goto fail;
-	job->invalid = !event_payload_is_object(job->payload, job->payload_len);
 	job->delivery = scoreboard_delivery_key(rd_kafka_topic_name(msg->rkt), msg->partition, msg->offset);
 	job->backend = kj;
 	kj->src = src;

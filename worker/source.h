@@ -28,6 +28,7 @@ struct job {
 	int attempts_done;   /* attempts already made before this delivery (crashed workers' included) */
 	uint64_t delivery;   /* the message's place in the queue (scoreboard crash ledger), 0 = none */
 	bool invalid;        /* not a JSON object: fail with invalid_job, never run */
+	const char *invalid_reason; /* static text for an invalid job; NULL = not a JSON object */
 	void *backend;       /* the source's own per-job state */
 };
 

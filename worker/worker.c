@@ -527,7 +527,7 @@ static void worker_start_job(struct worker *w, struct job *job)
 		struct failure failure = {
 			.reason = "invalid_job",
 			.exit_code = -1,
-			.message = "the message is not a JSON object",
+			.message = job->invalid_reason != NULL ? job->invalid_reason : "the message is not a JSON object",
 		};
 		task_fail(t, &failure);
 		return;

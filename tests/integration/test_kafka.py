@@ -531,3 +531,32 @@ def test_job_that_kills_its_worker_fails_after_max_attempts(mock, drover, workdi
     assert failed["killer"]["error"]["reason"] == "worker_lost", failed["killer"]
     assert kh.run_counts(runs)["killer"] <= 3, kh.run_counts(runs)
     assert set(complete) == set(ids) - {"killer"}, sorted(set(ids) - set(complete))
+
+
+def test_bad_ids_fail_as_invalid_job_and_submit_refuses_them(mock, drover, fast_handler):
+    # Ids are bounded (1 KiB) and printable: a message named by a longer or unprintable key or "id"
+    # goes to the failed topic as invalid_job under <topic>-<partition>-<offset>; the partition
+    # moves on. droverctl submit refuses such lines.
+    handler, runs = fast_handler
+    m = mock(topics=[(kh.REQUESTS, 1), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=1, handler=handler, runs_dir=runs))
+    kh.wait_group_stable(d, 1, partitions=1)
+    records = [("k" * 2000, json.dumps({"n": 1})),                      # offset 0: key too long
+               ("fine-key", json.dumps({"id": "bell\u0007", "n": 2})),  # offset 1: control character
+               ("good-1", json.dumps({"id": "good-1"}))]                # offset 2
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, records)
+    place = ["%s-0-%d" % (kh.REQUESTS, o) for o in (0, 1)]
+    complete, failed = kh.wait_outcomes(m.bootstrap, place + ["good-1"], 60, drover=d)
+    assert set(complete) == {"good-1"}, (sorted(complete), sorted(failed))
+    for p in place:
+        assert failed[p]["error"]["reason"] == "invalid_job", failed[p]
+    assert "longer than 1024" in failed[place[0]]["error"]["message"], failed[place[0]]
+    assert "control character" in failed[place[1]]["error"]["message"], failed[place[1]]
+    assert set(kh.run_counts(runs)) == {"good-1"}
+    kh.wait_committed_to_end(m, 30, drover=d)
+    # droverctl submit: the bad lines are refused, the good one goes.
+    lines = [json.dumps({"id": "x" * 1025}), json.dumps({"id": "tab\there"}), json.dumps({"id": "s-ok"})]
+    rc, out = d.ctl("submit", "-", input="\n".join(lines) + "\n")
+    assert rc == 1 and out.split() == ["s-ok"], (rc, out, d.last_ctl_err)
+    assert "line 1: the id is longer than 1024 bytes" in d.last_ctl_err, d.last_ctl_err
+    assert "line 2: the id contains a control character" in d.last_ctl_err, d.last_ctl_err
