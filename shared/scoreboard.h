@@ -60,6 +60,7 @@ struct scoreboard_slot {
 	int64_t started_ms;  /* wall clock */
 	int64_t heartbeat_ms; /* monotonic clock (now_ms) of the owner's last loop tick */
 	int32_t draining;
+	int32_t ready;       /* the source can take jobs (Kafka: after its first assignment in the group) */
 	int32_t in_flight;
 	struct scoreboard_counters counters;
 	char fault[SCOREBOARD_FAULT_MAX]; /* pool fault (handler cannot start, queue down), "" = none */

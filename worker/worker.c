@@ -781,8 +781,10 @@ int worker_main(const struct worker_params *params)
 		return 69;
 	}
 	if (w.cfg->backend == BACKEND_KAFKA) {
-		kafka_source_set_scoreboard(w.source, w.board);
+		kafka_source_set_scoreboard(w.source, w.board); /* sets ready at the first assignment */
 		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
+	} else {
+		__atomic_store_n(&w.board->ready, 1, __ATOMIC_RELEASE);
 	}
 
 	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);

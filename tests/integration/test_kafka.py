@@ -560,3 +560,44 @@ def test_bad_ids_fail_as_invalid_job_and_submit_refuses_them(mock, drover, fast_
     assert rc == 1 and out.split() == ["s-ok"], (rc, out, d.last_ctl_err)
     assert "line 1: the id is longer than 1024 bytes" in d.last_ctl_err, d.last_ctl_err
     assert "line 2: the id contains a control character" in d.last_ctl_err, d.last_ctl_err
+
+
+def test_reload_replaces_one_worker_at_a_time_each_ready_first(mock, drover, fast_handler):
+    # A rolling reload takes the next worker out only once the previous replacement is in the group
+    # (its first assignment): never two slots out of the group at once.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=3, max_concurrent=2, handler=handler, runs_dir=runs)
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 3)
+    old = set(d.worker_pids().values())
+    jobs = kh.make_jobs(200, sleep=0.05)
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.write_config({"jobs": {"max_concurrent": 3}})
+    d.signal(signal.SIGHUP)
+    worst = []
+
+    def replaced():
+        workers = d.stats()["workers"]
+        out = [w["slot"] for w in workers if not w.get("ready") or w.get("state") != "running"]
+        worst.append(out)
+        pids = {w["pid"] for w in workers if w.get("pid")}
+        return len(pids) == 3 and pids.isdisjoint(old) and not out
+    d.wait_until(replaced, 120, "all three workers replaced and ready")
+    assert max(len(o) for o in worst) <= 1, [o for o in worst if len(o) > 1][:5]
+    # The log tells the same: each "replacing worker" comes after the previous replacement's assignment.
+    lines = d.log_text().splitlines()
+    order = []
+    for i, line in enumerate(lines):
+        if "replacing worker" in line:
+            order.append(i)
+    assert len(order) == 3, order
+    for a, b in zip(order, order[1:]):
+        slot = lines[a].split("replacing worker ")[1].split()[0]
+        started = [l for l in lines[a:b] if "worker %s started, pid" % slot in l]
+        assert started, lines[a:b]
+        pid = started[0].rsplit("pid ", 1)[1].strip()
+        assert any("[%s]" % pid in l and "kafka: assigned" in l for l in lines[a:b]), \
+            "worker %s was replaced again before pid %s joined the group" % (slot, pid)
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 120, drover=d)
+    assert not failed
