@@ -7,6 +7,7 @@
  */
 #include "kafka_ctl.h"
 #include "events.h"
+#include "kafka.h"
 #include "kafka_conf.h"
 #include "util.h"
 
@@ -221,7 +222,14 @@ static int submit_lines(rd_kafka_t *rk, const struct config *cfg, FILE *in, stru
 			bad++;
 			continue;
 		}
-		char *id = event_job_id(line, (size_t)len);
+		const char *problem;
+		char *id = kafka_message_id(line, (size_t)len, NULL, 0, &problem);
+		if (problem != NULL) {
+			say_error("line %u: %s; not submitted", lineno, problem);
+			free(id);
+			bad++;
+			continue;
+		}
 		if (id == NULL)
 			id = new_job_id();
 		if (id == NULL || submitted_add(s, id) < 0) {

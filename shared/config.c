@@ -193,8 +193,12 @@ static const struct opt_spec option_table[] = {
 	  "group.instance.id = <instance_id>-<slot>", NULL, NULL },
 	{ "kafka", "instance_id", OPT_STRING, SCOPE_WORKERS, false, CFG(instance_id), 0, 0, "", NULL,
 	  "default: the host name", NULL, NULL },
+	{ "kafka", "max_uncommitted", OPT_INT, SCOPE_WORKERS, false, CFG(kafka_max_uncommitted), 0, 1000000, "0", NULL,
+	  "per partition, offsets past the oldest unfinished one a worker may take (what a crash can repeat); "
+	  "0 = 2 x max_concurrent", NULL, NULL },
 	{ "kafka", "security_protocol", OPT_ENUM, SCOPE_WORKERS, false, CFG(security_protocol), 0, 0, "plaintext", NULL,
-	  "KAFKA_SSL=true selects ssl (sasl_ssl when a SASL user is set), false plaintext (sasl_plaintext)",
+	  "KAFKA_SSL=true selects ssl (sasl_ssl when a SASL user is set), false plaintext (sasl_plaintext); "
+	  "KAFKA_SASL_USERNAME alone selects sasl_plaintext",
 	  NULL, security_names },
 	{ "kafka", "sasl_mechanism", OPT_CHOICE, SCOPE_WORKERS, false, CFG(sasl_mechanism), 0, 0, "SCRAM-SHA-512", NULL,
 	  "SASL mechanism", NULL, sasl_mechanism_names },
@@ -1152,6 +1156,14 @@ static size_t option_index(const char *section, const char *key)
 	return index;
 }
 
+/* The option's value came from its seed variable (KAFKA_SASL_USERNAME...). */
+static bool seeded(const struct loader *ld, const char *section, const char *key)
+{
+	size_t index = option_index(section, key);
+	const char *env = ld->origin[index].env;
+	return env != NULL && option_table[index].seed_env != NULL && strcmp(env, option_table[index].seed_env) == 0;
+}
+
 /* USE_KAFKA and KAFKA_SSL: booleans of the seeds that select an enum value. */
 static bool seed_flag(struct loader *ld, const char *name, size_t index, bool *flag)
 {
@@ -1177,12 +1189,18 @@ static void apply_seed_flags(struct loader *ld)
 
 	if (seed_flag(ld, "USE_KAFKA", option_index("queue", "backend"), &flag))
 		cfg->backend = flag ? BACKEND_KAFKA : BACKEND_SPOOL;
-	if (seed_flag(ld, "KAFKA_SSL", option_index("kafka", "security_protocol"), &flag)) {
-		bool sasl = cfg->sasl_username != NULL && cfg->sasl_username[0] != '\0';
+	size_t protocol = option_index("kafka", "security_protocol");
+	bool sasl = cfg->sasl_username != NULL && cfg->sasl_username[0] != '\0';
+	if (seed_flag(ld, "KAFKA_SSL", protocol, &flag)) {
 		if (flag)
 			cfg->security_protocol = sasl ? SECURITY_SASL_SSL : SECURITY_SSL;
 		else
 			cfg->security_protocol = sasl ? SECURITY_SASL_PLAINTEXT : SECURITY_PLAINTEXT;
+	} else if (sasl && seeded(ld, "kafka", "sasl_username") && ld->origin[protocol].line == 0 &&
+	           ld->origin[protocol].env == NULL) {
+		/* KAFKA_SASL_USERNAME/PASSWORD alone, protocol not set anywhere: SASL without TLS. */
+		cfg->security_protocol = SECURITY_SASL_PLAINTEXT;
+		ld->origin[protocol] = ld->origin[option_index("kafka", "sasl_username")];
 	}
 }
 

@@ -84,6 +84,7 @@ struct config {
 	char *failed_topic;
 	bool static_membership;
 	char *instance_id; /* defaults to the host name */
+	int kafka_max_uncommitted; /* per partition; 0 = 2 x max_concurrent */
 	enum security_protocol security_protocol;
 	char *sasl_mechanism;
 	char *sasl_username;

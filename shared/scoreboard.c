@@ -14,10 +14,20 @@ const double scoreboard_duration_bounds[SCOREBOARD_DURATION_BUCKETS] = {
 	0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 };
 
+struct scoreboard_crash {
+	uint64_t delivery; /* 0 = free */
+	int32_t deaths;
+	int64_t last_ms;   /* wall clock of the last death: the oldest entry is replaced */
+};
+
 struct scoreboard {
 	size_t size;
 	struct scoreboard_slot slots[CONFIG_MAX_WORKERS];
+	struct scoreboard_crash crashes[SCOREBOARD_CRASHES];
 };
+
+/* The mapping this process created or inherited across fork: workers read the ledger through it. */
+static struct scoreboard *mapped;
 
 struct scoreboard *scoreboard_create(void)
 {
@@ -27,11 +37,14 @@ struct scoreboard *scoreboard_create(void)
 		return NULL;
 	struct scoreboard *sb = mem;
 	sb->size = size;
+	mapped = sb;
 	return sb;
 }
 
 void scoreboard_destroy(struct scoreboard *sb)
 {
+	if (sb == mapped)
+		mapped = NULL;
 	if (sb != NULL)
 		munmap(sb, sb->size);
 }
@@ -124,6 +137,66 @@ void scoreboard_job_remove(struct scoreboard_slot *slot, int index)
 	memset(&slot->jobs[index], 0, sizeof(slot->jobs[index]));
 	slot->in_flight--;
 	scoreboard_write_end(slot);
+}
+
+void scoreboard_job_set_delivery(struct scoreboard_slot *slot, int index, uint64_t delivery)
+{
+	if (index < 0 || index >= CONFIG_MAX_CONCURRENT)
+		return;
+	scoreboard_write_begin(slot);
+	slot->jobs[index].delivery = delivery;
+	scoreboard_write_end(slot);
+}
+
+/* ---- the crash ledger ------------------------------------------------------ */
+
+static uint64_t fnv1a(uint64_t hash, const void *data, size_t len)
+{
+	const unsigned char *bytes = data;
+	for (size_t i = 0; i < len; i++) {
+		hash ^= bytes[i];
+		hash *= 0x100000001b3ULL;
+	}
+	return hash;
+}
+
+uint64_t scoreboard_delivery_key(const char *topic, int32_t partition, int64_t offset)
+{
+	uint64_t hash = fnv1a(0xcbf29ce484222325ULL, topic, strlen(topic) + 1);
+	hash = fnv1a(hash, &partition, sizeof(partition));
+	hash = fnv1a(hash, &offset, sizeof(offset));
+	return hash != 0 ? hash : 1;
+}
+
+void scoreboard_crash_record(struct scoreboard *sb, uint64_t delivery)
+{
+	struct scoreboard_crash *entry = NULL, *oldest = &sb->crashes[0];
+	for (int i = 0; i < SCOREBOARD_CRASHES && entry == NULL; i++) {
+		struct scoreboard_crash *c = &sb->crashes[i];
+		if (c->delivery == delivery)
+			entry = c;
+		else if (c->delivery == 0 || (oldest->delivery != 0 && c->last_ms < oldest->last_ms))
+			oldest = c;
+	}
+	if (entry == NULL) {
+		/* Readers match on the key: clear it while the count changes, set it last. */
+		entry = oldest;
+		__atomic_store_n(&entry->delivery, 0, __ATOMIC_RELEASE);
+		__atomic_store_n(&entry->deaths, 0, __ATOMIC_RELEASE);
+	}
+	entry->last_ms = wall_ms();
+	__atomic_store_n(&entry->deaths, entry->deaths + 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&entry->delivery, delivery, __ATOMIC_RELEASE);
+}
+
+int scoreboard_crash_deaths(uint64_t delivery)
+{
+	if (mapped == NULL || delivery == 0)
+		return 0;
+	for (int i = 0; i < SCOREBOARD_CRASHES; i++)
+		if (__atomic_load_n(&mapped->crashes[i].delivery, __ATOMIC_ACQUIRE) == delivery)
+			return __atomic_load_n(&mapped->crashes[i].deaths, __ATOMIC_ACQUIRE);
+	return 0;
 }
 
 void scoreboard_record_duration(struct scoreboard_counters *counters, double seconds)

@@ -19,6 +19,7 @@
 #define SCOREBOARD_FAULT_MAX 200
 #define SCOREBOARD_PARTITIONS 64
 #define SCOREBOARD_TOPIC_MAX 96
+#define SCOREBOARD_CRASHES 256
 
 /* Upper bounds (seconds) of drover_job_duration_seconds; +Inf is implicit. */
 #define SCOREBOARD_DURATION_BUCKETS 10
@@ -30,6 +31,7 @@ struct scoreboard_job {
 	int32_t attempt;   /* 1-based */
 	float progress;    /* 0..1, or -1 when the handler reported none */
 	int64_t started_ms; /* wall clock of this attempt's start */
+	uint64_t delivery;  /* the message's place in its queue (scoreboard_delivery_key), 0 = none */
 	char id[SCOREBOARD_ID_MAX];
 };
 
@@ -58,6 +60,7 @@ struct scoreboard_slot {
 	int64_t started_ms;  /* wall clock */
 	int64_t heartbeat_ms; /* monotonic clock (now_ms) of the owner's last loop tick */
 	int32_t draining;
+	int32_t ready;       /* the source can take jobs (Kafka: after its first assignment in the group) */
 	int32_t in_flight;
 	struct scoreboard_counters counters;
 	char fault[SCOREBOARD_FAULT_MAX]; /* pool fault (handler cannot start, queue down), "" = none */
@@ -86,6 +89,21 @@ void scoreboard_job_set_pgid(struct scoreboard_slot *slot, int index, pid_t pgid
 void scoreboard_job_set_attempt(struct scoreboard_slot *slot, int index, int attempt);
 void scoreboard_job_set_progress(struct scoreboard_slot *slot, int index, float progress);
 void scoreboard_job_remove(struct scoreboard_slot *slot, int index);
+void scoreboard_job_set_delivery(struct scoreboard_slot *slot, int index, uint64_t delivery);
+
+/*
+ * The crash ledger: how many workers died while running each message, so
+ * that a message that kills its worker is redelivered with its attempts
+ * counted (a Kafka message cannot carry them). A fixed table in the same
+ * shared mapping, written by the supervisor only (when it buries a worker
+ * that died), read by the workers; the least recently hit entry makes room.
+ * Keys name a message's place (topic, partition, offset), never 0.
+ */
+uint64_t scoreboard_delivery_key(const char *topic, int32_t partition, int64_t offset);
+void scoreboard_crash_record(struct scoreboard *sb, uint64_t delivery);
+/* Deaths recorded for delivery, 0 if none (or no scoreboard in this process). */
+int scoreboard_crash_deaths(uint64_t delivery);
+
 void scoreboard_record_duration(struct scoreboard_counters *counters, double seconds);
 void scoreboard_counters_add(struct scoreboard_counters *into, const struct scoreboard_counters *from);
 

@@ -30,6 +30,8 @@
 #define HEARTBEAT_CHECK_S 0.5
 /* After QUIT, how long a draining worker gets before SIGKILL, beyond kill_grace_ms. */
 #define QUIT_MARGIN_MS 3000
+/* Beyond the session timeout, how long a replacement may take to become ready. */
+#define READY_MARGIN_MS 5000
 
 struct slot {
 	struct pool *pool;
@@ -44,6 +46,7 @@ struct slot {
 	unsigned long long serial; /* of the worker now in the slot: names it in attempt tokens */
 	bool wanted;           /* index < desired */
 	bool replacing;        /* draining to be replaced by a worker of the current config */
+	bool awaiting_ready;   /* a replacement: the next one waits until this one's source is ready */
 	bool heartbeat_killed;
 	int stop_stage;        /* 0 TERM sent, 1 QUIT sent, 2 KILL sent */
 	long long backoff_until_ms;
@@ -66,6 +69,7 @@ struct pool {
 
 static void pool_spawn(struct slot *s);
 static void pool_replace_next(struct pool *pool);
+static bool pool_slot_ready(struct slot *s, const struct scoreboard_slot *board, long long now);
 
 static bool slot_alive(const struct slot *s)
 {
@@ -277,6 +281,14 @@ static void pool_sweep_orphans(struct pool *pool)
 	}
 }
 
+/* Each message the dead worker was running counts one death in the crash ledger. */
+static void pool_record_crash(struct supervisor *sup, const struct scoreboard_slot *copy)
+{
+	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++)
+		if (copy->jobs[i].used && copy->jobs[i].delivery != 0)
+			scoreboard_crash_record(sup->scoreboard, copy->jobs[i].delivery);
+}
+
 /* What the dead worker leaves: its handler groups are killed, its counters
  * kept, its spool claims returned. */
 static void pool_bury(struct slot *s, bool clean)
@@ -288,6 +300,8 @@ static void pool_bury(struct slot *s, bool clean)
 	scoreboard_read_slot(board, &copy);
 	pool_kill_handler_groups(&copy);
 	pool_sweep_orphans(s->pool);
+	if (!clean)
+		pool_record_crash(sup, &copy);
 	if (!clean && copy.in_flight > 0) {
 		sup->jobs_lost += (uint64_t)copy.in_flight;
 		log_warnx("worker %d died with %d job(s) in flight; they will run again", s->index, copy.in_flight);
@@ -326,6 +340,7 @@ static void pool_worker_exited(struct slot *s, int status)
 	} else if (s->replacing) {
 		s->replacing = false;
 		pool_spawn(s);
+		s->awaiting_ready = true;
 	} else {
 		pool_schedule_restart(s);
 	}
@@ -363,6 +378,8 @@ static void pool_check_slot(struct slot *s, long long now)
 			s->state = SLOT_RUNNING;
 			pool_replace_next(s->pool);
 		}
+		if (s->awaiting_ready && pool_slot_ready(s, board, now))
+			pool_replace_next(s->pool);
 	}
 	if (now - heartbeat > cfg->heartbeat_timeout_ms && !s->heartbeat_killed) {
 		log_error("worker %d (pid %d) silent for %lld ms; killing it", s->index, (int)s->pid, now - heartbeat);
@@ -382,14 +399,42 @@ static void pool_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int revents
 
 /* ---- rolling replacement ------------------------------------------------ */
 
+/*
+ * How long a replacement may take to become ready before the next worker is
+ * replaced anyway: a Kafka worker is ready once it joined the group, which
+ * takes up to a session timeout (librdkafka's default is 45 s).
+ */
+static long long ready_timeout_ms(const struct config *cfg)
+{
+	long long session = 45000;
+	for (size_t i = 0; i < cfg->librdkafka_count; i++)
+		if (strcmp(cfg->librdkafka[i].key, "session.timeout.ms") == 0 && atoll(cfg->librdkafka[i].value) > 0)
+			session = atoll(cfg->librdkafka[i].value);
+	return session + READY_MARGIN_MS;
+}
+
+/* Clears awaiting_ready once the replacement's source is ready, or it took too long (logged). */
+static bool pool_slot_ready(struct slot *s, const struct scoreboard_slot *board, long long now)
+{
+	long long limit = ready_timeout_ms(s->pool->sup->cfg);
+	if (__atomic_load_n(&board->ready, __ATOMIC_ACQUIRE)) {
+		s->awaiting_ready = false;
+	} else if (now - s->started_mono_ms > limit) {
+		log_warnx("worker %d not ready after %lld ms (no group assignment yet); replacing the next one anyway",
+		          s->index, limit);
+		s->awaiting_ready = false;
+	}
+	return !s->awaiting_ready;
+}
+
 static void pool_replace_next(struct pool *pool)
 {
 	if (pool->stopping)
 		return;
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
 		const struct slot *s = &pool->slots[i];
-		if (s->replacing || (s->state == SLOT_STARTING && s->wanted))
-			return; /* one at a time: wait for the current one to be up */
+		if (s->replacing || (s->state == SLOT_STARTING && s->wanted) || (s->awaiting_ready && slot_alive(s)))
+			return; /* one at a time: wait for the current one to be up and ready */
 	}
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
 		struct slot *s = &pool->slots[i];

@@ -3,9 +3,11 @@
  * the consumer group, with its own consumer and producer, created after fork
  * in open(). librdkafka wakes the worker's libev loop through a pipe
  * (rd_kafka_queue_io_event_enable on the consumer queue, which also carries
- * the consumer's main queue, and on the producer's main queue); a short timer
- * polls as well, because the pipe is written only when a queue becomes
- * non-empty and max.poll.interval.ms counts polls.
+ * the consumer's main queue, and on the producer's main queue), and every
+ * wake-up drains both queues. A timer polls as well, but rarely: once a second
+ * while work or a fault is there (a fault's age is shown in stats), and when
+ * idle only often enough for max.poll.interval.ms, which counts polls. An idle
+ * worker's own thread thus sleeps; what wakes it then is librdkafka's threads.
  *
  * At-least-once: per partition, every offset received is tracked until its
  * complete or failed event is acknowledged by the broker (idempotent producer,
@@ -43,7 +45,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#define POLL_INTERVAL_S 0.2
+#define BUSY_POLL_S 1.0
+#define IDLE_POLL_MAX_S 30.0
 #define PROGRESS_INTERVAL_MS 1000
 #define OUTCOME_RETRY_FIRST_MS 500
 #define OUTCOME_RETRY_MAX_MS 30000
@@ -54,6 +57,7 @@
 #define EVENT_OVERHEAD_BYTES 1024
 #define AWAITING_ACK_FAULT_MS 10000
 #define ERROR_LOG_INTERVAL_MS 10000
+#define HURRY_CLOSE_MIN_MS 500
 
 struct kjob;
 
@@ -131,12 +135,18 @@ struct source {
 	struct kjob_list out;    /* taken: running or settling */
 	size_t buffer_cap;       /* the worker's share of prefetched messages, spread over its partitions */
 	int64_t uncommitted_max; /* while commits fail: acknowledged offsets a partition may run ahead */
+	int64_t window;          /* [kafka] max_uncommitted: offsets past the oldest unfinished one that may be taken */
 	long long commit_stall_ms; /* no successful commit for this long counts as failing */
+	double idle_poll_s;      /* the poll timer's period while nothing is in flight */
+	long long hurry_until_ms; /* a fast stop: close() is done by then (0 = none) */
+	ev_timer hurry_timer;
 	unsigned long take_seq;
 	bool flow_dirty;
 	bool worker_paused;
 	bool wake_worker;        /* a held-back partition may hand out jobs again */
 	bool closing;
+	bool gave_up;            /* fast stop: unacknowledged outcomes no longer awaited */
+	bool leave_handles;      /* a fast close ran out of time: exit without destroying them */
 	bool subscribed;
 	bool ever_assigned;
 	size_t max_event_bytes;
@@ -166,6 +176,8 @@ struct source {
 };
 
 static void serve(struct source *src);
+static void poll_timer_adjust(struct source *src);
+static void hurry_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents);
 static void revoke_check(struct source *src);
 static void outcome_produce(struct kjob *kj);
 
@@ -349,6 +361,21 @@ static void part_ack(struct source *src, struct kpart *p, int64_t offset)
 	memmove(p->done, p->done + prefix, (p->count - prefix) * sizeof(*p->done));
 	p->count -= prefix;
 	store_offset(src, p);
+	if (p->queue.head != NULL)
+		src->wake_worker = true; /* the window moved: the partition may hand out jobs again */
+}
+
+/*
+ * Whether the partition's next job lies within max_uncommitted offsets of its
+ * oldest unfinished one (offsets[0]: taken jobs go in offset order, so it is
+ * either running or the next job itself). Everything from there on runs again
+ * if the worker dies, so this bounds what one slow job at a partition's head
+ * can make a crash repeat.
+ */
+static bool part_in_window(const struct source *src, const struct kpart *p)
+{
+	const struct kjob *next = p->queue.head;
+	return next == NULL || p->count == 0 || next->offset - p->offsets[0] < src->window;
 }
 
 /* The job still belongs to the partition's current assignment. */
@@ -392,13 +419,40 @@ static void kjob_free(struct kjob *kj)
 	free(kj);
 }
 
-static char *job_id_for(const rd_kafka_message_t *msg, const char *payload)
+char *kafka_message_id(const char *payload, size_t len, const void *key, size_t key_len, const char **problem)
 {
-	char *id = event_job_id(payload, msg->len);
-	if (id != NULL)
+	json_t *doc = json_loadb(payload, len, 0, NULL);
+	json_t *field = json_object_get(doc, "id");
+	char *id = NULL;
+	*problem = NULL;
+	/* An empty "id" names nothing: the key, or the message's place, names the job then. */
+	if (json_is_string(field) && json_string_length(field) > 0) {
+		*problem = event_job_id_problem(json_string_value(field), json_string_length(field));
+		id = strndup(json_string_value(field), json_string_length(field));
+	} else if (key != NULL && key_len > 0) {
+		*problem = event_job_id_problem(key, key_len);
+		id = strndup(key, key_len);
+	}
+	json_decref(doc);
+	return id;
+}
+
+/*
+ * The job's id; a message whose id breaks the rules is marked invalid (it fails
+ * with invalid_job) and named by its place, <topic>-<partition>-<offset>, so
+ * that its failed event is still valid.
+ */
+static char *job_id_for(const rd_kafka_message_t *msg, struct job *job)
+{
+	const char *problem;
+	char *id = kafka_message_id(job->payload, job->payload_len, msg->key, msg->key_len, &problem);
+	if (id != NULL && problem == NULL)
 		return id;
-	if (msg->key_len > 0 && memchr(msg->key, '\0', msg->key_len) == NULL)
-		return strndup(msg->key, msg->key_len);
+	free(id);
+	if (problem != NULL) {
+		job->invalid = true;
+		job->invalid_reason = problem;
+	}
 	if (asprintf(&id, "%s-%d-%lld", rd_kafka_topic_name(msg->rkt), (int)msg->partition, (long long)msg->offset) < 0)
 		return NULL;
 	return id;
@@ -417,10 +471,11 @@ static struct kjob *kjob_from_message(struct source *src, struct kpart *p, const
 	job->payload = payload;
 	job->payload_len = msg->len;
 	payload = NULL;
-	job->id = job_id_for(msg, job->payload);
+	job->invalid = !event_payload_is_object(job->payload, job->payload_len);
+	job->id = job_id_for(msg, job);
 	if (job->id == NULL)
 		goto fail;
-	job->invalid = !event_payload_is_object(job->payload, job->payload_len);
+	job->delivery = scoreboard_delivery_key(rd_kafka_topic_name(msg->rkt), msg->partition, msg->offset);
 	job->backend = kj;
 	kj->src = src;
 	kj->job = job;
@@ -699,7 +754,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 		return;
 	}
 	/* Any error, a timeout too, means "maybe not written": never move the offset for it. */
-	if (src->closing || !kjob_current(kj)) {
+	if (src->closing || src->gave_up || !kjob_current(kj)) {
 		/* The job runs again where its partition lives now (or after restart). */
 		log_warnx("job %s: outcome not acknowledged (%s); the job stays in the queue", kj->job->id,
 		          rd_kafka_err2str(msg->err));
@@ -913,6 +968,9 @@ static void on_assign(struct source *src, rd_kafka_t *rk, rd_kafka_topic_partiti
 		p->revoking = false;
 	}
 	src->flow_dirty = true; /* a re-assigned partition may still carry librdkafka's pause flag */
+	/* In the group now, even with nothing assigned: a rolling reload may take the next worker out. */
+	if (src->board != NULL)
+		__atomic_store_n(&src->board->ready, 1, __ATOMIC_RELEASE);
 	log_info("kafka: assigned %d partition(s) of %s (rebalance %u, %s)", parts->cnt, src->cfg->requests_topic,
 	         src->rebalances, rd_kafka_rebalance_protocol(rk));
 	publish_partitions(src);
@@ -1095,6 +1153,7 @@ static void wake_cb(struct ev_loop *loop, ev_io *watcher, int revents)
 	while (read_some(watcher->fd, buf, sizeof(buf)) > 0)
 		;
 	serve(src);
+	poll_timer_adjust(src);
 }
 
 static const char *kafka_fault(struct source *src);
@@ -1124,10 +1183,31 @@ static void publish_fault(struct source *src)
 	snprintf(src->published_fault, sizeof(src->published_fault), "%s", text);
 }
 
+/* Nothing in flight and no fault shown or about to be: nothing whose age matters. */
+static bool source_idle(const struct source *src)
+{
+	return src->out.head == NULL && src->buffered == 0 && src->revoking == NULL && src->fault_text[0] == '\0' &&
+	       src->fatal[0] == '\0' && !src->brokers_down && !src->topic_missing && src->outcomes_retrying == 0;
+}
+
+/* The poll timer's period follows the work: a second while busy, rarely when idle. */
+static void poll_timer_adjust(struct source *src)
+{
+	double want = source_idle(src) ? src->idle_poll_s : BUSY_POLL_S;
+	if (src->poll_timer.repeat == want)
+		return;
+	src->poll_timer.repeat = want;
+	/* Going busy: the next tick within a second; going idle: the tick already due stays. */
+	if (want < src->idle_poll_s || !ev_is_active(&src->poll_timer))
+		ev_timer_again(src->loop, &src->poll_timer);
+}
+
 static void poll_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
-	serve(timer->data);
-	publish_fault(timer->data);
+	struct source *src = timer->data;
+	serve(src);
+	publish_fault(src);
+	poll_timer_adjust(src);
 }
 
 /* ---- open --------------------------------------------------------------- */
@@ -1171,6 +1251,8 @@ static rd_kafka_t *create_handle(struct source *src, enum kafka_role role, char 
 		long long limit = conf_ms(conf, "max.poll.interval.ms", 300000) / 2;
 		src->drain_ms = src->cfg->shutdown_timeout_ms < limit ? src->cfg->shutdown_timeout_ms : limit;
 		src->commit_stall_ms = 2 * conf_ms(conf, "auto.commit.interval.ms", 5000) + 500;
+		double idle = (double)conf_ms(conf, "max.poll.interval.ms", 300000) / 4000.0;
+		src->idle_poll_s = idle < BUSY_POLL_S ? BUSY_POLL_S : idle > IDLE_POLL_MAX_S ? IDLE_POLL_MAX_S : idle;
 	} else {
 		rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
 	}
@@ -1216,7 +1298,7 @@ static int setup_wakeup(struct source *src, char *err, size_t errlen)
 	ev_io_init(&src->wake_watcher, wake_cb, src->wake_fd[0], EV_READ);
 	src->wake_watcher.data = src;
 	ev_io_start(src->loop, &src->wake_watcher);
-	ev_timer_init(&src->poll_timer, poll_timer_cb, POLL_INTERVAL_S, POLL_INTERVAL_S);
+	ev_timer_init(&src->poll_timer, poll_timer_cb, BUSY_POLL_S, BUSY_POLL_S);
 	src->poll_timer.data = src;
 	ev_timer_start(src->loop, &src->poll_timer);
 	ev_prepare_init(&src->flow_watcher, flow_cb);
@@ -1224,6 +1306,7 @@ static int setup_wakeup(struct source *src, char *err, size_t errlen)
 	ev_prepare_start(src->loop, &src->flow_watcher);
 	ev_timer_init(&src->drain_timer, drain_timer_cb, 0, 0);
 	src->drain_timer.data = src;
+	ev_timer_init(&src->hurry_timer, hurry_timer_cb, 0, 0);
 	return 0;
 }
 
@@ -1246,6 +1329,7 @@ static struct source *kafka_open(const struct config *cfg, struct ev_loop *loop,
 	size_t cap = cfg->max_concurrent > 0 ? (size_t)cfg->max_concurrent : 1;
 	src->buffer_cap = cap < 2 ? 2 : cap > BUFFER_MAX ? BUFFER_MAX : cap;
 	src->uncommitted_max = (int64_t)src->buffer_cap;
+	src->window = cfg->kafka_max_uncommitted > 0 ? cfg->kafka_max_uncommitted : 2 * (int64_t)cap;
 	src->max_event_bytes = producer_max_bytes(cfg, slot);
 
 	src->producer = create_handle(src, KAFKA_ROLE_PRODUCER, err, errlen);
@@ -1275,7 +1359,8 @@ static int kafka_take(struct source *src, struct job **job)
 		return 1;
 	struct kpart *next = NULL;
 	for (struct kpart *p = src->parts; p != NULL; p = p->next)
-		if (p->queue.head != NULL && !part_held_back(src, p) && (next == NULL || p->taken_seq < next->taken_seq))
+		if (p->queue.head != NULL && !part_held_back(src, p) && part_in_window(src, p) &&
+		    (next == NULL || p->taken_seq < next->taken_seq))
 			next = p;
 	if (next == NULL)
 		return 1;
@@ -1285,6 +1370,10 @@ static int kafka_take(struct source *src, struct job **job)
 	src->buffered--;
 	kj->state = KJOB_RUNNING;
 	kj->part->outstanding++;
+	/* Redelivered after it took workers down with it: those attempts count (the ledger is this host's). */
+	int deaths = scoreboard_crash_deaths(kj->job->delivery);
+	if (deaths > kj->job->attempts_done)
+		kj->job->attempts_done = deaths;
 	list_push_tail(&src->out, kj);
 	src->flow_dirty = true;
 	*job = kj->job;
@@ -1381,6 +1470,8 @@ static void kafka_resume(struct source *src)
 
 static size_t kafka_pending(struct source *src)
 {
+	if (src->gave_up)
+		return 0; /* a fast stop no longer waits: close() abandons what is left */
 	size_t n = 0;
 	for (struct kjob *kj = src->out.head; kj != NULL; kj = kj->next)
 		if (kj->state == KJOB_SETTLING)
@@ -1419,6 +1510,89 @@ static const char *kafka_fault(struct source *src)
 	return src->fault_text;
 }
 
+/* ---- fast stop ---------------------------------------------------------- */
+
+/*
+ * Settles as not durable the first outcome waiting for a retry (not in flight).
+ * (The analyzer cannot see that kjob_settle unlinked the entry it freed.)
+ */
+static bool settle_one_retrying(struct source *src)
+{
+	struct kjob *kj = src->out.head;
+	while (kj != NULL && (kj->state != KJOB_SETTLING || kj->in_flight)) // NOLINT(clang-analyzer-unix.Malloc)
+		kj = kj->next;
+	if (kj == NULL)
+		return false;
+	kjob_settle(kj, false);
+	return true;
+}
+
+/* The fast stop's wait is over: what the brokers have not acknowledged stays in the queue. */
+static void hurry_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct source *src = timer->data;
+	size_t waiting = kafka_pending(src);
+	src->gave_up = true;
+	if (waiting == 0)
+		return;
+	log_warnx("kafka: fast stop: %zu outcome(s) not acknowledged; their jobs stay in the queue", waiting);
+	rd_kafka_purge(src->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	rd_kafka_poll(src->producer, 0); /* the purge reports settle their jobs as not durable */
+	while (settle_one_retrying(src))
+		;
+}
+
+static void kafka_hurry(struct source *src, long long budget_ms)
+{
+	if (src->hurry_until_ms != 0)
+		return;
+	src->hurry_until_ms = now_ms() + budget_ms;
+	ev_timer_init(&src->hurry_timer, hurry_timer_cb, (double)budget_ms / 2000.0, 0);
+	src->hurry_timer.data = src;
+	ev_timer_start(src->loop, &src->hurry_timer);
+}
+
+/* What a fast close may still spend, at least HURRY_CLOSE_MIN_MS. */
+static int hurry_left_ms(const struct source *src)
+{
+	long long left = src->hurry_until_ms - now_ms();
+	return left < HURRY_CLOSE_MIN_MS ? HURRY_CLOSE_MIN_MS : left > 60000 ? 60000 : (int)left;
+}
+
+/*
+ * Leaves the group within the fast stop's time: the asynchronous close, whose
+ * rebalance events are served here. False when the time ran out (brokers
+ * down): the process then exits without waiting for librdkafka.
+ */
+static bool consumer_close_in_time(struct source *src)
+{
+	long long deadline = now_ms() + hurry_left_ms(src);
+	rd_kafka_queue_t *queue = rd_kafka_queue_new(src->consumer);
+	if (queue == NULL)
+		return false;
+	rd_kafka_error_t *error = rd_kafka_consumer_close_queue(src->consumer, queue);
+	if (error != NULL) {
+		log_warnx("kafka: consumer close: %s", rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+		rd_kafka_queue_destroy(queue);
+		return false;
+	}
+	while (!rd_kafka_consumer_closed(src->consumer) && now_ms() < deadline) {
+		rd_kafka_event_t *event = rd_kafka_queue_poll(queue, 100);
+		if (event == NULL)
+			continue;
+		if (rd_kafka_event_type(event) == RD_KAFKA_EVENT_REBALANCE)
+			on_rebalance(src->consumer, rd_kafka_event_error(event), rd_kafka_event_topic_partition_list(event),
+			             src);
+		rd_kafka_event_destroy(event);
+	}
+	bool closed = rd_kafka_consumer_closed(src->consumer);
+	rd_kafka_queue_destroy(queue);
+	if (!closed)
+		log_warnx("kafka: fast stop: the group could not be left in time; exiting without it");
+	return closed;
+}
+
 /* ---- close -------------------------------------------------------------- */
 
 /* Outcomes still unacknowledged after the flush: given up (their jobs stay in the queue). */
@@ -1446,6 +1620,7 @@ static void stop_watchers(struct source *src)
 	ev_timer_stop(src->loop, &src->poll_timer);
 	ev_prepare_stop(src->loop, &src->flow_watcher);
 	ev_timer_stop(src->loop, &src->drain_timer);
+	ev_timer_stop(src->loop, &src->hurry_timer);
 }
 
 static void destroy_handles(struct source *src)
@@ -1466,14 +1641,17 @@ static void destroy_handles(struct source *src)
 		 * but never got an assignment; the worker exits right after close, so
 		 * leaving that handle to process exit is the safe choice.
 		 */
-		if (!src->subscribed || src->ever_assigned)
+		if (src->leave_handles)
+			log_debug("kafka: fast stop: leaving the consumer to process exit");
+		else if (!src->subscribed || src->ever_assigned)
 			rd_kafka_destroy(src->consumer);
 		else
 			log_debug("kafka: consumer never had an assignment; not destroying it (librdkafka 2.0.2)");
 		src->consumer = NULL;
 	}
 	if (src->producer != NULL) {
-		rd_kafka_destroy(src->producer);
+		if (!src->leave_handles)
+			rd_kafka_destroy(src->producer);
 		src->producer = NULL;
 	}
 	for (int i = 0; i < 2; i++)
@@ -1485,8 +1663,10 @@ static void kafka_close(struct source *src)
 {
 	src->closing = true;
 	stop_watchers(src);
+	bool hurry = src->hurry_until_ms != 0;
 	/* Outcomes first: an offset is stored only after its outcome is acknowledged. */
-	if (src->producer != NULL && rd_kafka_flush(src->producer, CLOSE_FLUSH_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (src->producer != NULL &&
+	    rd_kafka_flush(src->producer, hurry ? hurry_left_ms(src) / 2 : CLOSE_FLUSH_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		log_warnx("kafka: %d event(s) not delivered at shutdown", rd_kafka_outq_len(src->producer));
 	abandon_unsettled(src);
 	for (struct kpart *p = src->parts; p != NULL; p = p->next) {
@@ -1504,12 +1684,15 @@ static void kafka_close(struct source *src)
 	 * workers stopping at the same time left the group first.
 	 */
 	if (src->consumer != NULL && src->ever_assigned) {
-		rd_kafka_resp_err_t err = rd_kafka_commit(src->consumer, NULL, 0);
+		/* A fast stop does not wait for it: consumer close commits as well. */
+		rd_kafka_resp_err_t err = rd_kafka_commit(src->consumer, NULL, hurry);
 		if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
 			log_info("kafka: final commit before leaving: %s", rd_kafka_err2str(err));
 	}
 	/* Leaves the group (static members keep their place until session.timeout.ms) and commits. */
-	if (src->consumer != NULL) {
+	if (src->consumer != NULL && hurry) {
+		src->leave_handles = !consumer_close_in_time(src);
+	} else if (src->consumer != NULL) {
 		rd_kafka_resp_err_t err = rd_kafka_consumer_close(src->consumer);
 		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 			log_warnx("kafka: consumer close: %s", rd_kafka_err2str(err));
@@ -1556,5 +1739,6 @@ const struct source_ops kafka_source_ops = {
 	.resume = kafka_resume,
 	.pending = kafka_pending,
 	.fault = kafka_fault,
+	.hurry = kafka_hurry,
 	.close = kafka_close,
 };

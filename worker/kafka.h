@@ -29,4 +29,12 @@ void kafka_source_set_scoreboard(struct source *src, struct scoreboard_slot *slo
  */
 void kafka_source_set_revoke_hook(struct source *src, void (*revoke)(struct job *job, void *arg), void *arg);
 
+/*
+ * The job id a message names: its "id" string field, else its key (malloc'd);
+ * NULL when it names none. *problem is a static sentence when that id breaks
+ * event_job_id_problem's rules (the id is returned all the same), else NULL.
+ * Shared by the worker and droverctl submit.
+ */
+char *kafka_message_id(const char *payload, size_t len, const void *key, size_t key_len, const char **problem);
+
 #endif

@@ -17,6 +17,7 @@
 #include <ev.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -24,7 +25,8 @@ struct job {
 	char *id;            /* spec section 3 rules; never NULL */
 	char *payload;       /* the message bytes, NUL-terminated for convenience */
 	size_t payload_len;
-	int attempts_done;   /* attempts already made before this delivery */
+	int attempts_done;   /* attempts already made before this delivery (crashed workers' included) */
+	uint64_t delivery;   /* the message's place in the queue (scoreboard crash ledger), 0 = none */
 	bool invalid;        /* not a JSON object: fail with invalid_job, never run */
 	const char *invalid_reason; /* static sentence saying why, NULL = not a JSON object */
 	bool completed;      /* set by the worker before finish(): what settles, for the counters */
@@ -62,6 +64,12 @@ struct source_ops {
 	size_t (*pending)(struct source *src);
 	/* Stats for the scoreboard's fault text; "" when healthy. */
 	const char *(*fault)(struct source *src);
+	/*
+	 * Optional. A fast stop (QUIT): outcomes not acknowledged within about half
+	 * of budget_ms are given up (their jobs stay in the queue), and close()
+	 * finishes within the rest.
+	 */
+	void (*hurry)(struct source *src, long long budget_ms);
 	/* Final commit and teardown; jobs still out were released or finished before. */
 	void (*close)(struct source *src);
 };

@@ -633,6 +633,8 @@ static void worker_start_job(struct worker *w, struct job *job)
 	if (worker_refuses_job(w, t))
 		return;
 	t->board_index = scoreboard_job_add(w->board, job->id, job->attempts_done + 1);
+	if (job->delivery != 0)
+		scoreboard_job_set_delivery(w->board, t->board_index, job->delivery);
 	task_begin_attempt(t);
 }
 
@@ -702,6 +704,8 @@ static void worker_drain(struct worker *w, enum drain_mode mode)
 	w->board->draining = 1;
 	scoreboard_write_end(w->board);
 	worker_update_flow(w);
+	if (mode == DRAIN_FAST && w->ops->hurry != NULL)
+		w->ops->hurry(w->source, w->cfg->kill_grace_ms);
 	for (struct task *t = w->tasks, *next; t != NULL; t = next) {
 		next = t->next;
 		if (t->run == NULL)
@@ -898,10 +902,11 @@ int worker_main(const struct worker_params *params)
 		return 69;
 	}
 	if (w.cfg->backend == BACKEND_KAFKA) {
-		kafka_source_set_scoreboard(w.source, w.board);
+		kafka_source_set_scoreboard(w.source, w.board); /* sets ready at the first assignment */
 		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
 	} else {
 		spool_source_set_scoreboard(w.source, w.board);
+		__atomic_store_n(&w.board->ready, 1, __ATOMIC_RELEASE);
 	}
 
 	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);

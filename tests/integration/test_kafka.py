@@ -394,3 +394,212 @@ def test_more_workers_than_partitions_stop_cleanly(mock, drover, fast_handler):
     assert early.stop() == 0
     exits = [l for l in early.log_text().splitlines() if "exited:" in l and "worker" in l]
     assert len(exits) == 2 and all(l.endswith("exited: exit 0") for l in exits), exits
+
+
+def _thread_switches(pid, tid):
+    with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+        return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+
+
+def test_idle_worker_thread_sleeps(mock, drover, fast_handler):
+    # An idle worker's own thread (not librdkafka's) wakes only for its heartbeat and librdkafka's
+    # events: no polling timer. Counted in context switches over a fixed window of jobs-free time;
+    # a 0.2 s poll timer alone would add 5 per second.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=1, handler=handler, runs_dir=runs,
+                          librdkafka={"statistics.interval.ms": 60000})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 1)
+    jobs = kh.make_jobs(5, prefix="warm")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 60, drover=d)
+    pid = list(d.worker_pids().values())[0]
+    time.sleep(2)  # the last outcome's acknowledgement and commit settle
+    window = 6.0
+    before = _thread_switches(pid, pid)
+    time.sleep(window)
+    woke = _thread_switches(pid, pid) - before
+    # The heartbeat (1/s) plus a few librdkafka events (commits, rare polls).
+    assert woke <= 2 * window, "worker thread woke %d times in %.0f s while idle" % (woke, window)
+
+
+HANG_HANDLER = r"""#!/bin/sh
+# Records each run; a job with "hang" sleeps while the file $KRUN_DIR/../hang exists.
+job=$(cat)
+: > "$KRUN_DIR/$DROVER_JOB_ID.$$"
+case "$job" in
+*'"hang"'*) while [ -e "$KRUN_DIR/../hang" ]; do sleep 0.1; done ;;
+esac
+printf '{"done":"%s"}\n' "$DROVER_JOB_ID"
+"""
+
+
+def test_kill9_behind_a_hanging_job_repeats_at_most_max_uncommitted(mock, drover, workdir):
+    # One job hangs at the head of the only partition: the partition's offset cannot move past it,
+    # so every job taken behind it runs again after a kill -9. max_uncommitted bounds how many.
+    handler = workdir / "hang_handler.sh"
+    handler.write_text(HANG_HANDLER)
+    handler.chmod(0o755)
+    runs = workdir / "runs"
+    runs.mkdir()
+    (workdir / "hang").write_text("")
+    m = mock(topics=[(kh.REQUESTS, 1), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    window = 6
+    cfg = kh.kafka_config(m.bootstrap, workers=1, max_concurrent=4, handler=handler, runs_dir=runs,
+                          kafka={"max_uncommitted": window},
+                          supervisor={"restart_delay_ms": 100})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 1, partitions=1)
+    head = [("hang-0", json.dumps({"id": "hang-0", "hang": True}))]
+    jobs = kh.make_jobs(120, prefix="behind")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, head + jobs)
+    # The hanging job plus window - 1 jobs behind it have run; their outcomes are acknowledged.
+    d.wait_until(lambda: len(kh.outcome_docs(m.bootstrap, kh.COMPLETE)) >= window - 1, 60,
+                 "the jobs within the window to complete")
+    pid = list(d.worker_pids().values())[0]
+    ran_before_kill = sum(kh.run_counts(runs).values())
+    os.kill(pid, signal.SIGKILL)
+    (workdir / "hang").unlink()
+    ids = [i for i, _ in head + jobs]
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d)
+    assert not failed
+    reruns = sum(c - 1 for c in kh.run_counts(runs).values())
+    assert reruns <= window, "%d jobs ran again after the kill (%d had run before it; bound %d)" % (
+        reruns, ran_before_kill, window)
+    assert ran_before_kill <= window, ran_before_kill
+
+
+def test_quit_during_an_outage_exits_without_sigkill(mock, drover, fast_handler):
+    # All brokers down with outcomes unacknowledged: QUIT gives them up (the jobs stay in the queue)
+    # and the workers exit by themselves, before the supervisor's SIGKILL; nothing is lost.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=3, handler=handler, runs_dir=runs,
+                          jobs={"kill_grace_ms": 2000})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2)
+    jobs = kh.make_jobs(60, prefix="q", sleep=0.3)
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.wait_until(lambda: d.stats()["jobs"]["completed"] >= 6, 60, "some progress")
+    m.down()
+    d.wait_until(lambda: any("kafka:" in (w.get("fault") or "") for w in d.stats()["workers"]), 40,
+                 "the outage in stats")
+    d.signal(signal.SIGQUIT)
+    assert d.wait_exit(30) == 0
+    log = d.log_text()
+    assert "did not exit after QUIT" not in log and "ignored QUIT" not in log, log[-3000:]
+    assert "outcome(s) not acknowledged" in log or "not delivered at shutdown" in log, log[-3000:]
+    exits = [l for l in log.splitlines() if "exited:" in l and "worker" in l]
+    assert len(exits) == 2 and all(l.endswith("exited: exit 0") for l in exits), exits
+    # Nothing was lost: with the brokers back, every job ends on an outcome topic.
+    m.up()
+    d2 = drover(config=cfg, name="again")
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 120, drover=d2)
+    assert not failed and set(complete) == set(ids)
+
+
+KILLER_HANDLER = r"""#!/bin/sh
+# Records each run; a job with "kill" kills its worker (the handler's parent).
+job=$(cat)
+: > "$KRUN_DIR/$DROVER_JOB_ID.$$"
+case "$job" in
+*'"kill"'*) kill -9 $PPID; sleep 5 ;;
+esac
+printf '{"done":"%s"}\n' "$DROVER_JOB_ID"
+"""
+
+
+def test_job_that_kills_its_worker_fails_after_max_attempts(mock, drover, workdir):
+    # Kafka redelivers the message after each crash; the supervisor's crash ledger counts the deaths,
+    # so the job runs at most max_attempts times on this host and ends failed with worker_lost.
+    handler = workdir / "killer.sh"
+    handler.write_text(KILLER_HANDLER)
+    handler.chmod(0o755)
+    runs = workdir / "runs"
+    runs.mkdir()
+    m = mock(topics=[(kh.REQUESTS, 2), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=1, handler=handler, runs_dir=runs,
+                          jobs={"max_attempts": 3},
+                          supervisor={"restart_delay_ms": 100, "restart_delay_max_ms": 300})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 2, partitions=2)
+    jobs = [("killer", json.dumps({"id": "killer", "kill": True}))] + kh.make_jobs(20, prefix="innocent")
+    ids = [i for i, _ in jobs]
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    complete, failed = kh.wait_outcomes(m.bootstrap, ids, 180, drover=d)
+    assert "killer" in failed and "killer" not in complete, (sorted(complete), failed)
+    assert failed["killer"]["error"]["reason"] == "worker_lost", failed["killer"]
+    assert kh.run_counts(runs)["killer"] <= 3, kh.run_counts(runs)
+    assert set(complete) == set(ids) - {"killer"}, sorted(set(ids) - set(complete))
+
+
+def test_bad_ids_fail_as_invalid_job_and_submit_refuses_them(mock, drover, fast_handler):
+    # Ids are bounded (1 KiB) and printable: a message named by a longer or unprintable key or "id"
+    # goes to the failed topic as invalid_job under <topic>-<partition>-<offset>; the partition
+    # moves on. droverctl submit refuses such lines.
+    handler, runs = fast_handler
+    m = mock(topics=[(kh.REQUESTS, 1), (kh.STATUS, 1), (kh.COMPLETE, 1), (kh.FAILED, 1)])
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=1, handler=handler, runs_dir=runs))
+    kh.wait_group_stable(d, 1, partitions=1)
+    records = [("k" * 2000, json.dumps({"n": 1})),                      # offset 0: key too long
+               ("fine-key", json.dumps({"id": "bell\u0007", "n": 2})),  # offset 1: control character
+               ("good-1", json.dumps({"id": "good-1"}))]                # offset 2
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, records)
+    place = ["%s-0-%d" % (kh.REQUESTS, o) for o in (0, 1)]
+    complete, failed = kh.wait_outcomes(m.bootstrap, place + ["good-1"], 60, drover=d)
+    assert set(complete) == {"good-1"}, (sorted(complete), sorted(failed))
+    for p in place:
+        assert failed[p]["error"]["reason"] == "invalid_job", failed[p]
+    assert "longer than 1024" in failed[place[0]]["error"]["message"], failed[place[0]]
+    assert "control character" in failed[place[1]]["error"]["message"], failed[place[1]]
+    assert set(kh.run_counts(runs)) == {"good-1"}
+    kh.wait_committed_to_end(m, 30, drover=d)
+    # droverctl submit: the bad lines are refused, the good one goes.
+    lines = [json.dumps({"id": "x" * 1025}), json.dumps({"id": "tab\there"}), json.dumps({"id": "s-ok"})]
+    rc, out = d.ctl("submit", "-", input="\n".join(lines) + "\n")
+    assert rc == 1 and out.split() == ["s-ok"], (rc, out, d.last_ctl_err)
+    assert "line 1: the id is longer than 1024 bytes" in d.last_ctl_err, d.last_ctl_err
+    assert "line 2: the id contains a control character" in d.last_ctl_err, d.last_ctl_err
+
+
+def test_reload_replaces_one_worker_at_a_time_each_ready_first(mock, drover, fast_handler):
+    # A rolling reload takes the next worker out only once the previous replacement is in the group
+    # (its first assignment): never two slots out of the group at once.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=3, max_concurrent=2, handler=handler, runs_dir=runs)
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 3)
+    old = set(d.worker_pids().values())
+    jobs = kh.make_jobs(200, sleep=0.05)
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d.write_config({"jobs": {"max_concurrent": 3}})
+    d.signal(signal.SIGHUP)
+    worst = []
+
+    def replaced():
+        workers = d.stats()["workers"]
+        out = [w["slot"] for w in workers if not w.get("ready") or w.get("state") != "running"]
+        worst.append(out)
+        pids = {w["pid"] for w in workers if w.get("pid")}
+        return len(pids) == 3 and pids.isdisjoint(old) and not out
+    d.wait_until(replaced, 120, "all three workers replaced and ready")
+    assert max(len(o) for o in worst) <= 1, [o for o in worst if len(o) > 1][:5]
+    # The log tells the same: each "replacing worker" comes after the previous replacement's assignment.
+    lines = d.log_text().splitlines()
+    order = []
+    for i, line in enumerate(lines):
+        if "replacing worker" in line:
+            order.append(i)
+    assert len(order) == 3, order
+    for a, b in zip(order, order[1:]):
+        slot = lines[a].split("replacing worker ")[1].split()[0]
+        started = [l for l in lines[a:b] if "worker %s started, pid" % slot in l]
+        assert started, lines[a:b]
+        pid = started[0].rsplit("pid ", 1)[1].strip()
+        assert any("[%s]" % pid in l and "kafka: assigned" in l for l in lines[a:b]), \
+            "worker %s was replaced again before pid %s joined the group" % (slot, pid)
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 120, drover=d)
+    assert not failed

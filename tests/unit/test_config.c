@@ -1198,7 +1198,7 @@ Test(config, env_for_every_table_option)
 		config_errors_clear(&errs);
 		names++;
 	}
-	cr_assert_eq(names, 39, "one DROVER_ name per table option");
+	cr_assert_eq(names, 40, "one DROVER_ name per table option");
 	free(ref);
 }
 

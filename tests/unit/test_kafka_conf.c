@@ -308,3 +308,78 @@ Test(kafka_conf, librdkafka_config_dump_is_redacted_in_the_log)
 	cr_expect(strstr(text, SECRET) == NULL, "secret in the log");
 	free(text);
 }
+
+/* ---- the container seeds: KAFKA_SASL_USERNAME/PASSWORD ------------------ */
+
+/* Loads a minimal Kafka config file under the given seed variables (NULL = unset). */
+static struct config *load_with_seeds(const char *file_extra, const char *user, const char *password,
+                                      const char *ssl, struct config_errors *errs)
+{
+	static const char *const vars[] = { "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL",
+		"DROVER_KAFKA_SECURITY_PROTOCOL", "DROVER_KAFKA_SASL_USERNAME", "DROVER_KAFKA_SASL_PASSWORD" };
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+		unsetenv(vars[i]);
+	if (user != NULL)
+		setenv("KAFKA_SASL_USERNAME", user, 1);
+	if (password != NULL)
+		setenv("KAFKA_SASL_PASSWORD", password, 1);
+	if (ssl != NULL)
+		setenv("KAFKA_SSL", ssl, 1);
+	char path[] = "/tmp/drover-kafka-conf-XXXXXX";
+	int fd = mkstemp(path);
+	cr_assert(fd >= 0);
+	FILE *f = fdopen(fd, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "[jobs]\nhandler = /bin/cat\n[queue]\nbackend = kafka\n%s", file_extra);
+	fclose(f);
+	struct config *loaded = config_load(path, errs);
+	unlink(path);
+	return loaded;
+}
+
+static void expect_protocol(struct config *loaded, const char *protocol)
+{
+	struct kafka_props props;
+	char err[256];
+	cr_assert_eq(kafka_props_build(loaded, KAFKA_ROLE_CONSUMER, 0, &props, err, sizeof(err)), 0, "%s", err);
+	expect(&props, "security.protocol", protocol);
+	kafka_props_free(&props);
+}
+
+Test(kafka_conf, sasl_seeds_alone_select_sasl_plaintext)
+{
+	struct config_errors errs = { NULL, 0 };
+	struct config *loaded = load_with_seeds("", "drover", SECRET, NULL, &errs);
+	char text[1024];
+	config_errors_join(&errs, text, sizeof(text));
+	cr_assert_eq(errs.count, 0, "refused: %s", text);
+	cr_assert_not_null(loaded);
+	cr_expect_eq(loaded->security_protocol, SECURITY_SASL_PLAINTEXT);
+	struct kafka_props props;
+	char err[256];
+	cr_assert_eq(kafka_props_build(loaded, KAFKA_ROLE_PRODUCER, 0, &props, err, sizeof(err)), 0, "%s", err);
+	expect(&props, "security.protocol", "sasl_plaintext");
+	expect(&props, "sasl.username", "drover");
+	expect(&props, "sasl.password", SECRET);
+	kafka_props_free(&props);
+	config_free(loaded);
+	config_errors_clear(&errs);
+}
+
+Test(kafka_conf, sasl_seeds_follow_kafka_ssl_and_an_explicit_protocol)
+{
+	struct config_errors errs = { NULL, 0 };
+	struct config *loaded = load_with_seeds("", "drover", SECRET, "true", &errs);
+	cr_assert_eq(errs.count, 0);
+	expect_protocol(loaded, "sasl_ssl");
+	config_free(loaded);
+	config_errors_clear(&errs);
+	/* A protocol written in the file is the operator's choice: a seeded user contradicting it is an error. */
+	loaded = load_with_seeds("[kafka]\nsecurity_protocol = plaintext\n", "drover", SECRET, NULL, &errs);
+	cr_expect_gt(errs.count, 0, "plaintext with a SASL user should be refused");
+	config_free(loaded);
+	config_errors_clear(&errs);
+	unsetenv("KAFKA_SASL_USERNAME");
+	unsetenv("KAFKA_SASL_PASSWORD");
+	unsetenv("KAFKA_SSL");
+}
