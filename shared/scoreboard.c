@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/mman.h>
 
 const double scoreboard_duration_bounds[SCOREBOARD_DURATION_BUCKETS] = {
@@ -81,6 +82,32 @@ void scoreboard_read_slot(const struct scoreboard_slot *slot, struct scoreboard_
 	}
 	/* The owner died mid-update or is very busy: a torn copy is better than none. */
 	memcpy(copy, slot, sizeof(*copy));
+}
+
+static int wake_fd = -1;
+
+void scoreboard_set_wake_fd(int fd)
+{
+	wake_fd = fd;
+}
+
+void scoreboard_wake_supervisor(void)
+{
+	static const char poke = 'w';
+	ssize_t n;
+
+	if (wake_fd < 0)
+		return;
+	do
+		n = write(wake_fd, &poke, 1);
+	while (n < 0 && errno == EINTR);
+	/* EAGAIN: the pipe is full of pokes the supervisor has not read yet, which is enough. */
+}
+
+void scoreboard_publish_ready(struct scoreboard_slot *slot)
+{
+	__atomic_store_n(&slot->ready, 1, __ATOMIC_RELEASE);
+	scoreboard_wake_supervisor();
 }
 
 void scoreboard_reset_slot(struct scoreboard_slot *slot)

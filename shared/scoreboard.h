@@ -76,6 +76,17 @@ struct scoreboard *scoreboard_create(void);
 void scoreboard_destroy(struct scoreboard *sb);
 struct scoreboard_slot *scoreboard_slot(struct scoreboard *sb, int slot);
 
+/*
+ * Worker side: the write end of the supervisor's wake-up pipe. A worker pokes
+ * it when its slot changes state (it started, its source became ready), so the
+ * supervisor reacts at once instead of on its next heartbeat check.
+ */
+void scoreboard_set_wake_fd(int fd);
+/* Writes one byte to the wake-up pipe; a full pipe already means "look". */
+void scoreboard_wake_supervisor(void);
+/* Marks the owner's source ready to take jobs and wakes the supervisor. */
+void scoreboard_publish_ready(struct scoreboard_slot *slot);
+
 void scoreboard_write_begin(struct scoreboard_slot *slot);
 void scoreboard_write_end(struct scoreboard_slot *slot);
 /* Consistent copy; gives up after a bounded number of tries (a writer that died mid-update). */

@@ -61,6 +61,8 @@ struct pool {
 	int desired;
 	bool stopping;
 	int death_pipe[2]; /* workers hold the read end; EOF tells them the supervisor is gone */
+	int wake_pipe[2];  /* workers poke the write end when their slot changes (scoreboard.h) */
+	ev_io wake_watcher;
 	unsigned long long spawned; /* workers ever started: the source of slot serials */
 	struct children *children;  /* our own children, to find the orphans of dead workers */
 	ev_child child_watcher;
@@ -111,7 +113,7 @@ static void pool_child(struct slot *s)
 {
 	struct pool *pool = s->pool;
 	struct supervisor *sup = pool->sup;
-	int keep[] = { pool->death_pipe[0], log_fd() };
+	int keep[] = { pool->death_pipe[0], pool->wake_pipe[1], log_fd() };
 
 	close_inherited_fds(keep, ARRAY_LEN(keep));
 	struct worker_params params = {
@@ -120,6 +122,7 @@ static void pool_child(struct slot *s)
 		.generation = sup->generation,
 		.board = scoreboard_slot(sup->scoreboard, s->index),
 		.parent_fd = pool->death_pipe[0],
+		.wake_fd = pool->wake_pipe[1],
 		.supervisor_pid = getppid(),
 		.serial = s->serial,
 	};
@@ -388,13 +391,29 @@ static void pool_check_slot(struct slot *s, long long now)
 	}
 }
 
-static void pool_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+static void pool_check_slots(struct pool *pool)
 {
-	struct pool *pool = timer->data;
 	long long now = now_ms();
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
 		if (slot_alive(&pool->slots[i]))
 			pool_check_slot(&pool->slots[i], now);
+}
+
+static void pool_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	pool_check_slots(timer->data);
+}
+
+/* A worker started or became ready: look now (a restarted slot is running within milliseconds). */
+static void pool_wake_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+	char buf[256];
+	ssize_t n;
+
+	do
+		n = read(io->fd, buf, sizeof(buf));
+	while (n == (ssize_t)sizeof(buf) || (n < 0 && errno == EINTR));
+	pool_check_slots(io->data);
 }
 
 /* ---- rolling replacement ------------------------------------------------ */
@@ -472,6 +491,14 @@ struct pool *pool_create(struct supervisor *sup)
 		free(pool);
 		return NULL;
 	}
+	if (pipe2(pool->wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+		close(pool->death_pipe[0]);
+		close(pool->death_pipe[1]);
+		free(pool);
+		return NULL;
+	}
+	ev_io_init(&pool->wake_watcher, pool_wake_cb, pool->wake_pipe[0], EV_READ);
+	pool->wake_watcher.data = pool;
 	pool->children = children_open();
 	if (pool->children == NULL)
 		log_warn("cannot open the supervisor's list of child processes; escaped job processes of dead "
@@ -503,8 +530,11 @@ void pool_destroy(struct pool *pool)
 	}
 	ev_child_stop(pool->sup->loop, &pool->child_watcher);
 	ev_timer_stop(pool->sup->loop, &pool->heartbeat_timer);
+	ev_io_stop(pool->sup->loop, &pool->wake_watcher);
 	close(pool->death_pipe[0]);
 	close(pool->death_pipe[1]);
+	close(pool->wake_pipe[0]);
+	close(pool->wake_pipe[1]);
 	children_close(pool->children);
 	free(pool);
 }
@@ -513,6 +543,7 @@ void pool_start(struct pool *pool)
 {
 	ev_child_start(pool->sup->loop, &pool->child_watcher);
 	ev_timer_start(pool->sup->loop, &pool->heartbeat_timer);
+	ev_io_start(pool->sup->loop, &pool->wake_watcher);
 	pool_scale(pool, pool->sup->cfg->workers);
 }
 

@@ -968,11 +968,12 @@ static void on_assign(struct source *src, rd_kafka_t *rk, rd_kafka_topic_partiti
 		p->revoking = false;
 	}
 	src->flow_dirty = true; /* a re-assigned partition may still carry librdkafka's pause flag */
-	/* In the group now, even with nothing assigned: a rolling reload may take the next worker out. */
-	if (src->board != NULL)
-		__atomic_store_n(&src->board->ready, 1, __ATOMIC_RELEASE);
 	log_info("kafka: assigned %d partition(s) of %s (rebalance %u, %s)", parts->cnt, src->cfg->requests_topic,
 	         src->rebalances, rd_kafka_rebalance_protocol(rk));
+	/* In the group now, even with nothing assigned: a rolling reload may take the next worker out
+	 * (after the log line, so the log shows the assignment before the next replacement). */
+	if (src->board != NULL)
+		scoreboard_publish_ready(src->board);
 	publish_partitions(src);
 }
 

@@ -820,6 +820,7 @@ static void worker_publish_start(struct worker *w, unsigned generation)
 	w->board->heartbeat_ms = now_ms();
 	w->board->draining = 0;
 	scoreboard_write_end(w->board);
+	scoreboard_wake_supervisor(); /* so the slot shows running now, not at the next heartbeat check */
 }
 
 static void worker_crash_if_asked(int slot)
@@ -891,6 +892,7 @@ int worker_main(const struct worker_params *params)
 		snprintf(w.host, sizeof(w.host), "localhost");
 	w.origin.host = w.host;
 	w.origin.worker = w.slot;
+	scoreboard_set_wake_fd(params->wake_fd);
 	worker_publish_start(&w, params->generation);
 
 	struct source_callbacks callbacks = { .ready = source_ready, .settled = source_settled, .arg = &w };
@@ -906,7 +908,7 @@ int worker_main(const struct worker_params *params)
 		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
 	} else {
 		spool_source_set_scoreboard(w.source, w.board);
-		__atomic_store_n(&w.board->ready, 1, __ATOMIC_RELEASE);
+		scoreboard_publish_ready(w.board);
 	}
 
 	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);

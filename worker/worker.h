@@ -19,6 +19,7 @@ struct worker_params {
 	unsigned generation;
 	struct scoreboard_slot *board;
 	int parent_fd; /* read end of a pipe only the supervisor writes: EOF = supervisor gone */
+	int wake_fd;   /* write end of the supervisor's wake-up pipe (scoreboard_wake_supervisor) */
 	long long supervisor_pid;  /* with serial, the prefix of this worker's attempt tokens (orphans.h) */
 	unsigned long long serial; /* unique among the workers this supervisor ever started */
 };
