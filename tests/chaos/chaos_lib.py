@@ -206,13 +206,15 @@ def assert_runs_bounded(runlog, ids, per_job, extra_bound, what):
 
 
 def worker_lost_collateral(runlog, failed, innocent_ids, max_attempts):
-    """{id: "worker_lost"} of innocent jobs that failed because each of their max_attempts runs died
-    with its worker (a job that kills its worker took them down every time): the contract allows
-    exactly that, so these may fail; any other failure of an innocent job is wrong."""
+    """{id: "worker_lost"} of innocent jobs that failed because each of their attempts died with its
+    worker (a job that kills its worker took them down every time; an attempt can die before its
+    handler wrote its record): the contract allows exactly that. A job with a run that got to its
+    end, or with more runs than max_attempts, does not qualify: its failure is wrong."""
     out = {}
     for i in innocent_ids:
         if i in failed and all(doc["error"]["reason"] == "worker_lost" for doc in failed[i]):
-            if sum(1 for r in runlog.of(i) if not r["ended"]) >= max_attempts:
+            runs = runlog.of(i)
+            if len(runs) <= max_attempts and not any(r["ended"] for r in runs):
                 out[i] = "worker_lost"
     return out
 
