@@ -137,6 +137,8 @@ struct source {
 	int64_t uncommitted_max; /* while commits fail: acknowledged offsets a partition may run ahead */
 	int64_t window;          /* [kafka] max_uncommitted: offsets past the oldest unfinished one that may be taken */
 	long long commit_stall_ms; /* no successful commit for this long counts as failing */
+	long long rebalancing_since_ms; /* the group rebalances (commits refused or skipped), 0 = not */
+	long long rebalance_grace_ms; /* how long kept partitions ignore refused commits: session.timeout.ms */
 	double idle_poll_s;      /* the poll timer's period while nothing is in flight */
 	long long hurry_until_ms; /* a fast stop: close() is done by then (0 = none) */
 	ev_timer hurry_timer;
@@ -1009,11 +1011,14 @@ static void on_revoke(struct source *src, rd_kafka_t *rk, rd_kafka_topic_partiti
 	ev_timer_start(src->loop, &src->drain_timer);
 }
 
+static void note_rebalance(struct source *src);
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
                          void *opaque)
 {
 	struct source *src = opaque;
 	src->rebalances++;
+	note_rebalance(src); /* librdkafka skips commits until the group is steady again */
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
 		on_assign(src, rk, parts);
 	} else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
@@ -1045,17 +1050,28 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 /* ---- librdkafka callbacks ----------------------------------------------- */
 
 /*
- * While the coordinator refuses commits (it does during a rebalance) or none
- * is attempted (librdkafka skips them while the group rebalances), every job
+ * While the coordinator refuses commits or none is attempted, every job
  * finished is one more to repeat if this worker dies: such a partition takes
  * no new job once uncommitted_max acknowledged offsets wait for a commit.
+ * A rebalance refuses (or skips) every commit of the group for seconds, though
+ * most partitions stay where they are: those keep working (revoked ones take
+ * nothing anyway) for up to rebalance_grace_ms, so the pool does not stop.
  * When commits succeed on their interval this never holds anything back.
  */
 static bool part_held_back(const struct source *src, const struct kpart *p)
 {
 	if (p->stored < 0 || p->committed < 0 || p->stored - p->committed < src->uncommitted_max)
 		return false;
-	return p->commit_failing || now_ms() - p->last_commit_ms > src->commit_stall_ms;
+	long long now = now_ms();
+	if (src->rebalancing_since_ms != 0 && now - src->rebalancing_since_ms < src->rebalance_grace_ms)
+		return false;
+	return p->commit_failing || now - p->last_commit_ms > src->commit_stall_ms;
+}
+
+static void note_rebalance(struct source *src)
+{
+	if (src->rebalancing_since_ms == 0)
+		src->rebalancing_since_ms = now_ms();
 }
 
 static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *offsets,
@@ -1073,9 +1089,12 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_pa
 			continue;
 		bool was_held = part_held_back(src, p);
 		p->commit_failing = perr != RD_KAFKA_RESP_ERR_NO_ERROR;
+		if (perr == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS)
+			note_rebalance(src);
 		if (!p->commit_failing && tp->offset >= 0) {
 			p->committed = tp->offset;
 			p->last_commit_ms = now_ms();
+			src->rebalancing_since_ms = 0; /* the coordinator takes commits again */
 		}
 		released |= was_held && !part_held_back(src, p);
 	}
@@ -1252,6 +1271,7 @@ static rd_kafka_t *create_handle(struct source *src, enum kafka_role role, char 
 		long long limit = conf_ms(conf, "max.poll.interval.ms", 300000) / 2;
 		src->drain_ms = src->cfg->shutdown_timeout_ms < limit ? src->cfg->shutdown_timeout_ms : limit;
 		src->commit_stall_ms = 2 * conf_ms(conf, "auto.commit.interval.ms", 5000) + 500;
+		src->rebalance_grace_ms = conf_ms(conf, "session.timeout.ms", 45000);
 		double idle = (double)conf_ms(conf, "max.poll.interval.ms", 300000) / 4000.0;
 		src->idle_poll_s = idle < BUSY_POLL_S ? BUSY_POLL_S : idle > IDLE_POLL_MAX_S ? IDLE_POLL_MAX_S : idle;
 	} else {

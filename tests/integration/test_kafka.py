@@ -603,3 +603,39 @@ def test_reload_replaces_one_worker_at_a_time_each_ready_first(mock, drover, fas
             "worker %s was replaced again before pid %s joined the group" % (slot, pid)
     complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 120, drover=d)
     assert not failed
+
+
+def test_workers_keep_their_partitions_working_during_a_rebalance(mock, drover, workdir):
+    # A second supervisor joins a steady run. While the group rebalances (the coordinator refuses
+    # or librdkafka skips commits for seconds), the first supervisor's workers keep completing jobs
+    # on the partitions they keep, instead of all stopping once a few finished offsets wait.
+    handler, runs = kh.write_fast_handler(workdir)
+    m = mock(topics=kh.default_topics(6))
+    cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=4, handler=handler, runs_dir=runs)
+    d1 = drover(config=cfg, name="first")
+    kh.wait_group_stable(d1, 2)
+    jobs = kh.make_jobs(6000, prefix="steady")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    d1.wait_until(lambda: d1.stats()["jobs"]["completed"] >= 100, 60, "a steady run")
+    runs2 = workdir / "runs2"
+    runs2.mkdir()
+    d2 = drover(config=kh.kafka_config(m.bootstrap, workers=2, max_concurrent=4, handler=handler,
+                                       runs_dir=runs2), name="second")
+    t0 = time.monotonic()
+    samples = []  # (seconds since the join, first supervisor's completed jobs) while the second has none
+
+    def joined():
+        completed = d1.stats()["jobs"]["completed"]
+        if sum(len(p) for p in kh.kafka_partitions(d2.stats()).values()) > 0:
+            return True
+        samples.append((time.monotonic() - t0, completed))
+        return False
+    d2.wait_until(joined, 60, "the second supervisor to get partitions")
+    # From 1 s into the rebalance (jobs already taken have settled by then) to its last sample.
+    window = [c for t, c in samples if t >= 1.0]
+    assert len(window) >= 2, samples
+    during = window[-1] - window[0]
+    # Held back, each of the 6 partitions would stop 4 finished offsets ahead of its last commit.
+    assert during > 6 * 4 * 2, "first supervisor completed %d jobs during the rebalance: %s" % (during, samples)
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 300, drover=d1)
+    assert not failed
