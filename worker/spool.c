@@ -113,7 +113,7 @@
 #define JSON_SUFFIX ".json"
 #define OUTCOME_SUFFIX ".outcome"
 #define SPARE_SUFFIX ".spare"
-#define SPARES_MIN 4  /* a batch of spares shares one fsync of processing/: at least this many */
+#define SPARES_MIN 8  /* a batch of spares shares one fsync of processing/: at least this many */
 #define SPARES_MAX 32 /* ...and at most this many wait, plus as many ready: bounded open files */
 
 static const char *const spool_subdirs[] = { "tmp", "incoming", "processing", "complete", "failed" };

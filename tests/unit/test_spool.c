@@ -1333,7 +1333,7 @@ static unsigned long recycled(struct source *src)
 Test(spool, an_outcome_in_a_reused_job_file_holds_exactly_the_new_document)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	enum { JOBS = 12 };
+	enum { JOBS = 20 };
 	char doc[JOBS][128], name[160];
 
 	enqueue_padded("big", JOBS, 3000); /* job files of 3 KB, outcomes of 30 bytes */
@@ -1361,15 +1361,15 @@ Test(spool, a_job_file_is_overwritten_only_after_processing_is_fsynced)
 	struct spool_counters counts;
 	char doc[128];
 
-	enqueue_padded("j", 6, 10);
+	enqueue_padded("j", 10, 10);
 	struct source *src = open_source(loop);
-	/* The test config has max_concurrent 0: batches of 4 spares (SPARES_MIN). */
-	for (int i = 0; i < 3; i++)
+	/* The test config has max_concurrent 0: batches of 8 spares (SPARES_MIN). */
+	for (int i = 0; i < 7; i++)
 		run_one(loop, src, doc, sizeof(doc));
 	spool_source_counters(src, &counts);
 	cr_assert_eq(counts.spare_syncs, 0);
 	cr_assert_eq(counts.recycled, 0, "a spare was overwritten before its leaving processing/ was durable");
-	cr_assert_eq(count_suffix("tmp", ".spare"), 3);
+	cr_assert_eq(count_suffix("tmp", ".spare"), 7);
 	run_one(loop, src, doc, sizeof(doc));
 	spool_source_counters(src, &counts);
 	cr_assert_eq(counts.spare_syncs, 1, "one fsync of processing/ for the batch");
@@ -1382,7 +1382,7 @@ Test(spool, a_job_file_is_overwritten_only_after_processing_is_fsynced)
 Test(spool, spares_stay_bounded_and_an_idle_worker_gives_them_up)
 {
 	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-	enum { BATCH = 10, ROUNDS = 3 };
+	enum { BATCH = 20, ROUNDS = 3 };
 	struct job *jobs[BATCH];
 	char doc[BATCH][128];
 
@@ -1396,7 +1396,7 @@ Test(spool, spares_stay_bounded_and_an_idle_worker_gives_them_up)
 			spool_source_ops.finish(src, jobs[i], true, doc[i], strlen(doc[i]));
 		}
 		commit(loop, src);
-		cr_assert_leq(count_suffix("tmp", ".spare"), 8, "more spares than 2 x 4 (max_concurrent 0)");
+		cr_assert_leq(count_suffix("tmp", ".spare"), 16, "more spares than 2 x 8 (max_concurrent 0)");
 	}
 	cr_assert_eq(count_entries("complete", NULL, 0), BATCH * ROUNDS);
 	cr_assert_gt(count_suffix("tmp", ".spare"), 0);
@@ -1423,9 +1423,9 @@ Test(spool, a_job_file_with_another_link_is_never_reused)
 	sub_path(job_path, sizeof(job_path), "incoming", "linked.json");
 	snprintf(keep, sizeof(keep), "%s/kept-copy.json", spool_dir);
 	cr_assert_eq(link(job_path, keep), 0);
-	enqueue_padded("after", 8, 10);
+	enqueue_padded("after", 12, 10);
 	struct source *src = open_source(loop);
-	for (int i = 0; i < 9; i++)
+	for (int i = 0; i < 13; i++)
 		run_one(loop, src, doc, sizeof(doc));
 	cr_assert_gt(recycled(src), 0);
 	FILE *f = fopen(keep, "r");
