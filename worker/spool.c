@@ -42,12 +42,12 @@
  *    batch before the loop sleeps again); only then do the jobs' files leave
  *    processing/ (unlinked, or kept as spares: see spares below) and
  *    cb.settled is called. That is not fsynced: if a power cut undoes it, the
- *    finished job runs again and its outcome file is replaced. Outcome files are replaced, so the duplicates that
- *    at-least-once delivery can produce end as one file. An outcome file is
- *    named <id>.json when the id is made of [A-Za-z0-9._-] (not leading '.')
- *    and at most 160 bytes long; otherwise those bytes are kept, the others
- *    become '_', and "-<fnv1a-32 of the id, 8 hex>" follows, so that distinct
- *    ids do not share a file.
+ *    finished job runs again and its outcome file is replaced. Outcome files
+ *    are replaced, so the duplicates that at-least-once delivery can produce
+ *    end as one file. An outcome file is named <id>.json when the id is made
+ *    of [A-Za-z0-9._-] (not leading '.') and at most 160 bytes long;
+ *    otherwise those bytes are kept, the others become '_', and "-<fnv1a-32
+ *    of the id, 8 hex>" follows, so that distinct ids do not share a file.
  *  - An outcome that cannot be written (disk full, directory gone) stays in
  *    memory with its job, still claimed in processing/; it is written again
  *    on every safety pass until it succeeds. Meanwhile the fault shows and no
@@ -58,9 +58,9 @@
  * after their creation until their rename, and our spares (<unique>.spare,
  * finished job files kept to hold later outcomes) are locked all the time
  * they are there: one that is lockable and not empty (or older than a few
- * seconds) was left by a dead worker and is removed by the next sweep (at start, on a supervisor's reclaim after a
- * worker died, on each safety pass). Other files (producers' writes) are
- * removed only once an hour old.
+ * seconds) was left by a dead worker and is removed by the next sweep (at
+ * start, on a supervisor's reclaim after a worker died, on each safety pass).
+ * Other files (producers' writes) are removed only once an hour old.
  *
  * Waking. One readdir of incoming/ fills a candidate list, oldest first (by
  * mtime, which rename keeps, so a requeued job keeps its place, then name).
