@@ -39,15 +39,15 @@
  *  - Outcome: the document is written in tmp/ and fsynced, then renamed into
  *    complete/ or failed/. That directory is fsynced once for all the outcomes
  *    finished in the same loop iteration (group commit: an ev_prepare runs the
- *    batch before the loop sleeps again); only then are the jobs' processing/
- *    files unlinked and cb.settled called. The unlink is not fsynced: if a
- *    power cut loses it, the finished job runs again and its outcome file is
- *    replaced. Outcome files are replaced, so the duplicates that
- *    at-least-once delivery can produce end as one file. An outcome file is
- *    named <id>.json when the id is made of [A-Za-z0-9._-] (not leading '.')
- *    and at most 160 bytes long; otherwise those bytes are kept, the others
- *    become '_', and "-<fnv1a-32 of the id, 8 hex>" follows, so that distinct
- *    ids do not share a file.
+ *    batch before the loop sleeps again); only then do the jobs' files leave
+ *    processing/ (unlinked, or kept as spares: see spares below) and
+ *    cb.settled is called. That is not fsynced: if a power cut undoes it, the
+ *    finished job runs again and its outcome file is replaced. Outcome files
+ *    are replaced, so the duplicates that at-least-once delivery can produce
+ *    end as one file. An outcome file is named <id>.json when the id is made
+ *    of [A-Za-z0-9._-] (not leading '.') and at most 160 bytes long;
+ *    otherwise those bytes are kept, the others become '_', and "-<fnv1a-32
+ *    of the id, 8 hex>" follows, so that distinct ids do not share a file.
  *  - An outcome that cannot be written (disk full, directory gone) stays in
  *    memory with its job, still claimed in processing/; it is written again
  *    on every safety pass until it succeeds. Meanwhile the fault shows and no
@@ -55,11 +55,12 @@
  *    incoming/ and runs again.
  *
  * tmp/. Our outcome files there are written under an flock held from just
- * after their creation until their rename: one that is lockable and not
- * empty (or older than a few seconds) was left by a dead writer and is
- * removed by the next sweep (at start, on a supervisor's reclaim after a
- * worker died, on each safety pass). Other files (producers' writes) are
- * removed only once an hour old.
+ * after their creation until their rename, and our spares (<unique>.spare,
+ * finished job files kept to hold later outcomes) are locked all the time
+ * they are there: one that is lockable and not empty (or older than a few
+ * seconds) was left by a dead worker and is removed by the next sweep (at
+ * start, on a supervisor's reclaim after a worker died, on each safety pass).
+ * Other files (producers' writes) are removed only once an hour old.
  *
  * Waking. One readdir of incoming/ fills a candidate list, oldest first (by
  * mtime, which rename keeps, so a requeued job keeps its place, then name).
@@ -111,6 +112,9 @@
 #define ATTEMPT_MARK ";a="
 #define JSON_SUFFIX ".json"
 #define OUTCOME_SUFFIX ".outcome"
+#define SPARE_SUFFIX ".spare"
+#define SPARES_MIN 8  /* a batch of spares shares one fsync of processing/: at least this many */
+#define SPARES_MAX 32 /* ...and at most this many wait, plus as many ready: bounded open files */
 
 static const char *const spool_subdirs[] = { "tmp", "incoming", "processing", "complete", "failed" };
 
@@ -129,10 +133,18 @@ struct spool_claim {
 	size_t base_len;  /* name without the attempt suffix */
 	int name_attempt; /* the count the name records */
 	struct job *job;
+	struct stat st; /* the job file's, at claim: may it become a spare */
 	bool completed;
 	char *doc;
 	size_t doc_len;
 	struct spool_claim *next; /* in written or stuck */
+};
+
+/* A finished job's file kept in tmp/<name> (locked through fd) to hold a later outcome. */
+struct spare {
+	int fd;
+	off_t size;
+	char name[96];
 };
 
 struct spool {
@@ -168,6 +180,13 @@ struct spool {
 	struct spool_claim *written; /* outcomes renamed into place, their directory not yet fsynced */
 	size_t written_count;
 	struct spool_claim *stuck;   /* outcomes that could not be written yet */
+	struct spare *fresh;         /* spares whose removal from processing/ is not yet durable */
+	struct spare *ready;         /* spares that may be overwritten */
+	size_t fresh_count, ready_count, spares_max;
+	bool wrote_outcome;          /* since the last safety pass: else the spares are given up */
+	uid_t spare_uid;             /* what an outcome file of ours is: a spare must match */
+	gid_t spare_gid;
+	mode_t spare_mode;
 	char write_error[512];       /* why the last outcome write failed */
 	char fault[512];
 	long long unreadable_warned_ms;
@@ -524,7 +543,8 @@ static bool tmp_file_abandoned(int dir_fd, const char *path, const char *name, t
 {
 	struct stat st;
 
-	if (!has_suffix(name, OUTCOME_SUFFIX)) /* a producer's, maybe slow, write: only age tells */
+	/* A spare is locked from its rename into tmp/ on, like an outcome from its creation. */
+	if (!has_suffix(name, OUTCOME_SUFFIX) && !has_suffix(name, SPARE_SUFFIX)) /* a producer's write: only age tells */
 		return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
 		       st.st_mtime < now - SPOOL_TMP_STALE_S;
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
@@ -1013,6 +1033,7 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 		claim_free(claim);
 		return 1;
 	}
+	claim->st = st;
 	job = job_from_claim(claim, st.st_size, done);
 	if (job == NULL) {
 		if (join_path(to, sizeof(to), sp->dir, "processing", claim->name) == 0)
@@ -1021,6 +1042,161 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 		return -1;
 	}
 	*job_out = job;
+	return 0;
+}
+
+/* ---- spares: finished job files that hold later outcomes --------------------- */
+
+/*
+ * Why: on a busy spool each job freed an inode (its processing/ file) and
+ * allocated one (its outcome's tmp/ file); allocating an inode on ext4 without
+ * a journal scans past every recently freed one, and a new file's fsync there
+ * also writes tmp/. So once a job's outcome is durable its file is renamed
+ * from processing/ to tmp/<unique>.spare, still locked (a sweep leaves it
+ * alone; if we die the lock goes and the sweep removes it), and a later
+ * outcome is written over it: open, write, shrink if shorter, fsync, rename
+ * into complete/ or failed/ (the lock is held until after that rename).
+ *
+ * Overwriting is safe only once the job's name is gone from processing/ for
+ * good: were a power cut to bring the name back, the job would come back with
+ * another job's outcome as its payload. So a spare waits (fresh) until one
+ * fsync of processing/ covers a batch of spares_max of them (at least
+ * SPARES_MIN: a fraction of a directory fsync per job); until then outcomes
+ * get new files as before. A job file becomes a spare only when it is what an
+ * outcome file of ours would be: regular, one link (no other name may ever
+ * show the outcome), our owner and group; its mode is set to ours. At most
+ * spares_max fresh and spares_max ready; an idle worker (no outcome written
+ * since the last safety pass) gives them all up, so an idle tmp/ holds none.
+ */
+
+static void discard_spare(struct spool *sp, struct spare *spare)
+{
+	char path[PATH_MAX];
+
+	/* Unlinked while still locked, like every tmp/ file of ours. */
+	if (join_path(path, sizeof(path), sp->dir, "tmp", spare->name) == 0 && unlink(path) < 0 && errno != ENOENT)
+		log_warn("spool: remove %s", path);
+	close(spare->fd);
+	spare->fd = -1;
+}
+
+static void discard_spares(struct spool *sp)
+{
+	while (sp->fresh_count > 0)
+		discard_spare(sp, &sp->fresh[--sp->fresh_count]);
+	while (sp->ready_count > 0)
+		discard_spare(sp, &sp->ready[--sp->ready_count]);
+}
+
+/* What an outcome file of ours is (see write_and_rename): learnt once, compared per job. */
+static void spares_init(struct spool *sp, const struct config *cfg)
+{
+	char tmp[PATH_MAX];
+	struct stat st;
+	mode_t mask = umask(0);
+
+	umask(mask); /* only read: a spool worker runs one thread */
+	sp->spare_mode = SPOOL_FILE_MODE & ~mask;
+	sp->spare_uid = sp->owner != NULL ? sp->owner->st_uid : sp->euid;
+	sp->spare_gid = sp->owner != NULL ? sp->owner->st_gid : getegid();
+	if (sp->owner == NULL && join_path(tmp, sizeof(tmp), sp->dir, "tmp", NULL) == 0 && stat(tmp, &st) == 0 &&
+	    (st.st_mode & S_ISGID))
+		sp->spare_gid = st.st_gid; /* new files there take the directory's group */
+	size_t max = cfg->max_concurrent > SPARES_MIN ? (size_t)cfg->max_concurrent : SPARES_MIN;
+	max = max > SPARES_MAX ? SPARES_MAX : max;
+	sp->fresh = calloc(max, sizeof(*sp->fresh));
+	sp->ready = calloc(max, sizeof(*sp->ready));
+	sp->spares_max = sp->fresh != NULL && sp->ready != NULL ? max : 0; /* none: outcomes get new files */
+}
+
+static bool may_be_spare(const struct spool *sp, const struct stat *st)
+{
+	return S_ISREG(st->st_mode) && st->st_nlink == 1 && st->st_uid == sp->spare_uid &&
+	       st->st_gid == sp->spare_gid;
+}
+
+/* Moves the finished job's file (processing/ path) into the fresh spares; false when it is not kept. */
+static bool keep_as_spare(struct spool *sp, struct spool_claim *claim, const char *path)
+{
+	char to[PATH_MAX];
+
+	if (sp->fresh_count >= sp->spares_max || claim->fd < 0 || !may_be_spare(sp, &claim->st))
+		return false;
+	if ((claim->st.st_mode & 07777) != sp->spare_mode && fchmod(claim->fd, sp->spare_mode) < 0)
+		return false;
+	struct spare *spare = &sp->fresh[sp->fresh_count];
+	unique_name(spare->name, sizeof(spare->name), sp->pid, SPARE_SUFFIX);
+	if (join_path(to, sizeof(to), sp->dir, "tmp", spare->name) < 0 || move_noreplace(path, to) < 0)
+		return false;
+	spare->fd = claim->fd; /* the lock comes along */
+	spare->size = claim->st.st_size;
+	claim->fd = -1;
+	sp->fresh_count++;
+	return true;
+}
+
+/* One fsync of processing/ makes the fresh spares' leaving it durable: then they may be overwritten. */
+static void ready_spares(struct spool *sp)
+{
+	sp->counters.spare_syncs++;
+	if (fsync_dir(sp->processing) < 0) {
+		log_warn("spool: fsync %s (spares given up)", sp->processing);
+		while (sp->fresh_count > 0)
+			discard_spare(sp, &sp->fresh[--sp->fresh_count]);
+		return;
+	}
+	while (sp->fresh_count > 0) {
+		struct spare *spare = &sp->fresh[--sp->fresh_count];
+		if (sp->ready_count < sp->spares_max)
+			sp->ready[sp->ready_count++] = *spare;
+		else
+			discard_spare(sp, spare);
+	}
+}
+
+static int ftruncate_retry(int fd, off_t len)
+{
+	int rc;
+
+	do
+		rc = ftruncate(fd, len);
+	while (rc < 0 && errno == EINTR);
+	return rc;
+}
+
+/*
+ * Writes data over a ready spare and renames it to final_path; the caller
+ * fsyncs final's directory. The spare is used up either way; on failure it is
+ * removed and the caller writes a new file.
+ */
+static int write_into_spare(struct spool *sp, struct spare *spare, const char *final_path, const void *data,
+                            size_t len)
+{
+	char path[PATH_MAX];
+	int fd = -1, rc = -1;
+
+	if (join_path(path, sizeof(path), sp->dir, "tmp", spare->name) == 0)
+		fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd >= 0) {
+		rc = write_all(fd, data, len);
+		/* Shrunk only when shorter: within its block nothing is freed or allocated. */
+		if (rc == 0 && (off_t)len < spare->size)
+			rc = ftruncate_retry(fd, (off_t)len);
+		if (rc == 0)
+			rc = fsync_retry(fd);
+		if (close(fd) < 0 && rc == 0)
+			rc = -1;
+		if (rc == 0)
+			rc = rename(path, final_path);
+	}
+	if (rc < 0) {
+		log_debug("spool: spare %s: %s (a new file instead)", spare->name, strerror(errno));
+		discard_spare(sp, spare);
+		return -1;
+	}
+	close(spare->fd); /* the lock, kept until the rename */
+	spare->fd = -1;
+	sp->counters.recycled++;
 	return 0;
 }
 
@@ -1062,6 +1238,10 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 
 	unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
 	outcome_name(claim->job->id, file, sizeof(file));
+	sp->wrote_outcome = true;
+	if (join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 && sp->ready_count > 0 &&
+	    write_into_spare(sp, &sp->ready[--sp->ready_count], final_path, claim->doc, claim->doc_len) == 0)
+		return 0;
 	if (join_path(tmp_path, sizeof(tmp_path), sp->dir, "tmp", tmp_name) == 0 &&
 	    join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 &&
 	    write_and_rename(tmp_path, final_path, sp->owner, true, claim->doc, claim->doc_len) == 0)
@@ -1091,13 +1271,19 @@ static void push_stuck(struct spool *sp, struct spool_claim *claim)
 	sp->stuck = claim;
 }
 
-/* The job's outcome is durable: its claim leaves processing/ (unlink before close), then the worker hears. */
+/*
+ * The job's outcome is durable: its claim leaves processing/ (into the spares
+ * if it may become one, else unlinked; before close either way), then the
+ * worker hears.
+ */
 static void settle(struct spool *sp, struct spool_claim *claim)
 {
 	char path[PATH_MAX];
 	struct job *job = claim->job;
 
-	if (join_path(path, sizeof(path), sp->dir, "processing", claim->name) < 0 || unlink(path) < 0)
+	if (join_path(path, sizeof(path), sp->dir, "processing", claim->name) < 0)
+		log_warnx("spool: remove %s/%s: path too long", sp->processing, claim->name);
+	else if (!keep_as_spare(sp, claim, path) && unlink(path) < 0)
 		log_warn("spool: remove %s/%s", sp->processing, claim->name);
 	sp->cb.settled(job, true, sp->cb.arg);
 	drop_job(sp, job);
@@ -1145,6 +1331,8 @@ static void commit_written(struct spool *sp)
 			fault_update(sp, sp->write_error);
 		}
 	}
+	if (sp->spares_max > 0 && sp->fresh_count >= sp->spares_max)
+		ready_spares(sp);
 }
 
 static void commit_cb(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -1219,6 +1407,9 @@ static bool safety_pass(struct spool *sp)
 		ensure_watch(sp);
 		if (reclaim_dead(sp->processing, sp->incoming) < 0)
 			log_warn("spool: reclaim in %s", sp->processing);
+		if (!sp->wrote_outcome)
+			discard_spares(sp); /* idle: no file kept for nothing */
+		sp->wrote_outcome = false;
 		sweep_tmp(sp->dir);
 		retry_stuck(sp);
 		if (sp->stuck != NULL)
@@ -1401,6 +1592,9 @@ static void free_spool(struct spool *sp)
 	if (sp == NULL)
 		return;
 	list_clear(sp);
+	discard_spares(sp);
+	free(sp->fresh);
+	free(sp->ready);
 	if (sp->inotify_fd >= 0)
 		close(sp->inotify_fd);
 	free(sp->dir);
@@ -1452,6 +1646,7 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	sp->pid = getpid();
 	sp->owner = foreign_owner(sp->euid, sp->dir, &sp->owner_st);
 	sp->stale = true;
+	spares_init(sp, cfg);
 	start_watchers(sp);
 	if (reclaim_dead(sp->processing, sp->incoming) < 0)
 		log_warn("spool: reclaim in %s", sp->processing);

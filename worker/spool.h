@@ -42,6 +42,8 @@ struct spool_counters {
 	unsigned long dir_fsyncs;    /* of complete/ and failed/ (group commits) */
 	unsigned long scans;         /* readdirs of incoming/ */
 	unsigned long safety_passes;
+	unsigned long spare_syncs;   /* fsyncs of processing/ that made finished job files reusable */
+	unsigned long recycled;      /* outcomes written into such a file instead of a new one */
 };
 void spool_source_counters(const struct source *src, struct spool_counters *out);
 

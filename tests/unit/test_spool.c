@@ -3,7 +3,8 @@
  * directories: durable enqueue, oldest-first claims, exactly-once claiming
  * among competing processes, reclaim of dead claims (and only dead ones),
  * attempt counts in names, outcome files, release, invalid payloads, outcome
- * name sanitizing, inotify wake-ups and faults.
+ * name sanitizing, inotify wake-ups and faults, finished job files reused
+ * as outcome files (spares).
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -538,10 +539,10 @@ Test(spool, finish_writes_the_document_and_removes_the_claim)
 
 	cr_assert_eq(count_entries("processing", NULL, 0), 0);
 	cr_assert_eq(count_entries("incoming", NULL, 0), 0);
-	cr_assert_eq(count_entries("tmp", NULL, 0), 0);
 	cr_assert_eq(count_entries("complete", NULL, 0), 1);
 	cr_assert_eq(count_entries("failed", NULL, 0), 1);
 	spool_source_ops.close(src);
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0, "a closed source leaves nothing in tmp/, spares included");
 	ev_loop_destroy(loop);
 }
 
@@ -1275,4 +1276,208 @@ Test(spool, a_reused_name_never_overwrites_a_claimed_job)
 	spool_source_ops.close(a);
 	spool_source_ops.close(b);
 	ev_loop_destroy(loop);
+}
+
+/* ---- spares: finished job files reused for outcomes ------------------------------------- */
+
+/* Entries of sub whose name ends with suffix. */
+static int count_suffix(const char *sub, const char *suffix)
+{
+	char path[512];
+	struct dirent *de;
+	int n = 0;
+
+	sub_path(path, sizeof(path), sub, NULL);
+	DIR *d = opendir(path);
+	cr_assert_not_null(d, "opendir %s", path);
+	while ((de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name), slen = strlen(suffix);
+		n += len >= slen && strcmp(de->d_name + len - slen, suffix) == 0;
+	}
+	closedir(d);
+	return n;
+}
+
+/* Enqueues n jobs "<prefix>-<i>" padded to pad bytes, so that their files are larger than their outcomes. */
+static void enqueue_padded(const char *prefix, int n, size_t pad)
+{
+	char *payload = malloc(pad + 128);
+
+	cr_assert_not_null(payload);
+	for (int i = 0; i < n; i++) {
+		int len = snprintf(payload, pad + 128, "{\"id\":\"%s-%d\",\"pad\":\"", prefix, i);
+		memset(payload + len, 'x', pad);
+		snprintf(payload + len + pad, 128, "\"}");
+		enqueue(payload, NULL, 0);
+	}
+	free(payload);
+}
+
+/* Takes one job and writes "{"id":..., "n":i}" as its outcome, committed. */
+static void run_one(struct ev_loop *loop, struct source *src, char *doc, size_t doc_len)
+{
+	struct job *job = take_one(src);
+	snprintf(doc, doc_len, "{\"id\":\"%s\",\"done\":true}", job->id);
+	spool_source_ops.finish(src, job, true, doc, strlen(doc));
+	commit(loop, src);
+}
+
+static unsigned long recycled(struct source *src)
+{
+	struct spool_counters counts;
+
+	spool_source_counters(src, &counts);
+	return counts.recycled;
+}
+
+Test(spool, an_outcome_in_a_reused_job_file_holds_exactly_the_new_document)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	enum { JOBS = 20 };
+	char doc[JOBS][128], name[160];
+
+	enqueue_padded("big", JOBS, 3000); /* job files of 3 KB, outcomes of 30 bytes */
+	struct source *src = open_source(loop);
+	for (int i = 0; i < JOBS; i++)
+		run_one(loop, src, doc[i], sizeof(doc[i]));
+	cr_assert_gt(recycled(src), 0, "no outcome went into a finished job's file");
+	for (int i = 0; i < JOBS; i++) {
+		snprintf(name, sizeof(name), "big-%d.json", i);
+		char *content = slurp("complete", name);
+		cr_assert_not_null(content, "%s", name);
+		cr_assert_str_eq(content, doc[i], "%s holds more or other than its document", name);
+		free(content);
+	}
+	cr_assert_eq(count_entries("processing", NULL, 0), 0);
+	cr_assert_eq(count_suffix("tmp", ".outcome"), 0);
+	spool_source_ops.close(src);
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0, "close gives the spares up");
+	ev_loop_destroy(loop);
+}
+
+Test(spool, a_job_file_is_overwritten_only_after_processing_is_fsynced)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	struct spool_counters counts;
+	char doc[128];
+
+	enqueue_padded("j", 10, 10);
+	struct source *src = open_source(loop);
+	/* The test config has max_concurrent 0: batches of 8 spares (SPARES_MIN). */
+	for (int i = 0; i < 7; i++)
+		run_one(loop, src, doc, sizeof(doc));
+	spool_source_counters(src, &counts);
+	cr_assert_eq(counts.spare_syncs, 0);
+	cr_assert_eq(counts.recycled, 0, "a spare was overwritten before its leaving processing/ was durable");
+	cr_assert_eq(count_suffix("tmp", ".spare"), 7);
+	run_one(loop, src, doc, sizeof(doc));
+	spool_source_counters(src, &counts);
+	cr_assert_eq(counts.spare_syncs, 1, "one fsync of processing/ for the batch");
+	run_one(loop, src, doc, sizeof(doc));
+	cr_assert_eq(recycled(src), 1);
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, spares_stay_bounded_and_an_idle_worker_gives_them_up)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	enum { BATCH = 20, ROUNDS = 3 };
+	struct job *jobs[BATCH];
+	char doc[BATCH][128];
+
+	enqueue_padded("b", BATCH * ROUNDS, 10);
+	struct source *src = open_source(loop);
+	for (int r = 0; r < ROUNDS; r++) {
+		for (int i = 0; i < BATCH; i++)
+			jobs[i] = take_one(src);
+		for (int i = 0; i < BATCH; i++) { /* all finished together: one group commit */
+			snprintf(doc[i], sizeof(doc[i]), "{\"id\":\"%s\"}", jobs[i]->id);
+			spool_source_ops.finish(src, jobs[i], true, doc[i], strlen(doc[i]));
+		}
+		commit(loop, src);
+		cr_assert_leq(count_suffix("tmp", ".spare"), 16, "more spares than 2 x 8 (max_concurrent 0)");
+	}
+	cr_assert_eq(count_entries("complete", NULL, 0), BATCH * ROUNDS);
+	cr_assert_gt(count_suffix("tmp", ".spare"), 0);
+	/* No outcome for a whole safety pass: they go (take() runs the pass once a second). */
+	struct job *none = NULL;
+	double deadline = ev_time() + 10;
+	while (count_suffix("tmp", ".spare") > 0 && ev_time() < deadline) {
+		cr_assert_eq(spool_source_ops.take(src, &none), 1);
+		ev_sleep(0.05);
+		ev_now_update(loop);
+	}
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0, "an idle worker keeps no spare");
+	spool_source_ops.close(src);
+	ev_loop_destroy(loop);
+}
+
+Test(spool, a_job_file_with_another_link_is_never_reused)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char job_path[512], keep[512], doc[128];
+	static const char payload[] = "{\"id\":\"linked\",\"keep\":\"this text\"}";
+
+	put_incoming("linked.json", payload, 0);
+	sub_path(job_path, sizeof(job_path), "incoming", "linked.json");
+	snprintf(keep, sizeof(keep), "%s/kept-copy.json", spool_dir);
+	cr_assert_eq(link(job_path, keep), 0);
+	enqueue_padded("after", 12, 10);
+	struct source *src = open_source(loop);
+	for (int i = 0; i < 13; i++)
+		run_one(loop, src, doc, sizeof(doc));
+	cr_assert_gt(recycled(src), 0);
+	FILE *f = fopen(keep, "r");
+	cr_assert_not_null(f);
+	char back[256] = "";
+	cr_assert_not_null(fgets(back, sizeof(back), f));
+	fclose(f);
+	cr_assert_str_eq(back, payload, "the producer's other name must keep the job");
+	spool_source_ops.close(src);
+	unlink(keep);
+	ev_loop_destroy(loop);
+}
+
+/* A worker with spares in tmp/ that waits on report_fd's peer, then dies (no close). */
+static pid_t fork_spare_keeper(int report_fd, int hold_fd)
+{
+	pid_t pid = fork_helper();
+	if (pid == 0) {
+		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+		char doc[128];
+		struct source *src = open_source(loop);
+		for (int i = 0; i < 3; i++)
+			run_one(loop, src, doc, sizeof(doc));
+		char c = 'k';
+		if (write_all(report_fd, &c, 1) < 0 || read_full(hold_fd, &c, 1) < 0)
+			_exit(2);
+		_exit(0); /* dies without closing its source: its locks go with it */
+	}
+	return pid;
+}
+
+Test(spool, spares_of_a_dead_worker_are_swept_and_a_live_one_keeps_its_own)
+{
+	int report[2], hold[2], status;
+	char c;
+
+	enqueue_padded("d", 3, 10);
+	cr_assert_eq(pipe(report), 0);
+	cr_assert_eq(pipe(hold), 0);
+	pid_t keeper = fork_spare_keeper(report[1], hold[0]);
+	cr_assert_eq(read_full(report[0], &c, 1), 1, "keeper failed");
+	cr_assert_eq(count_suffix("tmp", ".spare"), 3);
+	cr_assert_geq(spool_reclaim(spool_dir), 0); /* another worker died: the sweep runs */
+	cr_assert_eq(count_suffix("tmp", ".spare"), 3, "a live worker's spares must stay");
+	cr_assert_eq(write_all(hold[1], "x", 1), 0);
+	cr_assert_eq(waitpid_retry(keeper, &status, 0), keeper);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	cr_assert_geq(spool_reclaim(spool_dir), 0);
+	cr_assert_eq(count_entries("tmp", NULL, 0), 0, "a dead worker's spares go at once");
+	cr_assert_eq(count_entries("complete", NULL, 0), 3);
+	close(report[0]);
+	close(report[1]);
+	close(hold[0]);
+	close(hold[1]);
 }
