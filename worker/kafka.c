@@ -125,6 +125,7 @@ struct source {
 	rd_kafka_t *producer;
 	rd_kafka_queue_t *consumer_queue;
 	rd_kafka_queue_t *producer_queue;
+	rd_kafka_topic_t *outcome_topics[3]; /* held from open: their metadata is there before the first outcome */
 	int wake_fd[2];
 	ev_io wake_watcher;
 	ev_timer poll_timer;
@@ -1331,6 +1332,25 @@ static int setup_wakeup(struct source *src, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * Looks up the topics outcomes go to as soon as the producer exists. The first
+ * produce to a topic librdkafka knows nothing of waits for its metadata (about
+ * a second on a fresh handle), and every partition's window waits with it:
+ * a worker starting on a backlog would sit idle through it. Holding the topic
+ * handles starts the lookups now, while the group join takes its seconds.
+ */
+static void warm_outcome_topics(struct source *src)
+{
+	const char *topics[] = { src->cfg->complete_topic, src->cfg->failed_topic, src->cfg->status_topic };
+	for (size_t i = 0; i < ARRAY_LEN(topics); i++) {
+		if (topics[i] == NULL || topics[i][0] == '\0')
+			continue;
+		src->outcome_topics[i] = rd_kafka_topic_new(src->producer, topics[i], NULL);
+		if (src->outcome_topics[i] == NULL)
+			log_warnx("kafka: cannot look up topic %s: %s", topics[i], rd_kafka_err2str(rd_kafka_last_error()));
+	}
+}
+
 static void destroy_handles(struct source *src);
 static void stop_watchers(struct source *src);
 
@@ -1354,8 +1374,10 @@ static struct source *kafka_open(const struct config *cfg, struct ev_loop *loop,
 	src->max_event_bytes = producer_max_bytes(cfg, slot);
 
 	src->producer = create_handle(src, KAFKA_ROLE_PRODUCER, err, errlen);
-	if (src->producer != NULL)
+	if (src->producer != NULL) {
+		warm_outcome_topics(src);
 		src->consumer = create_handle(src, KAFKA_ROLE_CONSUMER, err, errlen);
+	}
 	if (src->consumer == NULL || setup_wakeup(src, err, errlen) < 0 || subscribe(src, err, errlen) < 0) {
 		stop_watchers(src);
 		destroy_handles(src);
@@ -1669,6 +1691,11 @@ static void destroy_handles(struct source *src)
 		else
 			log_debug("kafka: consumer never had an assignment; not destroying it (librdkafka 2.0.2)");
 		src->consumer = NULL;
+	}
+	for (size_t i = 0; i < ARRAY_LEN(src->outcome_topics); i++) {
+		if (src->outcome_topics[i] != NULL && !src->leave_handles)
+			rd_kafka_topic_destroy(src->outcome_topics[i]);
+		src->outcome_topics[i] = NULL;
 	}
 	if (src->producer != NULL) {
 		if (!src->leave_handles)

@@ -249,11 +249,13 @@ def test_outcome_topic_unavailable_holds_offsets(mock, drover, fast_handler):
     handler, runs = fast_handler
     m = mock()
     cfg = kh.kafka_config(m.bootstrap, workers=2, max_concurrent=4, handler=handler, runs_dir=runs)
+    # The complete topic is missing from metadata: outcomes cannot be delivered, offsets must stay.
+    # Missing from the start: workers look their outcome topics up when they open, and a producer
+    # that already knows a topic's leader keeps producing to it.
+    m.command("topic-error %s UNKNOWN_TOPIC_OR_PART" % kh.COMPLETE)
     d = drover(config=cfg)
     kh.wait_group_stable(d, 2)
     start = m.committed()
-    # The complete topic vanishes from metadata: outcomes cannot be delivered, offsets must stay.
-    m.command("topic-error %s UNKNOWN_TOPIC_OR_PART" % kh.COMPLETE)
     jobs = kh.make_jobs(20, prefix="held")
     ids = [i for i, _ in jobs]
     kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
@@ -639,3 +641,23 @@ def test_workers_keep_their_partitions_working_during_a_rebalance(mock, drover, 
     assert during > 6 * 4 * 2, "first supervisor completed %d jobs during the rebalance: %s" % (during, samples)
     complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 300, drover=d1)
     assert not failed
+
+
+def test_producer_looks_up_the_outcome_topics_before_the_first_job(mock, drover, fast_handler):
+    # The first produce to a topic the producer knows nothing of waits for its metadata (about a
+    # second), and every partition's max_uncommitted window waits with it: a worker starting on a
+    # backlog sat idle for that second. The worker looks its outcome topics up at start instead:
+    # with no job produced at all, its producer has asked for (and got) their metadata.
+    handler, runs = fast_handler
+    m = mock()
+    cfg = kh.kafka_config(m.bootstrap, workers=1, handler=handler, runs_dir=runs,
+                          supervisor={"log_level": "debug"}, librdkafka={"debug": "metadata"})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 1)
+
+    def producer_knows(topic):
+        return [l for l in d.log_text().splitlines()
+                if "librdkafka" in l and "producer" in l and "METADATA" in l and topic in l]
+    for topic in (kh.COMPLETE, kh.FAILED, kh.STATUS):
+        d.wait_until(lambda: producer_knows(topic), 30, "the producer's metadata for %s" % topic)
+    assert not kh.outcome_docs(m.bootstrap, kh.COMPLETE)
