@@ -506,7 +506,7 @@ static void handle_message(struct source *src, rd_kafka_message_t *msg)
 		return;
 	}
 	src->topic_missing = false;
-	src->brokers_down = false;
+	/* Not brokers_down: this message may come from what librdkafka fetched before an outage. */
 	struct kpart *p = part_find(src, msg->partition);
 	/* A late message of a partition that is no longer (or not yet) ours, or is being revoked. */
 	if (p == NULL || !p->assigned || p->revoking || src->closing)

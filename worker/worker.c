@@ -501,6 +501,12 @@ static void worker_fault_retry_cb(struct ev_loop *loop, ev_timer *timer, int rev
 {
 	struct worker *w = timer->data;
 	w->fault = false; /* the next start tells whether the fault is over */
+	/* With no job to try, the handler's mode tells: a worker left idle must not show a mended fault forever. */
+	if (access(w->cfg->handler_argv[0], X_OK) == 0 && w->board->fault[0] != '\0') {
+		scoreboard_write_begin(w->board);
+		w->board->fault[0] = '\0';
+		scoreboard_write_end(w->board);
+	}
 	worker_fill(w);
 }
 
@@ -560,8 +566,10 @@ static void task_begin_attempt(struct task *t)
 		task_not_started(t, saved);
 		return;
 	}
-	w->fault_delay_s = 0;
-	if (w->board->fault[0] != '\0') {
+	if (w->fault_delay_s > 0) {
+		/* A handler starts again: clear the fault this worker showed, never the source's own
+		 * (a Kafka outage must stay in stats while prefetched jobs still run). */
+		w->fault_delay_s = 0;
 		scoreboard_write_begin(w->board);
 		w->board->fault[0] = '\0';
 		scoreboard_write_end(w->board);
