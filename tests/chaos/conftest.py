@@ -1,6 +1,6 @@
 """
 conftest of the fault suite (make chaos): the integration tests' fixtures,
-reused rather than copied, plus a mock Kafka cluster and a small tmpfs.
+reused rather than copied (the mock Kafka cluster among them), plus a small tmpfs.
 
 tests/integration/conftest.py is loaded under its own module name, so that
 both directories can be collected in one pytest run without the two
@@ -28,29 +28,16 @@ _spec.loader.exec_module(integration_conftest)
 # Re-exported: pytest finds fixtures and hooks by name in this module.
 workdir = integration_conftest.workdir
 drover = integration_conftest.drover
+mock = integration_conftest.mock
 pytest_runtest_makereport = integration_conftest.pytest_runtest_makereport
 
 import chaos_lib  # noqa: E402
-import kafka_harness as kh  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the slowest scenarios (run alone with -m slow, skip with -m 'not slow')")
     config.addinivalue_line("markers", "spool: scenario on the spool backend")
     config.addinivalue_line("markers", "kafka: scenario on the Kafka backend (mock cluster)")
-
-
-@pytest.fixture
-def mock(workdir):
-    made = []
-
-    def make(topics=None, brokers=1):
-        m = kh.MockBroker(workdir, topics or kh.default_topics(), brokers=brokers)
-        made.append(m)
-        return m
-    yield make
-    for m in made:
-        m.stop()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import harness  # noqa: E402
+import kafka_harness as kh  # noqa: E402
 
 FIGURES = []
 
@@ -111,3 +112,17 @@ def cleanup(d):
     if reports:
         problems.append("sanitizer reports in drover %s output:\n%s" % (d.mark, "\n".join(reports[:20])))
     return problems
+
+
+@pytest.fixture
+def mock(workdir):
+    """mock(topics=None, brokers=1): a librdkafka mock cluster in its own process, stopped after the test."""
+    made = []
+
+    def make(topics=None, brokers=1):
+        m = kh.MockBroker(workdir, topics or kh.default_topics(), brokers=brokers)
+        made.append(m)
+        return m
+    yield make
+    for m in made:
+        m.stop()

@@ -19,19 +19,6 @@ import kafka_harness as kh
 
 
 @pytest.fixture
-def mock(workdir):
-    made = []
-
-    def make(topics=None, brokers=1):
-        m = kh.MockBroker(workdir, topics or kh.default_topics(), brokers=brokers)
-        made.append(m)
-        return m
-    yield make
-    for m in made:
-        m.stop()
-
-
-@pytest.fixture
 def fast_handler(workdir):
     return kh.write_fast_handler(workdir)
 
