@@ -219,15 +219,16 @@ def worker_lost_collateral(runlog, failed, innocent_ids, max_attempts):
 
 
 def late_worker_lost(complete, failed):
-    """Ids with a complete outcome and, besides, a worker_lost failure of the same attempt count: the
-    attempt completed, but its worker died before the job left the queue, and the redelivery found
-    its attempts used up (README "Guarantees under faults": the complete outcome is the job's)."""
+    """Ids with a complete outcome and, besides, a later worker_lost failure: an attempt completed,
+    but its worker died before the job left the queue, and the redelivery (and any attempts after
+    it, each dying with its worker) used up max_attempts (README "Guarantees under faults": the
+    complete outcome is the job's)."""
     out = set()
     for i in set(complete) & set(failed):
         docs = complete[i] if isinstance(complete[i], list) else []
         lost = [f for f in failed[i] if f["error"]["reason"] == "worker_lost"]
         if lost and len(lost) == len(failed[i]) and (not docs or any(
-                c.get("attempts") == f.get("attempts") for c in docs for f in lost)):
+                (c.get("attempts") or 0) <= (f.get("attempts") or 0) for c in docs for f in lost)):
             out.add(i)
     return out
 
