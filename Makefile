@@ -8,8 +8,10 @@
 #   make bench      drover side by side with the spawn ceiling and a Python pool (mk/bench.mk)
 #
 # Sources are found by wildcard so that a new module needs no Makefile edit:
-# shared/*.c and worker/*.c form a library linked into both programs and the
-# unit tests; supervisor/*.c is drover's own; ctl/*.c is droverctl's own.
+# shared/*.c, queue/*.c and worker/*.c form a library linked into both programs
+# and the unit tests; supervisor/*.c is drover's own; ctl/*.c is droverctl's own.
+# Layers (check-layers): shared <- queue <- worker <- supervisor; ctl uses shared
+# and queue only. Includes are path-qualified: #include "queue/spool.h".
 
 VERSION   := 0.1.0
 PREFIX    ?= /usr/local
@@ -19,14 +21,14 @@ CC        ?= cc
 PYTHON    ?= /usr/bin/python3
 
 PKGS      := rdkafka libev jansson inih
-CPPFLAGS  += -D_GNU_SOURCE -DDROVER_VERSION='"$(VERSION)"' -Ishared -Iworker -Isupervisor -Ictl
+CPPFLAGS  += -D_GNU_SOURCE -DDROVER_VERSION='"$(VERSION)"' -I.
 CFLAGS    ?= -O2 -g
 # Kept apart from CFLAGS so that a CFLAGS given on the command line (the sanitizer tree,
 # debian/rules) keeps the warnings.
 WARNINGS  := -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -fno-strict-aliasing
 LDLIBS    += -lrdkafka -lev -ljansson -linih -lm
 
-LIB_SRC   := $(sort $(wildcard shared/*.c worker/*.c))
+LIB_SRC   := $(sort $(wildcard shared/*.c queue/*.c worker/*.c))
 SUP_SRC   := $(sort $(wildcard supervisor/*.c))
 CTL_SRC   := $(sort $(wildcard ctl/*.c))
 UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
@@ -47,8 +49,24 @@ DEB_TEST  := libcriterion-dev kcat python3 python3-pytest procps util-linux cppc
              init-system-helpers logrotate groff-base python3-confluent-kafka strace
 DEPS_STAMP := $(BUILD)/.deps
 
-.PHONY: all deps test unit integration lint clean asan
-all: $(PROGRAMS) $(SUPPORT_BIN)
+.PHONY: all deps test unit integration lint clean asan check-layers
+all: check-layers $(PROGRAMS) $(SUPPORT_BIN)
+
+# A lower layer never includes a higher one, and every project include names its folder.
+LAYERS_ABOVE_shared     := queue worker supervisor ctl
+LAYERS_ABOVE_queue      := worker supervisor ctl
+LAYERS_ABOVE_worker     := supervisor ctl
+LAYERS_ABOVE_supervisor := ctl
+LAYERS_ABOVE_ctl        := worker supervisor
+check-layers:
+	@bad=0; for layer in shared queue worker supervisor ctl; do \
+	  case $$layer in shared) above="$(LAYERS_ABOVE_shared)";; queue) above="$(LAYERS_ABOVE_queue)";; \
+	    worker) above="$(LAYERS_ABOVE_worker)";; supervisor) above="$(LAYERS_ABOVE_supervisor)";; ctl) above="$(LAYERS_ABOVE_ctl)";; esac; \
+	  for up in $$above; do \
+	    if grep -Hn "#include \"$$up/" $$layer/*.[ch]; then echo "check-layers: $$layer/ must not include $$up/" >&2; bad=1; fi; \
+	  done; \
+	  if grep -Hn '#include "[^/"]*"' $$layer/*.[ch]; then echo "check-layers: name the folder in project includes" >&2; bad=1; fi; \
+	done; exit $$bad
 
 deps: $(DEPS_STAMP)
 $(DEPS_STAMP):
@@ -112,7 +130,7 @@ test: deps all unit asan
 
 lint: deps
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
-	  --suppress=missingIncludeSystem --inline-suppr $(CPPFLAGS) shared worker supervisor ctl handlers
+	  --suppress=missingIncludeSystem --inline-suppr $(CPPFLAGS) shared queue worker supervisor ctl handlers
 	@# One file per run: clang-tidy 14 reports false va_list findings when it analyses several at once.
 	@set -e; for f in $(LIB_SRC) $(SUP_SRC) $(CTL_SRC) $(wildcard handlers/*.c); do \
 	  echo "clang-tidy $$f"; clang-tidy --quiet $$f -- $(CPPFLAGS) -std=gnu11; done

@@ -9,11 +9,11 @@
  * or Kafka through kafka_ctl. Exit codes: 0 ok, 1 the command failed,
  * 64 usage, 69 cannot reach the daemon or the queue.
  */
-#include "config.h"
-#include "kafka_ctl.h"
-#include "log.h"
-#include "spool.h"
-#include "util.h"
+#include "shared/config.h"
+#include "ctl/kafka_ctl.h"
+#include "shared/log.h"
+#include "queue/spool.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <getopt.h>

@@ -5,11 +5,11 @@
  * run on every deploy) and topics list. Every handle is built by kafka_conf,
  * so droverctl connects exactly like the workers (security, pass-through).
  */
-#include "kafka_ctl.h"
-#include "events.h"
-#include "kafka.h"
-#include "kafka_conf.h"
-#include "util.h"
+#include "ctl/kafka_ctl.h"
+#include "queue/events.h"
+#include "queue/kafka.h"
+#include "queue/kafka_conf.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <stdarg.h>

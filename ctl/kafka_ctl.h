@@ -7,7 +7,7 @@
 
 #include <stdio.h>
 
-#include "config.h"
+#include "shared/config.h"
 
 /* Produces each JSON line of in to the requests topic (key = id), waits for acks, prints the ids. */
 int kafkactl_submit(const struct config *cfg, FILE *in);

@@ -6,7 +6,7 @@
  * quotes a backslash is an ordinary character. No shell, no globbing, no
  * variables: the handler gets exactly these words.
  */
-#include "argv.h"
+#include "shared/argv.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

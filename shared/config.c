@@ -13,7 +13,7 @@
  * validation and derived values (handler path, password file, host name,
  * the topic list).
  */
-#include "config.h"
+#include "shared/config.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -33,8 +33,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "argv.h"
-#include "util.h"
+#include "shared/argv.h"
+#include "shared/util.h"
 
 extern char **environ;
 

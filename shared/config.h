@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "log.h"
+#include "shared/log.h"
 
 #define CONFIG_MAX_WORKERS 256
 #define CONFIG_MAX_CONCURRENT 256

@@ -4,8 +4,8 @@
  * O_APPEND, never interleave. A message never spans lines (control
  * characters are escaped), and a JSON line is always valid UTF-8.
  */
-#include "log.h"
-#include "util.h"
+#include "shared/log.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

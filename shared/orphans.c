@@ -3,8 +3,8 @@
  * started with, which its descendants inherit unless they replace it; we read
  * it only for our own children, which we may (same uid, our children).
  */
-#include "orphans.h"
-#include "util.h"
+#include "shared/orphans.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

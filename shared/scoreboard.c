@@ -2,8 +2,8 @@
  * scoreboard: see scoreboard.h. The seqlock lets a reader copy a slot while
  * its owner keeps writing, without any lock the owner could die holding.
  */
-#include "scoreboard.h"
-#include "util.h"
+#include "shared/scoreboard.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "config.h"
+#include "shared/config.h"
 
 #define SCOREBOARD_ID_MAX 128
 #define SCOREBOARD_FAULT_MAX 200

@@ -2,7 +2,7 @@
  * util: see util.h. Everything here is async-signal-unaware plain code; the
  * only state is errno.
  */
-#include "util.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

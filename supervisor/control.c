@@ -13,11 +13,11 @@
  * socket (ECONNREFUSED) is replaced. Peers are checked with SO_PEERCRED and
  * SO_PEERGROUPS: the groups the peer process holds, not /etc/group.
  */
-#include "control.h"
-#include "log.h"
-#include "stats.h"
-#include "supervisor.h"
-#include "util.h"
+#include "supervisor/control.h"
+#include "shared/log.h"
+#include "supervisor/stats.h"
+#include "supervisor/supervisor.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <stdarg.h>

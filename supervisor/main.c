@@ -6,15 +6,15 @@
  * supervisor_run. Exit codes follow sysexits(3): 64 usage, 78 configuration,
  * 69 cannot start, 70 internal error.
  */
-#include "config.h"
-#include "control.h"
-#include "log.h"
-#include "notify.h"
-#include "pool.h"
-#include "scoreboard.h"
-#include "spool.h"
-#include "supervisor.h"
-#include "util.h"
+#include "shared/config.h"
+#include "supervisor/control.h"
+#include "shared/log.h"
+#include "supervisor/notify.h"
+#include "supervisor/pool.h"
+#include "shared/scoreboard.h"
+#include "queue/spool.h"
+#include "supervisor/supervisor.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -6,7 +6,7 @@
  * drover, and a manager that stops reading cannot stall the event loop for
  * longer than the send timeout.
  */
-#include "notify.h"
+#include "supervisor/notify.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "shared/log.h"
 
 #define NOTIFY_SEND_TIMEOUT_MS 2000
 #define NOTIFY_STATUS_MAX 1024

@@ -10,12 +10,12 @@
  * those groups (they come to us, a child subreaper: orphans.h), and gives its
  * spool claims back.
  */
-#include "pool.h"
-#include "log.h"
-#include "orphans.h"
-#include "spool.h"
-#include "util.h"
-#include "worker.h"
+#include "supervisor/pool.h"
+#include "shared/log.h"
+#include "shared/orphans.h"
+#include "queue/spool.h"
+#include "shared/util.h"
+#include "worker/worker.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -11,7 +11,7 @@
 
 #include <stdbool.h>
 
-#include "supervisor.h"
+#include "supervisor/supervisor.h"
 
 struct pool;
 

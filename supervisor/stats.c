@@ -6,9 +6,9 @@
  * have exited (sup->retired) plus those of every live worker. Nothing here
  * ever prints a secret: only counters, states, ids and the config's path.
  */
-#include "stats.h"
-#include "supervisor.h"
-#include "util.h"
+#include "supervisor/stats.h"
+#include "supervisor/supervisor.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

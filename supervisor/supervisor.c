@@ -3,12 +3,12 @@
  * command run the same function (reload, scale, stop), and signal watchers
  * only feed the libev loop: no work happens in a signal handler.
  */
-#include "supervisor.h"
-#include "control.h"
-#include "log.h"
-#include "notify.h"
-#include "pool.h"
-#include "util.h"
+#include "supervisor/supervisor.h"
+#include "supervisor/control.h"
+#include "shared/log.h"
+#include "supervisor/notify.h"
+#include "supervisor/pool.h"
+#include "shared/util.h"
 
 #include <signal.h>
 #include <stdio.h>

@@ -11,8 +11,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "config.h"
-#include "scoreboard.h"
+#include "shared/config.h"
+#include "shared/scoreboard.h"
 
 enum slot_state { SLOT_EMPTY, SLOT_STARTING, SLOT_RUNNING, SLOT_DRAINING, SLOT_BACKOFF, SLOT_STOPPED };
 

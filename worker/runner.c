@@ -13,10 +13,10 @@
  * wait status (runner_child_exited): whatever is left of the group is killed,
  * the pipes are drained without blocking, done() is called, the run is freed.
  */
-#include "runner.h"
+#include "worker/runner.h"
 
-#include "log.h"
-#include "util.h"
+#include "shared/log.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -8,15 +8,15 @@
  * nothing is done in a signal handler and the supervisor's inherited libev
  * state is never touched again.
  */
-#include "worker.h"
-#include "events.h"
-#include "kafka.h"
-#include "log.h"
-#include "orphans.h"
-#include "runner.h"
-#include "source.h"
-#include "spool.h"
-#include "util.h"
+#include "worker/worker.h"
+#include "queue/events.h"
+#include "queue/kafka.h"
+#include "shared/log.h"
+#include "shared/orphans.h"
+#include "worker/runner.h"
+#include "queue/source.h"
+#include "queue/spool.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -10,8 +10,8 @@
 #ifndef DROVER_WORKER_H
 #define DROVER_WORKER_H
 
-#include "config.h"
-#include "scoreboard.h"
+#include "shared/config.h"
+#include "shared/scoreboard.h"
 
 struct worker_params {
 	const struct config *cfg;

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "argv.h"
+#include "shared/argv.h"
 
 /* Splits line and checks the words against the NULL-terminated expected list. */
 static void expect_split(const char *line, const char *const *expected)

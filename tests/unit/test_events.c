@@ -1,5 +1,5 @@
 /*
- * Unit tests of the outcome documents (shared/events.c): every field of the
+ * Unit tests of the outcome documents (queue/events.c): every field of the
  * status, complete and failed documents, handler output embedded as JSON or
  * as a string, invalid UTF-8 from handlers, job ids, object checks, times.
  */
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "events.h"
+#include "queue/events.h"
 
 static const struct event_origin origin = { .host = "gpu-7", .worker = 3 };
 

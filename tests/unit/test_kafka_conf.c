@@ -11,9 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kafka_conf.h"
-#include "log.h"
-#include "util.h"
+#include "queue/kafka_conf.h"
+#include "shared/log.h"
+#include "shared/util.h"
 
 #define SECRET "s3cr3t-Hunter2!"
 

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "shared/log.h"
 
 static char path[] = "/tmp/drover-log-test-XXXXXX";
 

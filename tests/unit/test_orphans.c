@@ -6,8 +6,8 @@
  */
 #include <criterion/criterion.h>
 
-#include "orphans.h"
-#include "util.h"
+#include "shared/orphans.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

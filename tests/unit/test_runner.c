@@ -7,8 +7,8 @@
  */
 #include <criterion/criterion.h>
 
-#include "runner.h"
-#include "util.h"
+#include "worker/runner.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /*
- * Unit tests of the spool queue (worker/spool.c) on real temporary
+ * Unit tests of the spool queue (queue/spool.c) on real temporary
  * directories: durable enqueue, oldest-first claims, exactly-once claiming
  * among competing processes, reclaim of dead claims (and only dead ones),
  * attempt counts in names, outcome files, release, invalid payloads, outcome
@@ -23,10 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "source.h"
-#include "spool.h"
-#include "util.h"
+#include "shared/config.h"
+#include "queue/source.h"
+#include "queue/spool.h"
+#include "shared/util.h"
 
 static char spool_dir[64];
 static struct config test_cfg;

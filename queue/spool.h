@@ -14,8 +14,8 @@
 
 #include <stddef.h>
 
-#include "scoreboard.h"
-#include "source.h"
+#include "shared/scoreboard.h"
+#include "queue/source.h"
 
 extern const struct source_ops spool_source_ops;
 

@@ -73,11 +73,11 @@
  * enough (a worker's heartbeat calls it every second, so an idle worker wakes
  * for nothing else), else from a backstop timer.
  */
-#include "spool.h"
-#include "events.h"
-#include "log.h"
-#include "scoreboard.h"
-#include "util.h"
+#include "queue/spool.h"
+#include "queue/events.h"
+#include "shared/log.h"
+#include "shared/scoreboard.h"
+#include "shared/util.h"
 
 #include <dirent.h>
 #include <errno.h>

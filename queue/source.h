@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "shared/config.h"
 
 struct job {
 	char *id;            /* spec section 3 rules; never NULL */

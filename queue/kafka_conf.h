@@ -23,7 +23,7 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include "config.h"
+#include "shared/config.h"
 
 #define KAFKA_REDACTED "[redacted]"
 

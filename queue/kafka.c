@@ -30,11 +30,11 @@
  * again on the new owner); then the partition is unassigned, which commits
  * what was stored.
  */
-#include "kafka.h"
-#include "kafka_conf.h"
-#include "events.h"
-#include "log.h"
-#include "util.h"
+#include "queue/kafka.h"
+#include "queue/kafka_conf.h"
+#include "queue/events.h"
+#include "shared/log.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

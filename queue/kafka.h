@@ -7,8 +7,8 @@
 #ifndef DROVER_KAFKA_H
 #define DROVER_KAFKA_H
 
-#include "scoreboard.h"
-#include "source.h"
+#include "shared/scoreboard.h"
+#include "queue/source.h"
 
 extern const struct source_ops kafka_source_ops;
 

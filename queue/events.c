@@ -5,7 +5,7 @@
  * and any string taken from it is first made valid UTF-8 (jansson refuses
  * anything else), so a misbehaving handler can never make a document fail.
  */
-#include "events.h"
+#include "queue/events.h"
 
 #include <jansson.h>
 #include <stdint.h>

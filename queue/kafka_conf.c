@@ -3,9 +3,9 @@
  * drover's configuration, applies it, and keeps secrets out of every text
  * drover prints (see kafka_conf.h for the order of precedence).
  */
-#include "kafka_conf.h"
-#include "log.h"
-#include "util.h"
+#include "queue/kafka_conf.h"
+#include "shared/log.h"
+#include "shared/util.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -2,9 +2,9 @@
  * source: picks the backend's ops for a config and holds what every backend
  * shares.
  */
-#include "source.h"
-#include "kafka.h"
-#include "spool.h"
+#include "queue/source.h"
+#include "queue/kafka.h"
+#include "queue/spool.h"
 
 #include <stdlib.h>
 
