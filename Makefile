@@ -20,13 +20,15 @@ BUILD     ?= build
 CC        ?= cc
 PYTHON    ?= /usr/bin/python3
 
-PKGS      := rdkafka libev jansson inih
+PKGS      := rdkafka libev jansson inih libmicrohttpd
 CPPFLAGS  += -D_GNU_SOURCE -DDROVER_VERSION='"$(VERSION)"' -I.
 CFLAGS    ?= -O2 -g
 # Kept apart from CFLAGS so that a CFLAGS given on the command line (the sanitizer tree,
 # debian/rules) keeps the warnings.
 WARNINGS  := -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -fno-strict-aliasing
 LDLIBS    += -lrdkafka -lev -ljansson -linih -lm
+# Only the supervisor serves HTTP (supervisor/http.c).
+SUP_LDLIBS := -lmicrohttpd
 
 LIB_SRC   := $(sort $(wildcard shared/*.c queue/*.c worker/*.c))
 SUP_SRC   := $(sort $(wildcard supervisor/*.c))
@@ -43,10 +45,10 @@ SUPPORT_BIN := $(SUPPORT_SRC:tests/support/%.c=$(BUILD)/support/%)
 PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 
 # Debian packages the build, the tests and the demo need; installed only when missing.
-DEB_BUILD := build-essential pkg-config librdkafka-dev libev-dev libjansson-dev libinih-dev
+DEB_BUILD := build-essential pkg-config librdkafka-dev libev-dev libjansson-dev libinih-dev libmicrohttpd-dev
 DEB_TEST  := libcriterion-dev kcat python3 python3-pytest procps util-linux cppcheck clang-tidy \
              prometheus debhelper dpkg-dev fakeroot lintian systemd shellcheck \
-             init-system-helpers logrotate groff-base python3-confluent-kafka strace
+             init-system-helpers logrotate groff-base python3-confluent-kafka strace curl
 DEPS_STAMP := $(BUILD)/.deps
 
 .PHONY: all deps test unit integration lint clean asan check-layers
@@ -88,7 +90,7 @@ $(BUILD)/libdrover.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/drover: $(SUP_OBJ) $(BUILD)/libdrover.a
-	$(CC) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(SUP_LDLIBS)
 
 $(BUILD)/droverctl: $(CTL_OBJ) $(BUILD)/libdrover.a
 	$(CC) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)

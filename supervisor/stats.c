@@ -7,6 +7,7 @@
  * ever prints a secret: only counters, states, ids and the config's path.
  */
 #include "supervisor/stats.h"
+#include "supervisor/http.h"
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
 
@@ -272,6 +273,23 @@ static json_t *reload_changes(const struct supervisor *sup, bool *ok)
 	return changes;
 }
 
+/* The HTTP endpoint and its bounds, null when http_listen is off. */
+static json_t *http_of(const struct supervisor *sup, bool *ok)
+{
+	if (sup->http == NULL)
+		return json_null();
+	json_t *http = json_object();
+	if (http == NULL) {
+		*ok = false;
+		return NULL;
+	}
+	put(http, "listen", json_string(http_address(sup->http)), ok);
+	put(http, "connections_max", json_integer(HTTP_CONNECTIONS_MAX), ok);
+	put(http, "per_ip_max", json_integer(HTTP_PER_IP_MAX), ok);
+	put(http, "timeout_s", json_integer(HTTP_TIMEOUT_S), ok);
+	return http;
+}
+
 /* json_dumps plus the protocol's trailing newline. */
 static char *dump_line(json_t *root)
 {
@@ -314,6 +332,7 @@ char *stats_json(const struct supervisor *sup)
 	put(root, "last_reload", string_or_null(sup->last_reload), ok);
 	put(root, "last_reload_changes", reload_changes(sup, ok), ok);
 	put(root, "stopping", json_boolean(sup->stopping), ok);
+	put(root, "http", http_of(sup, ok), ok);
 	put(root, "workers_desired", json_integer(supervisor_workers_desired(sup)), ok);
 	put(root, "workers_alive", json_integer(supervisor_workers_alive(sup)), ok);
 	put(root, "jobs", jobs_totals(&totals, ok), ok);

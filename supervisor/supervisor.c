@@ -5,6 +5,7 @@
  */
 #include "supervisor/supervisor.h"
 #include "supervisor/control.h"
+#include "supervisor/http.h"
 #include "shared/log.h"
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
@@ -315,6 +316,7 @@ void supervisor_start(struct supervisor *sup)
 	ev_timer_start(sup->loop, &sup->status_timer);
 	supervisor_watch_signals(sup);
 	control_start(sup->control);
+	http_start(sup->http);
 	pool_start(sup->pool);
 }
 

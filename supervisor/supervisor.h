@@ -43,6 +43,7 @@ struct supervisor {
 	struct scoreboard *scoreboard;
 	struct pool *pool;
 	struct control *control;
+	struct http *http;         /* NULL unless [supervisor] http_listen is set */
 	long long started_ms;      /* wall clock */
 	unsigned generation;       /* 1 for the start-up config, +1 per applied reload */
 	unsigned reloads;          /* applied reloads */

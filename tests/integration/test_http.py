@@ -1,0 +1,250 @@
+"""
+test_http: the HTTP endpoint ([supervisor] http_listen: GET /metrics, /healthz,
+/stats) and the saturation and backlog figures it serves, against the real
+drover, with curl as the client and promtool as the judge of the metrics text.
+
+Every drover listens on port 0 of the loopback address (the kernel picks a free
+port; stats.http.listen tells which), so tests never collide on a fixed port.
+Every wait polls with a deadline.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from harness import DROVER, HarnessError, clean_env, wait_until
+from test_ops_faults import NOBODY, give_to_nobody
+
+CURL_MAX_S = 5
+
+
+def http_config(extra=None, **supervisor):
+    cfg = {"supervisor": dict({"workers": 2, "http_listen": "127.0.0.1:0"}, **supervisor)}
+    for section, keys in (extra or {}).items():
+        cfg.setdefault(section, {}).update(keys)
+    return cfg
+
+
+def address(d):
+    http = d.stats()["http"]
+    assert http is not None, "stats.http is null although http_listen is set"
+    return http["listen"]
+
+
+def curl(addr, path, *args, timeout=CURL_MAX_S):
+    """curl -s; returns (exit code, HTTP status or None, headers text, body text)."""
+    url = "http://%s%s" % (addr, path)
+    cmd = ["curl", "-sS", "-g", "--max-time", str(timeout), "-D", "-", "-o", "-", "--noproxy", "*"] + list(args) + [url]
+    r = subprocess.run(cmd, capture_output=True, timeout=timeout + 5, env=clean_env())
+    if r.returncode != 0:
+        return r.returncode, None, "", r.stderr.decode(errors="replace")
+    head, _, body = r.stdout.decode(errors="replace").partition("\r\n\r\n")
+    status = int(head.split()[1]) if head.startswith("HTTP/") else None
+    return 0, status, head, body
+
+
+def get_ok(addr, path):
+    rc, status, head, body = curl(addr, path)
+    assert rc == 0 and status == 200, (path, rc, status, head, body)
+    return body
+
+
+def promtool_check(text):
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, "promtool check metrics: %s%s\n%s" % (r.stdout, r.stderr, text)
+
+
+def samples(text):
+    """{series: value} of a Prometheus text."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+def metric(d, series):
+    rc, out = d.ctl("metrics")
+    assert rc == 0, d.last_ctl_err
+    return samples(out).get(series)
+
+
+# ---- the endpoint ---------------------------------------------------------------
+
+@pytest.mark.asan
+def test_metrics_stats_and_healthz_over_http(drover):
+    d = drover(config=http_config({"kafka": {"sasl_password": "hunter2-http-secret"}}))
+    d.wait_workers(2)
+    addr = address(d)
+    assert addr.startswith("127.0.0.1:") and not addr.endswith(":0"), addr
+
+    # /metrics: promtool accepts it, and it is the socket's text (an idle pool: nothing moves).
+    def same_as_socket():
+        before = d.ctl("metrics")[1]
+        over_http = get_ok(addr, "/metrics")
+        after = d.ctl("metrics")[1]
+        return over_http if over_http in (before, after) else None
+    text = d.wait_until(same_as_socket, 10, "/metrics to equal the socket's metrics")
+    promtool_check(text)
+    rc, status, head, body = curl(addr, "/metrics")
+    assert "content-type: text/plain; version=0.0.4" in head.lower(), head
+
+    stats = json.loads(get_ok(addr, "/stats"))
+    assert stats["pid"] == d.pid and stats["http"]["listen"] == addr, stats
+    assert len(stats["workers"]) == 2, stats
+    assert get_ok(addr, "/healthz") == "ok\n"
+
+    for path in ("/stats", "/metrics", "/healthz"):
+        assert "hunter2-http-secret" not in get_ok(addr, path), path
+
+    # HEAD: the headers without a body.
+    rc, status, head, body = curl(addr, "/metrics", "-I")
+    assert rc == 0 and status == 200 and body == "", (rc, status, head, body)
+    # Anything else: 404 for a path, 405 (with Allow) for a method.
+    rc, status, head, body = curl(addr, "/nope")
+    assert status == 404 and "/metrics" in body, (status, body)
+    for method in ("POST", "PUT", "DELETE"):
+        rc, status, head, body = curl(addr, "/metrics", "-X", method)
+        assert status == 405 and "allow: get, head" in head.lower(), (method, status, head)
+
+
+def test_healthz_is_503_while_the_pool_cannot_progress_and_200_again_after(drover, workdir):
+    bindir = workdir / "bin"
+    bindir.mkdir()
+    exe = bindir / "handler"
+    exe.write_text("#!/usr/bin/python3\nimport sys\nsys.stdin.read()\nprint('{}')\n")
+    exe.chmod(0o755)
+    d = drover(config=http_config({"jobs": {"handler": str(exe)}}))
+    d.wait_workers(2)
+    addr = address(d)
+    assert get_ok(addr, "/healthz") == "ok\n"
+
+    exe.chmod(0o644)  # exec fails with EACCES, even for root: every worker that tries enters a pool fault
+    for i in range(4):
+        d.enqueue_raw("h-%d.json" % i, json.dumps({"id": "h-%d" % i}))
+
+    def unhealthy():
+        rc, status, head, body = curl(addr, "/healthz")
+        return (status, body) if status == 503 else None
+    status, body = d.wait_until(unhealthy, 20, "/healthz to answer 503")
+    assert "no worker can make progress" in body and "handler" in body, body
+    assert d.ctl("health")[0] == 1 and "no worker can make progress" in d.last_ctl_err
+
+    exe.chmod(0o755)
+    d.wait_outcomes(["h-%d" % i for i in range(4)], 30)
+    d.wait_until(lambda: curl(addr, "/healthz")[1] == 200, 15, "/healthz to answer 200 again")
+
+
+def test_per_ip_connection_limit_and_silent_clients_cost_nothing_else(drover):
+    d = drover(config=http_config())
+    d.wait_workers(2)
+    addr = address(d)
+    limit = d.stats()["http"]["per_ip_max"]
+    host, port = addr.rsplit(":", 1)
+    silent = []
+    try:
+        for _ in range(limit):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            silent.append(s)
+        # Once drover has accepted them all, this address gets no more: refused at once, no answer.
+        d.wait_until(lambda: curl(addr, "/healthz", timeout=2)[1] is None, 10,
+                     "a connection over the per-address limit to be refused")
+        # Silent HTTP clients hold up neither the control socket nor the pool.
+        rc, out = d.ctl("status")
+        assert rc == 0 and "running" in out, (rc, out, d.last_ctl_err)
+        ids = d.submit([{"id": "during-silence"}])
+        d.wait_outcomes(ids, 15)
+    finally:
+        for s in silent:
+            s.close()
+    d.wait_until(lambda: curl(addr, "/healthz")[1] == 200, 10, "/healthz to answer once the silent clients left")
+
+
+def test_a_silent_connection_is_closed_after_the_timeout(drover):
+    d = drover(config=http_config())
+    d.wait_workers(2)
+    addr = address(d)
+    timeout_s = d.stats()["http"]["timeout_s"]
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=timeout_s + 10)
+    try:
+        s.sendall(b"GET /metr")  # half a request line, then nothing
+        assert d.ctl("ping")[0] == 0
+        started = time.monotonic()
+        assert s.recv(4096) == b"", "the server answered a request it never got whole"
+        assert time.monotonic() - started < timeout_s + 10
+    finally:
+        s.close()
+
+
+def test_ipv6_loopback(drover):
+    d = drover(config=http_config(http_listen="[::1]:0"))
+    d.wait_workers(2)
+    addr = address(d)
+    assert addr.startswith("[::1]:"), addr
+    assert get_ok(addr, "/healthz") == "ok\n"
+
+
+def test_bad_or_busy_address_stops_the_start(drover, workdir):
+    d = drover(config=http_config(http_listen="localhost:9464"), start=False)
+    r = subprocess.run([str(DROVER), "-t", "-c", str(d.ini)], capture_output=True, text=True, timeout=10,
+                       env=clean_env())
+    assert r.returncode == 78, r
+    assert "%s:" % d.ini in r.stderr and "[supervisor] http_listen: \"localhost:9464\": not a numeric IPv4" \
+        in r.stderr, r.stderr
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        d.write_config({"supervisor": {"http_listen": "127.0.0.1:%d" % busy.getsockname()[1]}})
+        d.start(wait=False)
+        assert d.wait_exit(10) == 69, d.diagnostics()
+        assert "http_listen" in d.log_text() and "Address already in use" in d.log_text(), d.diagnostics()
+    finally:
+        busy.close()
+
+
+def test_reload_keeps_the_listener_and_says_a_restart_is_needed(drover):
+    d = drover(config=http_config())
+    d.wait_workers(2)
+    addr = address(d)
+    d.write_config({"supervisor": {"http_listen": "127.0.0.1:1"}})
+    assert d.ctl("reload")[0] == 0, d.last_ctl_err
+    changes = d.stats()["last_reload_changes"]
+    assert {"key": "[supervisor] http_listen", "result": "needs restart"} in changes, changes
+    assert address(d) == addr and get_ok(addr, "/healthz") == "ok\n"
+
+
+def free_low_port():
+    for port in range(900, 1000):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise HarnessError("no free port in 900..999")
+
+
+def test_a_low_port_is_bound_before_the_privilege_drop(drover):
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it checks binding a port below 1024, then dropping to nobody)")
+    port = free_low_port()
+    d = drover(config=http_config(user="nobody", http_listen="127.0.0.1:%d" % port, workers=1), start=False)
+    give_to_nobody(d)
+    d.start()
+    d.wait_workers(1)
+    assert "running as user nobody" in d.log_text()
+    with open("/proc/%d/status" % d.pid) as f:
+        uids = [l for l in f if l.startswith("Uid:")][0].split()[1:]
+    assert all(int(u) == NOBODY.pw_uid for u in uids), uids
+    assert get_ok("127.0.0.1:%d" % port, "/healthz") == "ok\n"
