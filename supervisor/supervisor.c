@@ -9,6 +9,7 @@
 #include "shared/log.h"
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
+#include "supervisor/stats.h"
 #include "shared/util.h"
 
 #include <signal.h>
@@ -19,6 +20,8 @@
 #define STOP_KILL_MARGIN_MS 3000
 /* How often the service manager's status line is refreshed. */
 #define STATUS_INTERVAL_S 5.0
+/* How often the stall check of health looks at the pool. */
+#define PROGRESS_INTERVAL_S 1.0
 
 const char *slot_state_name(enum slot_state state)
 {
@@ -307,6 +310,11 @@ static void supervisor_status_cb(struct ev_loop *loop, ev_timer *timer, int reve
 	notify_status(status);
 }
 
+static void supervisor_progress_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	stats_watch_progress(timer->data);
+}
+
 void supervisor_start(struct supervisor *sup)
 {
 	ev_timer_init(&sup->stop_timer, supervisor_stop_timer_cb, 0, 0);
@@ -314,6 +322,9 @@ void supervisor_start(struct supervisor *sup)
 	ev_timer_init(&sup->status_timer, supervisor_status_cb, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
 	sup->status_timer.data = sup;
 	ev_timer_start(sup->loop, &sup->status_timer);
+	ev_timer_init(&sup->progress_timer, supervisor_progress_cb, PROGRESS_INTERVAL_S, PROGRESS_INTERVAL_S);
+	sup->progress_timer.data = sup;
+	ev_timer_start(sup->loop, &sup->progress_timer);
 	supervisor_watch_signals(sup);
 	control_start(sup->control);
 	http_start(sup->http);
@@ -330,5 +341,6 @@ int supervisor_serve(struct supervisor *sup)
 	log_info("drover %s ready: %s", DROVER_VERSION, status);
 	ev_run(sup->loop, 0);
 	ev_timer_stop(sup->loop, &sup->status_timer);
+	ev_timer_stop(sup->loop, &sup->progress_timer);
 	return 0;
 }

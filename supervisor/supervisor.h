@@ -36,6 +36,15 @@ struct reload_change {
 	const char *result; /* "applied", "workers replaced", "needs restart" or "rejected" */
 };
 
+/* The stall check of health (stats_watch_progress): since when jobs wait, slots are free and none starts. */
+struct progress_watch {
+	uint64_t started;    /* jobs started at the last look */
+	long long since_ms;  /* monotonic, 0 = the pool is not stuck */
+	long long waiting;   /* at the last look */
+	long long free_slots;
+	long long job_slots;
+};
+
 struct supervisor {
 	struct ev_loop *loop;
 	struct config *cfg;
@@ -57,6 +66,8 @@ struct supervisor {
 	int stop_stage;            /* 0 draining, 1 jobs killed (QUIT), 2 workers killed */
 	ev_timer stop_timer;
 	ev_timer status_timer;
+	ev_timer progress_timer;
+	struct progress_watch progress;
 	ev_signal signals[8];
 };
 

@@ -97,7 +97,7 @@ def test_metrics_stats_and_healthz_over_http(drover):
 
     stats = json.loads(get_ok(addr, "/stats"))
     assert stats["pid"] == d.pid and stats["http"]["listen"] == addr, stats
-    assert len(stats["workers"]) == 2, stats
+    assert len(stats["workers"]) == 2 and "saturation" in stats and "backlog" in stats, stats.keys()
     assert get_ok(addr, "/healthz") == "ok\n"
 
     for path in ("/stats", "/metrics", "/healthz"):
@@ -258,3 +258,121 @@ def test_a_low_port_is_bound_before_the_privilege_drop(drover):
         uids = [l for l in f if l.startswith("Uid:")][0].split()[1:]
     assert all(int(u) == NOBODY.pw_uid for u in uids), uids
     assert get_ok("127.0.0.1:%d" % port, "/healthz") == "ok\n"
+
+
+# ---- saturation, backlog and the stall check ---------------------------------------
+
+def test_a_busy_pool_with_a_backlog_is_healthy_and_shows_its_saturation(drover, workdir):
+    release = workdir / "release"
+    d = drover(config=http_config({"jobs": {"max_concurrent": 1}}, workers=1, stall_timeout_ms=1000))
+    d.wait_workers(1)
+    addr = address(d)
+    d.submit([{"id": "busy", "hold_file": str(release)}])
+    d.wait_until(lambda: d.stats()["jobs"]["in_flight"] == 1, 10, "the first job to run")
+    for i in range(3):
+        d.enqueue_raw("wait-%d.json" % i, json.dumps({"id": "wait-%d" % i, "record_dir": str(d.records)}))
+    old = time.time() - 120
+    os.utime(d.spool / "incoming" / "wait-1.json", (old, old))
+
+    def backlog_seen():
+        b = d.stats()["backlog"]
+        return b if b["waiting"] == 3 and b["oldest_age_ms"] >= 120000 else None
+    backlog = d.wait_until(backlog_seen, 10, "3 waiting jobs, the oldest 120 s old")
+    assert backlog["oldest_age_ms"] < 130000, backlog
+    # Well past stall_timeout_ms with jobs waiting and nothing started: but no slot is free, so no stall.
+    sat = d.wait_until(lambda: (lambda s: s if s["at_capacity_seconds"] >= 2.5 else None)(d.stats()["saturation"]),
+                       15, "2.5 s at capacity")
+    assert sat["job_slots"] == 1 and sat["busy"] == 1 and not sat["stalled"], sat
+    assert d.ctl("health")[0] == 0, d.last_ctl_err
+    assert get_ok(addr, "/healthz") == "ok\n"
+    text = get_ok(addr, "/metrics")
+    promtool_check(text)
+    m = samples(text)
+    assert m["drover_jobs_waiting"] == 3 and m["drover_oldest_waiting_job_age_seconds"] >= 120, m
+    assert m["drover_job_slots"] == 1 and m["drover_job_slots_busy"] == 1 and m["drover_pool_stalled"] == 0, m
+    assert m["drover_worker_at_capacity_seconds_total"] >= 2.5, m
+
+    release.write_text("go")
+    d.wait_outcomes(["busy"] + ["wait-%d" % i for i in range(3)], 20)
+    d.wait_until(lambda: d.stats()["backlog"]["waiting"] == 0, 10, "the backlog to be counted empty")
+    assert samples(get_ok(addr, "/metrics"))["drover_oldest_waiting_job_age_seconds"] == 0
+
+
+def test_a_stalled_pool_fails_health_until_its_job_can_be_taken(drover, workdir):
+    import fcntl
+    d = drover(config=http_config(workers=1, stall_timeout_ms=1500))
+    d.wait_workers(1)
+    addr = address(d)
+    # A job file locked by someone else: the worker sees it waiting but can never claim it.
+    tmp = d.spool / "tmp" / "locked.json"
+    tmp.write_text(json.dumps({"id": "locked", "record_dir": str(d.records)}))
+    holder = open(tmp, "rb")
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        os.rename(tmp, d.spool / "incoming" / "locked.json")
+
+        def unhealthy():
+            rc, status, head, body = curl(addr, "/healthz")
+            return body if status == 503 else None
+        body = d.wait_until(unhealthy, 20, "/healthz to report the stall")
+        assert "pool stalled: 1 job(s) waiting" in body and "stall_timeout_ms 1500" in body, body
+        rc, _ = d.ctl("health")
+        assert rc == 1 and "pool stalled" in d.last_ctl_err, (rc, d.last_ctl_err)
+        assert metric(d, "drover_pool_stalled") == 1
+        assert d.stats()["saturation"]["stalled"] is True
+    finally:
+        holder.close()
+    d.wait_outcomes(["locked"], 15)
+    d.wait_until(lambda: curl(addr, "/healthz")[1] == 200, 10, "/healthz to answer 200 once the job ran")
+    assert metric(d, "drover_pool_stalled") == 0
+
+
+def test_no_running_worker_fails_health(drover):
+    d = drover(config=http_config(workers=1, restart_delay_ms=5000, restart_delay_max_ms=5000),
+               env={"DROVER_FAULT_CRASH_SLOT": "0"}, start=False)
+    d.start(wait=False)
+    d.wait_ready()
+    d.wait_until(lambda: d.stats()["workers"][0]["state"] == "backoff", 10, "the worker to crash into back-off")
+    rc, status, head, body = curl(address(d), "/healthz")
+    assert status == 503 and "no worker can make progress" in body, (status, body)
+
+
+def test_slow_jobs_are_logged_at_warn_and_counted(drover, workdir):
+    release = workdir / "release"
+    d = drover(config=http_config({"jobs": {"slow_job_ms": 300}}, workers=1, log_level="warn"))
+    d.wait_workers(1)
+    d.submit([{"id": "slowpoke", "hold_file": str(release)}, {"id": "quick"}])
+    d.wait_outcomes(["quick"], 10)
+    d.wait_until(lambda: "job slowpoke: attempt 1 has run longer than slow_job_ms (300 ms)" in d.log_text(), 10,
+                 "the slow-job warning")
+    assert "job quick" not in d.log_text()
+    d.wait_until(lambda: metric(d, "drover_jobs_slow") == 1, 5, "one slow job running")
+    assert metric(d, "drover_jobs_slow_total") == 1
+    sat = d.stats()["saturation"]
+    assert sat["slow_running"] == 1 and sat["slow_total"] == 1, sat
+    release.write_text("go")
+    d.wait_outcomes(["slowpoke"], 10)
+    d.wait_until(lambda: metric(d, "drover_jobs_slow") == 0, 5, "no slow job running")
+    assert metric(d, "drover_jobs_slow_total") == 1
+    assert d.log_text().count("has run longer than slow_job_ms") == 1, "one warning per attempt"
+
+
+def test_faults_are_counted_by_cause(drover, workdir):
+    bindir = workdir / "bin"
+    bindir.mkdir()
+    exe = bindir / "handler"
+    exe.write_text("#!/usr/bin/python3\nimport sys\nsys.stdin.read()\nprint('{}')\n")
+    exe.chmod(0o644)
+    d = drover(config=http_config({"jobs": {"handler": str(exe)}}), start=False)
+    exe.chmod(0o755)
+    d.start()
+    d.wait_workers(2)
+    exe.chmod(0o644)
+    for i in range(4):
+        d.enqueue_raw("f-%d.json" % i, json.dumps({"id": "f-%d" % i}))
+    d.wait_until(lambda: metric(d, 'drover_faults{cause="handler"}') == 2, 20, "two handler faults")
+    assert metric(d, 'drover_faults{cause="queue"}') == 0
+    assert d.stats()["saturation"]["faults"] == {"handler": 2, "queue": 0}
+    exe.chmod(0o755)
+    d.wait_outcomes(["f-%d" % i for i in range(4)], 30)
+    d.wait_until(lambda: metric(d, 'drover_faults{cause="handler"}') == 0, 15, "the faults to clear")
