@@ -48,10 +48,10 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 DEB_BUILD := build-essential pkg-config librdkafka-dev libev-dev libjansson-dev libinih-dev libmicrohttpd-dev
 DEB_TEST  := libcriterion-dev kcat python3 python3-pytest procps util-linux cppcheck clang-tidy \
              prometheus debhelper dpkg-dev fakeroot lintian systemd shellcheck \
-             init-system-helpers logrotate groff-base python3-confluent-kafka strace curl
+             init-system-helpers logrotate groff-base python3-confluent-kafka strace curl python3-yaml
 DEPS_STAMP := $(BUILD)/.deps
 
-.PHONY: all deps test unit integration lint clean asan check-layers
+.PHONY: all deps test unit integration lint clean asan check-layers check-monitoring
 all: check-layers $(PROGRAMS) $(SUPPORT_BIN)
 
 # A lower layer never includes a higher one, and every project include names its folder.
@@ -124,11 +124,17 @@ asan: | $(DEPS_STAMP)
 integration: all
 	DROVER_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
-test: deps all unit asan
+test: deps all unit asan check-monitoring
 	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== (asan) $$t"; $(SAN_ENV) $$t --jobs 2; done
 	$(MAKE) integration
 	$(SAN_ENV) DROVER_BUILD=$(CURDIR)/build-asan $(PYTHON) -m pytest -q -p no:cacheprovider -m asan tests/integration
 	$(MAKE) bench-tiny
+
+# The dashboard and alert rules of packaging/monitoring/: promtool and a JSON check, against stats.c's metrics.
+check-monitoring: | $(DEPS_STAMP)
+	promtool check rules packaging/monitoring/drover-alerts.yml
+	cd packaging/monitoring && promtool test rules drover-alerts.test.yml
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/monitoring
 
 lint: deps
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \

@@ -23,7 +23,7 @@ import pkghelpers as h
 
 REFERENCE_DUMPER = r"""
 #include <stdio.h>
-#include "config.h"
+#include "shared/config.h"
 int main(void) { config_print_reference(stdout); return 0; }
 """
 
@@ -32,7 +32,7 @@ int main(void) { config_print_reference(stdout); return 0; }
 def option_reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("reference")
     (d / "ref.c").write_text(REFERENCE_DUMPER)
-    subprocess.run(["cc", "-D_GNU_SOURCE", "-std=gnu11", "-I%s" % (h.REPO / "shared"), str(d / "ref.c"),
+    subprocess.run(["cc", "-D_GNU_SOURCE", "-std=gnu11", "-I%s" % h.REPO, str(d / "ref.c"),
                     str(h.BUILD / "libdrover.a"), "-lrdkafka", "-lev", "-ljansson", "-linih", "-lm",
                     "-o", str(d / "ref")], check=True, capture_output=True, timeout=120)
     out = subprocess.run([str(d / "ref")], check=True, capture_output=True, text=True).stdout
@@ -203,6 +203,13 @@ def test_dockerfile_runs_the_entrypoint_as_drover():
     assert re.search(r"^STOPSIGNAL SIGTERM$", runtime, flags=re.M)
     assert re.search(r'^HEALTHCHECK .*CMD \["droverctl", "(ping|health)"\]$', runtime, flags=re.M)
     assert "tini" not in runtime, "drover is PID 1 itself"
+
+
+def test_dockerfile_serves_http_on_the_port_it_exposes():
+    _build, runtime = dockerfile_stages()
+    env = re.search(r"^ENV DROVER_SUPERVISOR_HTTP_LISTEN=0\.0\.0\.0:(\d+)$", runtime, flags=re.M)
+    assert env, "the image turns the HTTP endpoint on for every address"
+    assert re.search(r"^EXPOSE %s$" % env.group(1), runtime, flags=re.M), "and exposes its port"
 
 
 @pytest.mark.parametrize("script", [h.INIT_SCRIPT, h.ENTRYPOINT, h.PACKAGING / "debian" / "postinst",
