@@ -549,7 +549,13 @@ void stats_watch_progress(struct supervisor *sup)
 		return; /* out of memory: judge next time */
 	const struct load *load = &totals.load;
 	struct progress_watch *p = &sup->progress;
-	bool stuck = load->waiting_known && load->waiting > 0 && load->busy < load->job_slots;
+	/*
+	 * Spool only: Kafka's lag also counts messages in flight and finished
+	 * ones waiting for an older offset's commit, and a partition's
+	 * max_uncommitted window holds back takes behind a long job by design.
+	 */
+	bool spool = sup->cfg != NULL && sup->cfg->backend == BACKEND_SPOOL;
+	bool stuck = spool && load->waiting_known && load->waiting > 0 && load->busy < load->job_slots;
 	if (!stuck || totals.counters.started != p->started)
 		p->since_ms = 0;
 	else if (p->since_ms == 0)
