@@ -122,6 +122,10 @@ def test_metrics_stats_and_healthz_over_http(drover):
     for method in ("POST", "PUT", "DELETE"):
         rc, status, head, body = curl(addr, "/metrics", "-X", method)
         assert status == 405 and "allow: get, head" in head.lower(), (method, status, head)
+    # A request larger than the per-connection memory bound is refused, and drover answers on.
+    rc, status, head, body = curl(addr, "/metrics", "-H", "X-Big: " + "a" * 40000)
+    assert status == 431, (status, head)
+    assert get_ok(addr, "/healthz") == "ok\n"
 
 
 def test_healthz_is_503_while_the_pool_cannot_progress_and_200_again_after(drover, workdir):
