@@ -16,7 +16,7 @@ LIBDIR     ?= $(PREFIX)/lib
 MANDIR     ?= $(PREFIX)/share/man
 DATADIR    ?= $(PREFIX)/share
 MONITORING := packaging/monitoring/drover-dashboard.json packaging/monitoring/drover-alerts.yml \
-              packaging/monitoring/drover-alerts.test.yml packaging/monitoring/README.md
+              packaging/monitoring/drover-alerts.test.yml
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 HANDLERDIR := $(LIBDIR)/drover/handlers
 CONF_DEST  := $(DESTDIR)$(SYSCONFDIR)/drover/drover.ini
