@@ -556,11 +556,13 @@ void stats_watch_progress(struct supervisor *sup)
 	 */
 	bool spool = sup->cfg != NULL && sup->cfg->backend == BACKEND_SPOOL;
 	bool stuck = spool && load->waiting_known && load->waiting > 0 && load->busy < load->job_slots;
-	if (!stuck || totals.counters.started != p->started)
+	/* Failed counts too: a job refused before any start (not JSON, a bad id) is progress. */
+	uint64_t moved = totals.counters.started + totals.counters.failed;
+	if (!stuck || moved != p->started)
 		p->since_ms = 0;
 	else if (p->since_ms == 0)
 		p->since_ms = now_ms();
-	p->started = totals.counters.started;
+	p->started = moved;
 	p->waiting = load->waiting;
 	p->free_slots = load->job_slots - load->busy;
 	p->job_slots = load->job_slots;

@@ -38,7 +38,7 @@ struct reload_change {
 
 /* The stall check of health (stats_watch_progress): since when jobs wait, slots are free and none starts. */
 struct progress_watch {
-	uint64_t started;    /* jobs started at the last look */
+	uint64_t started;    /* jobs started or failed (refused before a start) at the last look */
 	long long since_ms;  /* monotonic, 0 = the pool is not stuck */
 	long long waiting;   /* at the last look */
 	long long free_slots;
