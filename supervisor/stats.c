@@ -95,13 +95,14 @@ static long long slow_running_of(const struct scoreboard_slot *live, long long s
 	return slow;
 }
 
+/* The worker's summed lag, -1 when no partition's is known (librdkafka knows it once the group committed there). */
 static long long lag_of(const struct scoreboard_slot *live)
 {
-	long long lag = 0;
+	long long lag = -1;
 	int count = live->partition_count > SCOREBOARD_PARTITIONS ? SCOREBOARD_PARTITIONS : live->partition_count;
 	for (int i = 0; i < count; i++)
-		if (live->partitions[i].lag > 0)
-			lag += live->partitions[i].lag;
+		if (live->partitions[i].lag >= 0)
+			lag = (lag < 0 ? 0 : lag) + live->partitions[i].lag;
 	return lag;
 }
 
@@ -118,8 +119,11 @@ static void load_add(const struct supervisor *sup, struct load *load, const stru
 	}
 	load->slow_running += slow_running_of(live, cfg != NULL ? cfg->slow_job_ms : 0, wall_ms());
 	if (cfg != NULL && cfg->backend == BACKEND_KAFKA) {
-		load->waiting_known = load->waiting_known || live->partition_count > 0;
-		load->waiting += lag_of(live);
+		long long lag = lag_of(live);
+		if (lag >= 0) {
+			load->waiting_known = true;
+			load->waiting += lag;
+		}
 	} else if (live->backlog_counted_ms > load->counted_ms && live->backlog >= 0) {
 		load->waiting_known = true;
 		load->waiting = live->backlog;

@@ -380,3 +380,34 @@ def test_faults_are_counted_by_cause(drover, workdir):
     exe.chmod(0o755)
     d.wait_outcomes(["f-%d" % i for i in range(4)], 30)
     d.wait_until(lambda: metric(d, 'drover_faults{cause="handler"}') == 0, 15, "the faults to clear")
+
+
+def test_kafka_backlog_is_the_lag_and_a_full_pool_stays_healthy(mock, drover, workdir):
+    import kafka_harness as kh
+    release = workdir / "release"
+    m = mock(topics=kh.default_topics(requests_partitions=1))
+    cfg = kh.kafka_config(m.bootstrap, workers=1, max_concurrent=1,
+                          supervisor={"http_listen": "127.0.0.1:0", "stall_timeout_ms": 1000})
+    d = drover(config=cfg)
+    kh.wait_group_stable(d, 1, partitions=1)
+    addr = address(d)
+    # librdkafka knows a partition's lag once the group has committed an offset there.
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, kh.make_jobs(1, prefix="first"))
+    kh.wait_outcomes(m.bootstrap, ["first-00000"], 30, drover=d)
+    jobs = kh.make_jobs(6, prefix="k", hold_file=str(release))
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+
+    def lag_seen():
+        b = d.stats()["backlog"]
+        return b if (b["waiting"] or 0) >= 5 else None
+    backlog = d.wait_until(lag_seen, 30, "the lag to show as waiting jobs")
+    assert backlog["oldest_age_ms"] is None and backlog["counted_age_ms"] is None, backlog
+    d.wait_until(lambda: d.stats()["saturation"]["at_capacity_seconds"] >= 2, 15, "2 s at capacity")
+    assert get_ok(addr, "/healthz") == "ok\n"
+    text = get_ok(addr, "/metrics")
+    promtool_check(text)
+    m_ = samples(text)
+    assert m_["drover_jobs_waiting"] >= 5 and m_["drover_pool_stalled"] == 0, m_
+    assert "drover_oldest_waiting_job_age_seconds" not in m_, "the oldest age is spool only"
+    release.write_text("go")
+    kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 60, drover=d)
