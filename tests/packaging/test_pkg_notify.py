@@ -25,8 +25,8 @@ import pkghelpers as h
 DRIVER_SOURCE = r"""
 #include <stdio.h>
 #include <stdlib.h>
-#include "log.h"
-#include "notify.h"
+#include "shared/log.h"
+#include "supervisor/notify.h"
 
 int main(void)
 {
@@ -50,7 +50,7 @@ def driver(tmp_path_factory):
     src.write_text(DRIVER_SOURCE)
     exe = d / "driver"
     cmd = ["cc", "-D_GNU_SOURCE", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-           "-I%s" % (h.REPO / "shared"), "-I%s" % (h.REPO / "supervisor"),
+           "-I%s" % h.REPO,
            str(src), str(h.REPO / "supervisor" / "notify.c"), str(h.BUILD / "libdrover.a"),
            "-lrdkafka", "-lev", "-ljansson", "-linih", "-lm", "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
