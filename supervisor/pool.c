@@ -374,27 +374,39 @@ static void pool_child_cb(struct ev_loop *loop, ev_child *watcher, int revents)
 
 /* ---- heartbeat ----------------------------------------------------------- */
 
+/* Event: the worker published itself in the scoreboard. */
+static void slot_on_published(struct slot *s)
+{
+	if (s->state != SLOT_STARTING)
+		return;
+	slot_enter(s, SLOT_RUNNING);
+	pool_replace_next(s->pool);
+}
+
+/* Event: no heartbeat for heartbeat_timeout_ms. KILL; its exit backs off as a crash would. */
+static void slot_on_silent(struct slot *s, long long silent_ms)
+{
+	if (s->heartbeat_killed)
+		return;
+	log_error("worker %d (pid %d) silent for %lld ms; killing it", s->index, (int)s->pid, silent_ms);
+	s->heartbeat_killed = true;
+	slot_signal(s, SIGKILL);
+}
+
 static void pool_check_slot(struct slot *s, long long now)
 {
-	const struct config *cfg = s->pool->sup->cfg;
 	const struct scoreboard_slot *board = scoreboard_slot(s->pool->sup->scoreboard, s->index);
 	pid_t board_pid = __atomic_load_n(&board->pid, __ATOMIC_ACQUIRE);
 	long long heartbeat = s->started_mono_ms;
 
 	if (board_pid == s->pid) {
 		heartbeat = __atomic_load_n(&board->heartbeat_ms, __ATOMIC_ACQUIRE);
-		if (s->state == SLOT_STARTING) {
-			slot_enter(s, SLOT_RUNNING); /* event: published in the scoreboard */
-			pool_replace_next(s->pool);
-		}
+		slot_on_published(s);
 		if (s->awaiting_ready && pool_slot_ready(s, board, now))
 			pool_replace_next(s->pool);
 	}
-	if (now - heartbeat > cfg->heartbeat_timeout_ms && !s->heartbeat_killed) {
-		log_error("worker %d (pid %d) silent for %lld ms; killing it", s->index, (int)s->pid, now - heartbeat);
-		s->heartbeat_killed = true;
-		slot_signal(s, SIGKILL);
-	}
+	if (now - heartbeat > s->pool->sup->cfg->heartbeat_timeout_ms)
+		slot_on_silent(s, now - heartbeat);
 }
 
 static void pool_check_slots(struct pool *pool)
