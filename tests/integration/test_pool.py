@@ -1,7 +1,8 @@
 """
 The pool as a whole: throughput and the concurrency bound, a worker killed
 with SIGKILL, the supervisor killed with SIGKILL, a slot that crashes on
-start-up (spec sections 5, 6, 7; issue 2's pool scenarios).
+start-up (spec sections 5, 6, 7; issue 2's pool scenarios), a worker that
+refuses its configuration (EX_CONFIG: its slot fails, no restart loop).
 """
 
 import collections
@@ -13,6 +14,7 @@ import time
 
 import pytest
 
+import kafka_harness as kh
 from harness import pgid_alive, proc_alive, wait_until
 
 
@@ -241,7 +243,6 @@ def test_silent_worker_is_killed_after_heartbeat_timeout(drover, figures):
 def test_worker_refusing_its_configuration_is_not_restarted_until_scale_or_reload(mock, drover):
     # librdkafka refuses a CA file that does not exist when the worker creates its handles: the worker
     # exits EX_CONFIG (78) and its slot fails instead of crash-looping (README "Worker slots").
-    import kafka_harness as kh
     m = mock()
     bad = {"security.protocol": "ssl", "ssl.ca.location": "/nonexistent/ca.pem"}
     cfg = kh.kafka_config(m.bootstrap, workers=2, librdkafka=bad,
