@@ -13,7 +13,8 @@
 #
 # Sources are found by wildcard so that a new module needs no Makefile edit:
 # shared/*.c, queue/*.c and worker/*.c form a library linked into both programs
-# and the unit tests; supervisor/*.c is drover's own; ctl/*.c is droverctl's own.
+# and the unit tests; supervisor/*.c but main.c form libsupervisor.a, linked
+# into drover and the unit tests; ctl/*.c is droverctl's own.
 # Layers (check-layers): shared <- queue <- worker <- supervisor; ctl uses shared
 # and queue only. Includes are path-qualified: #include "queue/spool.h".
 # Compiling depends on the sources and the libraries only: no rule installs
@@ -52,6 +53,7 @@ SUPPORT_SRC := $(sort $(wildcard tests/support/*.c))
 
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SUP_OBJ   := $(SUP_SRC:%.c=$(BUILD)/%.o)
+SUP_MAIN  := $(BUILD)/supervisor/main.o
 CTL_OBJ   := $(CTL_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 SUPPORT_BIN := $(SUPPORT_SRC:tests/support/%.c=$(BUILD)/support/%)
@@ -118,7 +120,10 @@ $(BUILD)/%.o: %.c
 $(BUILD)/libdrover.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/drover: $(SUP_OBJ) $(BUILD)/libdrover.a
+$(BUILD)/libsupervisor.a: $(filter-out $(SUP_MAIN),$(SUP_OBJ))
+	ar rcs $@ $^
+
+$(BUILD)/drover: $(SUP_MAIN) $(BUILD)/libsupervisor.a $(BUILD)/libdrover.a
 	$(CC) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/droverctl: $(CTL_OBJ) $(BUILD)/libdrover.a
@@ -132,7 +137,8 @@ $(BUILD)/support/%: tests/support/%.c
 	$(need_libs)@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $< $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libdrover.a
+# Every unit test may use the supervisor's modules; the archive order lets them use the library.
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsupervisor.a $(BUILD)/libdrover.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 

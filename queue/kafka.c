@@ -1360,6 +1360,7 @@ static struct source *kafka_open(const struct config *cfg, struct ev_loop *loop,
 	struct source *src = calloc(1, sizeof(*src));
 	if (src == NULL) {
 		snprintf(err, errlen, "out of memory");
+		errno = ENOMEM;
 		return NULL;
 	}
 	src->cfg = cfg;
@@ -1378,10 +1379,17 @@ static struct source *kafka_open(const struct config *cfg, struct ev_loop *loop,
 		warm_outcome_topics(src);
 		src->consumer = create_handle(src, KAFKA_ROLE_CONSUMER, err, errlen);
 	}
-	if (src->consumer == NULL || setup_wakeup(src, err, errlen) < 0 || subscribe(src, err, errlen) < 0) {
+	/* librdkafka refusing a property, a file it names or the topic is the configuration (source.h). */
+	int failure = 0;
+	if (src->consumer != NULL && setup_wakeup(src, err, errlen) < 0)
+		failure = EAGAIN; /* descriptors: a restart may find them */
+	else if (src->consumer == NULL || subscribe(src, err, errlen) < 0)
+		failure = EINVAL;
+	if (failure != 0) {
 		stop_watchers(src);
 		destroy_handles(src);
 		free(src);
+		errno = failure;
 		return NULL;
 	}
 	char instance[256];

@@ -44,7 +44,12 @@ struct source;
 
 struct source_ops {
 	const char *name;
-	/* Creates the backend (after fork: Kafka handles live in the worker only). NULL + err on failure. */
+	/*
+	 * Creates the backend (after fork: Kafka handles live in the worker only).
+	 * NULL + err on failure, with errno EINVAL when the backend refuses the
+	 * configuration itself (a restart cannot mend it: the worker exits
+	 * EX_CONFIG), another errno when a restart may.
+	 */
 	struct source *(*open)(const struct config *cfg, struct ev_loop *loop, int slot,
 	                       const struct source_callbacks *cb, char *err, size_t errlen);
 	/* 0 and *job when one is available, 1 when none is now (cb.ready will follow), -1 on error. */

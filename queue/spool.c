@@ -1627,6 +1627,7 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	if (sp == NULL || (sp->dir = strdup(cfg->spool_dir)) == NULL) {
 		snprintf(err, errlen, "spool: out of memory");
 		free(sp);
+		errno = ENOMEM;
 		return NULL;
 	}
 	sp->inotify_fd = -1;
@@ -1635,9 +1636,12 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	if (spool_prepare(sp->dir, err, errlen) < 0 ||
 	    join_path(sp->incoming, sizeof(sp->incoming), sp->dir, "incoming", NULL) < 0 ||
 	    join_path(sp->processing, sizeof(sp->processing), sp->dir, "processing", NULL) < 0) {
+		/* source.h: EINVAL only for a dir too long to use; a directory a restart may find usable is EAGAIN. */
+		int refused = err[0] == '\0' ? EINVAL : EAGAIN;
 		if (err[0] == '\0')
 			snprintf(err, errlen, "spool: %s: path too long", sp->dir);
 		free_spool(sp);
+		errno = refused;
 		return NULL;
 	}
 	sp->loop = loop;

@@ -26,7 +26,7 @@ void control_close(struct control *ctl);
 /* The listening fd, so a forked worker can close it. */
 int control_fd(const struct control *ctl);
 
-/* Executes one command line and returns the malloc'd answer (exposed for tests). */
+/* Executes one command line with write access and returns the malloc'd answer (tests/unit/test_supervisor_control.c). */
 char *control_execute(struct supervisor *sup, const char *line);
 
 #endif

@@ -46,7 +46,7 @@ struct totals {
 	struct scoreboard_counters counters;
 	long long in_flight;
 	unsigned long long restarts;
-	int by_state[SLOT_STOPPED + 1]; /* a live worker in fault is counted in in_fault instead */
+	int by_state[SLOT_STATE_COUNT]; /* a live worker in fault is counted in in_fault instead */
 	int in_fault;
 };
 
@@ -88,7 +88,7 @@ static int for_each_slot(const struct supervisor *sup, struct totals *totals, sl
 		totals->restarts += view.restarts;
 		if (live && in_fault(copy))
 			totals->in_fault++;
-		else if (view.state >= 0 && view.state <= SLOT_STOPPED)
+		else if ((unsigned)view.state < SLOT_STATE_COUNT)
 			totals->by_state[view.state]++;
 		if (visit != NULL)
 			rc = visit(ctx, &view, live ? copy : NULL);
@@ -225,8 +225,14 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 	put(w, "timed_out", json_integer(live != NULL ? (json_int_t)live->counters.timed_out : 0), ok);
 	put(w, "heartbeat_age_ms",
 	    live != NULL && live->heartbeat_ms > 0 ? json_integer(ctx->mono_now - live->heartbeat_ms) : json_null(), ok);
-	put(w, "fault", live != NULL ? bounded_string(live->fault, sizeof(live->fault)) : json_null(), ok);
-	put(w, "fault_cause", in_fault(live) ? json_string(fault_cause(live->fault)) : json_null(), ok);
+	/* A failed slot has no live worker: its fault is the configuration its worker refused. */
+	bool failed = view->state == SLOT_FAILED;
+	put(w, "fault", live != NULL ? bounded_string(live->fault, sizeof(live->fault))
+	                : failed     ? json_string(view->last_exit)
+	                             : json_null(), ok);
+	put(w, "fault_cause", in_fault(live) ? json_string(fault_cause(live->fault))
+	                      : failed       ? json_string("config")
+	                                     : json_null(), ok);
 	put(w, "jobs", jobs_of(live, ok), ok);
 	if (ctx->sup->cfg != NULL && ctx->sup->cfg->backend == BACKEND_KAFKA)
 		put(w, "kafka", kafka_of(live, ok), ok);
@@ -344,6 +350,9 @@ static int health_visit(void *arg, const struct slot_view *view, const struct sc
 	}
 	if (view->pid > 0 && (view->state == SLOT_STARTING || view->state == SLOT_RUNNING))
 		ctx->progress = true;
+	if (view->state == SLOT_FAILED && ctx->fault[0] == '\0')
+		snprintf(ctx->fault, sizeof(ctx->fault), "worker %d: %s; not restarted until a reload or scale",
+			 view->slot, view->last_exit);
 	if (view->state == SLOT_BACKOFF) {
 		ctx->backoff++;
 		snprintf(ctx->last_exit, sizeof(ctx->last_exit), "%s", view->last_exit);
@@ -511,7 +520,7 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 	write_header(out, "drover_up", "gauge", "1 while the supervisor runs.");
 	fputs("drover_up 1\n", out);
 	write_header(out, "drover_workers", "gauge", "Worker slots by state.");
-	for (int s = SLOT_STARTING; s <= SLOT_STOPPED; s++)
+	for (int s = 0; s < SLOT_STATE_COUNT; s++)
 		fprintf(out, "drover_workers{state=\"%s\"} %d\n", slot_state_name((enum slot_state)s), t->by_state[s]);
 	fprintf(out, "drover_workers{state=\"fault\"} %d\n", t->in_fault);
 	write_header(out, "drover_workers_desired", "gauge", "Configured number of workers.");

@@ -27,6 +27,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -907,9 +908,11 @@ int worker_main(const struct worker_params *params)
 	w.ops = source_for(w.cfg);
 	w.source = w.ops->open(w.cfg, w.loop, w.slot, &callbacks, err, sizeof(err));
 	if (w.source == NULL) {
+		/* A refused configuration: EX_CONFIG tells the supervisor not to restart us (README "Worker slots"). */
+		int code = errno == EINVAL ? EX_CONFIG : EX_UNAVAILABLE;
 		log_error("worker %d: cannot open the %s queue: %s", w.slot, w.ops->name, err);
 		worker_teardown(&w);
-		return 69;
+		return code;
 	}
 	if (w.cfg->backend == BACKEND_KAFKA) {
 		kafka_source_set_scoreboard(w.source, w.board); /* sets ready at the first assignment */
