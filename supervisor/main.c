@@ -12,7 +12,7 @@
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
 #include "shared/scoreboard.h"
-#include "queue/spool.h"
+#include "queue/source.h"
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
 
@@ -292,12 +292,11 @@ static void drop_privileges(const struct identity *id)
 
 static void prepare_queue(const struct config *cfg)
 {
+	const struct queue_ops *queue = queue_ops_for(cfg);
 	char err[512];
-	if (cfg->backend != BACKEND_SPOOL)
-		return;
-	if (spool_prepare(cfg->spool_dir, err, sizeof(err)) < 0)
-		log_fatalx(EXIT_UNAVAILABLE, "spool %s: %s", cfg->spool_dir, err);
-	int returned = spool_reclaim(cfg->spool_dir);
+	if (queue->prepare != NULL && queue->prepare(cfg, err, sizeof(err)) < 0)
+		log_fatalx(EXIT_UNAVAILABLE, "%s", err);
+	int returned = queue->reclaim != NULL ? queue->reclaim(cfg) : 0;
 	if (returned > 0)
 		log_info("returned %d claim(s) of a previous run to the queue", returned);
 }
