@@ -3,7 +3,7 @@
  * submit (produce jobs and wait for the brokers' acknowledgement), health
  * (metadata answered and the requests topic exists), topics create (admin
  * API; topics that exist are fine, so it can run on every deploy) and topics
- * list. Every
+ * list; and the configuration check of drover -t (kafka_conf_check). Every
  * handle is built by kafka_conf, so droverctl connects exactly like the
  * workers (security, pass-through). Nothing here consumes: droverctl links
  * this file without the worker's consumer (kafka.c). Each command returns
@@ -575,4 +575,5 @@ const struct queue_ops kafka_queue_ops = {
 	.submit = kafka_ops_submit,
 	.topics_create = kafka_ops_topics_create,
 	.topics_list = kafka_ops_topics_list,
+	.check = kafka_conf_check,
 };

@@ -67,6 +67,7 @@ Test(queue, the_backend_is_chosen_from_the_configuration)
 	const struct queue_ops *kafka = queue_ops_for(&cfg);
 	cr_assert_str_eq(kafka->name, "kafka");
 	cr_expect(kafka->has_partitions);
+	cr_expect(kafka->check != NULL, "drover -t checks the librdkafka properties");
 	cr_expect(kafka->reclaim == NULL && kafka->probe == NULL, "the supervisor never talks to the brokers");
 	cr_expect(kafka->topics_create != NULL && kafka->topics_list != NULL);
 
