@@ -140,20 +140,26 @@ static void check_handles(const struct config *cfg, int fd)
 			blame(cfg, h, why, fd);
 }
 
-/* Everything the child wrote, NUL-terminated (bounded); NULL on a read error. */
+/*
+ * What the child wrote, NUL-terminated: its first CHECK_OUTPUT_MAX bytes; the
+ * rest is read and dropped, so that the child never blocks on a full pipe
+ * while we wait for it. NULL on a read error.
+ */
 static char *read_report(int fd)
 {
-	size_t len = 0;
 	char *buf = malloc(CHECK_OUTPUT_MAX + 1);
+	char rest[4096];
+	ssize_t n;
 	if (buf == NULL)
 		return NULL;
-	ssize_t n = read_full(fd, buf, CHECK_OUTPUT_MAX);
+	n = read_full(fd, buf, CHECK_OUTPUT_MAX);
+	while (n == CHECK_OUTPUT_MAX && read_full(fd, rest, sizeof(rest)) > 0)
+		continue;
 	if (n < 0) {
 		free(buf);
 		return NULL;
 	}
-	len = (size_t)n;
-	buf[len] = '\0';
+	buf[n] = '\0';
 	return buf;
 }
 
