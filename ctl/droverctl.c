@@ -5,14 +5,13 @@
  *
  * Control commands send one line to the supervisor's control socket and
  * print its answer (status renders the stats JSON as a table). Job commands
- * (submit, health, topics) talk to the queue directly: the spool directory,
- * or Kafka through kafka_ctl. Exit codes: 0 ok, 1 the command failed,
+ * (submit, health, topics) talk to the queue directly, through the queue_ops
+ * of the configured backend (queue/source.h). Exit codes: 0 ok, 1 the command failed,
  * 64 usage, 69 cannot reach the daemon or the queue.
  */
 #include "shared/config.h"
-#include "ctl/kafka_ctl.h"
 #include "shared/log.h"
-#include "queue/spool.h"
+#include "queue/source.h"
 #include "shared/util.h"
 
 #include <errno.h>
@@ -419,65 +418,26 @@ static int control_command(const struct options *opts, const char *name, const c
 
 /* ---- job commands ------------------------------------------------------ */
 
-/* Errors that mean the spool itself is missing or closed to us, rather than one job's trouble. */
-static int spool_exit_code(int err)
-{
-	return (err == ENOENT || err == ENOTDIR || err == EACCES || err == EPERM || err == EROFS) ? EXIT_UNREACHABLE
-												 : EXIT_FAILED;
-}
-
-static bool blank(const char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
-			return false;
-	return true;
-}
-
-/* One job per non-empty line; each is durable in incoming/ before its id is printed. */
-static int spool_submit(const char *spool_dir, FILE *in)
-{
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
-	int rc = EXIT_OK;
-	unsigned long lineno = 0;
-	while ((len = getline(&line, &cap, in)) >= 0) {
-		lineno++;
-		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-			line[--len] = '\0';
-		if (blank(line, (size_t)len))
-			continue;
-		char id[256];
-		if (spool_enqueue(spool_dir, line, (size_t)len, id, sizeof(id)) < 0) {
-			int saved = errno;
-			const char *refusal = saved == EINVAL ? spool_enqueue_refusal(line, (size_t)len) : NULL;
-			fprintf(stderr, "droverctl: error: line %lu: cannot enqueue into %s: %s\n", lineno, spool_dir,
-				refusal != NULL ? refusal : strerror(saved));
-			rc = spool_exit_code(saved);
-			break;
-		}
-		printf("%s\n", id);
-		if (fflush(stdout) != 0) {
-			rc = EXIT_FAILED;
-			break;
-		}
-	}
-	if (rc == EXIT_OK && ferror(in)) {
-		fprintf(stderr, "droverctl: error: reading input: %s\n", strerror(errno));
-		rc = EXIT_FAILED;
-	}
-	free(line);
-	return rc;
-}
-
 static int submit_with_config(const struct options *opts, FILE *in)
 {
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL)
 		return EXIT_CONFIG;
-	int rc = cfg->backend == BACKEND_KAFKA ? kafkactl_submit(cfg, in) : spool_submit(cfg->spool_dir, in);
+	int rc = queue_ops_for(cfg)->submit(cfg, in, stdout);
 	config_free(cfg);
+	return rc;
+}
+
+/* The spool directory the daemon named in stats: a spool needs no configuration file. */
+static int submit_to_spool_dir(const char *backend, const char *dir, FILE *in)
+{
+	struct config at = { .spool_dir = strdup(dir) }; /* all the spool's submit reads */
+	if (at.spool_dir == NULL) {
+		fprintf(stderr, "droverctl: error: out of memory\n");
+		return EXIT_FAILED;
+	}
+	int rc = queue_ops_named(backend)->submit(&at, in, stdout);
+	free(at.spool_dir);
 	return rc;
 }
 
@@ -504,18 +464,18 @@ static int submit_through_daemon(const struct options *opts, FILE *in)
 		fprintf(stderr, "droverctl: error: submit -s: the drover at %s did not tell its queue: %s",
 			opts->socket_path, answer);
 		rc = EXIT_FAILED;
-	} else if (strcmp(backend, "spool") == 0 && spool_dir != NULL) {
-		rc = spool_submit(spool_dir, in);
+	} else if (spool_dir != NULL && queue_ops_named(backend) != NULL) {
+		rc = submit_to_spool_dir(backend, spool_dir, in);
 	} else {
 		struct config *cfg = load_config(opts);
 		if (cfg == NULL) {
 			rc = EXIT_CONFIG;
-		} else if (cfg->backend != BACKEND_KAFKA) {
+		} else if (strcmp(config_backend_name(cfg->backend), backend) != 0) {
 			fprintf(stderr, "droverctl: error: submit -s: the drover at %s uses the %s queue, the configuration "
 				"the %s queue\n", opts->socket_path, backend, config_backend_name(cfg->backend));
 			rc = EXIT_FAILED;
 		} else {
-			rc = kafkactl_submit(cfg, in);
+			rc = queue_ops_for(cfg)->submit(cfg, in, stdout);
 		}
 		config_free(cfg);
 	}
@@ -565,25 +525,21 @@ static int daemon_health(const struct options *opts, bool *reached)
 
 static int health_command(const struct config *cfg)
 {
-	if (cfg->backend == BACKEND_KAFKA)
-		return kafkactl_health(cfg);
-	char err[1024] = "";
-	if (spool_health(cfg->spool_dir, err, sizeof(err)) < 0) {
-		fprintf(stderr, "droverctl: error: spool %s: %s\n", cfg->spool_dir, err[0] != '\0' ? err : "unhealthy");
-		return EXIT_UNREACHABLE;
-	}
-	printf("ok: spool %s\n", cfg->spool_dir);
-	return EXIT_OK;
+	int rc = queue_ops_for(cfg)->health(cfg, stdout);
+	if (fflush(stdout) != 0 && rc == EXIT_OK)
+		rc = EXIT_FAILED;
+	return rc;
 }
 
 static int topics_command(const struct config *cfg, const char *action)
 {
-	if (cfg->backend != BACKEND_KAFKA) {
+	const struct queue_ops *queue = queue_ops_for(cfg);
+	if (queue->topics_create == NULL || queue->topics_list == NULL) {
 		fprintf(stderr, "droverctl: error: topics: the queue backend is %s; topics exist only with kafka\n",
-			config_backend_name(cfg->backend));
+			queue->name);
 		return EXIT_FAILED;
 	}
-	return action != NULL && strcmp(action, "create") == 0 ? kafkactl_topics_create(cfg) : kafkactl_topics_list(cfg);
+	return action != NULL && strcmp(action, "create") == 0 ? queue->topics_create(cfg) : queue->topics_list(cfg);
 }
 
 /* The daemon's health, then the queue's; a broken file only skips the queue's when a daemon vouched. */

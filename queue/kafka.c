@@ -163,8 +163,8 @@ struct source {
 	unsigned rebalances;
 
 	struct scoreboard_slot *board;
-	void (*revoke_hook)(struct job *job, void *arg);
-	void *revoke_arg;
+	char host[256];          /* of status events */
+	struct event_origin origin;
 
 	/* health, for fault() */
 	char fatal[256];
@@ -420,24 +420,6 @@ static void kjob_free(struct kjob *kj)
 	free(kj->doc);
 	job_free(kj->job);
 	free(kj);
-}
-
-char *kafka_message_id(const char *payload, size_t len, const void *key, size_t key_len, const char **problem)
-{
-	json_t *doc = json_loadb(payload, len, 0, NULL);
-	json_t *field = json_object_get(doc, "id");
-	char *id = NULL;
-	*problem = NULL;
-	/* An empty "id" names nothing: the key, or the message's place, names the job then. */
-	if (json_is_string(field) && json_string_length(field) > 0) {
-		*problem = event_job_id_problem(json_string_value(field), json_string_length(field));
-		id = strndup(json_string_value(field), json_string_length(field));
-	} else if (key != NULL && key_len > 0) {
-		*problem = event_job_id_problem(key, key_len);
-		id = strndup(key, key_len);
-	}
-	json_decref(doc);
-	return id;
 }
 
 /*
@@ -901,7 +883,7 @@ static void revoke_check(struct source *src)
 static void revoke_kill(struct source *src)
 {
 	src->revoke_killed = true;
-	if (src->revoke_hook == NULL)
+	if (src->cb.revoke == NULL)
 		return;
 	/* The hook may release jobs at once (changing the list): start over after each call. */
 	for (bool again = true; again && src->revoking != NULL;) {
@@ -912,7 +894,7 @@ static void revoke_kill(struct source *src)
 			kj->kill_requested = true;
 			log_info("job %s: partition %d revoked; stopping it (it runs again on the new owner)",
 			         kj->job->id, (int)kj->part->partition);
-			src->revoke_hook(kj->job, src->revoke_arg);
+			src->cb.revoke(kj->job, src->cb.arg);
 			again = true;
 			break;
 		}
@@ -1354,19 +1336,29 @@ static void warm_outcome_topics(struct source *src)
 static void destroy_handles(struct source *src);
 static void stop_watchers(struct source *src);
 
-static struct source *kafka_open(const struct config *cfg, struct ev_loop *loop, int slot,
-                                 const struct source_callbacks *cb, char *err, size_t errlen)
+/* What the source keeps of open()'s parameters (the board is attached once the handles exist). */
+static void keep_params(struct source *src, const struct source_params *params)
 {
+	src->cfg = params->cfg;
+	src->loop = params->loop;
+	src->slot = params->slot;
+	src->cb = *params->cb;
+	snprintf(src->host, sizeof(src->host), "%s", params->origin != NULL ? params->origin->host : "localhost");
+	src->origin.host = src->host;
+	src->origin.worker = params->origin != NULL ? params->origin->worker : params->slot;
+}
+
+static struct source *kafka_open(const struct source_params *params, char *err, size_t errlen)
+{
+	const struct config *cfg = params->cfg;
+	int slot = params->slot;
 	struct source *src = calloc(1, sizeof(*src));
 	if (src == NULL) {
 		snprintf(err, errlen, "out of memory");
 		errno = ENOMEM;
 		return NULL;
 	}
-	src->cfg = cfg;
-	src->loop = loop;
-	src->slot = slot;
-	src->cb = *cb;
+	keep_params(src, params);
 	src->wake_fd[0] = src->wake_fd[1] = -1;
 	size_t cap = cfg->max_concurrent > 0 ? (size_t)cfg->max_concurrent : 1;
 	src->buffer_cap = cap < 2 ? 2 : cap > BUFFER_MAX ? BUFFER_MAX : cap;
@@ -1399,22 +1391,24 @@ static struct source *kafka_open(const struct config *cfg, struct ev_loop *loop,
 		snprintf(instance, sizeof(instance), "(dynamic member)");
 	log_info("kafka: worker %d consuming %s as %s in group %s, instance %s", slot, cfg->requests_topic,
 	         rd_kafka_name(src->consumer), cfg->kafka_group_id, instance);
+	src->board = params->board; /* ready is published at the first assignment */
+	publish_partitions(src);
 	return src;
 }
 
 /* ---- the source interface ----------------------------------------------- */
 
-static int kafka_take(struct source *src, struct job **job)
+static enum source_take kafka_take(struct source *src, struct job **job)
 {
 	if (src->closing || src->fatal[0] != '\0' || src->buffered == 0)
-		return 1;
+		return SOURCE_EMPTY;
 	struct kpart *next = NULL;
 	for (struct kpart *p = src->parts; p != NULL; p = p->next)
 		if (p->queue.head != NULL && !part_held_back(src, p) && part_in_window(src, p) &&
 		    (next == NULL || p->taken_seq < next->taken_seq))
 			next = p;
 	if (next == NULL)
-		return 1;
+		return SOURCE_EMPTY;
 	next->taken_seq = ++src->take_seq;
 	struct kjob *kj = next->queue.head;
 	list_remove(&next->queue, kj);
@@ -1428,7 +1422,7 @@ static int kafka_take(struct source *src, struct job **job)
 	list_push_tail(&src->out, kj);
 	src->flow_dirty = true;
 	*job = kj->job;
-	return 0;
+	return SOURCE_TAKEN;
 }
 
 static int kafka_attempt(struct source *src, struct job *job, int attempt)
@@ -1437,29 +1431,40 @@ static int kafka_attempt(struct source *src, struct job *job, int attempt)
 	return 0;
 }
 
-static void kafka_status(struct source *src, struct job *job, const char *doc, size_t len)
+/* Renders status as a status event (events.h); the retry delay is not part of the event. */
+static char *status_document(struct source *src, const struct job *job, const struct job_status *status)
+{
+	double progress = status->state == JOB_PROGRESS ? status->progress : -1;
+	return event_status(&src->origin, job->id, job_state_name(status->state), status->attempt, status->ts_ms,
+	                    progress, status->message, status->reason);
+}
+
+static void kafka_status(struct source *src, struct job *job, const struct job_status *status)
 {
 	struct kjob *kj = kjob_of(job);
 	if (src->cfg->status_topic == NULL || src->cfg->status_topic[0] == '\0')
 		return;
-	/* Documents come from events.c as compact JSON: the state appears literally. */
-	bool progress = memmem(doc, len, "\"state\":\"progress\"", 18) != NULL;
-	if (!progress) {
+	char *doc = status_document(src, job, status);
+	if (doc == NULL) {
+		log_warnx("job %s: out of memory building a %s event", job->id, job_state_name(status->state));
+		return;
+	}
+	size_t len = strlen(doc);
+	long long now = now_ms();
+	long long since = now - kj->last_progress_ms;
+	if (status->state != JOB_PROGRESS) {
 		/* A newer state makes a waiting progress event stale. */
 		ev_timer_stop(src->loop, &kj->progress_timer);
 		free(kj->pending_progress);
 		kj->pending_progress = NULL;
 		status_produce(src, kj, doc, len);
-		return;
-	}
-	long long now = now_ms();
-	long long since = now - kj->last_progress_ms;
-	if (kj->last_progress_ms != 0 && since < PROGRESS_INTERVAL_MS) {
+	} else if (kj->last_progress_ms != 0 && since < PROGRESS_INTERVAL_MS) {
 		progress_defer(kj, doc, len, PROGRESS_INTERVAL_MS - since);
-		return;
+	} else {
+		kj->last_progress_ms = now;
+		status_produce(src, kj, doc, len);
 	}
-	kj->last_progress_ms = now;
-	status_produce(src, kj, doc, len);
+	free(doc);
 }
 
 static void kafka_finish(struct source *src, struct job *job, bool completed, const char *doc, size_t len)
@@ -1769,18 +1774,6 @@ static void kafka_close(struct source *src)
 		scoreboard_write_end(src->board);
 	}
 	free(src);
-}
-
-void kafka_source_set_scoreboard(struct source *src, struct scoreboard_slot *slot)
-{
-	src->board = slot;
-	publish_partitions(src);
-}
-
-void kafka_source_set_revoke_hook(struct source *src, void (*revoke)(struct job *job, void *arg), void *arg)
-{
-	src->revoke_hook = revoke;
-	src->revoke_arg = arg;
 }
 
 const struct source_ops kafka_source_ops = {

@@ -403,15 +403,3 @@ rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, enum kafka_role role, 
 	kafka_props_free(&props);
 	return conf;
 }
-
-int kafka_conf_check(const struct config *cfg, char *err, size_t errlen)
-{
-	static const enum kafka_role roles[] = { KAFKA_ROLE_CONSUMER, KAFKA_ROLE_PRODUCER, KAFKA_ROLE_ADMIN };
-	for (size_t i = 0; i < ARRAY_LEN(roles); i++) {
-		rd_kafka_conf_t *conf = kafka_conf_new(cfg, roles[i], roles[i] == KAFKA_ROLE_ADMIN ? -1 : 0, err, errlen);
-		if (conf == NULL)
-			return -1;
-		rd_kafka_conf_destroy(conf);
-	}
-	return 0;
-}

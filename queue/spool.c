@@ -660,30 +660,34 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 	return fsync_dir(incoming);
 }
 
-/*
- * Moves processing/name back to incoming/ if its claim is dead (its lock can
- * be taken). 1 moved, 0 live or gone, -1 error.
- */
-static int reclaim_one(const char *processing, const char *incoming, const char *name)
+enum reclaim_result {
+	RECLAIM_MOVED, /* the claim was dead: back in incoming/ */
+	RECLAIM_LEFT,  /* live (locked) or gone */
+	RECLAIM_ERROR, /* errno says why */
+};
+
+/* Moves processing/name back to incoming/ if its claim is dead (its lock can be taken). */
+static enum reclaim_result reclaim_one(const char *processing, const char *incoming, const char *name)
 {
 	char from[PATH_MAX], to[PATH_MAX];
 	struct stat st;
-	int fd, rc = 0;
+	enum reclaim_result rc = RECLAIM_LEFT;
+	int fd;
 
 	if (snprintf(from, sizeof(from), "%s/%s", processing, name) >= (int)sizeof(from) ||
 	    snprintf(to, sizeof(to), "%s/%s", incoming, name) >= (int)sizeof(to))
-		return -1;
+		return RECLAIM_ERROR;
 	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
+		return errno == ENOENT ? RECLAIM_LEFT : RECLAIM_ERROR;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		rc = errno == EWOULDBLOCK ? 0 : -1;
+		rc = errno == EWOULDBLOCK ? RECLAIM_LEFT : RECLAIM_ERROR;
 	} else if (fd_is_path(fd, from, &st)) {
 		if (move_noreplace(from, to) == 0) {
-			rc = 1;
+			rc = RECLAIM_MOVED;
 			log_info("spool: reclaimed %s from a dead worker", name);
 		} else if (errno != ENOENT && errno != EEXIST) {
-			rc = -1;
+			rc = RECLAIM_ERROR;
 		}
 	}
 	close_keep_errno(fd);
@@ -702,10 +706,10 @@ static int reclaim_dead(const char *processing, const char *incoming)
 	while ((errno = 0, de = readdir(d)) != NULL) {
 		if (de->d_name[0] == '.')
 			continue;
-		int rc = reclaim_one(processing, incoming, de->d_name);
-		if (rc > 0)
+		enum reclaim_result rc = reclaim_one(processing, incoming, de->d_name);
+		if (rc == RECLAIM_MOVED)
 			moved++;
-		else if (rc < 0)
+		else if (rc == RECLAIM_ERROR)
 			log_warn("spool: reclaim %s/%s", processing, de->d_name);
 	}
 	closedir(d);
@@ -999,11 +1003,14 @@ static void give_back_path(const char *from, const char *to, const char *name)
 		log_warn("spool: give back %s", name);
 }
 
-/*
- * Tries to claim incoming/name: 0 and *job_out when it is ours, 1 when it is
- * gone, locked by another claimer or not claimable, -1 on memory exhaustion.
- */
-static int claim_candidate(struct spool *sp, const char *name, struct job **job_out)
+enum claim_result {
+	CLAIM_TAKEN,   /* ours: *job_out is set */
+	CLAIM_SKIPPED, /* gone, locked by another claimer, or not claimable */
+	CLAIM_FAILED,  /* out of memory (the file stays in incoming/) */
+};
+
+/* Tries to claim incoming/name. */
+static enum claim_result claim_candidate(struct spool *sp, const char *name, struct job **job_out)
 {
 	char from[PATH_MAX], to[PATH_MAX];
 	struct spool_claim *claim;
@@ -1012,26 +1019,26 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 	int fd, done = 0;
 
 	if (strlen(name) > NAME_MAX || join_path(from, sizeof(from), sp->dir, "incoming", name) < 0)
-		return 1;
+		return CLAIM_SKIPPED;
 	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0) {
 		if (errno != ENOENT && now_ms() - sp->unreadable_warned_ms >= SPOOL_UNREADABLE_WARN_MS) {
 			log_warn("spool: cannot open %s (skipped)", from);
 			sp->unreadable_warned_ms = now_ms();
 		}
-		return 1;
+		return CLAIM_SKIPPED;
 	}
 	claim = calloc(1, sizeof(*claim));
 	if (claim == NULL) {
 		close(fd);
-		return -1;
+		return CLAIM_FAILED;
 	}
 	claim->fd = fd;
 	/* Lock first, then check the name still holds this file: only then may we move it. */
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, from, &st) || !S_ISREG(st.st_mode) ||
 	    claim_rename(sp, from, name, claim, &done) < 0) {
 		claim_free(claim);
-		return 1;
+		return CLAIM_SKIPPED;
 	}
 	claim->st = st;
 	job = job_from_claim(claim, st.st_size, done);
@@ -1039,10 +1046,10 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 		if (join_path(to, sizeof(to), sp->dir, "processing", claim->name) == 0)
 			give_back_path(to, from, name);
 		claim_free(claim);
-		return -1;
+		return CLAIM_FAILED;
 	}
 	*job_out = job;
-	return 0;
+	return CLAIM_TAKEN;
 }
 
 /* ---- spares: finished job files that hold later outcomes --------------------- */
@@ -1439,26 +1446,27 @@ static void safety_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- taking ------------------------------------------------------------------- */
 
-static int spool_take(struct source *src, struct job **job)
+static enum source_take spool_take(struct source *src, struct job **job)
 {
 	struct spool *sp = (struct spool *)src;
 
 	if (safety_due(sp))
 		safety_pass(sp); /* here rather than on a timer of its own: no extra wake-up */
 	if (sp->paused || fault_active(sp))
-		return 1;
+		return SOURCE_EMPTY;
 	for (;;) {
 		if (maybe_rescan(sp, false) < 0 || sp->cursor >= sp->count)
-			return 1;
+			return SOURCE_EMPTY;
 		char *name = sp->list[sp->cursor].name;
 		sp->list[sp->cursor++].name = NULL;
-		int rc = claim_candidate(sp, name, job);
+		enum claim_result rc = claim_candidate(sp, name, job);
 		free(name);
-		if (rc <= 0) {
-			if (rc == 0)
-				sp->out++;
-			return rc;
+		if (rc == CLAIM_TAKEN) {
+			sp->out++;
+			return SOURCE_TAKEN;
 		}
+		if (rc == CLAIM_FAILED)
+			return SOURCE_ERROR;
 	}
 }
 
@@ -1490,7 +1498,7 @@ static int spool_attempt(struct source *src, struct job *job, int attempt)
 	return 0;
 }
 
-static void spool_status(struct source *src, struct job *job, const char *doc, size_t len)
+static void spool_status(struct source *src, struct job *job, const struct job_status *status)
 {
 	/* The spool keeps outcomes only; live progress is in stats. */
 }
@@ -1619,9 +1627,9 @@ static void start_watchers(struct spool *sp)
 	sp->commit_watcher.data = sp;
 }
 
-static struct source *spool_open(const struct config *cfg, struct ev_loop *loop, int slot,
-                                 const struct source_callbacks *cb, char *err, size_t errlen)
+static struct source *spool_open(const struct source_params *params, char *err, size_t errlen)
 {
+	const struct config *cfg = params->cfg;
 	struct spool *sp = calloc(1, sizeof(*sp));
 
 	if (sp == NULL || (sp->dir = strdup(cfg->spool_dir)) == NULL) {
@@ -1644,8 +1652,9 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 		errno = refused;
 		return NULL;
 	}
-	sp->loop = loop;
-	sp->cb = *cb;
+	sp->loop = params->loop;
+	sp->cb = *params->cb;
+	sp->board = params->board;
 	sp->euid = geteuid();
 	sp->pid = getpid();
 	sp->owner = foreign_owner(sp->euid, sp->dir, &sp->owner_st);
@@ -1655,6 +1664,9 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	if (reclaim_dead(sp->processing, sp->incoming) < 0)
 		log_warn("spool: reclaim in %s", sp->processing);
 	schedule_ready(sp);
+	publish_fault(sp);
+	if (sp->board != NULL)
+		scoreboard_publish_ready(sp->board); /* a directory needs no joining: ready at once */
 	return (struct source *)sp;
 }
 
@@ -1716,14 +1728,6 @@ static void spool_close(struct source *src)
 		fault_update(sp, ""); /* a fault of ours must not outlive us in the slot */
 	}
 	free_spool(sp);
-}
-
-void spool_source_set_scoreboard(struct source *src, struct scoreboard_slot *slot)
-{
-	struct spool *sp = (struct spool *)src;
-
-	sp->board = slot;
-	publish_fault(sp);
 }
 
 void spool_source_counters(const struct source *src, struct spool_counters *out)

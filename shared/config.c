@@ -356,6 +356,14 @@ void config_errors_clear(struct config_errors *errs)
 	errs->count = 0;
 }
 
+void config_errors_add(struct config_errors *errs, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	errors_addv(errs, fmt, ap);
+	va_end(ap);
+}
+
 void config_errors_join(const struct config_errors *errs, char *buf, size_t len)
 {
 	if (len == 0)

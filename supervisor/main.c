@@ -12,7 +12,7 @@
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
 #include "shared/scoreboard.h"
-#include "queue/spool.h"
+#include "queue/source.h"
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
 
@@ -76,10 +76,22 @@ static void parse_options(int argc, char **argv, struct options *opts)
 		usage();
 }
 
+/* What the queue backend's own library refuses (librdkafka), in config_load's error format. */
+static struct config *check_queue_config(struct config *cfg, struct config_errors *errors)
+{
+	const struct queue_ops *queue = queue_ops_for(cfg);
+	if (queue->check == NULL || queue->check(cfg, errors) == 0)
+		return cfg;
+	config_free(cfg);
+	return NULL;
+}
+
 static struct config *load_or_exit(const char *path, bool test_only)
 {
 	struct config_errors errors = { 0 };
 	struct config *cfg = config_load(path, &errors);
+	if (cfg != NULL)
+		cfg = check_queue_config(cfg, &errors);
 	if (cfg == NULL) {
 		for (size_t i = 0; i < errors.count; i++)
 			fprintf(stderr, "%s\n", errors.lines[i]);
@@ -292,12 +304,11 @@ static void drop_privileges(const struct identity *id)
 
 static void prepare_queue(const struct config *cfg)
 {
+	const struct queue_ops *queue = queue_ops_for(cfg);
 	char err[512];
-	if (cfg->backend != BACKEND_SPOOL)
-		return;
-	if (spool_prepare(cfg->spool_dir, err, sizeof(err)) < 0)
-		log_fatalx(EXIT_UNAVAILABLE, "spool %s: %s", cfg->spool_dir, err);
-	int returned = spool_reclaim(cfg->spool_dir);
+	if (queue->prepare != NULL && queue->prepare(cfg, err, sizeof(err)) < 0)
+		log_fatalx(EXIT_UNAVAILABLE, "%s", err);
+	int returned = queue->reclaim != NULL ? queue->reclaim(cfg) : 0;
 	if (returned > 0)
 		log_info("returned %d claim(s) of a previous run to the queue", returned);
 }

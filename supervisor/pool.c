@@ -12,7 +12,7 @@
 #include "supervisor/pool.h"
 #include "shared/log.h"
 #include "shared/orphans.h"
-#include "queue/spool.h"
+#include "queue/source.h"
 #include "shared/util.h"
 #include "worker/worker.h"
 
@@ -305,11 +305,10 @@ static void pool_bury(struct slot *s, bool clean)
 	}
 	scoreboard_counters_add(&sup->retired, &copy.counters);
 	scoreboard_reset_slot(board);
-	if (sup->cfg->backend == BACKEND_SPOOL) {
-		int returned = spool_reclaim(sup->cfg->spool_dir);
-		if (returned > 0)
-			log_info("returned %d claim(s) of worker %d to the queue", returned, s->index);
-	}
+	const struct queue_ops *queue = queue_ops_for(sup->cfg);
+	int returned = queue->reclaim != NULL ? queue->reclaim(sup->cfg) : 0;
+	if (returned > 0)
+		log_info("returned %d claim(s) of worker %d to the queue", returned, s->index);
 }
 
 static void slot_note_exit(struct slot *s, int status, bool config_refused)

@@ -7,11 +7,11 @@
  * ever prints a secret: only counters, states, ids and the config's path.
  */
 #include "supervisor/stats.h"
+#include "queue/source.h"
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdbool.h>
@@ -234,7 +234,7 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 	                      : failed       ? json_string("config")
 	                                     : json_null(), ok);
 	put(w, "jobs", jobs_of(live, ok), ok);
-	if (ctx->sup->cfg != NULL && ctx->sup->cfg->backend == BACKEND_KAFKA)
+	if (ctx->sup->cfg != NULL && queue_ops_for(ctx->sup->cfg)->has_partitions)
 		put(w, "kafka", kafka_of(live, ok), ok);
 	append(ctx->workers, w, ok);
 	return 0;
@@ -360,25 +360,6 @@ static int health_visit(void *arg, const struct slot_view *view, const struct sc
 	return 0;
 }
 
-/* A write probe in the spool's tmp/: catches a full disk or a read-only mount that access(2) does not. */
-static int spool_write_probe(const char *dir, char *why, size_t len)
-{
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/tmp/.health-%d", dir, (int)getpid());
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		snprintf(why, len, "spool %s is not writable: %s", dir, strerror(errno));
-		return -1;
-	}
-	int rc = write_all(fd, "h", 1) < 0 || fsync(fd) < 0 ? -1 : 0;
-	int saved = errno;
-	close(fd);
-	unlink(path);
-	if (rc < 0)
-		snprintf(why, len, "spool %s is not writable: %s", dir, strerror(saved));
-	return rc;
-}
-
 bool stats_health(const struct supervisor *sup, bool check_queue, char *why, size_t len)
 {
 	struct health_ctx ctx = { .progress = false };
@@ -400,7 +381,8 @@ bool stats_health(const struct supervisor *sup, bool check_queue, char *why, siz
 			snprintf(why, len, "no worker can make progress: none is running");
 		return false;
 	}
-	if (check_queue && sup->cfg->backend == BACKEND_SPOOL && spool_write_probe(sup->cfg->spool_dir, why, len) < 0)
+	const struct queue_ops *queue = queue_ops_for(sup->cfg);
+	if (check_queue && queue->probe != NULL && queue->probe(sup->cfg, why, len) < 0)
 		return false;
 	return true;
 }
@@ -555,7 +537,7 @@ char *stats_metrics(const struct supervisor *sup)
 		return NULL;
 	struct totals totals;
 	struct lag_ctx lag = { .out = out };
-	bool kafka = sup->cfg != NULL && sup->cfg->backend == BACKEND_KAFKA;
+	bool kafka = sup->cfg != NULL && queue_ops_for(sup->cfg)->has_partitions;
 	/* The lag series come last, so a first pass sums the totals and a second prints them. */
 	struct fault_ctx faults = { .out = out };
 	int rc = for_each_slot(sup, &totals, NULL, NULL);

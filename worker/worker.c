@@ -10,12 +10,10 @@
  */
 #include "worker/worker.h"
 #include "queue/events.h"
-#include "queue/kafka.h"
 #include "shared/log.h"
 #include "shared/orphans.h"
 #include "worker/runner.h"
 #include "queue/source.h"
-#include "queue/spool.h"
 #include "shared/util.h"
 
 #include <errno.h>
@@ -217,16 +215,12 @@ static void task_env_free(const struct worker *w, char **env)
 
 /* ---- tasks -------------------------------------------------------------- */
 
-static void worker_publish_status(struct worker *w, struct task *t, const char *state, double progress,
-                                  const char *message, const char *error)
+/* Tells the source a state of t's job; the other fields of status are filled by the caller. */
+static void worker_publish_status(struct worker *w, struct task *t, struct job_status status)
 {
-	char *doc = event_status(&w->origin, t->job->id, state, t->attempt, wall_ms(), progress, message, error);
-	if (doc == NULL) {
-		log_warnx("job %s: out of memory building a %s event", t->job->id, state);
-		return;
-	}
-	w->ops->status(w->source, t->job, doc, strlen(doc));
-	free(doc);
+	status.attempt = t->attempt;
+	status.ts_ms = wall_ms();
+	w->ops->status(w->source, t->job, &status);
 }
 
 static struct task *task_new(struct worker *w, struct job *job)
@@ -303,7 +297,8 @@ static void task_fail(struct task *t, const struct failure *failure)
 	}
 	/* Bounded: this is also the path of ids too long or too strange to log whole. */
 	log_info("job %.200s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
-	worker_publish_status(w, t, "failed", -1, failure->message, failure->reason);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_FAILED, .message = failure->message,
+	                                                 .reason = failure->reason });
 	t->job->completed = false; /* counted when the outcome is durable: source_settled */
 	w->ops->finish(w->source, t->job, false, doc, strlen(doc));
 	free(doc);
@@ -321,7 +316,7 @@ static void task_complete(struct task *t, const struct runner_result *result)
 		return;
 	}
 	log_info("job %s: completed in %lld ms (attempt %d)", t->job->id, result->duration_ms, t->attempt);
-	worker_publish_status(w, t, "completed", -1, NULL, NULL);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_COMPLETED });
 	t->job->completed = true; /* counted when the outcome is durable: source_settled */
 	t->job->duration_s = (double)result->duration_ms / 1000.0;
 	w->ops->finish(w->source, t->job, true, doc, strlen(doc));
@@ -450,7 +445,9 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 			double delay = retry_delay_s(w, t->attempt);
 			log_info("job %s: attempt %d failed (%s); retrying in %.1f s", t->job->id, t->attempt,
 			         message, delay);
-			worker_publish_status(w, t, "retrying", -1, message, failure.reason);
+			worker_publish_status(w, t, (struct job_status){ .state = JOB_RETRYING, .message = message,
+			                                                 .reason = failure.reason,
+			                                                 .delay_ms = (long long)(delay * 1000) });
 			counters_update(w, count_retried, 0);
 			ev_timer_init(&t->retry_timer, task_retry_cb, delay, 0);
 			t->retry_timer.data = t;
@@ -475,7 +472,8 @@ static void task_progress(struct run *run, double progress, const char *message,
 	if (now - t->last_progress_event_ms < PROGRESS_EVENT_INTERVAL_MS)
 		return;
 	t->last_progress_event_ms = now;
-	worker_publish_status(w, t, "progress", progress, message, NULL);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_PROGRESS, .progress = progress,
+	                                                 .message = message });
 }
 
 static void worker_enter_fault(struct worker *w, const char *why)
@@ -580,10 +578,10 @@ static void task_begin_attempt(struct task *t)
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, runner_pgid(t->run));
 	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)runner_pgid(t->run));
-	worker_publish_status(w, t, "started", -1, NULL, NULL);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_STARTED });
 }
 
-/* Kafka took the job's partition away: stop the handler; task_run_done releases it. */
+/* The queue took the job away (Kafka: partition revoked): stop the handler; task_run_done releases it. */
 static void worker_revoke_job(struct job *job, void *arg)
 {
 	struct worker *w = arg;
@@ -667,8 +665,7 @@ static void worker_fill(struct worker *w)
 			w->ops->resume(w->source);
 			w->source_paused = false;
 		}
-		int rc = w->ops->take(w->source, &job);
-		if (rc != 0)
+		if (w->ops->take(w->source, &job) != SOURCE_TAKEN)
 			break;
 		worker_start_job(w, job);
 	}
@@ -904,22 +901,20 @@ int worker_main(const struct worker_params *params)
 	scoreboard_set_wake_fd(params->wake_fd);
 	worker_publish_start(&w, params->generation);
 
-	struct source_callbacks callbacks = { .ready = source_ready, .settled = source_settled, .arg = &w };
+	struct source_callbacks callbacks = {
+		.ready = source_ready, .settled = source_settled, .revoke = worker_revoke_job, .arg = &w,
+	};
+	struct source_params source_params = {
+		.cfg = w.cfg, .loop = w.loop, .slot = w.slot, .board = w.board, .origin = &w.origin, .cb = &callbacks,
+	};
 	w.ops = source_for(w.cfg);
-	w.source = w.ops->open(w.cfg, w.loop, w.slot, &callbacks, err, sizeof(err));
+	w.source = w.ops->open(&source_params, err, sizeof(err));
 	if (w.source == NULL) {
 		/* A refused configuration: EX_CONFIG tells the supervisor not to restart us (README "Worker slots"). */
 		int code = errno == EINVAL ? EX_CONFIG : EX_UNAVAILABLE;
 		log_error("worker %d: cannot open the %s queue: %s", w.slot, w.ops->name, err);
 		worker_teardown(&w);
 		return code;
-	}
-	if (w.cfg->backend == BACKEND_KAFKA) {
-		kafka_source_set_scoreboard(w.source, w.board); /* sets ready at the first assignment */
-		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
-	} else {
-		spool_source_set_scoreboard(w.source, w.board);
-		scoreboard_publish_ready(w.board);
 	}
 
 	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);

@@ -11,16 +11,40 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 
 import pytest
 
 import kafka_harness as kh
+from harness import DROVER, clean_env
 
 
 @pytest.fixture
 def fast_handler(workdir):
     return kh.write_fast_handler(workdir)
+
+
+# ---- drover -t -------------------------------------------------------------------
+
+def test_check_refuses_a_property_librdkafka_refuses_only_in_a_handle(drover):
+    # max.in.flight = 10 is a valid value on its own (config_load accepts it); with the idempotent
+    # producer drover enforces, librdkafka refuses to make the handle. The check, not each worker, says so.
+    d = drover(config=kh.kafka_config("127.0.0.1:1", workers=2, librdkafka={"max.in.flight": 10}), start=False)
+    line = [n for n, text in enumerate(d.ini.read_text().splitlines(), 1) if text.startswith("max.in.flight")][0]
+    expected = "%s:%d: [librdkafka] max.in.flight: " % (d.ini, line)
+    r = subprocess.run([str(DROVER), "-t", "-c", str(d.ini)], capture_output=True, text=True, timeout=30,
+                       env=clean_env())
+    out = r.stdout + r.stderr
+    assert r.returncode == 78, (r.returncode, out)
+    assert expected in out and "idempotence" in out, out
+    assert out.count("max.in.flight:") == 1, "one line per cause, not one per handle: %s" % out
+
+    d.start(wait=False)
+    assert d.wait_exit(30) == 78, d.diagnostics()
+    log = d.stderr_file.read_text()
+    assert expected in log, log
+    assert "worker 0" not in log, "start-up must refuse it before any worker starts: %s" % log
 
 
 # ---- droverctl ------------------------------------------------------------------

@@ -1,29 +1,35 @@
 /*
- * kafka_ctl: droverctl's Kafka commands: submit (produce jobs and wait for the
- * brokers' acknowledgement), health (metadata answered and the requests topic
- * exists), topics create (admin API; topics that exist are fine, so it can
- * run on every deploy) and topics list. Every handle is built by kafka_conf,
- * so droverctl connects exactly like the workers (security, pass-through).
+ * kafka_admin: Kafka's queue_ops (source.h), droverctl's Kafka commands:
+ * submit (produce jobs and wait for the brokers' acknowledgement), health
+ * (metadata answered and the requests topic exists), topics create (admin
+ * API; topics that exist are fine, so it can run on every deploy) and topics
+ * list; and the configuration check of drover -t (kafka_conf_check). Every
+ * handle is built by kafka_conf, so droverctl connects exactly like the
+ * workers (security, pass-through). Nothing here consumes: droverctl links
+ * this file without the worker's consumer (kafka.c). Each command returns
+ * droverctl's exit code: 0 ok, 1 the command failed, 69 (EX_UNAVAILABLE)
+ * cannot reach the brokers.
  */
-#include "ctl/kafka_ctl.h"
 #include "queue/events.h"
 #include "queue/kafka.h"
 #include "queue/kafka_conf.h"
 #include "shared/util.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sysexits.h>
 
 #include <librdkafka/rdkafka.h>
 
 #define EXIT_OK 0
 #define EXIT_FAILED 1
-#define EXIT_UNREACHABLE 69
+#define EXIT_UNREACHABLE EX_UNAVAILABLE
 
 #define METADATA_TIMEOUT_MS 5000
 #define ADMIN_TIMEOUT_MS 10000 /* or socket.timeout.ms of [librdkafka] when shorter */
@@ -95,7 +101,7 @@ static const struct rd_kafka_metadata_topic *find_topic(const struct rd_kafka_me
 
 /* ---- health ------------------------------------------------------------- */
 
-int kafkactl_health(const struct config *cfg)
+static int kafka_ops_health(const struct config *cfg, FILE *out)
 {
 	rd_kafka_t *rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
 	if (rk == NULL)
@@ -111,8 +117,8 @@ int kafkactl_health(const struct config *cfg)
 		say_error("requests topic %s does not exist (droverctl topics create)", cfg->requests_topic);
 		rc = EXIT_FAILED;
 	} else {
-		printf("ok: %d broker(s), topic %s with %d partition(s)\n", md->broker_cnt, topic->topic,
-		       topic->partition_cnt);
+		fprintf(out, "ok: %d broker(s), topic %s with %d partition(s)\n", md->broker_cnt, topic->topic,
+		        topic->partition_cnt);
 	}
 	rd_kafka_metadata_destroy(md);
 	rd_kafka_destroy(rk);
@@ -120,6 +126,24 @@ int kafkactl_health(const struct config *cfg)
 }
 
 /* ---- submit ------------------------------------------------------------- */
+
+char *kafka_message_id(const char *payload, size_t len, const void *key, size_t key_len, const char **problem)
+{
+	json_t *doc = json_loadb(payload, len, 0, NULL);
+	json_t *field = json_object_get(doc, "id");
+	char *id = NULL;
+	*problem = NULL;
+	/* An empty "id" names nothing: the key, or the message's place, names the job then. */
+	if (json_is_string(field) && json_string_length(field) > 0) {
+		*problem = event_job_id_problem(json_string_value(field), json_string_length(field));
+		id = strndup(json_string_value(field), json_string_length(field));
+	} else if (key != NULL && key_len > 0) {
+		*problem = event_job_id_problem(key, key_len);
+		id = strndup(key, key_len);
+	}
+	json_decref(doc);
+	return id;
+}
 
 static int submitted_add(struct submitted *s, char *id)
 {
@@ -250,7 +274,7 @@ static int submit_lines(rd_kafka_t *rk, const struct config *cfg, FILE *in, stru
 	return bad;
 }
 
-int kafkactl_submit(const struct config *cfg, FILE *in)
+static int kafka_ops_submit(const struct config *cfg, FILE *in, FILE *out)
 {
 	char err[512];
 	struct submitted s = { 0 };
@@ -292,13 +316,14 @@ int kafkactl_submit(const struct config *cfg, FILE *in)
 	int rc = bad != 0 ? EXIT_FAILED : EXIT_OK;
 	for (size_t i = 0; i < s.count; i++) {
 		if (s.acked[i]) {
-			printf("%s\n", s.ids[i]);
+			fprintf(out, "%s\n", s.ids[i]);
 		} else {
 			say_error("job %s not acknowledged: %s", s.ids[i], rd_kafka_err2str(s.errs[i]));
 			rc = EXIT_FAILED;
 		}
 	}
-	fflush(stdout);
+	if (fflush(out) != 0)
+		rc = EXIT_FAILED;
 	submitted_free(&s);
 	rd_kafka_destroy(rk);
 	return rc;
@@ -409,7 +434,7 @@ static int open_admin(const struct config *cfg, rd_kafka_t **rk, const struct rd
 	return EXIT_OK;
 }
 
-int kafkactl_topics_create(const struct config *cfg)
+static int kafka_ops_topics_create(const struct config *cfg)
 {
 	rd_kafka_t *rk;
 	const struct rd_kafka_metadata *md;
@@ -512,7 +537,7 @@ static void describe_configs(rd_kafka_t *rk, const char **names, size_t count)
 	free(resources);
 }
 
-int kafkactl_topics_list(const struct config *cfg)
+static int kafka_ops_topics_list(const struct config *cfg)
 {
 	rd_kafka_t *rk;
 	const struct rd_kafka_metadata *md;
@@ -542,3 +567,13 @@ int kafkactl_topics_list(const struct config *cfg)
 	rd_kafka_destroy(rk);
 	return EXIT_OK;
 }
+
+const struct queue_ops kafka_queue_ops = {
+	.name = "kafka",
+	.has_partitions = true,
+	.health = kafka_ops_health,
+	.submit = kafka_ops_submit,
+	.topics_create = kafka_ops_topics_create,
+	.topics_list = kafka_ops_topics_list,
+	.check = kafka_conf_check,
+};
