@@ -45,3 +45,15 @@ void job_free(struct job *job)
 	free(job->payload);
 	free(job);
 }
+
+struct config *queue_config_load(const char *path, struct config_errors *errors)
+{
+	struct config *cfg = config_load(path, errors);
+	if (cfg == NULL)
+		return NULL;
+	const struct queue_ops *queue = queue_ops_for(cfg);
+	if (queue->check == NULL || queue->check(cfg, errors) == 0)
+		return cfg;
+	config_free(cfg);
+	return NULL;
+}

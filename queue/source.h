@@ -174,6 +174,14 @@ const struct queue_ops *queue_ops_for(const struct config *cfg);
 /* The backend called name ("spool", "kafka"), or NULL. */
 const struct queue_ops *queue_ops_named(const char *name);
 
+/*
+ * config_load, then what the backend's own library refuses (librdkafka
+ * properties only a handle sees), in the same FILE:LINE error format: what
+ * drover -t, start-up and every reload check, so a worker never meets a
+ * configuration the check passed and its library refuses.
+ */
+struct config *queue_config_load(const char *path, struct config_errors *errors);
+
 /* The worker's ops for cfg->backend (links every backend's consumer: the worker's side only). */
 const struct source_ops *source_for(const struct config *cfg);
 

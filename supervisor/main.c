@@ -76,22 +76,10 @@ static void parse_options(int argc, char **argv, struct options *opts)
 		usage();
 }
 
-/* What the queue backend's own library refuses (librdkafka), in config_load's error format. */
-static struct config *check_queue_config(struct config *cfg, struct config_errors *errors)
-{
-	const struct queue_ops *queue = queue_ops_for(cfg);
-	if (queue->check == NULL || queue->check(cfg, errors) == 0)
-		return cfg;
-	config_free(cfg);
-	return NULL;
-}
-
 static struct config *load_or_exit(const char *path, bool test_only)
 {
 	struct config_errors errors = { 0 };
-	struct config *cfg = config_load(path, &errors);
-	if (cfg != NULL)
-		cfg = check_queue_config(cfg, &errors);
+	struct config *cfg = queue_config_load(path, &errors);
 	if (cfg == NULL) {
 		for (size_t i = 0; i < errors.count; i++)
 			fprintf(stderr, "%s\n", errors.lines[i]);

@@ -8,6 +8,7 @@
 #include "shared/log.h"
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
+#include "queue/source.h"
 #include "shared/util.h"
 
 #include <signal.h>
@@ -110,7 +111,7 @@ int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
 	}
 	notify_reloading();
 	log_info("reloading %s", sup->config_path);
-	struct config *next = config_load(sup->config_path, &errors);
+	struct config *next = queue_config_load(sup->config_path, &errors);
 	if (config_hide_secrets() < 0) /* normally a no-op: start-up took them out already */
 		log_warnx("reload: cannot remove every secret from the environment (out of memory)");
 	if (next == NULL)
