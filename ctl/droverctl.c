@@ -1,5 +1,6 @@
 /*
- * droverctl: the operator's client (spec section 1).
+ * droverctl: the operator's client (README: Operations, droverctl;
+ * droverctl(8)).
  *
  *   droverctl [-c FILE] [-s SOCKET] COMMAND [ARG]
  *

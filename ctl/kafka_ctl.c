@@ -165,7 +165,7 @@ static void on_submit_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, vo
 	}
 }
 
-/* A job without an "id" gets one as its key (spec: the key is the id then). */
+/* A job without an "id" gets one as its key (README, The handler protocol: the key is the id then). */
 static char *new_job_id(void)
 {
 	unsigned char raw[ID_BYTES];

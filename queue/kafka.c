@@ -1,5 +1,5 @@
 /*
- * kafka: the Kafka backend (spec sections 2-5). Each worker is one member of
+ * kafka: the Kafka backend (README: Kafka). Each worker is one member of
  * the consumer group, with its own consumer and producer, created after fork
  * in open(). librdkafka wakes the worker's libev loop through a pipe
  * (rd_kafka_queue_io_event_enable on the consumer queue, which also carries

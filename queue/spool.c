@@ -1,11 +1,11 @@
 /*
- * spool: the embedded durable queue of spec section 6, a maildir-style
+ * spool: the embedded durable queue of README "The spool", a maildir-style
  * directory shared by any number of workers and supervisors on one host.
  *
  *   tmp/         files being written (by producers, and our outcome files)
  *   incoming/    jobs waiting; names starting with '.' are ignored
  *   processing/  jobs claimed by a live worker
- *   complete/    <id>.json outcome documents (spec section 4)
+ *   complete/    <id>.json outcome documents (README: The spool)
  *   failed/      <id>.json outcome documents
  *
  * Names. spool_enqueue names a job "<unix ms, 13 digits>-<pid>-<counter>.json";

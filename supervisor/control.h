@@ -1,5 +1,6 @@
 /*
- * control: the Unix control socket (spec section 7). One command line in
+ * control: the Unix control socket (README, Operations:
+ * "Control socket"). One command line in
  * (at most 4 KiB), one answer, close. Non-blocking throughout: a slow or
  * silent client is dropped after an idle timeout and never stalls the loop.
  * Peer credentials are checked on accept.

@@ -1,5 +1,5 @@
 """
-Signals and reloads (spec section 8): HUP scaling and a broken reload,
+Signals and reloads (README: Operations, signals): HUP scaling and a broken reload,
 `drover -t`, replacement of workers one at a time, TERM draining, the
 shutdown timeout, a second TERM, QUIT, TTIN/TTOU and `scale N`, USR1 log
 reopening.
