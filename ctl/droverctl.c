@@ -26,17 +26,14 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 #ifndef DROVER_VERSION
 #define DROVER_VERSION "unknown"
 #endif
 
-#define EXIT_OK 0
-#define EXIT_FAILED 1
-#define EXIT_USAGE 64
-#define EXIT_UNREACHABLE 69
-#define EXIT_CONFIG 78
+/* sysexits(3), plus 1 (EXIT_FAILURE) for a command that ran and failed. */
 
 #define IO_TIMEOUT_MS 10000
 #define ANSWER_MAX (64u << 20)
@@ -357,7 +354,7 @@ static int print_status(const char *answer)
 	if (!json_is_object(stats)) {
 		fprintf(stderr, "droverctl: error: stats answer is not a JSON object: %s\n", error.text);
 		json_decref(stats);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	print_status_header(stats);
 	printf("%-4s %-8s %-9s %-8s %6s %6s %8s  %s\n", "SLOT", "PID", "STATE", "UPTIME", "DONE", "FAILED", "RESTARTS",
@@ -366,7 +363,7 @@ static int print_status(const char *answer)
 	for (size_t i = 0; i < json_array_size(workers); i++)
 		print_status_row(json_array_get(workers, i));
 	json_decref(stats);
-	return EXIT_OK;
+	return EX_OK;
 }
 
 static int print_pretty_json(const char *answer)
@@ -375,9 +372,9 @@ static int print_pretty_json(const char *answer)
 	json_t *stats = json_loads(answer, 0, &error);
 	if (stats == NULL) {
 		fputs(answer, stdout);
-		return EXIT_OK;
+		return EX_OK;
 	}
-	int rc = json_dumpf(stats, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? EXIT_OK : EXIT_FAILED;
+	int rc = json_dumpf(stats, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? EX_OK : EXIT_FAILURE;
 	putchar('\n');
 	json_decref(stats);
 	return rc;
@@ -394,27 +391,27 @@ static int control_command(const struct options *opts, const char *name, const c
 		snprintf(command, sizeof(command), "%s", name);
 	char *path = socket_path(opts);
 	if (path == NULL)
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	const char *wire = strcmp(name, "status") == 0 ? "stats" : command;
 	char *answer = request(path, wire);
 	free(path);
 	if (answer == NULL)
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	int rc;
 	if (is_error_answer(answer)) {
 		fprintf(stderr, "droverctl: %s", answer);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else if (strcmp(name, "status") == 0) {
 		rc = print_status(answer);
 	} else if (strcmp(name, "stats") == 0) {
 		rc = print_pretty_json(answer);
 	} else {
 		fputs(answer, stdout);
-		rc = EXIT_OK;
+		rc = EX_OK;
 	}
 	free(answer);
-	if (fflush(stdout) != 0 && rc == EXIT_OK)
-		rc = EXIT_FAILED;
+	if (fflush(stdout) != 0 && rc == EX_OK)
+		rc = EXIT_FAILURE;
 	return rc;
 }
 
@@ -423,8 +420,8 @@ static int control_command(const struct options *opts, const char *name, const c
 /* Errors that mean the spool itself is missing or closed to us, rather than one job's trouble. */
 static int spool_exit_code(int err)
 {
-	return (err == ENOENT || err == ENOTDIR || err == EACCES || err == EPERM || err == EROFS) ? EXIT_UNREACHABLE
-												 : EXIT_FAILED;
+	return (err == ENOENT || err == ENOTDIR || err == EACCES || err == EPERM || err == EROFS) ? EX_UNAVAILABLE
+												 : EXIT_FAILURE;
 }
 
 static bool blank(const char *s, size_t len)
@@ -441,7 +438,7 @@ static int spool_submit(const char *spool_dir, FILE *in)
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t len;
-	int rc = EXIT_OK;
+	int rc = EX_OK;
 	unsigned long lineno = 0;
 	while ((len = getline(&line, &cap, in)) >= 0) {
 		lineno++;
@@ -460,13 +457,13 @@ static int spool_submit(const char *spool_dir, FILE *in)
 		}
 		printf("%s\n", id);
 		if (fflush(stdout) != 0) {
-			rc = EXIT_FAILED;
+			rc = EXIT_FAILURE;
 			break;
 		}
 	}
-	if (rc == EXIT_OK && ferror(in)) {
+	if (rc == EX_OK && ferror(in)) {
 		fprintf(stderr, "droverctl: error: reading input: %s\n", strerror(errno));
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	}
 	free(line);
 	return rc;
@@ -476,7 +473,7 @@ static int submit_with_config(const struct options *opts, FILE *in)
 {
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL)
-		return EXIT_CONFIG;
+		return EX_CONFIG;
 	int rc = cfg->backend == BACKEND_KAFKA ? kafkactl_submit(cfg, in) : spool_submit(cfg->spool_dir, in);
 	config_free(cfg);
 	return rc;
@@ -495,7 +492,7 @@ static int submit_through_daemon(const struct options *opts, FILE *in)
 	if (answer == NULL) {
 		fprintf(stderr, "droverctl: error: submit -s: cannot learn the queue of the drover at %s "
 			"(give -c FILE to submit while it is down)\n", opts->socket_path);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
 	json_t *stats = is_error_answer(answer) ? NULL : json_loads(answer, 0, NULL);
 	const char *backend = json_string_value(json_object_get(stats, "backend"));
@@ -504,17 +501,17 @@ static int submit_through_daemon(const struct options *opts, FILE *in)
 	if (backend == NULL) {
 		fprintf(stderr, "droverctl: error: submit -s: the drover at %s did not tell its queue: %s",
 			opts->socket_path, answer);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else if (strcmp(backend, "spool") == 0 && spool_dir != NULL) {
 		rc = spool_submit(spool_dir, in);
 	} else {
 		struct config *cfg = load_config(opts);
 		if (cfg == NULL) {
-			rc = EXIT_CONFIG;
+			rc = EX_CONFIG;
 		} else if (cfg->backend != BACKEND_KAFKA) {
 			fprintf(stderr, "droverctl: error: submit -s: the drover at %s uses the %s queue, the configuration "
 				"the %s queue\n", opts->socket_path, backend, config_backend_name(cfg->backend));
-			rc = EXIT_FAILED;
+			rc = EXIT_FAILURE;
 		} else {
 			rc = kafkactl_submit(cfg, in);
 		}
@@ -531,7 +528,7 @@ static int submit_command(const struct options *opts, const char *file)
 	FILE *in = use_stdin ? stdin : fopen(file, "r");
 	if (in == NULL) {
 		fprintf(stderr, "droverctl: error: %s: %s\n", file, strerror(errno));
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	int rc = opts->socket_path != NULL ? submit_through_daemon(opts, in) : submit_with_config(opts, in);
 	if (!use_stdin)
@@ -541,7 +538,7 @@ static int submit_command(const struct options *opts, const char *file)
 
 /*
  * The daemon's verdict, when one listens: its pool can make progress and its
- * spool takes a write. EXIT_OK also when no daemon answers (the queue check
+ * spool takes a write. EX_OK also when no daemon answers (the queue check
  * alone then decides); *reached says which.
  */
 static int daemon_health(const struct options *opts, bool *reached)
@@ -549,16 +546,16 @@ static int daemon_health(const struct options *opts, bool *reached)
 	*reached = false;
 	char *path = socket_path(opts);
 	if (path == NULL)
-		return EXIT_OK;
+		return EX_OK;
 	char *answer = request_quietly(path, "health", true);
 	free(path);
 	if (answer == NULL)
-		return EXIT_OK;
+		return EX_OK;
 	*reached = true;
-	int rc = EXIT_OK;
+	int rc = EX_OK;
 	if (is_error_answer(answer)) {
 		fprintf(stderr, "droverctl: %s", answer);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	}
 	free(answer);
 	return rc;
@@ -571,10 +568,10 @@ static int health_command(const struct config *cfg)
 	char err[1024] = "";
 	if (spool_health(cfg->spool_dir, err, sizeof(err)) < 0) {
 		fprintf(stderr, "droverctl: error: spool %s: %s\n", cfg->spool_dir, err[0] != '\0' ? err : "unhealthy");
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
 	printf("ok: spool %s\n", cfg->spool_dir);
-	return EXIT_OK;
+	return EX_OK;
 }
 
 static int topics_command(const struct config *cfg, const char *action)
@@ -582,7 +579,7 @@ static int topics_command(const struct config *cfg, const char *action)
 	if (cfg->backend != BACKEND_KAFKA) {
 		fprintf(stderr, "droverctl: error: topics: the queue backend is %s; topics exist only with kafka\n",
 			config_backend_name(cfg->backend));
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	return action != NULL && strcmp(action, "create") == 0 ? kafkactl_topics_create(cfg) : kafkactl_topics_list(cfg);
 }
@@ -592,15 +589,15 @@ static int health_flow(const struct options *opts)
 {
 	bool reached;
 	int rc = daemon_health(opts, &reached);
-	if (rc != EXIT_OK)
+	if (rc != EX_OK)
 		return rc;
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL) {
 		if (!reached)
-			return EXIT_CONFIG;
+			return EX_CONFIG;
 		fprintf(stderr, "droverctl: the queue was not checked (configuration errors); the daemon is healthy\n");
 		printf("ok: daemon\n");
-		return EXIT_OK;
+		return EX_OK;
 	}
 	rc = health_command(cfg);
 	config_free(cfg);
@@ -616,7 +613,7 @@ static int queue_command(const struct options *opts, const char *name, const cha
 		return submit_command(opts, arg);
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL)
-		return EXIT_CONFIG;
+		return EX_CONFIG;
 	int rc = topics_command(cfg, arg);
 	config_free(cfg);
 	return rc;
@@ -667,7 +664,7 @@ static int usage_error(const char *fmt, const char *what)
 	fprintf(stderr, fmt, what);
 	fputc('\n', stderr);
 	usage(stderr);
-	return EXIT_USAGE;
+	return EX_USAGE;
 }
 
 int main(int argc, char **argv)
@@ -685,13 +682,13 @@ int main(int argc, char **argv)
 			break;
 		case 'h':
 			usage(stdout);
-			return EXIT_OK;
+			return EX_OK;
 		case 'V':
 			printf("droverctl %s\n", DROVER_VERSION);
-			return EXIT_OK;
+			return EX_OK;
 		default:
 			usage(stderr);
-			return EXIT_USAGE;
+			return EX_USAGE;
 		}
 	}
 	if (optind >= argc)

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sysexits.h>
 
 /* After QUIT, how long workers get to kill their jobs and exit, beyond kill_grace_ms. */
 #define STOP_KILL_MARGIN_MS 3000
@@ -328,5 +329,5 @@ int supervisor_serve(struct supervisor *sup)
 	log_info("drover %s ready: %s", DROVER_VERSION, status);
 	ev_run(sup->loop, 0);
 	ev_timer_stop(sup->loop, &sup->status_timer);
-	return 0;
+	return EX_OK;
 }

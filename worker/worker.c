@@ -27,6 +27,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -884,17 +885,17 @@ int worker_main(const struct worker_params *params)
 	log_set_name(name);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	worker_crash_if_asked(w.slot);
 	worker_adopt_orphans(&w);
 	w.loop = ev_loop_new(EVFLAG_AUTO);
 	if (w.loop == NULL)
-		return 70;
+		return EX_SOFTWARE;
 	if (worker_build_base_env(&w) < 0) {
 		log_error("worker %d: out of memory at start", w.slot);
 		worker_teardown(&w);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	if (gethostname(w.host, sizeof(w.host) - 1) < 0)
 		snprintf(w.host, sizeof(w.host), "localhost");
@@ -909,7 +910,7 @@ int worker_main(const struct worker_params *params)
 	if (w.source == NULL) {
 		log_error("worker %d: cannot open the %s queue: %s", w.slot, w.ops->name, err);
 		worker_teardown(&w);
-		return 69;
+		return EX_UNAVAILABLE;
 	}
 	if (w.cfg->backend == BACKEND_KAFKA) {
 		kafka_source_set_scoreboard(w.source, w.board); /* sets ready at the first assignment */
@@ -940,5 +941,5 @@ int worker_main(const struct worker_params *params)
 
 	log_info("worker %d: stopped", w.slot);
 	worker_teardown(&w);
-	return 0;
+	return EX_OK;
 }
