@@ -19,7 +19,6 @@ ssize_t read_some(int fd, void *buf, size_t len);
 ssize_t write_some(int fd, const void *buf, size_t len);
 
 int fd_set_nonblock(int fd);
-int fd_set_cloexec(int fd);
 
 /* fsync the directory holding a just-renamed/created entry, so the entry itself is durable. */
 int fsync_dir(const char *dir);

@@ -225,11 +225,6 @@ fail:
 	return NULL;
 }
 
-int control_fd(const struct control *ctl)
-{
-	return ctl != NULL ? ctl->fd : -1;
-}
-
 /* ---- peer credentials --------------------------------------------------- */
 
 /* The peer's supplementary groups, as the kernel holds them for its process (not /etc/group). */
@@ -430,18 +425,6 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 				    excerpt);
 	}
 	free(copy);
-	return answer;
-}
-
-char *control_execute(struct supervisor *sup, const char *line)
-{
-	bool stop_after = false;
-	size_t len = strlen(line);
-	if (len > 0 && line[len - 1] == '\n')
-		len--;
-	char *answer = execute(sup, line, len, ACCESS_WRITE, &stop_after);
-	if (stop_after)
-		supervisor_stop(sup, STOP_GRACEFUL);
 	return answer;
 }
 

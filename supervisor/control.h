@@ -24,10 +24,5 @@ struct control *control_open(struct supervisor *sup, const char *path, int mode,
 void control_start(struct control *ctl);
 /* Closes the listening socket and every client, unlinks the path. */
 void control_close(struct control *ctl);
-/* The listening fd, so a forked worker can close it. */
-int control_fd(const struct control *ctl);
-
-/* Executes one command line and returns the malloc'd answer (exposed for tests). */
-char *control_execute(struct supervisor *sup, const char *line);
 
 #endif

@@ -68,6 +68,13 @@ static int open_notify_socket(void)
 	return fd;
 }
 
+static void notify_close(void)
+{
+	if (notify_fd >= 0)
+		close(notify_fd);
+	notify_fd = -1;
+}
+
 int notify_init(void)
 {
 	const char *value = getenv("NOTIFY_SOCKET");
@@ -93,13 +100,6 @@ int notify_init(void)
 	}
 	notify_failures = 0;
 	return 0;
-}
-
-void notify_close(void)
-{
-	if (notify_fd >= 0)
-		close(notify_fd);
-	notify_fd = -1;
 }
 
 /* Sends one datagram; logs the first failure, then only at debug level. */

@@ -26,7 +26,4 @@ void notify_reloading(void);
 /* STOPPING=1: a graceful or fast stop has begun. */
 void notify_stopping(void);
 
-/* Closes the socket; for a forked child that must not speak for the supervisor. */
-void notify_close(void);
-
 #endif
