@@ -20,6 +20,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -658,10 +659,15 @@ static bool valid_argument(const char *name, const char *arg)
 	return true;
 }
 
-static int usage_error(const char *fmt, const char *what)
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
 {
+	va_list ap;
+
 	fputs("droverctl: ", stderr);
-	fprintf(stderr, fmt, what);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
 	fputc('\n', stderr);
 	usage(stderr);
 	return EX_USAGE;
