@@ -75,6 +75,7 @@
  */
 #include "queue/spool.h"
 #include "queue/events.h"
+#include "shared/durable.h"
 #include "shared/log.h"
 #include "shared/scoreboard.h"
 #include "shared/util.h"
@@ -344,67 +345,6 @@ static int move_noreplace(const char *from, const char *to)
 	return rename(from, to);
 }
 
-static int fsync_retry(int fd)
-{
-	int rc;
-
-	do
-		rc = fsync(fd);
-	while (rc < 0 && errno == EINTR);
-	return rc;
-}
-
-static int flock_retry(int fd, int op)
-{
-	int rc;
-
-	do
-		rc = flock(fd, op);
-	while (rc < 0 && errno == EINTR);
-	return rc;
-}
-
-/*
- * Writes data to tmp_path, fsyncs it and renames it over final_path; the
- * caller fsyncs final's directory. An outcome file (locked) is locked from
- * just after its creation until after its rename, so that a sweep of tmp/
- * never takes it for a dead writer's (see tmp/ above); a job file is closed
- * before its rename, so that a watcher of incoming/ sees the name once. When
- * root writes into a spool owned by someone else (droverctl submit run by
- * root), the file is given the directory's owner so that workers running as
- * that user can read it. On failure nothing is left in tmp/.
- */
-static int write_and_rename(const char *tmp_path, const char *final_path, const struct stat *owner, bool locked,
-                            const void *data, size_t len)
-{
-	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, SPOOL_FILE_MODE);
-	int rc = 0;
-
-	if (fd < 0)
-		return -1;
-	if (locked)
-		rc = flock_retry(fd, LOCK_EX);
-	if (rc == 0)
-		rc = write_all(fd, data, len);
-	if (rc == 0 && owner != NULL && fchown(fd, owner->st_uid, owner->st_gid) < 0)
-		log_debug("spool: chown %s", tmp_path);
-	if (rc == 0)
-		rc = fsync_retry(fd);
-	if (!locked && close(fd) < 0 && rc == 0)
-		rc = -1;
-	if (rc == 0)
-		rc = rename(tmp_path, final_path);
-	if (rc < 0) {
-		int saved = errno;
-		unlink(tmp_path);
-		if (locked)
-			close(fd);
-		errno = saved;
-		return -1;
-	}
-	return locked ? close(fd) : 0;
-}
-
 /* Who should own the files written into dir: NULL unless root writes into someone else's spool. */
 static const struct stat *foreign_owner(uid_t euid, const char *dir, struct stat *st)
 {
@@ -655,9 +595,9 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 	}
 	memcpy(id_out, id, strlen(id) + 1);
 	free(id);
-	if (write_and_rename(tmp_path, final_path, foreign_owner(geteuid(), incoming, &owner), false, payload, len) < 0)
-		return -1;
-	return fsync_dir(incoming);
+	/* Closed before its rename: a watcher of incoming/ sees the name once, complete. */
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = foreign_owner(geteuid(), incoming, &owner) };
+	return durable_write(tmp_path, final_path, payload, len, &how);
 }
 
 /*
@@ -1088,7 +1028,7 @@ static void discard_spares(struct spool *sp)
 		discard_spare(sp, &sp->ready[--sp->ready_count]);
 }
 
-/* What an outcome file of ours is (see write_and_rename): learnt once, compared per job. */
+/* What an outcome file of ours is (see write_outcome): learnt once, compared per job. */
 static void spares_init(struct spool *sp, const struct config *cfg)
 {
 	char tmp[PATH_MAX];
@@ -1235,6 +1175,8 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 {
 	const char *sub = claim->completed ? "complete" : "failed";
 	char tmp_name[96], file[SPOOL_OUTCOME_ID_MAX + 32], tmp_path[PATH_MAX], final_path[PATH_MAX];
+	/* Locked until renamed, so that a sweep of tmp/ never takes it for a dead writer's; commit_written syncs. */
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = sp->owner, .hold_lock = true, .defer_dir_sync = true };
 
 	unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
 	outcome_name(claim->job->id, file, sizeof(file));
@@ -1244,7 +1186,7 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 		return 0;
 	if (join_path(tmp_path, sizeof(tmp_path), sp->dir, "tmp", tmp_name) == 0 &&
 	    join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 &&
-	    write_and_rename(tmp_path, final_path, sp->owner, true, claim->doc, claim->doc_len) == 0)
+	    durable_write(tmp_path, final_path, claim->doc, claim->doc_len, &how) == 0)
 		return 0;
 	snprintf(sp->write_error, sizeof(sp->write_error), "spool: cannot write the outcome of %.100s into %.80s/: %s",
 	         claim->job->id, sub, strerror(errno));

@@ -75,21 +75,6 @@ int fd_set_nonblock(int fd)
 	return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
-int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc;
-	do
-		rc = fsync(fd);
-	while (rc < 0 && errno == EINTR);
-	int saved = errno;
-	close(fd);
-	errno = saved;
-	return rc;
-}
-
 int mkdir_p(const char *path, mode_t mode)
 {
 	char buf[PATH_MAX];
@@ -110,54 +95,6 @@ int mkdir_p(const char *path, mode_t mode)
 	if (mkdir(buf, mode) < 0 && errno != EEXIST)
 		return -1;
 	return 0;
-}
-
-static int dir_of(const char *path, char *out, size_t cap)
-{
-	const char *slash = strrchr(path, '/');
-	if (slash == NULL)
-		return snprintf(out, cap, ".") < (int)cap ? 0 : -1;
-	size_t n = (size_t)(slash - path);
-	if (n == 0)
-		n = 1;
-	if (n >= cap) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(out, path, n);
-	out[n] = '\0';
-	return 0;
-}
-
-int write_file_durably(const char *tmp_path, const char *final_path, const void *data, size_t len)
-{
-	char dir[PATH_MAX];
-	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-	if (fd < 0)
-		return -1;
-	int rc = write_all(fd, data, len);
-	if (rc == 0) {
-		do
-			rc = fsync(fd);
-		while (rc < 0 && errno == EINTR);
-	}
-	int saved = errno;
-	if (close(fd) < 0 && rc == 0) {
-		rc = -1;
-		saved = errno;
-	}
-	if (rc == 0 && rename(tmp_path, final_path) < 0) {
-		rc = -1;
-		saved = errno;
-	}
-	if (rc < 0) {
-		unlink(tmp_path);
-		errno = saved;
-		return -1;
-	}
-	if (dir_of(final_path, dir, sizeof(dir)) < 0)
-		return -1;
-	return fsync_dir(dir);
 }
 
 char *read_file(const char *path, size_t max, size_t *len_out)

@@ -1,6 +1,6 @@
 /*
  * util: the small system helpers every module needs: I/O that survives
- * EINTR and partial transfers, fd flags, directory fsync, clocks.
+ * EINTR and partial transfers, fd flags, clocks (durable writes: durable.h).
  */
 #ifndef DROVER_UTIL_H
 #define DROVER_UTIL_H
@@ -20,13 +20,9 @@ ssize_t write_some(int fd, const void *buf, size_t len);
 
 int fd_set_nonblock(int fd);
 
-/* fsync the directory holding a just-renamed/created entry, so the entry itself is durable. */
-int fsync_dir(const char *dir);
 /* mkdir -p with mode; existing directories are fine. */
 int mkdir_p(const char *path, mode_t mode);
 
-/* Writes data to dir/tmpname, fsyncs it, renames it to final_path, fsyncs final's dir. */
-int write_file_durably(const char *tmp_path, const char *final_path, const void *data, size_t len);
 /* Reads a whole file (at most max bytes, else -1/EFBIG) into a malloc'd NUL-terminated buffer. */
 char *read_file(const char *path, size_t max, size_t *len_out);
 
