@@ -6,9 +6,11 @@
 #define DROVER_UTIL_H
 
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SECRET_FILE_MAX 65536 /* longest password file */
 
 /* Blocking-fd helpers: retry on EINTR, loop on partial transfers. 0 or -1/errno. */
 int write_all(int fd, const void *buf, size_t len);
@@ -23,8 +25,29 @@ int fd_set_nonblock(int fd);
 /* mkdir -p with mode; existing directories are fine. */
 int mkdir_p(const char *path, mode_t mode);
 
-/* Reads a whole file (at most max bytes, else -1/EFBIG) into a malloc'd NUL-terminated buffer. */
+/*
+ * Opens path to read it whole, never blocking (a FIFO) nor reading without
+ * end (/dev/zero): only a regular file of at most max bytes, or /dev/null,
+ * is accepted. The fd (blocking again) and, when st is not NULL, its fstat;
+ * or -1 with errno, and *refusal set to why ("not a regular file", "too
+ * large") when the file opened but is refused, else to NULL.
+ */
+int open_bounded(const char *path, size_t max, struct stat *st, const char **refusal);
+/*
+ * Reads a whole file, opened by open_bounded, into a malloc'd NUL-terminated
+ * buffer. NULL with errno: EFBIG larger than max, EINVAL not a regular file.
+ */
 char *read_file(const char *path, size_t max, size_t *len_out);
+/*
+ * Reads a secret (a password file) of at most SECRET_FILE_MAX bytes, with
+ * read_file's care, and strips one trailing line end ("\n" or "\r\n"); an
+ * empty secret or one with a NUL byte is refused. malloc'd: free it with secret_free. NULL with err (a sentence
+ * naming the file) and errno: EBADMSG when the file was read but holds no
+ * usable secret, else why it could not be read.
+ */
+char *read_secret_file(const char *path, char *err, size_t errlen);
+/* Zeroes a secret's bytes, then frees it. NULL is fine. */
+void secret_free(char *secret);
 
 long long now_ms(void);       /* CLOCK_MONOTONIC, milliseconds */
 long long wall_ms(void);      /* CLOCK_REALTIME, Unix milliseconds */
