@@ -91,6 +91,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/queue.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -138,8 +139,10 @@ struct spool_claim {
 	bool completed;
 	char *doc;
 	size_t doc_len;
-	struct spool_claim *next; /* in written or stuck */
+	SLIST_ENTRY(spool_claim) link; /* in written or stuck */
 };
+
+SLIST_HEAD(claim_list, spool_claim);
 
 /* A finished job's file kept in tmp/<name> (locked through fd) to hold a later outcome. */
 struct spare {
@@ -178,9 +181,9 @@ struct spool {
 
 	bool paused;
 	size_t out; /* jobs handed out, not yet settled or released */
-	struct spool_claim *written; /* outcomes renamed into place, their directory not yet fsynced */
+	struct claim_list written;   /* outcomes renamed into place, their directory not yet fsynced */
 	size_t written_count;
-	struct spool_claim *stuck;   /* outcomes that could not be written yet */
+	struct claim_list stuck;     /* outcomes that could not be written yet */
 	struct spare *fresh;         /* spares whose removal from processing/ is not yet durable */
 	struct spare *ready;         /* spares that may be overwritten */
 	size_t fresh_count, ready_count, spares_max;
@@ -197,16 +200,6 @@ struct spool {
 static unsigned long name_counter;
 
 /* ---- names --------------------------------------------------------------- */
-
-static int join_path(char *buf, size_t len, const char *dir, const char *sub, const char *name)
-{
-	int n = name == NULL ? snprintf(buf, len, "%s/%s", dir, sub) : snprintf(buf, len, "%s/%s/%s", dir, sub, name);
-	if (n < 0 || (size_t)n >= len) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	return 0;
-}
 
 /* Attempts recorded in name (its ";a=N" suffix), and the length of the name without it. */
 static int name_attempts(const char *name, size_t *base_len)
@@ -610,8 +603,8 @@ static int reclaim_one(const char *processing, const char *incoming, const char 
 	struct stat st;
 	int fd, rc = 0;
 
-	if (snprintf(from, sizeof(from), "%s/%s", processing, name) >= (int)sizeof(from) ||
-	    snprintf(to, sizeof(to), "%s/%s", incoming, name) >= (int)sizeof(to))
+	if (join_path(from, sizeof(from), processing, name, NULL) < 0 ||
+	    join_path(to, sizeof(to), incoming, name, NULL) < 0)
 		return -1;
 	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
@@ -1201,16 +1194,14 @@ static void commit_arm(struct spool *sp)
 
 static void push_written(struct spool *sp, struct spool_claim *claim)
 {
-	claim->next = sp->written;
-	sp->written = claim;
+	SLIST_INSERT_HEAD(&sp->written, claim, link);
 	sp->written_count++;
 	commit_arm(sp);
 }
 
 static void push_stuck(struct spool *sp, struct spool_claim *claim)
 {
-	claim->next = sp->stuck;
-	sp->stuck = claim;
+	SLIST_INSERT_HEAD(&sp->stuck, claim, link);
 }
 
 /*
@@ -1251,21 +1242,21 @@ static int sync_outcome_dir(struct spool *sp, const char *sub)
  */
 static void commit_written(struct spool *sp)
 {
-	struct spool_claim *batch = sp->written;
+	struct claim_list batch = sp->written;
+	struct spool_claim *c;
 	bool need_complete = false, need_failed = false;
 
 	ev_prepare_stop(sp->loop, &sp->commit_watcher);
-	sp->written = NULL;
+	SLIST_INIT(&sp->written);
 	sp->written_count = 0;
-	for (struct spool_claim *c = batch; c != NULL; c = c->next) {
+	SLIST_FOREACH(c, &batch, link) {
 		need_complete |= c->completed;
 		need_failed |= !c->completed;
 	}
 	int complete_rc = need_complete ? sync_outcome_dir(sp, "complete") : 0;
 	int failed_rc = need_failed ? sync_outcome_dir(sp, "failed") : 0;
-	while (batch != NULL) {
-		struct spool_claim *c = batch;
-		batch = c->next;
+	while ((c = SLIST_FIRST(&batch)) != NULL) {
+		SLIST_REMOVE_HEAD(&batch, link);
 		if ((c->completed ? complete_rc : failed_rc) == 0) {
 			settle(sp, c);
 		} else {
@@ -1285,12 +1276,12 @@ static void commit_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 /* Writes the outcomes that could not be written before; the fault stays while one remains. */
 static void retry_stuck(struct spool *sp)
 {
-	struct spool_claim *pending = sp->stuck;
+	struct claim_list pending = sp->stuck;
+	struct spool_claim *c;
 
-	sp->stuck = NULL;
-	while (pending != NULL) {
-		struct spool_claim *c = pending;
-		pending = c->next;
+	SLIST_INIT(&sp->stuck);
+	while ((c = SLIST_FIRST(&pending)) != NULL) {
+		SLIST_REMOVE_HEAD(&pending, link);
 		if (write_outcome(sp, c) == 0)
 			push_written(sp, c);
 		else
@@ -1320,7 +1311,7 @@ static void ensure_watch(struct spool *sp)
 /* Healthy, the backstop fires rarely (take() usually runs the pass first); else every second. */
 static void safety_rearm(struct spool *sp)
 {
-	bool healthy = sp->watching && !fault_active(sp) && sp->stuck == NULL;
+	bool healthy = sp->watching && !fault_active(sp) && SLIST_EMPTY(&sp->stuck);
 
 	sp->safety_timer.repeat = healthy ? SPOOL_BACKSTOP_S : SPOOL_SAFETY_S;
 	ev_timer_again(sp->loop, &sp->safety_timer);
@@ -1354,7 +1345,7 @@ static bool safety_pass(struct spool *sp)
 		sp->wrote_outcome = false;
 		sweep_tmp(sp->dir);
 		retry_stuck(sp);
-		if (sp->stuck != NULL)
+		if (!SLIST_EMPTY(&sp->stuck))
 			snprintf(err, sizeof(err), "%s", sp->write_error);
 		else
 			check_space(sp->dir, sp->euid, err, sizeof(err));
@@ -1572,6 +1563,8 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 		return NULL;
 	}
 	sp->inotify_fd = -1;
+	SLIST_INIT(&sp->written);
+	SLIST_INIT(&sp->stuck);
 	if (errlen > 0)
 		err[0] = '\0';
 	if (spool_prepare(sp->dir, err, errlen) < 0 ||
@@ -1626,9 +1619,10 @@ static const char *spool_fault(struct source *src)
 /* Outcomes that never became durable: their jobs go back to incoming/ and run again. */
 static void give_back_stuck(struct spool *sp)
 {
-	while (sp->stuck != NULL) {
-		struct spool_claim *c = sp->stuck;
-		sp->stuck = c->next;
+	struct spool_claim *c;
+
+	while ((c = SLIST_FIRST(&sp->stuck)) != NULL) {
+		SLIST_REMOVE_HEAD(&sp->stuck, link);
 		log_warnx("spool: the outcome of %s was never written; the job goes back to the queue", c->job->id);
 		sp->cb.settled(c->job, false, sp->cb.arg);
 		give_back(sp, c->job);
@@ -1641,7 +1635,7 @@ static void spool_close(struct source *src)
 
 	if (sp == NULL)
 		return;
-	if (sp->written != NULL)
+	if (!SLIST_EMPTY(&sp->written))
 		commit_written(sp);
 	give_back_stuck(sp);
 	if (sp->out > 0)

@@ -22,6 +22,8 @@ ssize_t write_some(int fd, const void *buf, size_t len);
 
 int fd_set_nonblock(int fd);
 
+/* "dir/sub", or "dir/sub/name" when name is not NULL, into buf. 0, or -1/ENAMETOOLONG when it does not fit. */
+int join_path(char *buf, size_t len, const char *dir, const char *sub, const char *name);
 /* mkdir -p with mode; existing directories are fine. */
 int mkdir_p(const char *path, mode_t mode);
 

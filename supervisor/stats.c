@@ -354,8 +354,12 @@ static int health_visit(void *arg, const struct slot_view *view, const struct sc
 /* A write probe in the spool's tmp/: catches a full disk or a read-only mount that access(2) does not. */
 static int spool_write_probe(const char *dir, char *why, size_t len)
 {
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/tmp/.health-%d", dir, (int)getpid());
+	char path[4096], name[32];
+	snprintf(name, sizeof(name), ".health-%d", (int)getpid());
+	if (join_path(path, sizeof(path), dir, "tmp", name) < 0) {
+		snprintf(why, len, "spool %s: %s", dir, strerror(errno));
+		return -1;
+	}
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		snprintf(why, len, "spool %s is not writable: %s", dir, strerror(errno));

@@ -128,3 +128,16 @@ Test(secret_file, names_the_file_it_cannot_read)
 	cr_assert_eq(mkfifo(path, 0600), 0);
 	cr_assert_null(read_secret_file(path, err, sizeof(err)), "a FIFO is refused at once");
 }
+
+Test(join_path, joins_two_or_three_parts_and_refuses_what_does_not_fit)
+{
+	char buf[16];
+	cr_assert_eq(join_path(buf, sizeof(buf), "/d", "tmp", NULL), 0);
+	cr_assert_str_eq(buf, "/d/tmp");
+	cr_assert_eq(join_path(buf, sizeof(buf), "/d", "tmp", "x.json"), 0);
+	cr_assert_str_eq(buf, "/d/tmp/x.json");
+	cr_assert_eq(join_path(buf, sizeof(buf), "/d", "tmp", "x.json.long"), -1);
+	cr_assert_eq(errno, ENAMETOOLONG);
+	cr_assert_eq(join_path(buf, 7, "/d", "tmp", NULL), 0, "exactly fits with its NUL");
+	cr_assert_eq(join_path(buf, 6, "/d", "tmp", NULL), -1);
+}
