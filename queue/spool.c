@@ -1414,10 +1414,8 @@ static int spool_attempt(struct source *src, struct job *job, int attempt)
 	    join_path(to, sizeof(to), sp->dir, "processing", name) < 0)
 		return -1;
 	/* No fsync: a count lost to a power cut only allows an attempt more. */
-	if (move_noreplace(from, to) < 0) {
-		log_warn("spool: record attempt %d of %s", attempt, job->id);
-		return -1;
-	}
+	if (move_noreplace(from, to) < 0)
+		return -1; /* the worker logs it */
 	memcpy(claim->name, name, strlen(name) + 1);
 	claim->name_attempt = attempt;
 	return 0;

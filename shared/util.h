@@ -1,6 +1,24 @@
 /*
  * util: the small system helpers every module needs: I/O that survives
- * EINTR and partial transfers, fd flags, clocks (durable writes: durable.h).
+ * EINTR and partial transfers, fd flags, bounded and secret file reads,
+ * paths, clocks (durable writes: durable.h).
+ *
+ * The error convention of every module:
+ *  - A function that can fail returns 0, or -1 on failure; a constructor
+ *    returns its object, or NULL. The reason goes one of two ways:
+ *      errno, for thin wrappers of system calls whose errno says it all
+ *        (write_all, read_file, durable_write, runner_start, scoreboard_create);
+ *      char *err, size_t errlen, filled with one sentence (no newline, never
+ *        a secret) when the reason needs words (control_open,
+ *        kafka_props_build, spool_health, read_secret_file, source open).
+ *    The configuration loader alone collects every error of a file (struct
+ *    config_errors), so that the operator fixes them in one go.
+ *  - Library code (shared/, queue/, worker/) never exits and never logs what
+ *    it returns as an error: the caller logs it once, with its context. What
+ *    a module handles itself (a file skipped, a retry planned) it may log.
+ *  - Exit codes come from <sysexits.h> and are chosen only by a process's
+ *    entry point: main(), worker_main() in a forked worker, the runner's
+ *    child between fork and exec.
  */
 #ifndef DROVER_UTIL_H
 #define DROVER_UTIL_H

@@ -323,8 +323,9 @@ int main(int argc, char **argv)
 	log_set_format(cfg->log_format);
 	if (log_open(cfg->log_file) < 0)
 		log_fatal(EX_UNAVAILABLE, "cannot open log file %s", cfg->log_file);
-	if (notify_init() < 0)
-		log_warnx("systemd notification is off");
+	char notify_err[160];
+	if (notify_init(notify_err, sizeof(notify_err)) < 0)
+		log_warnx("systemd notification is off: %s", notify_err);
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
 

@@ -75,7 +75,7 @@ static void notify_close(void)
 	notify_fd = -1;
 }
 
-int notify_init(void)
+int notify_init(char *err, size_t errlen)
 {
 	const char *value = getenv("NOTIFY_SOCKET");
 	char address[sizeof(notify_addr.sun_path) + 1];
@@ -90,12 +90,12 @@ int notify_init(void)
 	unsetenv("NOTIFY_SOCKET");
 
 	if (parse_notify_address(address) < 0) {
-		log_warnx("NOTIFY_SOCKET \"%s\" is not a socket path or @abstract name: not notifying", address);
+		snprintf(err, errlen, "NOTIFY_SOCKET \"%s\" is not a socket path or @abstract name", address);
 		return -1;
 	}
 	notify_fd = open_notify_socket();
 	if (notify_fd < 0) {
-		log_warn("notify socket");
+		snprintf(err, errlen, "notify socket: %s", strerror(errno));
 		return -1;
 	}
 	notify_failures = 0;

@@ -537,7 +537,7 @@ static void task_begin_attempt(struct task *t)
 	if (t->board_index >= 0)
 		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
-		log_warnx("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
+		log_warn("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
 
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
