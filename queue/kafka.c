@@ -133,7 +133,7 @@ struct source {
 	ev_timer poll_timer;
 	ev_prepare flow_watcher;
 
-	SLIST_HEAD(, kpart) parts;
+	SLIST_HEAD(kpart_list, kpart) parts;
 	size_t buffered;         /* messages in the partitions' queues */
 	struct kjob_list out;    /* taken: running or settling */
 	size_t buffer_cap;       /* the worker's share of prefetched messages, spread over its partitions */
@@ -260,8 +260,7 @@ static void log_error_throttled(struct source *src, const char *what, const char
 
 static struct kpart *part_find(struct source *src, int32_t partition)
 {
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->partition == partition)
 			return p;
 	return NULL;
@@ -391,8 +390,7 @@ static void publish_partitions(struct source *src)
 		return;
 	scoreboard_write_begin(src->board);
 	int n = 0;
-	const struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link) {
+	for (const struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		if (n >= SCOREBOARD_PARTITIONS)
 			break;
 		if (!p->assigned)
@@ -544,8 +542,7 @@ static void apply_pause(struct source *src, rd_kafka_topic_partition_list_t *lis
 static size_t partition_cap(struct source *src)
 {
 	size_t assigned = 0;
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->assigned && !p->revoking)
 			assigned++;
 	size_t cap = assigned > 0 ? (src->buffer_cap + assigned - 1) / assigned : src->buffer_cap;
@@ -566,8 +563,7 @@ static void flow_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
 	size_t cap = partition_cap(src);
 	rd_kafka_topic_partition_list_t *pause = rd_kafka_topic_partition_list_new(8);
 	rd_kafka_topic_partition_list_t *resume = rd_kafka_topic_partition_list_new(8);
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		if (!p->assigned || p->revoking)
 			continue;
 		bool want = p->rk_paused ? p->queue.count > cap / 2 : p->queue.count >= cap;
@@ -814,8 +810,7 @@ static bool is_revoking(struct source *src, int32_t partition)
 /* Drops the queued messages of revoked partitions: not started, so the new owner simply gets them. */
 static void drop_buffered(struct source *src)
 {
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		if (!p->revoking)
 			continue;
 		struct kjob *kj;
@@ -831,8 +826,7 @@ static void drop_buffered(struct source *src)
 static size_t revoking_outstanding(struct source *src)
 {
 	size_t n = 0;
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->revoking)
 			n += p->outstanding;
 	return n;
@@ -909,8 +903,7 @@ static void revoke_kill(struct source *src)
 	/* The hook may release jobs at once (changing the list): start over after each call. */
 	for (bool again = true; again && src->revoking != NULL;) {
 		again = false;
-		struct kjob *kj;
-		TAILQ_FOREACH(kj, &src->out.jobs, link) {
+		for (struct kjob *kj = TAILQ_FIRST(&src->out.jobs); kj != NULL; kj = TAILQ_NEXT(kj, link)) {
 			if (kj->state != KJOB_RUNNING || kj->kill_requested || !kjob_current(kj) || !kj->part->revoking)
 				continue;
 			kj->kill_requested = true;
@@ -1042,8 +1035,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 		}
 		if (current != NULL)
 			rd_kafka_topic_partition_list_destroy(current);
-		struct kpart *p;
-		SLIST_FOREACH(p, &src->parts, link) {
+		for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 			if (p->assigned) {
 				p->assigned = false;
 				part_reset(p);
@@ -1143,8 +1135,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 	}
 	json_t *partitions = json_object_get(json_object_get(json_object_get(root, "topics"), src->cfg->requests_topic),
 	                                     "partitions");
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		char key[16];
 		snprintf(key, sizeof(key), "%d", (int)p->partition);
 		json_t *lag = json_object_get(json_object_get(partitions, key), "consumer_lag");
@@ -1409,8 +1400,7 @@ static int kafka_take(struct source *src, struct job **job)
 	if (src->closing || src->fatal[0] != '\0' || src->buffered == 0)
 		return 1;
 	struct kpart *next = NULL;
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (!TAILQ_EMPTY(&p->queue.jobs) && !part_held_back(src, p) && part_in_window(src, p) &&
 		    (next == NULL || p->taken_seq < next->taken_seq))
 			next = p;
@@ -1525,8 +1515,7 @@ static size_t kafka_pending(struct source *src)
 	if (src->gave_up)
 		return 0; /* a fast stop no longer waits: close() abandons what is left */
 	size_t n = 0;
-	struct kjob *kj;
-	TAILQ_FOREACH(kj, &src->out.jobs, link)
+	for (struct kjob *kj = TAILQ_FIRST(&src->out.jobs); kj != NULL; kj = TAILQ_NEXT(kj, link))
 		if (kj->state == KJOB_SETTLING)
 			n++;
 	return n;
@@ -1535,8 +1524,7 @@ static size_t kafka_pending(struct source *src)
 static long long oldest_settling_ms(struct source *src)
 {
 	long long oldest = 0, now = now_ms();
-	struct kjob *kj;
-	TAILQ_FOREACH(kj, &src->out.jobs, link)
+	for (struct kjob *kj = TAILQ_FIRST(&src->out.jobs); kj != NULL; kj = TAILQ_NEXT(kj, link))
 		if (kj->state == KJOB_SETTLING && now - kj->settling_since_ms > oldest)
 			oldest = now - kj->settling_since_ms;
 	return oldest;
@@ -1728,14 +1716,13 @@ static void kafka_close(struct source *src)
 	    rd_kafka_flush(src->producer, hurry ? hurry_left_ms(src) / 2 : CLOSE_FLUSH_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		log_warnx("kafka: %d event(s) not delivered at shutdown", rd_kafka_outq_len(src->producer));
 	abandon_unsettled(src);
-	struct kpart *p;
-	SLIST_FOREACH(p, &src->parts, link) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		struct kjob *kj;
 		while ((kj = list_pop_head(&p->queue)) != NULL)
 			kjob_free(kj);
 	}
 	src->buffered = 0;
-	SLIST_FOREACH(p, &src->parts, link)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->assigned && p->stored >= 0)
 			store_offset(src, p);
 	/*
@@ -1761,7 +1748,7 @@ static void kafka_close(struct source *src)
 		rd_kafka_topic_partition_list_destroy(src->revoking);
 	destroy_handles(src);
 	while (!SLIST_EMPTY(&src->parts)) {
-		p = SLIST_FIRST(&src->parts);
+		struct kpart *p = SLIST_FIRST(&src->parts);
 		SLIST_REMOVE_HEAD(&src->parts, link);
 		free(p->offsets);
 		free(p->done);

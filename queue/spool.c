@@ -1249,7 +1249,7 @@ static void commit_written(struct spool *sp)
 	ev_prepare_stop(sp->loop, &sp->commit_watcher);
 	SLIST_INIT(&sp->written);
 	sp->written_count = 0;
-	SLIST_FOREACH(c, &batch, link) {
+	for (c = SLIST_FIRST(&batch); c != NULL; c = SLIST_NEXT(c, link)) {
 		need_complete |= c->completed;
 		need_failed |= !c->completed;
 	}

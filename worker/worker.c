@@ -63,7 +63,7 @@ struct worker {
 	char host[256];
 	char **base_env;     /* environ minus secrets, plus env.* */
 	size_t base_env_count;
-	LIST_HEAD(, task) tasks;
+	LIST_HEAD(task_list, task) tasks;
 	int task_count;
 	bool source_paused;
 	enum drain_mode drain;
@@ -378,8 +378,7 @@ static double retry_delay_s(const struct worker *w, int attempt)
 
 static bool attempt_running(const struct worker *w, unsigned long long serial)
 {
-	const struct task *t;
-	LIST_FOREACH(t, &w->tasks, link) {
+	for (const struct task *t = LIST_FIRST(&w->tasks); t != NULL; t = LIST_NEXT(t, link)) {
 		if (t->run != NULL && t->token_attempt == serial)
 			return true;
 	}
@@ -579,10 +578,9 @@ static void task_begin_attempt(struct task *t)
 static void worker_revoke_job(struct job *job, void *arg)
 {
 	struct worker *w = arg;
-	struct task *t;
-	LIST_FOREACH(t, &w->tasks, link)
-		if (t->job == job)
-			break;
+	struct task *t = LIST_FIRST(&w->tasks);
+	while (t != NULL && t->job != job)
+		t = LIST_NEXT(t, link);
 	if (t == NULL)
 		return;
 	if (t->run != NULL) {
