@@ -213,16 +213,9 @@ static void list_remove(struct kjob_list *list, struct kjob *kj)
 }
 
 /*
- * The analyzer cannot see that kjob_free and kjob_settle unlink an entry
- * before freeing it, and thinks a freed entry is still the head: hence the
- * NOLINTs here and in settle_one_retrying.
+ * Removes and returns the first entry, or NULL. (The analyzer cannot see that
+ * kjob_free unlinked the entry freed after the previous pop.)
  */
-static struct kjob *list_first(const struct kjob_list *list)
-{
-	return TAILQ_FIRST(&list->jobs); // NOLINT(clang-analyzer-unix.Malloc)
-}
-
-/* Removes and returns the first entry, or NULL. */
 static struct kjob *list_pop_head(struct kjob_list *list)
 {
 	struct kjob *kj = TAILQ_FIRST(&list->jobs);
@@ -372,7 +365,7 @@ static void part_ack(struct source *src, struct kpart *p, int64_t offset)
  */
 static bool part_in_window(const struct source *src, const struct kpart *p)
 {
-	const struct kjob *next = list_first(&p->queue);
+	const struct kjob *next = TAILQ_FIRST(&p->queue.jobs);
 	return next == NULL || p->count == 0 || next->offset - p->offsets[0] < src->window;
 }
 
@@ -1407,7 +1400,7 @@ static int kafka_take(struct source *src, struct job **job)
 	if (next == NULL)
 		return 1;
 	next->taken_seq = ++src->take_seq;
-	struct kjob *kj = list_first(&next->queue);
+	struct kjob *kj = TAILQ_FIRST(&next->queue.jobs);
 	list_remove(&next->queue, kj);
 	src->buffered--;
 	kj->state = KJOB_RUNNING;
@@ -1560,7 +1553,7 @@ static const char *kafka_fault(struct source *src)
  */
 static bool settle_one_retrying(struct source *src)
 {
-	struct kjob *kj = list_first(&src->out);
+	struct kjob *kj = TAILQ_FIRST(&src->out.jobs);
 	while (kj != NULL && (kj->state != KJOB_SETTLING || kj->in_flight)) // NOLINT(clang-analyzer-unix.Malloc)
 		kj = TAILQ_NEXT(kj, link);
 	if (kj == NULL)
