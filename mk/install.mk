@@ -14,6 +14,9 @@ SBINDIR    ?= $(PREFIX)/sbin
 BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 MANDIR     ?= $(PREFIX)/share/man
+DATADIR    ?= $(PREFIX)/share
+MONITORING := packaging/monitoring/drover-dashboard.json packaging/monitoring/drover-alerts.yml \
+              packaging/monitoring/drover-alerts.test.yml
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 HANDLERDIR := $(LIBDIR)/drover/handlers
 CONF_DEST  := $(DESTDIR)$(SYSCONFDIR)/drover/drover.ini
@@ -21,9 +24,9 @@ CONF_DEST  := $(DESTDIR)$(SYSCONFDIR)/drover/drover.ini
 MAN8 := packaging/man/drover.8 packaging/man/droverctl.8
 MAN5 := packaging/man/drover.ini.5
 
-.PHONY: install install-programs install-config install-man uninstall
+.PHONY: install install-programs install-config install-man install-monitoring uninstall
 
-install: install-programs install-config install-man
+install: install-programs install-config install-man install-monitoring
 
 install-programs: $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(HANDLERDIR)
@@ -46,8 +49,15 @@ install-man: $(MAN8) $(MAN5)
 	install -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
 
+# The Grafana dashboard and Prometheus alert rules, for operators to copy into their monitoring.
+install-monitoring: $(MONITORING)
+	install -d $(DESTDIR)$(DATADIR)/drover/monitoring
+	install -m 0644 $(MONITORING) $(DESTDIR)$(DATADIR)/drover/monitoring/
+
 # Leaves the configuration: it may hold local changes.
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/drover $(DESTDIR)$(BINDIR)/droverctl $(DESTDIR)$(HANDLERDIR)/demo
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8))) $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5)))
+	rm -f $(addprefix $(DESTDIR)$(DATADIR)/drover/monitoring/,$(notdir $(MONITORING)))
+	-rmdir $(DESTDIR)$(DATADIR)/drover/monitoring $(DESTDIR)$(DATADIR)/drover 2>/dev/null
 	-rmdir $(DESTDIR)$(HANDLERDIR) $(DESTDIR)$(LIBDIR)/drover 2>/dev/null

@@ -247,4 +247,15 @@ void scoreboard_counters_add(struct scoreboard_counters *into, const struct scor
 		into->duration_buckets[i] += from->duration_buckets[i];
 	into->duration_count += from->duration_count;
 	into->duration_sum_s += from->duration_sum_s;
+	into->slow += from->slow;
+	into->at_capacity_ms += from->at_capacity_ms;
+}
+
+void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int64_t oldest_ms)
+{
+	scoreboard_write_begin(slot);
+	slot->backlog = count;
+	slot->backlog_oldest_ms = oldest_ms;
+	slot->backlog_counted_ms = wall_ms();
+	scoreboard_write_end(slot);
 }

@@ -51,6 +51,8 @@ struct scoreboard_counters {
 	uint64_t duration_buckets[SCOREBOARD_DURATION_BUCKETS + 1]; /* last = +Inf */
 	uint64_t duration_count;
 	double duration_sum_s;
+	uint64_t slow;           /* attempts that ran past slow_job_ms */
+	uint64_t at_capacity_ms; /* time with every job slot of the worker taken */
 };
 
 struct scoreboard_slot {
@@ -67,6 +69,10 @@ struct scoreboard_slot {
 	int32_t partition_count;          /* Kafka: assigned partitions */
 	struct scoreboard_partition partitions[SCOREBOARD_PARTITIONS];
 	struct scoreboard_job jobs[CONFIG_MAX_CONCURRENT];
+	/* Spool: jobs waiting in incoming/ as the owner last counted them (the directory is shared: stats takes the freshest count). */
+	int64_t backlog;            /* -1 = not counted */
+	int64_t backlog_oldest_ms;  /* wall clock mtime of the oldest waiting job, 0 = none waiting */
+	int64_t backlog_counted_ms; /* wall clock of the count, 0 = never */
 };
 
 struct scoreboard;
@@ -101,6 +107,8 @@ void scoreboard_job_set_attempt(struct scoreboard_slot *slot, int index, int att
 void scoreboard_job_set_progress(struct scoreboard_slot *slot, int index, float progress);
 void scoreboard_job_remove(struct scoreboard_slot *slot, int index);
 void scoreboard_job_set_delivery(struct scoreboard_slot *slot, int index, uint64_t delivery);
+/* The owner's count of waiting jobs (count -1: unknown) and the oldest one's mtime (wall ms, 0 = none). */
+void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int64_t oldest_ms);
 
 /*
  * The crash ledger: how many workers died while running each message, so

@@ -44,6 +44,7 @@ struct task {
 	struct run *run;
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
+	ev_timer slow_timer; /* slow_job_ms: fires once per attempt that runs that long */
 	long long last_progress_event_ms;
 	LIST_ENTRY(task) link;
 };
@@ -75,10 +76,12 @@ struct worker {
 	int signal_fd;
 	struct children *children;   /* our own children, to find orphans of ended attempts */
 	struct attempt_token token;  /* supervisor and worker parts; .attempt counts attempts started */
+	long long full_since_ms;     /* monotonic: since when every job slot is taken, 0 = not full */
 };
 
 static void worker_fill(struct worker *w);
 static void worker_maybe_exit(struct worker *w);
+static void worker_note_capacity(struct worker *w);
 static void task_begin_attempt(struct task *t);
 
 /* ---- environment of handlers ------------------------------------------ */
@@ -243,11 +246,13 @@ static void task_free(struct task *t)
 {
 	struct worker *w = t->worker;
 	ev_timer_stop(w->loop, &t->retry_timer);
+	ev_timer_stop(w->loop, &t->slow_timer);
 	if (t->board_index >= 0)
 		scoreboard_job_remove(w->board, t->board_index);
 	LIST_REMOVE(t, link);
 	w->task_count--;
 	free(t);
+	worker_note_capacity(w);
 }
 
 static void counters_update(struct worker *w, void (*apply)(struct scoreboard_counters *, double), double arg)
@@ -261,6 +266,8 @@ static void count_started(struct scoreboard_counters *c, double unused) { c->sta
 static void count_retried(struct scoreboard_counters *c, double unused) { c->retried++; }
 static void count_failed(struct scoreboard_counters *c, double unused) { c->failed++; }
 static void count_timed_out(struct scoreboard_counters *c, double unused) { c->timed_out++; }
+static void count_slow(struct scoreboard_counters *c, double unused) { c->slow++; }
+static void count_at_capacity(struct scoreboard_counters *c, double ms) { c->at_capacity_ms += (uint64_t)ms; }
 static void count_completed(struct scoreboard_counters *c, double seconds)
 {
 	c->completed++;
@@ -419,6 +426,7 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 	struct failure failure;
 
 	t->run = NULL;
+	ev_timer_stop(w->loop, &t->slow_timer);
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	/* The runner killed the job's group; this gets what left it (setsid and the like). */
@@ -526,6 +534,26 @@ static void task_not_started(struct task *t, int err)
 	worker_enter_fault(w, why);
 }
 
+/* php-fpm's request_slowlog_timeout: one warning per attempt that runs past slow_job_ms, while it runs. */
+static void task_slow_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct task *t = timer->data;
+	struct worker *w = t->worker;
+	log_warnx("job %.200s: attempt %d has run longer than slow_job_ms (%lld ms), pid %d", t->job->id, t->attempt,
+	          w->cfg->slow_job_ms, t->run != NULL ? (int)runner_pgid(t->run) : 0);
+	counters_update(w, count_slow, 0);
+}
+
+static void task_watch_slow(struct task *t)
+{
+	const struct worker *w = t->worker;
+	if (w->cfg->slow_job_ms <= 0)
+		return;
+	ev_timer_init(&t->slow_timer, task_slow_cb, (double)w->cfg->slow_job_ms / 1000.0, 0);
+	t->slow_timer.data = t;
+	ev_timer_start(w->loop, &t->slow_timer);
+}
+
 static void task_begin_attempt(struct task *t)
 {
 	struct worker *w = t->worker;
@@ -570,6 +598,7 @@ static void task_begin_attempt(struct task *t)
 		scoreboard_job_set_pgid(w->board, t->board_index, runner_pgid(t->run));
 	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)runner_pgid(t->run));
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_STARTED });
+	task_watch_slow(t);
 }
 
 /* The queue took the job away (Kafka: partition revoked): stop the handler; task_run_done releases it. */
@@ -636,8 +665,27 @@ static void worker_start_job(struct worker *w, struct job *job)
 	task_begin_attempt(t);
 }
 
+/*
+ * Time at capacity (every job slot taken), for the saturation figures: added
+ * to the counter when the worker stops being full, and on each heartbeat
+ * while it stays full, so the counter moves while it lasts.
+ */
+static void worker_note_capacity(struct worker *w)
+{
+	bool full = w->task_count >= w->cfg->max_concurrent;
+	long long now = now_ms();
+	if (w->full_since_ms > 0) {
+		if (now > w->full_since_ms)
+			counters_update(w, count_at_capacity, (double)(now - w->full_since_ms));
+		w->full_since_ms = full ? now : 0;
+	} else if (full) {
+		w->full_since_ms = now;
+	}
+}
+
 static void worker_update_flow(struct worker *w)
 {
+	worker_note_capacity(w);
 	bool full = w->task_count >= w->cfg->max_concurrent || w->drain != RUNNING || w->fault;
 	if (full && !w->source_paused) {
 		w->ops->pause(w->source);
@@ -788,6 +836,7 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
 	scoreboard_write_begin(w->board);
 	w->board->heartbeat_ms = now_ms();
 	scoreboard_write_end(w->board);
+	worker_note_capacity(w);
 	/* A safety net for a missed wake-up; cheap when the source has nothing. */
 	worker_fill(w);
 }
