@@ -74,6 +74,7 @@
  * for nothing else), else from a backstop timer.
  */
 #include "queue/spool.h"
+#include "queue/spool_dir.h"
 #include "queue/events.h"
 #include "shared/durable.h"
 #include "shared/log.h"
@@ -97,30 +98,20 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SPOOL_DIR_MODE 0770
-#define SPOOL_TMP_STALE_S 3600        /* a producer's file in tmp/ is garbage after this long */
-#define SPOOL_TMP_NEW_S 10            /* an empty, lockable outcome file younger than this may be mid-creation */
-#define SPOOL_FILE_MODE 0640
 #define SPOOL_MAX_PAYLOAD (16u * 1024 * 1024)
 #define SPOOL_MAX_PAYLOAD_TEXT "16 MiB"
 #define SPOOL_INVALID_PREFIX 4096     /* bytes of an oversized payload kept for the failed document */
 #define SPOOL_SAFETY_S 1.0            /* a safety pass at most this often */
 #define SPOOL_BACKSTOP_S 2.5          /* ...and at least this often, while healthy, when take() is not called */
 #define SPOOL_MIN_RESCAN_MS 200       /* without inotify, an exhausted list is reread at most this often */
-#define SPOOL_MIN_FREE_BYTES (16 * 1024) /* less free space than this is a fault: outcomes would not fit */
 #define SPOOL_OUTCOME_ID_MAX 160      /* bytes of the id kept in an outcome file name */
 #define SPOOL_UNREADABLE_WARN_MS 60000
 #define SPOOL_BACKLOG_MIN_MS 1000     /* incoming/ is counted for stats at most this often... */
 #define SPOOL_BACKLOG_SHARE 20        /* ...and rarely enough that counting takes at most 1/20 of the time */
 
-#define ATTEMPT_MARK ";a="
-#define JSON_SUFFIX ".json"
-#define OUTCOME_SUFFIX ".outcome"
-#define SPARE_SUFFIX ".spare"
 #define SPARES_MIN 8  /* a batch of spares shares one fsync of processing/: at least this many */
 #define SPARES_MAX 32 /* ...and at most this many wait, plus as many ready: bounded open files */
 
-static const char *const spool_subdirs[] = { "tmp", "incoming", "processing", "complete", "failed" };
 
 struct candidate {
 	struct timespec mtime;
@@ -201,7 +192,6 @@ struct spool {
 	struct spool_counters counters;
 };
 
-static unsigned long name_counter;
 
 /* ---- names --------------------------------------------------------------- */
 
@@ -230,25 +220,6 @@ static int name_with_attempt(char *buf, size_t len, const char *name, size_t bas
 	int n = attempt > 0 ? snprintf(buf, len, "%.*s%s%d", (int)base_len, name, ATTEMPT_MARK, attempt)
 	                    : snprintf(buf, len, "%.*s", (int)base_len, name);
 	return n < 0 || (size_t)n >= len || n > NAME_MAX ? -1 : 0;
-}
-
-/*
- * The id a job has when its payload carries none (or a bad one): its file
- * name minus suffix and ".json". A file name may hold control characters,
- * which no id may (events.h): those become '_'.
- */
-static char *id_from_name(const char *name, size_t base_len)
-{
-	size_t suffix = strlen(JSON_SUFFIX);
-
-	if (base_len > suffix && memcmp(name + base_len - suffix, JSON_SUFFIX, suffix) == 0)
-		base_len -= suffix;
-	char *id = strndup(name, base_len);
-	for (char *p = id; p != NULL && *p != '\0'; p++) {
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
-			*p = '_';
-	}
-	return id;
 }
 
 static uint32_t fnv1a(const char *s)
@@ -296,59 +267,7 @@ static void outcome_name(const char *id, char *buf, size_t len)
 		snprintf(buf, len, "%s%s", safe, JSON_SUFFIX);
 }
 
-/* A name unique on this host among our own files: "<ms>-<pid>-<counter><suffix>". */
-static void unique_name(char *buf, size_t len, pid_t pid, const char *suffix)
-{
-	snprintf(buf, len, "%013lld-%ld-%lu%s", wall_ms(), (long)pid, ++name_counter, suffix);
-}
-
-static bool has_suffix(const char *name, const char *suffix)
-{
-	size_t n = strlen(name), s = strlen(suffix);
-	return n >= s && strcmp(name + n - s, suffix) == 0;
-}
-
 /* ---- files --------------------------------------------------------------- */
-
-static int close_keep_errno(int fd)
-{
-	int saved = errno;
-	int rc = close(fd);
-	errno = saved;
-	return rc;
-}
-
-/* True when fd is still the file at path (the name was not taken over meanwhile); *st is fd's. */
-static bool fd_is_path(int fd, const char *path, struct stat *st)
-{
-	struct stat by_path;
-
-	if (fstat(fd, st) < 0 || lstat(path, &by_path) < 0)
-		return false;
-	return st->st_dev == by_path.st_dev && st->st_ino == by_path.st_ino;
-}
-
-/*
- * rename() that never replaces an existing file, so that one job cannot
- * overwrite another that happens to share its name. Filesystems without
- * RENAME_NOREPLACE get a plain rename.
- */
-static int move_noreplace(const char *from, const char *to)
-{
-	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
-		return 0;
-	if (errno != EINVAL && errno != ENOSYS)
-		return -1;
-	return rename(from, to);
-}
-
-/* Who should own the files written into dir: NULL unless root writes into someone else's spool. */
-static const struct stat *foreign_owner(uid_t euid, const char *dir, struct stat *st)
-{
-	if (euid != 0 || stat(dir, st) < 0 || st->st_uid == 0)
-		return NULL;
-	return st;
-}
 
 /* Reads a claimed job's bytes (size from fstat: one read); NULL with EFBIG when larger than the cap. */
 static char *read_payload(int fd, off_t size, size_t *len_out)
@@ -397,273 +316,7 @@ static char *read_payload(int fd, off_t size, size_t *len_out)
 
 /* ---- directories --------------------------------------------------------- */
 
-static int check_dirs(const char *dir, bool create, char *err, size_t errlen)
-{
-	char path[PATH_MAX];
-	struct stat st;
-
-	if (dir == NULL || *dir == '\0') {
-		snprintf(err, errlen, "spool: no directory configured");
-		return -1;
-	}
-	if (create && mkdir_p(dir, SPOOL_DIR_MODE) < 0) {
-		snprintf(err, errlen, "spool: cannot create %s: %s", dir, strerror(errno));
-		return -1;
-	}
-	for (size_t i = 0; i < ARRAY_LEN(spool_subdirs); i++) {
-		if (join_path(path, sizeof(path), dir, spool_subdirs[i], NULL) < 0) {
-			snprintf(err, errlen, "spool: %s: path too long", dir);
-			return -1;
-		}
-		if (create && mkdir(path, SPOOL_DIR_MODE) < 0 && errno != EEXIST) {
-			snprintf(err, errlen, "spool: cannot create %s: %s", path, strerror(errno));
-			return -1;
-		}
-		if (stat(path, &st) < 0) {
-			snprintf(err, errlen, "spool: %s: %s", path, strerror(errno));
-			return -1;
-		}
-		if (!S_ISDIR(st.st_mode)) {
-			snprintf(err, errlen, "spool: %s: not a directory", path);
-			return -1;
-		}
-		if (faccessat(AT_FDCWD, path, W_OK | X_OK | R_OK, AT_EACCESS) < 0) {
-			snprintf(err, errlen, "spool: %s: not writable: %s", path, strerror(errno));
-			return -1;
-		}
-	}
-	return 0;
-}
-
-/*
- * Free space and inodes as the writer can use them (root may use the
- * reserve): below SPOOL_MIN_FREE_BYTES, or no inode left, outcomes would not
- * fit. 0, or -1 and err. A filesystem that cannot tell is taken as fine.
- */
-static int check_space(const char *dir, uid_t euid, char *err, size_t errlen)
-{
-	struct statvfs vfs;
-
-	if (statvfs(dir, &vfs) < 0)
-		return 0;
-	unsigned long long blocks = euid == 0 ? vfs.f_bfree : vfs.f_bavail;
-	unsigned long long bytes = blocks * (unsigned long long)vfs.f_frsize;
-	unsigned long long inodes = euid == 0 ? vfs.f_ffree : vfs.f_favail;
-	if (bytes < SPOOL_MIN_FREE_BYTES) {
-		snprintf(err, errlen, "spool: %.300s: no space left on the filesystem (%llu bytes free)", dir, bytes);
-		return -1;
-	}
-	if (vfs.f_files > 0 && inodes == 0) {
-		snprintf(err, errlen, "spool: %.300s: no inode left on the filesystem", dir);
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * Whether our outcome file tmp/<name> (opened as fd) was left by a writer
- * that is gone: our writers lock it from creation to rename, so one we can
- * lock is dead, unless it is empty and new (created, not yet locked). The
- * name is checked to still be this file once the lock is ours.
- */
-static bool outcome_abandoned(int fd, const char *path, time_t now)
-{
-	struct stat st;
-
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, path, &st) || !S_ISREG(st.st_mode))
-		return false;
-	return st.st_size > 0 || st.st_mtime < now - SPOOL_TMP_NEW_S;
-}
-
-/* Whether tmp/<name> is garbage: an outcome of a dead writer, or anything else an hour old. */
-static bool tmp_file_abandoned(int dir_fd, const char *path, const char *name, time_t now)
-{
-	struct stat st;
-
-	/* A spare is locked from its rename into tmp/ on, like an outcome from its creation. */
-	if (!has_suffix(name, OUTCOME_SUFFIX) && !has_suffix(name, SPARE_SUFFIX)) /* a producer's write: only age tells */
-		return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
-		       st.st_mtime < now - SPOOL_TMP_STALE_S;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0)
-		return false;
-	bool abandoned = outcome_abandoned(fd, path, now);
-	close(fd);
-	return abandoned;
-}
-
-/* Removes what dead writers left in tmp/ (see tmp/ above). */
-static void sweep_tmp(const char *dir)
-{
-	char tmp[PATH_MAX], path[PATH_MAX];
-	time_t now = time(NULL);
-
-	if (join_path(tmp, sizeof(tmp), dir, "tmp", NULL) < 0)
-		return;
-	DIR *d = opendir(tmp);
-	if (d == NULL)
-		return;
-	for (struct dirent *e = readdir(d); e != NULL; e = readdir(d)) {
-		if (e->d_name[0] == '.' || join_path(path, sizeof(path), dir, "tmp", e->d_name) < 0)
-			continue;
-		/* An outcome is unlinked while we hold its lock: no writer can be using that name. */
-		if (tmp_file_abandoned(dirfd(d), path, e->d_name, now) && unlink(path) == 0)
-			log_info("spool: removed %s, left in tmp/ by an interrupted write", path);
-	}
-	closedir(d);
-}
-
-int spool_prepare(const char *dir, char *err, size_t errlen)
-{
-	if (check_dirs(dir, true, err, errlen) < 0)
-		return -1;
-	sweep_tmp(dir);
-	return 0;
-}
-
-int spool_health(const char *dir, char *err, size_t errlen)
-{
-	return check_dirs(dir, false, err, errlen);
-}
-
 /* ---- what a job may be ------------------------------------------------------ */
-
-/*
- * Parses payload once: NULL when it is a JSON object whose "id" (if any) is
- * acceptable, with that id in *id_out (malloc'd; NULL when there is none or
- * it is empty), else a static sentence saying why not.
- */
-static const char *payload_verdict(const char *payload, size_t len, char **id_out)
-{
-	json_t *doc = json_loadb(payload, len, 0, NULL);
-	const char *problem = NULL;
-
-	*id_out = NULL;
-	if (!json_is_object(doc)) {
-		json_decref(doc);
-		return "the message is not a JSON object";
-	}
-	json_t *id = json_object_get(doc, "id");
-	/* An empty id cannot name anything: the name fallback applies. */
-	if (json_is_string(id) && json_string_length(id) > 0) {
-		problem = event_job_id_problem(json_string_value(id), json_string_length(id));
-		if (problem == NULL)
-			*id_out = strndup(json_string_value(id), json_string_length(id));
-	}
-	json_decref(doc);
-	return problem;
-}
-
-const char *spool_enqueue_refusal(const char *payload, size_t len)
-{
-	char *id;
-	const char *problem = payload_verdict(payload, len, &id);
-
-	free(id);
-	return problem;
-}
-
-int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out, size_t id_len)
-{
-	char name[96], tmp_path[PATH_MAX], final_path[PATH_MAX], incoming[PATH_MAX];
-	struct stat owner;
-	char *id;
-
-	unique_name(name, sizeof(name), getpid(), JSON_SUFFIX);
-	if (join_path(tmp_path, sizeof(tmp_path), dir, "tmp", name) < 0 ||
-	    join_path(final_path, sizeof(final_path), dir, "incoming", name) < 0 ||
-	    join_path(incoming, sizeof(incoming), dir, "incoming", NULL) < 0)
-		return -1;
-	/* What a worker would fail as invalid_job is refused here, where the submitter sees why. */
-	if (payload_verdict(payload, len, &id) != NULL) {
-		free(id);
-		errno = EINVAL;
-		return -1;
-	}
-	if (id == NULL)
-		id = id_from_name(name, strlen(name));
-	if (id == NULL)
-		return -1;
-	/* Refuse before writing: a job enqueued without telling its id would be a lie. */
-	if (strlen(id) >= id_len) {
-		free(id);
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(id_out, id, strlen(id) + 1);
-	free(id);
-	/* Closed before its rename: a watcher of incoming/ sees the name once, complete. */
-	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = foreign_owner(geteuid(), incoming, &owner) };
-	return durable_write(tmp_path, final_path, payload, len, &how);
-}
-
-enum reclaim_result {
-	RECLAIM_MOVED, /* the claim was dead: back in incoming/ */
-	RECLAIM_LEFT,  /* live (locked) or gone */
-	RECLAIM_ERROR, /* errno says why */
-};
-
-/* Moves processing/name back to incoming/ if its claim is dead (its lock can be taken). */
-static enum reclaim_result reclaim_one(const char *processing, const char *incoming, const char *name)
-{
-	char from[PATH_MAX], to[PATH_MAX];
-	struct stat st;
-	enum reclaim_result rc = RECLAIM_LEFT;
-	int fd;
-
-	if (join_path(from, sizeof(from), processing, name, NULL) < 0 ||
-	    join_path(to, sizeof(to), incoming, name, NULL) < 0)
-		return RECLAIM_ERROR;
-	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0)
-		return errno == ENOENT ? RECLAIM_LEFT : RECLAIM_ERROR;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		rc = errno == EWOULDBLOCK ? RECLAIM_LEFT : RECLAIM_ERROR;
-	} else if (fd_is_path(fd, from, &st)) {
-		if (move_noreplace(from, to) == 0) {
-			rc = RECLAIM_MOVED;
-			log_info("spool: reclaimed %s from a dead worker", name);
-		} else if (errno != ENOENT && errno != EEXIST) {
-			rc = RECLAIM_ERROR;
-		}
-	}
-	close_keep_errno(fd);
-	return rc;
-}
-
-/* Reclaims every dead claim (no fsync: see Durability); the number moved, or -1 when processing/ cannot be read. */
-static int reclaim_dead(const char *processing, const char *incoming)
-{
-	DIR *d = opendir(processing);
-	struct dirent *de;
-	int moved = 0;
-
-	if (d == NULL)
-		return -1;
-	while ((errno = 0, de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
-			continue;
-		enum reclaim_result rc = reclaim_one(processing, incoming, de->d_name);
-		if (rc == RECLAIM_MOVED)
-			moved++;
-		else if (rc == RECLAIM_ERROR)
-			log_warn("spool: reclaim %s/%s", processing, de->d_name);
-	}
-	closedir(d);
-	return moved;
-}
-
-int spool_reclaim(const char *dir)
-{
-	char processing[PATH_MAX], incoming[PATH_MAX];
-
-	if (join_path(processing, sizeof(processing), dir, "processing", NULL) < 0 ||
-	    join_path(incoming, sizeof(incoming), dir, "incoming", NULL) < 0)
-		return -1;
-	/* A worker died: what it was writing in tmp/ is garbage now. */
-	sweep_tmp(dir);
-	return reclaim_dead(processing, incoming);
-}
 
 /* ---- candidates ---------------------------------------------------------- */
 
@@ -894,7 +547,7 @@ static struct job *job_from_claim(struct spool_claim *claim, off_t size, int att
 		return NULL;
 	}
 	if (!job->invalid) {
-		const char *problem = payload_verdict(job->payload, job->payload_len, &job->id);
+		const char *problem = spool_payload_verdict(job->payload, job->payload_len, &job->id);
 		if (problem != NULL) {
 			/* Failed as invalid_job under the file name's id, which is safe to show and log. */
 			log_warnx("spool: %s: %s: invalid job", claim->name, problem);
@@ -903,7 +556,7 @@ static struct job *job_from_claim(struct spool_claim *claim, off_t size, int att
 		}
 	}
 	if (job->id == NULL)
-		job->id = id_from_name(claim->name, claim->base_len);
+		job->id = spool_id_from_name(claim->name, claim->base_len);
 	if (job->id == NULL) {
 		job_free(job);
 		return NULL;
@@ -931,12 +584,12 @@ static int claim_rename(struct spool *sp, const char *from, const char *name, st
 	}
 	if (join_path(to, sizeof(to), sp->dir, "processing", claim->name) < 0)
 		return -1;
-	return move_noreplace(from, to);
+	return spool_move_noreplace(from, to);
 }
 
 static void give_back_path(const char *from, const char *to, const char *name)
 {
-	if (move_noreplace(from, to) < 0)
+	if (spool_move_noreplace(from, to) < 0)
 		log_warn("spool: give back %s", name);
 }
 
@@ -972,7 +625,7 @@ static enum claim_result claim_candidate(struct spool *sp, const char *name, str
 	}
 	claim->fd = fd;
 	/* Lock first, then check the name still holds this file: only then may we move it. */
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, from, &st) || !S_ISREG(st.st_mode) ||
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !spool_fd_is_path(fd, from, &st) || !S_ISREG(st.st_mode) ||
 	    claim_rename(sp, from, name, claim, &done) < 0) {
 		claim_free(claim);
 		return CLAIM_SKIPPED;
@@ -1069,8 +722,8 @@ static bool keep_as_spare(struct spool *sp, struct spool_claim *claim, const cha
 	if ((claim->st.st_mode & 07777) != sp->spare_mode && fchmod(claim->fd, sp->spare_mode) < 0)
 		return false;
 	struct spare *spare = &sp->fresh[sp->fresh_count];
-	unique_name(spare->name, sizeof(spare->name), sp->pid, SPARE_SUFFIX);
-	if (join_path(to, sizeof(to), sp->dir, "tmp", spare->name) < 0 || move_noreplace(path, to) < 0)
+	spool_unique_name(spare->name, sizeof(spare->name), sp->pid, SPARE_SUFFIX);
+	if (join_path(to, sizeof(to), sp->dir, "tmp", spare->name) < 0 || spool_move_noreplace(path, to) < 0)
 		return false;
 	spare->fd = claim->fd; /* the lock comes along */
 	spare->size = claim->st.st_size;
@@ -1167,7 +820,7 @@ static void give_back(struct spool *sp, struct job *job)
 		return;
 	}
 	if (join_path(from, sizeof(from), sp->dir, "processing", claim->name) < 0 ||
-	    join_path(to, sizeof(to), sp->dir, "incoming", claim->name) < 0 || move_noreplace(from, to) < 0)
+	    join_path(to, sizeof(to), sp->dir, "incoming", claim->name) < 0 || spool_move_noreplace(from, to) < 0)
 		log_warn("spool: release %s (the rescan will reclaim it)", claim->name);
 	else
 		list_append(sp, claim->name); /* ours to take again without waiting for inotify */
@@ -1182,7 +835,7 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 	/* Locked until renamed, so that a sweep of tmp/ never takes it for a dead writer's; commit_written syncs. */
 	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = sp->owner, .hold_lock = true, .defer_dir_sync = true };
 
-	unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
+	spool_unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
 	outcome_name(claim->job->id, file, sizeof(file));
 	sp->wrote_outcome = true;
 	if (join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 && sp->ready_count > 0 &&
@@ -1394,19 +1047,19 @@ static bool safety_pass(struct spool *sp)
 
 	sp->last_safety = ev_now(sp->loop);
 	sp->counters.safety_passes++;
-	if (check_dirs(sp->dir, false, err, sizeof(err)) == 0) {
+	if (spool_check_dirs(sp->dir, false, err, sizeof(err)) == 0) {
 		ensure_watch(sp);
-		if (reclaim_dead(sp->processing, sp->incoming) < 0)
+		if (spool_reclaim_dead(sp->processing, sp->incoming) < 0)
 			log_warn("spool: reclaim in %s", sp->processing);
 		if (!sp->wrote_outcome)
 			discard_spares(sp); /* idle: no file kept for nothing */
 		sp->wrote_outcome = false;
-		sweep_tmp(sp->dir);
+		spool_sweep_tmp(sp->dir);
 		retry_stuck(sp);
 		if (!SLIST_EMPTY(&sp->stuck))
 			snprintf(err, sizeof(err), "%s", sp->write_error);
 		else
-			check_space(sp->dir, sp->euid, err, sizeof(err));
+			spool_check_space(sp->dir, sp->euid, err, sizeof(err));
 	}
 	if (err[0] == '\0' && !sp->paused && maybe_rescan(sp, true) < 0)
 		snprintf(err, sizeof(err), "%s", sp->fault); /* the scan set it */
@@ -1474,7 +1127,7 @@ static int spool_attempt(struct source *src, struct job *job, int attempt)
 	    join_path(to, sizeof(to), sp->dir, "processing", name) < 0)
 		return -1;
 	/* No fsync: a count lost to a power cut only allows an attempt more. */
-	if (move_noreplace(from, to) < 0)
+	if (spool_move_noreplace(from, to) < 0)
 		return -1; /* the worker logs it */
 	memcpy(claim->name, name, strlen(name) + 1);
 	claim->name_attempt = attempt;
@@ -1642,11 +1295,11 @@ static struct source *spool_open(const struct source_params *params, char *err, 
 	sp->board = params->board;
 	sp->euid = geteuid();
 	sp->pid = getpid();
-	sp->owner = foreign_owner(sp->euid, sp->dir, &sp->owner_st);
+	sp->owner = spool_foreign_owner(sp->euid, sp->dir, &sp->owner_st);
 	sp->stale = true;
 	spares_init(sp, cfg);
 	start_watchers(sp);
-	if (reclaim_dead(sp->processing, sp->incoming) < 0)
+	if (spool_reclaim_dead(sp->processing, sp->incoming) < 0)
 		log_warn("spool: reclaim in %s", sp->processing);
 	schedule_ready(sp);
 	publish_fault(sp);

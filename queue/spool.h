@@ -6,8 +6,9 @@
  * the lock lives as long as the worker, so a claim whose lock can be taken
  * belongs to a dead worker and goes back to incoming/ with its attempt count.
  * Outcomes finished together share one directory fsync (group commit).
- * Implements source_ops (spool_source_ops) and queue_ops (spool_queue_ops,
- * in spool_admin.c); the functions below are what those are made of.
+ * Implements source_ops (spool_source_ops, spool.c: what a worker uses) and
+ * queue_ops (spool_queue_ops, spool_admin.c); the functions below, which need
+ * no worker (spool_dir.c), are what droverctl and the supervisor link.
  */
 #ifndef DROVER_SPOOL_H
 #define DROVER_SPOOL_H
