@@ -565,6 +565,16 @@ static int kafka_ops_topics_list(const struct config *cfg)
 	return EX_OK;
 }
 
+/* A worker is ready once it joined the group: up to a session timeout (librdkafka's default is 45 s). */
+static long long kafka_ops_ready_within_ms(const struct config *cfg)
+{
+	long long session = 45000;
+	for (size_t i = 0; i < cfg->librdkafka_count; i++)
+		if (strcmp(cfg->librdkafka[i].key, "session.timeout.ms") == 0 && atoll(cfg->librdkafka[i].value) > 0)
+			session = atoll(cfg->librdkafka[i].value);
+	return session;
+}
+
 const struct queue_ops kafka_queue_ops = {
 	.name = "kafka",
 	.has_partitions = true,
@@ -573,4 +583,5 @@ const struct queue_ops kafka_queue_ops = {
 	.topics_create = kafka_ops_topics_create,
 	.topics_list = kafka_ops_topics_list,
 	.check = kafka_conf_check,
+	.ready_within_ms = kafka_ops_ready_within_ms,
 };

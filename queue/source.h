@@ -168,6 +168,11 @@ struct queue_ops {
 	 * "FILE:LINE: [section] key: what is wrong". 0, or -1 when errs grew.
 	 */
 	int (*check)(const struct config *cfg, struct config_errors *errs);
+	/*
+	 * Optional: how long a new worker may take to become ready (Kafka: to join
+	 * the group, up to a session timeout). NULL: ready as soon as it opened.
+	 */
+	long long (*ready_within_ms)(const struct config *cfg);
 };
 
 /* The backend cfg names. */

@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #define HEARTBEAT_CHECK_S 0.5
-/* Beyond the session timeout, how long a replacement may take to become ready. */
+/* Beyond what the queue says it may take (queue_ops.ready_within_ms), how long a replacement may take to become ready. */
 #define READY_MARGIN_MS 5000
 
 struct slot {
@@ -435,18 +435,11 @@ static void pool_wake_cb(struct ev_loop *loop, ev_io *io, int revents)
 
 /* ---- rolling replacement ------------------------------------------------ */
 
-/*
- * How long a replacement may take to become ready before the next worker is
- * replaced anyway: a Kafka worker is ready once it joined the group, which
- * takes up to a session timeout (librdkafka's default is 45 s).
- */
+/* How long a replacement may take to become ready before the next worker is replaced anyway. */
 static long long ready_timeout_ms(const struct config *cfg)
 {
-	long long session = 45000;
-	for (size_t i = 0; i < cfg->librdkafka_count; i++)
-		if (strcmp(cfg->librdkafka[i].key, "session.timeout.ms") == 0 && atoll(cfg->librdkafka[i].value) > 0)
-			session = atoll(cfg->librdkafka[i].value);
-	return session + READY_MARGIN_MS;
+	const struct queue_ops *queue = queue_ops_for(cfg);
+	return (queue->ready_within_ms != NULL ? queue->ready_within_ms(cfg) : 0) + READY_MARGIN_MS;
 }
 
 /* Clears awaiting_ready once the replacement's source is ready, or it took too long (logged). */

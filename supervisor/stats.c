@@ -106,6 +106,17 @@ static long long lag_of(const struct scoreboard_slot *live)
 	return lag;
 }
 
+
+/*
+ * Whether the backlog is the workers' summed partition lag (Kafka), which
+ * also counts jobs in flight and finished ones waiting for an older offset's
+ * commit: it has no oldest age and cannot tell a stall; else it is a count of
+ * waiting jobs the workers share (spool: incoming/).
+ */
+static bool backlog_is_lag(const struct config *cfg)
+{
+	return queue_ops_for(cfg)->has_partitions;
+}
 /* Adds one live worker to the load. Every spool worker counts the same incoming/: the freshest count wins. */
 static void load_add(const struct supervisor *sup, struct load *load, const struct slot_view *view,
 		     const struct scoreboard_slot *live)
@@ -118,7 +129,7 @@ static void load_add(const struct supervisor *sup, struct load *load, const stru
 		load->busy += live->in_flight;
 	}
 	load->slow_running += slow_running_of(live, cfg != NULL ? cfg->slow_job_ms : 0, wall_ms());
-	if (cfg != NULL && cfg->backend == BACKEND_KAFKA) {
+	if (cfg != NULL && backlog_is_lag(cfg)) {
 		long long lag = lag_of(live);
 		if (lag >= 0) {
 			load->waiting_known = true;
@@ -368,7 +379,7 @@ static json_t *backlog_json(const struct supervisor *sup, const struct load *loa
 		*ok = false;
 		return NULL;
 	}
-	bool spool = sup->cfg == NULL || sup->cfg->backend == BACKEND_SPOOL;
+	bool spool = sup->cfg == NULL || !backlog_is_lag(sup->cfg);
 	put(backlog, "waiting", load->waiting_known ? json_integer(load->waiting) : json_null(), ok);
 	put(backlog, "oldest_age_ms",
 	    spool && load->waiting_known ? json_integer(load->oldest_ms > 0 && now > load->oldest_ms ? now - load->oldest_ms : 0)
@@ -549,7 +560,7 @@ void stats_watch_progress(struct supervisor *sup)
 	 * ones waiting for an older offset's commit, and a partition's
 	 * max_uncommitted window holds back takes behind a long job by design.
 	 */
-	bool spool = sup->cfg != NULL && sup->cfg->backend == BACKEND_SPOOL;
+	bool spool = sup->cfg != NULL && !backlog_is_lag(sup->cfg);
 	bool stuck = spool && load->waiting_known && load->waiting > 0 && load->busy < load->job_slots;
 	/* Failed counts too: a job refused before any start (not JSON, a bad id) is progress. */
 	uint64_t moved = totals.counters.started + totals.counters.failed;
@@ -677,7 +688,7 @@ static int fault_visit(void *arg, const struct slot_view *view, const struct sco
 static void write_saturation(FILE *out, const struct supervisor *sup, const struct totals *t)
 {
 	const struct load *load = &t->load;
-	bool spool = sup->cfg == NULL || sup->cfg->backend == BACKEND_SPOOL;
+	bool spool = sup->cfg == NULL || !backlog_is_lag(sup->cfg);
 	if (load->waiting_known) {
 		write_header(out, "drover_jobs_waiting", "gauge", "Jobs waiting in the queue (spool: incoming/; Kafka: the summed lag).");
 		fprintf(out, "drover_jobs_waiting %lld\n", load->waiting);
