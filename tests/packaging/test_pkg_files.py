@@ -109,10 +109,10 @@ def test_drover_man_page_lists_the_options_of_usage():
     flags = re.findall(r"\[-([a-zA-Z])", usage)
     assert flags, "drover --help printed no usage: %r" % usage
     for flag in flags:
-        assert re.search(r"^\.BI? \\-%s\b" % flag, page, flags=re.M), "drover(8) lacks -%s" % flag
+        assert re.search(r"^\.B[IR]? \\-%s\b" % flag, page, flags=re.M), "drover(8) lacks -%s" % flag
     for long_option in re.findall(r"\[--([a-z-]+)\]", usage) + ["help", "version"]:
-        assert re.search(r"^\.BR? \\-\\-%s\b" % long_option, page, flags=re.M), \
-            "drover(8) lacks --%s" % long_option
+        roff = long_option.replace("-", r"\\-")
+        assert re.search(r"^\.B[IR]? .*\\-\\-%s\b" % roff, page, flags=re.M), "drover(8) lacks --%s" % long_option
 
 
 def unit_settings():
