@@ -21,6 +21,7 @@ def expected_files(prefix, etc):
         "%s/share/man/man8/drover.8" % prefix: 0o644,
         "%s/share/man/man8/droverctl.8" % prefix: 0o644,
         "%s/share/man/man5/drover.ini.5" % prefix: 0o644,
+        "%s/share/bash-completion/completions/droverctl" % prefix: 0o644,
     }
 
 
