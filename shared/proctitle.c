@@ -23,9 +23,11 @@ static char *title_block; /* argv[0]'s old place; NULL until proctitle_init succ
 static size_t argv_size;  /* the argv strings: always cleared by a new title */
 static size_t block_size; /* argv and the environment strings that follow them */
 static size_t title_used; /* the furthest a title has reached into the block */
-/* Every moved environment string, so that they stay reachable after an
- * unsetenv() takes one out of environ (no leak report under ASan). */
-static char **moved_env;
+/* The moved environment, in one block: the array environ starts as, then a
+ * copy of its pointers. Both halves stay reachable from here after an
+ * unsetenv() takes a string out of environ or a setenv() replaces the array:
+ * LeakSanitizer does not count environ as a root. */
+static char **volatile moved_env; /* volatile: kept although nothing reads it */
 
 /* The end of the strings that follow start without a gap. */
 static char *contiguous_end(char *start, char **strings, size_t count)
@@ -40,24 +42,21 @@ static char *contiguous_end(char *start, char **strings, size_t count)
 /* A heap copy of the environment array and its strings; environ points at it. */
 static int move_environ(size_t count)
 {
-	char **copy = calloc(count + 1, sizeof(*copy));
-	moved_env = calloc(count + 1, sizeof(*moved_env));
-	if (copy == NULL || moved_env == NULL)
-		goto fail;
+	char **block = calloc(2 * (count + 1), sizeof(*block));
+	if (block == NULL)
+		return -1;
 	for (size_t i = 0; i < count; i++) {
-		copy[i] = moved_env[i] = strdup(environ[i]);
-		if (copy[i] == NULL)
-			goto fail;
+		block[i] = block[count + 1 + i] = strdup(environ[i]);
+		if (block[i] == NULL) {
+			while (i > 0)
+				free(block[--i]);
+			free(block);
+			return -1;
+		}
 	}
-	environ = copy; /* the old array lives on the stack: nothing to free */
+	moved_env = block;
+	environ = block; /* the old array lives on the stack: nothing to free */
 	return 0;
-fail:
-	for (size_t i = 0; moved_env != NULL && i < count; i++)
-		free(moved_env[i]);
-	free(moved_env);
-	free(copy);
-	moved_env = NULL;
-	return -1;
 }
 
 /* Points argv[] (and glibc's program name, which error() prints) at heap copies. */
