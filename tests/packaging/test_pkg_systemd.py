@@ -12,7 +12,9 @@ The systemd unit's sandbox, rated and run:
   file. A demo job completes; `systemctl reload` (drover -t, then HUP, inside
   the sandbox) switches to a Python handler whose job completes too; the
   supervisor has no capability, no_new_privs and a seccomp filter; `systemctl
-  stop` drains and the unit ends successfully.
+  stop` drains and the unit ends successfully;
+- with Delegate=yes added (what per-job cgroups will need), the unit's user
+  can make a child cgroup in its delegated subtree from inside the sandbox.
 
 Nothing touches the host: the namespace mounts its own tmpfs on /run, /tmp,
 /var/tmp and /var/lib, its own /proc and a read-only /proc/sys and /sys (no
@@ -136,7 +138,7 @@ class NamespacedSystemd:
         self.init_pid = None
         self.cgroup = None
 
-    def prepare(self, ini_text):
+    def prepare(self, ini_text, extra=""):
         units = self.payload / "units"
         (units / "drover.service.d").mkdir(parents=True)
         (self.payload / "bin").mkdir()
@@ -150,7 +152,7 @@ class NamespacedSystemd:
             user = ""
         except KeyError:  # the unit's user is made by the package; stand in with nobody
             user = "User=nobody\nGroup=nogroup\n"
-        (units / "drover.service.d" / "test.conf").write_text(DROP_IN.format(ns=IN_NS, user=user))
+        (units / "drover.service.d" / "test.conf").write_text(DROP_IN.format(ns=IN_NS, user=user) + extra)
         (self.payload / "drover.ini").write_text(ini_text)
         for path in [self.payload] + [p for p in self.payload.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
@@ -159,8 +161,8 @@ class NamespacedSystemd:
         inner.chmod(0o755)
         return inner
 
-    def start(self, ini_text):
-        inner = self.prepare(ini_text)
+    def start(self, ini_text, extra=""):
+        inner = self.prepare(ini_text, extra)
         root = cgroup2_mount()
         assert root is not None, "no cgroup2 hierarchy mounted: systemd needs one"
         self.cgroup = root / ("drover-test-%s" % uuid.uuid4().hex[:12])
@@ -282,3 +284,23 @@ def test_a_job_runs_under_the_unit(systemd_ns):
     assert res.returncode == 0, res.stdout + res.stderr
     assert ns.show("ActiveState") == "inactive" and ns.show("Result") == "success", ns.output()
     assert "stopped" in ns.output()
+
+
+def test_a_delegated_cgroup_stays_writable_in_the_sandbox(systemd_ns):
+    """Per-job cgroups (issue 10 item 6) will add Delegate=yes: the sandbox must not make the
+    delegated subtree read-only. The unit's user, in the service's own mount namespace, can make a
+    child cgroup in it, and none outside it."""
+    ns = systemd_ns.start("[supervisor]\nworkers = 1\n[jobs]\nhandler = %s/bin/demo\n" % IN_NS,
+                          extra="Delegate=yes\n")
+    pid = ns.host_pid(int(ns.show("MainPID")))
+    user = pwd.getpwuid(int(h.proc_status_field(pid, "Uid")[0])).pw_name
+    group = h.proc_status_field(pid, "Gid")[0]
+
+    def mkdir_as_service(path):
+        return subprocess.run(["nsenter", "-t", str(pid), "-m", "setpriv", "--reuid", user, "--regid", group,
+                               "--clear-groups", "mkdir", path], capture_output=True, text=True, timeout=20)
+    own = "/sys/fs/cgroup%s/job-probe" % ns.show("ControlGroup")
+    res = mkdir_as_service(own)
+    assert res.returncode == 0, "%s: %s" % (own, res.stderr)
+    res = mkdir_as_service("/sys/fs/cgroup/outside-probe")
+    assert res.returncode != 0 and "Permission denied" in res.stderr, res
