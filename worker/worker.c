@@ -862,7 +862,7 @@ static void worker_set_title(const struct worker *w)
 {
 	char comm[16];
 	snprintf(comm, sizeof(comm), "drover-w%d", w->slot);
-	proctitle_set(comm, "worker %d (%s)", w->slot, w->cfg->backend == BACKEND_KAFKA ? "kafka" : "spool");
+	proctitle_set(comm, "worker %d (%s)", w->slot, config_backend_name(w->cfg->backend));
 }
 
 static void worker_teardown(struct worker *w)
