@@ -46,7 +46,7 @@ struct options {
 
 static void usage(FILE *out)
 {
-	fputs("usage: droverctl [-c FILE] [-s SOCKET] COMMAND\n"
+	fputs("usage: droverctl [-c FILE] [-s SOCKET] COMMAND [ARG]\n"
 	      "control (through the daemon's socket):\n"
 	      "  status          workers and their running jobs, as a table\n"
 	      "  stats           statistics as JSON\n"
@@ -63,6 +63,8 @@ static void usage(FILE *out)
 	      "options:\n"
 	      "  -c FILE         configuration (default " CONFIG_DEFAULT_FILE ")\n"
 	      "  -s SOCKET       control socket (default: [supervisor] control_socket)\n"
+	      "  -V, --version   print the version and exit\n"
+	      "  -h, --help      print this help and exit\n"
 	      "exit codes: 0 ok, 1 failed, 64 usage, 69 cannot reach the daemon or the queue,\n"
 	      "  78 the configuration has errors (only commands that need it)\n",
 	      out);
@@ -615,6 +617,7 @@ static bool valid_argument(const char *name, const char *arg)
 	return true;
 }
 
+/* One line and a hint, never the whole help: the error stays on the screen. */
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
 {
@@ -624,17 +627,32 @@ static int usage_error(const char *fmt, ...)
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
-	usage(stderr);
+	fputs("; try 'droverctl --help'\n", stderr);
 	return EX_USAGE;
+}
+
+/* The option getopt refused, as the user typed it ("-x", "--frob"). */
+static int refuse_option(char **argv, int opt_char, bool missing_argument)
+{
+	char shown[3] = { '-', (char)opt_char, '\0' };
+	const char *name = opt_char != 0 ? shown : argv[optind - 1];
+	if (missing_argument)
+		return usage_error("missing argument for option %s", name);
+	return usage_error("unknown option %s", name);
 }
 
 int main(int argc, char **argv)
 {
 	log_init("droverctl", LOG_LEVEL_WARN, LOG_FORMAT_TEXT);
 	struct options opts = { 0 };
+	static const struct option long_options[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
 	int opt;
-	while ((opt = getopt(argc, argv, "+c:s:hV")) != -1) {
+	opterr = 0; /* the messages are ours: one line and a hint */
+	while ((opt = getopt_long(argc, argv, "+:c:s:hV", long_options, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
 			opts.config_path = optarg;
@@ -648,9 +666,10 @@ int main(int argc, char **argv)
 		case 'V':
 			printf("droverctl %s\n", DROVER_VERSION);
 			return EX_OK;
+		case ':':
+			return refuse_option(argv, optopt, true);
 		default:
-			usage(stderr);
-			return EX_USAGE;
+			return refuse_option(argv, optopt, false);
 		}
 	}
 	if (optind >= argc)
@@ -658,7 +677,7 @@ int main(int argc, char **argv)
 	const char *name = argv[optind];
 	const struct command *cmd = find_command(name);
 	if (cmd == NULL)
-		return usage_error("unknown command: %s", name);
+		return usage_error("unknown command %s", name);
 	int nargs = argc - optind - 1;
 	if (nargs < cmd->min_args || nargs > cmd->max_args)
 		return usage_error("wrong number of arguments for %s", name);

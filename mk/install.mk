@@ -4,6 +4,9 @@
 #   make install PREFIX=/usr          -> /usr/..., configuration in /etc/drover
 #   make install DESTDIR=/tmp/stage   -> the same under a staging root (packages)
 #
+# droverctl's bash completion goes to $(PREFIX)/share/bash-completion/completions,
+# where bash-completion looks (XDG_DATA_DIRS: /usr/local/share, /usr/share).
+#
 # The configuration is a reference file meant to be edited, so a plain
 # `make install` never overwrites an existing one; a staged install (DESTDIR)
 # always writes it. Its handler path is rewritten when the handlers do not
@@ -17,6 +20,7 @@ MANDIR     ?= $(PREFIX)/share/man
 DATADIR    ?= $(PREFIX)/share
 MONITORING := packaging/monitoring/drover-dashboard.json packaging/monitoring/drover-alerts.yml \
               packaging/monitoring/drover-alerts.test.yml
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 HANDLERDIR := $(LIBDIR)/drover/handlers
 CONF_DEST  := $(DESTDIR)$(SYSCONFDIR)/drover/drover.ini
@@ -24,9 +28,9 @@ CONF_DEST  := $(DESTDIR)$(SYSCONFDIR)/drover/drover.ini
 MAN8 := packaging/man/drover.8 packaging/man/droverctl.8
 MAN5 := packaging/man/drover.ini.5
 
-.PHONY: install install-programs install-config install-man install-monitoring uninstall
+.PHONY: install install-programs install-config install-man install-monitoring install-completion uninstall
 
-install: install-programs install-config install-man install-monitoring
+install: install-programs install-config install-man install-monitoring install-completion
 
 install-programs: $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(HANDLERDIR)
@@ -54,10 +58,15 @@ install-monitoring: $(MONITORING)
 	install -d $(DESTDIR)$(DATADIR)/drover/monitoring
 	install -m 0644 $(MONITORING) $(DESTDIR)$(DATADIR)/drover/monitoring/
 
+install-completion: packaging/bash-completion/droverctl
+	install -d $(DESTDIR)$(BASHCOMPDIR)
+	install -m 0644 packaging/bash-completion/droverctl $(DESTDIR)$(BASHCOMPDIR)/droverctl
+
 # Leaves the configuration: it may hold local changes.
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/drover $(DESTDIR)$(BINDIR)/droverctl $(DESTDIR)$(HANDLERDIR)/demo
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8))) $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5)))
 	rm -f $(addprefix $(DESTDIR)$(DATADIR)/drover/monitoring/,$(notdir $(MONITORING)))
 	-rmdir $(DESTDIR)$(DATADIR)/drover/monitoring $(DESTDIR)$(DATADIR)/drover 2>/dev/null
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/droverctl
 	-rmdir $(DESTDIR)$(HANDLERDIR) $(DESTDIR)$(LIBDIR)/drover 2>/dev/null

@@ -10,6 +10,7 @@
 #include "supervisor/control.h"
 #include "supervisor/http.h"
 #include "shared/log.h"
+#include "shared/proctitle.h"
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
 #include "shared/scoreboard.h"
@@ -42,21 +43,49 @@ struct options {
 	bool daemonize;
 };
 
-static void usage(void)
+static void help(void)
 {
-	fprintf(stderr, "usage: drover [-c FILE] [-t] [-d] [-V] [--print-options]\n");
+	printf("usage: drover [-c FILE] [-t] [-d] [-V] [-h] [--print-options]\n"
+	       "Runs a pool of worker processes that take jobs from a queue and run a handler\n"
+	       "program for each (see drover(8), drover.ini(5)).\n"
+	       "  -c FILE          configuration file (default %s)\n"
+	       "  -t               check the configuration, print whether it is ok, and exit\n"
+	       "  -d               run in the background (for init scripts)\n"
+	       "  -V, --version    print the version and exit\n"
+	       "  -h, --help       print this help and exit\n"
+	       "  --print-options  print every option with its default and environment names\n"
+	       "exit codes: 0 ok, 64 usage, 69 cannot start, 70 internal error, 78 configuration\n",
+	       CONFIG_DEFAULT_FILE);
+	exit(0);
+}
+
+/* One line and a hint, never the whole help: the error stays on the screen. */
+static void usage_error(const char *what, const char *name)
+{
+	fprintf(stderr, "drover: %s %s; try 'drover --help'\n", what, name);
 	exit(EX_USAGE);
+}
+
+/* The option getopt refused, as the user typed it ("-x", "--frob"). */
+static void refuse_option(char **argv, int opt_char, bool missing_argument)
+{
+	char shown[3] = { '-', (char)opt_char, '\0' };
+	const char *name = opt_char != 0 ? shown : argv[optind - 1];
+	usage_error(missing_argument ? "missing argument for option" : "unknown option", name);
 }
 
 static void parse_options(int argc, char **argv, struct options *opts)
 {
 	static const struct option long_options[] = {
 		{ "print-options", no_argument, NULL, 'P' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 	opts->config_path = CONFIG_DEFAULT_FILE;
-	while ((c = getopt_long(argc, argv, "c:tdVh", long_options, NULL)) != -1) {
+	opterr = 0; /* the messages are ours: one line and a hint */
+	while ((c = getopt_long(argc, argv, ":c:tdVh", long_options, NULL)) != -1) {
 		switch (c) {
 		case 'P':
 			config_print_reference(stdout);
@@ -67,11 +96,13 @@ static void parse_options(int argc, char **argv, struct options *opts)
 		case 'V':
 			printf("drover %s\n", DROVER_VERSION);
 			exit(EX_OK);
-		default: usage();
+		case 'h': help(); break;
+		case ':': refuse_option(argv, optopt, true); break;
+		default: refuse_option(argv, optopt, false); break;
 		}
 	}
 	if (optind != argc)
-		usage();
+		usage_error("unexpected argument", argv[optind]);
 }
 
 static struct config *load_or_exit(const char *path, bool test_only)
@@ -188,6 +219,46 @@ static void pidfile_write(int fd, const char *path)
 	int len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
 	if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || write_all(fd, buf, (size_t)len) < 0)
 		log_fatal(EX_UNAVAILABLE, "cannot write pid file %s", path);
+}
+
+/* ---- log file ---------------------------------------------------------------- */
+
+static bool log_is_file(const char *path)
+{
+	return path[0] != '\0' && strcmp(path, "-") != 0;
+}
+
+static bool path_exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+/*
+ * A log file that drover created as root, before the privilege drop, gets
+ * what logrotate's `create 0640 drover adm` gives the next one: the user
+ * drover runs as, the group of its directory (adm for /var/log/drover as the
+ * package makes it) and mode 0640. Else it would stay root's, and drover
+ * could not reopen it by name after a rotation that missed its create step.
+ */
+static void give_new_log_file(const char *path, const struct identity *id)
+{
+	char dir[PATH_MAX];
+	struct stat st;
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
+	if (stat(dir, &st) < 0) {
+		log_warn("log file %s: cannot stat its directory", path);
+		return;
+	}
+	if (fchown(log_fd(), id->uid, st.st_gid) < 0 || fchmod(log_fd(), 0640) < 0)
+		log_warn("cannot give log file %s to user %s", path, id->name);
 }
 
 /* ---- daemon and privileges -------------------------------------------------- */
@@ -313,14 +384,22 @@ int main(int argc, char **argv)
 	struct options opts = { 0 };
 	char err[512];
 
+	/* Before the environment moves to the heap: the secrets are wiped where
+	 * /proc/PID/environ shows them (protect_secrets reports a failure). */
+	(void)config_hide_secrets();
+	if (proctitle_init(argc, argv) < 0)
+		fprintf(stderr, "drover: out of memory at start: the process title stays\n");
 	log_init("supervisor", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
 	parse_options(argc, argv, &opts);
 	const char *config_path = absolute_config_path(opts.config_path);
 	struct config *cfg = load_or_exit(opts.test_only ? opts.config_path : config_path, opts.test_only);
 
+	/* comm stays "drover": start-stop-daemon --name and pidof look for it. */
+	proctitle_set(NULL, "supervisor");
 	protect_secrets();
 	log_set_level(cfg->log_level);
 	log_set_format(cfg->log_format);
+	bool new_log_file = log_is_file(cfg->log_file) && !path_exists(cfg->log_file);
 	if (log_open(cfg->log_file) < 0)
 		log_fatal(EX_UNAVAILABLE, "cannot open log file %s", cfg->log_file);
 	char notify_err[160];
@@ -337,6 +416,8 @@ int main(int argc, char **argv)
 	sup.loop = EV_DEFAULT;
 
 	struct identity id = resolve_identity(cfg);
+	if (new_log_file && id.drop)
+		give_new_log_file(cfg->log_file, &id);
 	char *pid_path = strdup(cfg->pid_file); /* a reload must not move it */
 	int pid_fd = pidfile_lock(cfg->pid_file, &id);
 	make_parent_dir(cfg->control_socket, &id);

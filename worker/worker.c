@@ -11,6 +11,7 @@
 #include "worker/worker.h"
 #include "queue/events.h"
 #include "shared/log.h"
+#include "shared/proctitle.h"
 #include "shared/orphans.h"
 #include "worker/runner.h"
 #include "queue/source.h"
@@ -894,6 +895,14 @@ static void worker_adopt_orphans(struct worker *w)
 		log_warn("worker %d: cannot open its list of child processes", w->slot);
 }
 
+/* `ps` shows "drover: worker 2 (spool)", `ps -e` and `top` "drover-w2". */
+static void worker_set_title(const struct worker *w)
+{
+	char comm[16];
+	snprintf(comm, sizeof(comm), "drover-w%d", w->slot);
+	proctitle_set(comm, "worker %d (%s)", w->slot, config_backend_name(w->cfg->backend));
+}
+
 static void worker_teardown(struct worker *w)
 {
 	if (w->source != NULL && w->ops != NULL)
@@ -920,6 +929,7 @@ int worker_main(const struct worker_params *params)
 
 	snprintf(name, sizeof(name), "worker %d", params->slot);
 	log_set_name(name);
+	worker_set_title(&w);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
 		return EX_SOFTWARE;

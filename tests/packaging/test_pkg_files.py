@@ -86,11 +86,14 @@ def test_ini_man_page_lists_no_removed_option(option_reference):
 
 def test_drover_man_page_lists_the_options_of_usage():
     page = (h.PACKAGING / "man" / "drover.8").read_text()
-    usage = subprocess.run([str(h.DROVER), "-h"], capture_output=True, text=True).stderr
+    usage = subprocess.run([str(h.DROVER), "--help"], capture_output=True, text=True).stdout
     flags = re.findall(r"\[-([a-zA-Z])", usage)
-    assert flags, "drover -h printed no usage: %r" % usage
+    assert flags, "drover --help printed no usage: %r" % usage
     for flag in flags:
-        assert re.search(r"^\.BI? \\-%s\b" % flag, page, flags=re.M), "drover(8) lacks -%s" % flag
+        assert re.search(r"^\.B[IR]? \\-%s\b" % flag, page, flags=re.M), "drover(8) lacks -%s" % flag
+    for long_option in re.findall(r"\[--([a-z-]+)\]", usage) + ["help", "version"]:
+        roff = long_option.replace("-", r"\\-")
+        assert re.search(r"^\.B[IR]? .*\\-\\-%s\b" % roff, page, flags=re.M), "drover(8) lacks --%s" % long_option
 
 
 def unit_settings():

@@ -24,6 +24,7 @@ def expected_files(prefix, etc):
         "%s/share/drover/monitoring/drover-dashboard.json" % prefix: 0o644,
         "%s/share/drover/monitoring/drover-alerts.yml" % prefix: 0o644,
         "%s/share/drover/monitoring/drover-alerts.test.yml" % prefix: 0o644,
+        "%s/share/bash-completion/completions/droverctl" % prefix: 0o644,
     }
 
 

@@ -2,7 +2,8 @@
 The Debian package, on this machine (it runs last: it installs, starts,
 stops and purges a system package, and restores the system on failure):
 
-  make deb -> lintian -> dpkg -i -> service drover start -> droverctl submit
+  make deb -> lintian -> dpkg -i (README and examples in /usr/share/doc/drover,
+  bash completion) -> service drover start -> droverctl submit
   -> the demo handler's job completes -> logrotate + USR1 -> service drover
   reload / stop -> dpkg -r keeps configuration and spool -> dpkg --purge
   leaves nothing behind (the drover user stays, as Debian policy says).
@@ -135,13 +136,21 @@ def test_install_run_remove_purge(deb, clean_system):
     user = pwd.getpwnam("drover")
     assert user.pw_uid < 1000 and user.pw_dir == "/var/lib/drover" and user.pw_shell == "/usr/sbin/nologin"
     for d, owner, group, mode in (("/var/lib/drover/spool", "drover", "drover", 0o750),
-                                  ("/var/log/drover", "drover", "adm", 0o750)):
+                                  ("/var/log/drover", "drover", "adm", 0o2750)):
         st = os.stat(d)
         assert (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)) \
-            == (owner, group, mode), d
+            == (owner, group, mode), d  # /var/log/drover is setgid: new log files get group adm
     conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", "drover"]).stdout
     for conffile in ("/etc/drover/drover.ini", "/etc/default/drover", "/etc/init.d/drover", "/etc/logrotate.d/drover"):
         assert conffile in conffiles, conffile
+
+    # documentation, examples and the shell completion.
+    doc = Path("/usr/share/doc/drover")
+    assert (doc / "README.md").exists() or (doc / "README.md.gz").exists(), sorted(os.listdir(doc))
+    for example in ("drover.ini", "run.ini", "handlers/demo.c"):
+        assert (doc / "examples" / example).exists(), "examples/%s: %s" % (example, sorted(os.listdir(doc)))
+    completion = Path("/usr/share/bash-completion/completions/droverctl")
+    assert completion.read_bytes() == (h.PACKAGING / "bash-completion" / "droverctl").read_bytes()
 
     assert shutil.which("systemd-analyze"), "systemd-analyze is not installed (make deps installs it)"
     res = run(["systemd-analyze", "verify", "/lib/systemd/system/drover.service"], check=False)
@@ -154,6 +163,11 @@ def test_install_run_remove_purge(deb, clean_system):
     pid = h.read_pid_file("/run/drover/drover.pid")
     assert pid and system_drovers() and pid in system_drovers()
     assert h.proc_status_field(pid, "Uid")[0] == str(user.pw_uid), "drover must run as the drover user"
+    # the init script starts drover as drover; the log file it creates in the setgid
+    # /var/log/drover has the owner, group and mode logrotate's `create 0640 drover adm` gives.
+    st = os.stat("/var/log/drover/drover.log")
+    assert (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)) \
+        == ("drover", "adm", 0o640), "/var/log/drover/drover.log"
 
     ctl = ["/usr/bin/droverctl"]
     st = json.loads(run(ctl + ["stats"]).stdout)
