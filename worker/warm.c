@@ -334,11 +334,23 @@ static void job_unlink(struct warm_job *job)
 	p->job_count--;
 }
 
-/* Ends the job: the worker hears of it, the job is freed, the process may take the next one. */
-static void job_end(struct warm_job *job, enum runner_status status, const char *output, size_t output_len,
-                    const char *detail, bool no_retry)
+static struct warm_job *proc_pop_job(struct hproc *p)
 {
-	struct hproc *p = job->proc;
+	struct warm_job *job = p->jobs;
+	if (job == NULL)
+		return NULL;
+	p->jobs = job->next;
+	if (p->jobs != NULL)
+		p->jobs->prev = NULL;
+	job->next = job->prev = NULL;
+	p->job_count--;
+	return job;
+}
+
+/* Ends a job already unlinked from p: the worker hears of it, the job is freed, p may take the next one. */
+static void job_finish(struct hproc *p, struct warm_job *job, enum runner_status status, const char *output,
+                       size_t output_len, const char *detail, bool no_retry)
+{
 	struct warm_pool *pool = p->pool;
 	struct runner_result result;
 
@@ -352,7 +364,6 @@ static void job_end(struct warm_job *job, enum runner_status status, const char 
 	result.no_retry = no_retry;
 
 	ev_timer_stop(pool->loop, &job->timer);
-	job_unlink(job);
 	if (status != RUNNER_HANDLER_LOST && status != RUNNER_KILLED) {
 		p->served++; /* it answered: not a crash loop */
 		pool_publish(pool);
@@ -367,6 +378,14 @@ static void job_end(struct warm_job *job, enum runner_status status, const char 
 	pool->cb.done(arg, &result);
 	if (p->job_count == 0 && !p->stdin_closed && (p->place < 0 || pool->stopping) && !p->killed)
 		proc_close_stdin(p);
+}
+
+static void job_end(struct warm_job *job, enum runner_status status, const char *output, size_t output_len,
+                    const char *detail, bool no_retry)
+{
+	struct hproc *p = job->proc;
+	job_unlink(job);
+	job_finish(p, job, status, output, output_len, detail, no_retry);
 }
 
 static struct warm_job *job_find(struct hproc *p, const char *id)
@@ -788,14 +807,14 @@ static void proc_end_jobs(struct hproc *p, const char *how)
 {
 	char detail[360];
 	snprintf(detail, sizeof(detail), "handler process %d %.280s while holding the job", (int)p->pid, how);
-	while (p->jobs != NULL) {
-		struct warm_job *job = p->jobs;
+	struct warm_job *job;
+	while ((job = proc_pop_job(p)) != NULL) {
 		if (p->release_jobs || job->revoked)
-			job_end(job, RUNNER_KILLED, NULL, 0, NULL, false);
+			job_finish(p, job, RUNNER_KILLED, NULL, 0, NULL, false);
 		else if (job->cancelled)
-			job_end(job, RUNNER_TIMEOUT, NULL, 0, NULL, false);
+			job_finish(p, job, RUNNER_TIMEOUT, NULL, 0, NULL, false);
 		else
-			job_end(job, RUNNER_HANDLER_LOST, NULL, 0, detail, false);
+			job_finish(p, job, RUNNER_HANDLER_LOST, NULL, 0, detail, false);
 	}
 }
 
@@ -890,10 +909,9 @@ void warm_pool_free(struct warm_pool *pool)
 		struct hproc *p = pool->procs;
 		pool->procs = p->next;
 		signal_group(p, SIGKILL);
-		while (p->jobs != NULL) {
-			struct warm_job *job = p->jobs;
+		struct warm_job *job;
+		while ((job = proc_pop_job(p)) != NULL) {
 			ev_timer_stop(pool->loop, &job->timer);
-			job_unlink(job);
 			free(job->id);
 			free(job);
 		}

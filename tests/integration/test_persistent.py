@@ -327,3 +327,19 @@ def test_kafka_offsets_only_after_outcomes(mock, drover, workdir):
     kh.assert_no_commit_ahead(m, m.bootstrap)
     pids = {doc["result"]["pid"] for _, doc in kh.outcome_docs(m.bootstrap, kh.COMPLETE)}
     assert len(pids) <= 2, "61 jobs served by the two workers' warm processes: %r" % pids
+
+
+def test_worker_killed_takes_its_handler_processes_with_it(drover):
+    d = drover(config=warm_config(max_concurrent=2))
+    grandchild = d.state / "gc.pid"
+    d.submit([{"id": "orphan-maker", "grandchild": str(grandchild), "hold_file": str(d.state / "never"),
+               "quick_after_first": True}])
+    d.wait_until(lambda: grandchild.exists() and grandchild.read_text(), 20, "the job's grandchild")
+    handler_pids = {h["pid"] for h in worker_stats(d)["handlers"]}
+    gc_pid = int(grandchild.read_text())
+    worker = worker_stats(d)["pid"]
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: all(process_gone(p) for p in handler_pids | {gc_pid}), 10,
+               "the dead worker's handler processes (busy and idle) and the grandchild to be gone")
+    done = all_complete(d, ["orphan-maker"])
+    assert done["orphan-maker"]["result"]["pid"] not in handler_pids, "retried in the new worker's processes"
