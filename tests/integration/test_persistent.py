@@ -343,3 +343,24 @@ def test_worker_killed_takes_its_handler_processes_with_it(drover):
                "the dead worker's handler processes (busy and idle) and the grandchild to be gone")
     done = all_complete(d, ["orphan-maker"])
     assert done["orphan-maker"]["result"]["pid"] not in handler_pids, "retried in the new worker's processes"
+
+
+def readme_example(lang):
+    """The code block of `lang` under README's "### Example handlers"."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Example handlers", 1)[1]
+    return section.split("```%s\n" % lang, 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("lang,interpreter", [("python", PYTHON), ("js", "/usr/bin/node")])
+def test_the_readme_example_handlers_work(drover, workdir, lang, interpreter):
+    if not os.path.exists(interpreter):
+        pytest.fail("%s is needed for the README's %s example" % (interpreter, lang))
+    script = Path(workdir) / ("example." + lang)
+    script.write_text(readme_example(lang))
+    d = drover(config=warm_config(max_concurrent=2, handler="%s %s" % (interpreter, script)))
+    jobs = [{"id": "ex%d" % i, "n": i} for i in range(4)]
+    done = all_complete(d, d.submit(jobs, record=False))
+    for job in jobs:
+        assert done[job["id"]]["result"] == {"echo": job}, done[job["id"]]
+    assert worker_stats(d)["handler_restarts"] == 0
