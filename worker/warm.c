@@ -67,6 +67,7 @@ struct hproc {
 	ev_timer timer;      /* start timeout, exit wait after stdin's end, or SIGKILL after SIGTERM */
 	char why[240];       /* why drover ended it; empty when it ended by itself */
 	bool killed, stdin_closed, release_jobs;
+	bool reaped;         /* its last answers are being read: it takes nothing more, is signalled no more */
 };
 
 struct place {
@@ -108,6 +109,8 @@ static const char *handler_name(const struct warm_pool *pool)
 
 static void signal_group(const struct hproc *p, int sig)
 {
+	if (p->reaped)
+		return; /* warm_pool_child_exited killed what was left of the group */
 	if (kill(-p->pid, sig) < 0 && errno != ESRCH)
 		log_warn("handler process %d: cannot send signal %d to its group", (int)p->pid, sig);
 }
@@ -191,7 +194,7 @@ static void proc_flush(struct hproc *p)
 		if (n < 0) {
 			int err = errno;
 			close_fd(p, &p->in_fd, &p->in_io);
-			if (!proc_exited(p))
+			if (!p->reaped && !proc_exited(p))
 				proc_kill(p, SIGKILL, "its stdin failed (%s)", strerror(err));
 			return;
 		}
@@ -585,7 +588,7 @@ static void out_cb(struct ev_loop *loop, ev_io *io, int revents)
 		return;
 	close_fd(p, &p->out_fd, &p->out_io);
 	/* EOF before the exit is seen: a process that closed its stdout can answer nothing. */
-	if (!p->killed && !proc_exited(p))
+	if (!p->killed && !p->reaped && !proc_exited(p))
 		proc_kill(p, SIGKILL, "closed its stdout");
 }
 
@@ -842,6 +845,7 @@ bool warm_pool_child_exited(struct warm_pool *pool, pid_t pid, int wait_status)
 	if (p == NULL)
 		return false;
 	signal_group(p, SIGKILL); /* what is left of its group: nothing of it outlives it */
+	p->reaped = true;
 	if (!p->killed)
 		proc_read_stdout(p, INT32_MAX); /* answers written just before it exited still count */
 	proc_read_stderr(p, INT32_MAX);
@@ -925,7 +929,8 @@ void warm_pool_free(struct warm_pool *pool)
 
 static bool proc_takes_jobs(const struct hproc *p)
 {
-	return p != NULL && p->state == HANDLER_READY && !p->killed && !p->stdin_closed;
+	return p != NULL && p->state == HANDLER_READY && !p->killed && !p->stdin_closed && !p->reaped &&
+	       p->in_fd >= 0;
 }
 
 int warm_pool_room(const struct warm_pool *pool)
