@@ -42,7 +42,7 @@ jobs = {}          # id -> threading.Event (cancel)
 jobs_lock = threading.Lock()
 threads = []
 ballast = []
-proc_record = {"pid": PID, "started": time.time(), "env": {k: v for k, v in os.environ.items()
+proc_record = {"pid": PID, "started": time.time(), "argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items()
                                                            if k.startswith("DROVER_")}}
 
 

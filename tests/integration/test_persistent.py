@@ -260,22 +260,32 @@ def test_reload_with_a_new_handler_fails_no_job(drover):
     first = ["a%d" % i for i in range(6)]
     d.submit([{"id": i, "sleep_ms": 400} for i in first])
     d.wait_until(lambda: job_records(d, "start"), 20, "jobs running")
-    old_pids = set(procs(d))
-    d.write_config({"jobs": {"handler": "%s %s --new" % (PYTHON, WARM_HANDLER), "env.WARM_TAG": "new"}})
+    d.write_config({"jobs": {"handler": "%s %s --new" % (PYTHON, WARM_HANDLER), "env.WARM_TAG": "new",
+                             "env.WARM_SETUP_MS": "1000"}})
     d.signal(signal.SIGHUP)
     second = ["b%d" % i for i in range(6)]
     d.submit([{"id": i, "sleep_ms": 100} for i in second])
     done = all_complete(d, first + second, timeout=60)
 
+    def new_pids():
+        return {pid for pid, r in procs(d).items() if r["argv"] == ["--new"]}
+
     def replaced():
-        s = d.stats()
-        hs = [h for w in s["workers"] for h in w.get("handlers", [])]
-        return len(hs) == 4 and not ({h["pid"] for h in hs} & old_pids)
+        hs = [h["pid"] for w in d.stats()["workers"] for h in w.get("handlers", [])]
+        return len(hs) == 4 and set(hs) <= new_pids()
     d.wait_until(replaced, 30, "every worker's handler processes to be new ones")
     d.submit([{"id": "after"}])
     after = all_complete(d, ["after"])["after"]
-    assert after["result"]["tag"] == "new" and after["result"]["pid"] not in old_pids, after
+    assert after["result"]["tag"] == "new" and after["result"]["pid"] in new_pids(), after
     assert all(doc["attempts"] == 1 for doc in done.values()), "nothing failed or retried during the reload"
+    # One worker at a time, the next only once the new one has a ready handler process.
+    new = [procs(d)[pid] for pid in new_pids()]
+    by_slot = {}
+    for r in sorted(new, key=lambda r: r["started"]):
+        by_slot.setdefault(r["env"]["DROVER_WORKER"], r)
+    first, second = sorted(by_slot.values(), key=lambda r: r["started"])
+    assert second["started"] >= first["ready"], "worker %s was replaced before worker %s's handler was ready" % (
+        second["env"]["DROVER_WORKER"], first["env"]["DROVER_WORKER"])
 
 
 def test_term_drain_finishes_jobs_in_flight_then_ends_the_processes(drover):
