@@ -374,3 +374,25 @@ def test_the_readme_example_handlers_work(drover, workdir, lang, interpreter):
     for job in jobs:
         assert done[job["id"]]["result"] == {"echo": job}, done[job["id"]]
     assert worker_stats(d)["handler_restarts"] == 0
+
+
+def test_result_limits_and_other_violations(drover):
+    d = drover(config=warm_config(max_concurrent=1, max_result_bytes=1000, max_attempts=2))
+    d.submit([{"id": "big", "result_bytes": 2000}])
+    done, failed = d.wait_outcomes(["big"], 20)
+    assert failed["big"]["error"]["reason"] == "result_too_large" and failed["big"]["attempts"] == 2, failed["big"]
+    assert worker_stats(d)["handler_protocol_errors"] == 0, "a result over max_result_bytes is no violation"
+
+    d.submit([{"id": "huge", "result_bytes": 70000}])  # beyond max_result_bytes + 65536: the frame itself
+    done, failed = d.wait_outcomes(["huge"], 20)
+    assert failed["huge"]["error"]["reason"] == "handler_lost", failed["huge"]
+    assert "a frame longer than 66536 bytes" in d.log_text()
+
+    d.submit([{"id": "stray", "stray_once": str(d.state / "stray")}, {"id": "twice", "double_answer": True}])
+    done = all_complete(d, ["stray", "twice"])
+    assert done["stray"]["attempts"] == 2, done["stray"]
+    assert done["twice"]["attempts"] == 1 and done["twice"]["result"]["id"] == "twice", done["twice"]
+    log = d.log_text()
+    assert "a frame for an id it does not hold: \"no-such-job\"" in log
+    assert "a frame for an id it does not hold: \"twice\"" in log, "an answer for a finished id is a violation"
+    assert worker_stats(d)["handler_protocol_errors"] == 4  # huge (2 attempts), stray, twice
