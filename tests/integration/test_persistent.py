@@ -9,6 +9,7 @@ drover did from the spool's outcome documents, stats and its log.
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -178,6 +179,12 @@ def test_garbage_on_stdout_kills_restarts_and_retries(drover):
     assert "protocol violation: not JSON" in log, log[-2000:]
     w = worker_stats(d)
     assert w["handler_protocol_errors"] == 1 and w["handler_restarts"] == 1, w
+    rc, metrics = d.ctl("metrics")
+    check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert 'drover_handler_processes_total{event="protocol_error"} 1' in metrics, metrics
+    assert 'drover_handler_processes_total{event="restarted"} 1' in metrics, metrics
     wait_until(lambda: process_gone(starts[0]["pid"]), 10, "the process that wrote garbage to be gone")
 
 
