@@ -403,3 +403,23 @@ def test_result_limits_and_other_violations(drover):
     assert "a frame for an id it does not hold: \"no-such-job\"" in log
     assert "a frame for an id it does not hold: \"twice\"" in log, "an answer for a finished id is a violation"
     assert worker_stats(d)["handler_protocol_errors"] == 4  # huge (2 attempts), stray, twice
+
+
+def test_quit_kills_the_processes_and_gives_their_jobs_back(drover):
+    d = drover(config=warm_config(max_concurrent=2))
+    d.submit([{"id": "q%d" % i, "hold_file": str(d.state / "never")} for i in range(2)])
+    d.wait_until(lambda: len(job_records(d, "start")) == 2, 20, "both jobs running")
+    pids = {h["pid"] for h in worker_stats(d)["handlers"]}
+    d.signal(signal.SIGQUIT)
+    assert d.wait_exit(20) == 0
+    wait_until(lambda: all(process_gone(p) for p in pids), 10, "the handler processes to be gone")
+    assert not d.complete() and not d.failed(), "killed jobs are no outcome"
+    assert len(d.spool_files("incoming")) == 2, \
+        "both jobs are back in the queue: %r %r" % (d.spool_files("incoming"), d.spool_files("processing"))
+
+
+def test_a_process_not_ready_in_time_is_killed_and_restarted(drover):
+    d = drover(config=warm_config(max_concurrent=1, handler_start_timeout_ms=300), env={"WARM_SETUP_MS": "5000"})
+    d.wait_until(lambda: worker_stats(d)["handler_restarts"] >= 1, 20, "a restart after the start timeout")
+    assert "did not say ready within 300 ms" in d.log_text()
+    assert not procs(d), "no process ever said ready"
