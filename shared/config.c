@@ -1464,6 +1464,11 @@ static void validate_jobs(struct loader *ld)
 	}
 	if (cfg->spool_dir[0] == '\0')
 		report_option(ld, "spool", "dir", "empty (allowed: a directory path)");
+	/* A jitter on no limit would silently do nothing: the operator meant a limit. */
+	if (cfg->handler_max_jobs_jitter > 0 && cfg->handler_max_jobs == 0 && is_valid(ld, "jobs", "handler_max_jobs") &&
+	    is_valid(ld, "jobs", "handler_max_jobs_jitter"))
+		report_option(ld, "jobs", "handler_max_jobs_jitter", "%d without handler_max_jobs (allowed: 0 while "
+			      "handler_max_jobs is 0)", cfg->handler_max_jobs_jitter);
 }
 
 static void validate_topic_names(struct loader *ld)

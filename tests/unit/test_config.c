@@ -611,6 +611,15 @@ Test(config, persistent_handler_keys)
 	config_free(cfg);
 }
 
+Test(config, a_recycling_jitter_needs_a_recycling_limit)
+{
+	const char *path = config_with("handler_mode = persistent\nhandler_max_jobs_jitter = 50\n");
+	expect_only_error(path, "%s:4: [jobs] handler_max_jobs_jitter: 50 without handler_max_jobs (allowed: 0 while "
+			  "handler_max_jobs is 0)", path);
+	struct config *cfg = load_ok(config_with("handler_max_jobs = 100\nhandler_max_jobs_jitter = 50\n"));
+	config_free(cfg);
+}
+
 Test(config, persistent_handler_keys_are_checked)
 {
 	const char *path = config_with("handler_mode = warm\nhandler_concurrency = 0\nhandler_max_rss_mb = -1\n");
