@@ -127,7 +127,8 @@ def test_timeout_cancel_honoured_keeps_the_process(drover):
 
 
 def test_timeout_cancel_ignored_kills_the_process_and_retries_its_siblings(drover):
-    d = drover(config=warm_config(max_concurrent=4, handler_concurrency=4, timeout_ms=4000, kill_grace_ms=1500,
+    # kill_grace_ms is the window in which the siblings must reach the process: wide, for a loaded machine.
+    d = drover(config=warm_config(max_concurrent=4, handler_concurrency=4, timeout_ms=4000, kill_grace_ms=3000,
                                   max_attempts=2))
     grandchild = d.state / "grandchild.pid"
     d.submit([{"id": "stubborn", "sleep_ms": 60000, "ignore_cancel": True, "grandchild": str(grandchild),
@@ -146,7 +147,7 @@ def test_timeout_cancel_ignored_kills_the_process_and_retries_its_siblings(drove
         assert done[i]["attempts"] == 2, done[i]
         assert done[i]["result"]["pid"] != first_pid, "the retry ran in the replacement process"
     log = d.log_text()
-    assert "job stubborn did not answer its cancel within 1500 ms" in log, log[-3000:]
+    assert "job stubborn did not answer its cancel within 3000 ms" in log, log[-3000:]
     for i in sib:
         assert "job %s: attempt 1 failed (handler process %d was killed by drover" % (i, first_pid) in log
     wait_until(lambda: process_gone(first_pid) and process_gone(gc_pid), 10,
