@@ -57,6 +57,17 @@ struct scoreboard_slot *scoreboard_slot(struct scoreboard *sb, int slot)
 	return &sb->slots[slot];
 }
 
+void scoreboard_publish_handlers_ready(struct scoreboard_slot *slot)
+{
+	__atomic_store_n(&slot->handlers_ready, 1, __ATOMIC_RELEASE);
+	scoreboard_wake_supervisor();
+}
+
+bool scoreboard_worker_ready(const struct scoreboard_slot *slot)
+{
+	return __atomic_load_n(&slot->ready, __ATOMIC_ACQUIRE) && __atomic_load_n(&slot->handlers_ready, __ATOMIC_ACQUIRE);
+}
+
 void scoreboard_write_begin(struct scoreboard_slot *slot)
 {
 	__atomic_add_fetch(&slot->seq, 1, __ATOMIC_ACQ_REL);
@@ -249,6 +260,9 @@ void scoreboard_counters_add(struct scoreboard_counters *into, const struct scor
 	into->duration_sum_s += from->duration_sum_s;
 	into->slow += from->slow;
 	into->at_capacity_ms += from->at_capacity_ms;
+	into->handler_restarts += from->handler_restarts;
+	into->handler_recycles += from->handler_recycles;
+	into->handler_protocol_errors += from->handler_protocol_errors;
 }
 
 void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int64_t oldest_ms)
@@ -258,4 +272,20 @@ void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int
 	slot->backlog_oldest_ms = oldest_ms;
 	slot->backlog_counted_ms = wall_ms();
 	scoreboard_write_end(slot);
+}
+
+const char *scoreboard_handler_state_name(int32_t state)
+{
+	switch (state) {
+	case HANDLER_STARTING:
+		return "starting";
+	case HANDLER_READY:
+		return "ready";
+	case HANDLER_RECYCLING:
+		return "recycling";
+	case HANDLER_STOPPING:
+		return "stopping";
+	default:
+		return "unknown";
+	}
 }

@@ -10,6 +10,7 @@
 #ifndef DROVER_SCOREBOARD_H
 #define DROVER_SCOREBOARD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -35,6 +36,15 @@ struct scoreboard_job {
 	char id[SCOREBOARD_ID_MAX];
 };
 
+/* A persistent handler process of the worker (handler_mode = persistent). */
+enum scoreboard_handler_state { HANDLER_STARTING = 1, HANDLER_READY, HANDLER_RECYCLING, HANDLER_STOPPING };
+
+struct scoreboard_handler {
+	int32_t pid;      /* also its process group */
+	int32_t state;    /* enum scoreboard_handler_state */
+	uint64_t jobs;    /* jobs it answered */
+};
+
 struct scoreboard_partition {
 	char topic[SCOREBOARD_TOPIC_MAX];
 	int32_t partition;
@@ -53,6 +63,9 @@ struct scoreboard_counters {
 	double duration_sum_s;
 	uint64_t slow;           /* attempts that ran past slow_job_ms */
 	uint64_t at_capacity_ms; /* time with every job slot of the worker taken */
+	uint64_t handler_restarts;        /* persistent handler processes started again after an abnormal end */
+	uint64_t handler_recycles;        /* retired after handler_max_jobs or handler_max_rss_mb */
+	uint64_t handler_protocol_errors; /* killed for a protocol violation */
 };
 
 struct scoreboard_slot {
@@ -63,6 +76,7 @@ struct scoreboard_slot {
 	int64_t heartbeat_ms; /* monotonic clock (now_ms) of the owner's last loop tick */
 	int32_t draining;
 	int32_t ready;       /* the source can take jobs (Kafka: after its first assignment in the group) */
+	int32_t handlers_ready; /* exec mode: at start; persistent: once a handler process said ready */
 	int32_t in_flight;
 	struct scoreboard_counters counters;
 	char fault[SCOREBOARD_FAULT_MAX]; /* pool fault (handler cannot start, queue down), "" = none */
@@ -73,6 +87,8 @@ struct scoreboard_slot {
 	int64_t backlog;            /* -1 = not counted */
 	int64_t backlog_oldest_ms;  /* wall clock mtime of the oldest waiting job, 0 = none waiting */
 	int64_t backlog_counted_ms; /* wall clock of the count, 0 = never */
+	int32_t handler_count;            /* persistent mode: the first entries of handlers[] in use */
+	struct scoreboard_handler handlers[CONFIG_MAX_CONCURRENT];
 };
 
 struct scoreboard;
@@ -92,6 +108,10 @@ void scoreboard_set_wake_fd(int fd);
 void scoreboard_wake_supervisor(void);
 /* Marks the owner's source ready to take jobs and wakes the supervisor. */
 void scoreboard_publish_ready(struct scoreboard_slot *slot);
+/* Marks that the owner can run a job (exec mode: at once; persistent: a handler process is ready). */
+void scoreboard_publish_handlers_ready(struct scoreboard_slot *slot);
+/* Whether the worker can take jobs: both its source and its handlers are ready. */
+bool scoreboard_worker_ready(const struct scoreboard_slot *slot);
 
 void scoreboard_write_begin(struct scoreboard_slot *slot);
 void scoreboard_write_end(struct scoreboard_slot *slot);
@@ -122,6 +142,8 @@ uint64_t scoreboard_delivery_key(const char *topic, int32_t partition, int64_t o
 void scoreboard_crash_record(struct scoreboard *sb, uint64_t delivery);
 /* Deaths recorded for delivery, 0 if none (or no scoreboard in this process). */
 int scoreboard_crash_deaths(uint64_t delivery);
+
+const char *scoreboard_handler_state_name(int32_t state);
 
 void scoreboard_record_duration(struct scoreboard_counters *counters, double seconds);
 void scoreboard_counters_add(struct scoreboard_counters *into, const struct scoreboard_counters *from);

@@ -229,13 +229,20 @@ static void slot_on_drain(struct slot *s)
 
 /* ---- reaping --------------------------------------------------------------- */
 
-/* A dead worker's jobs: their process groups (pool_sweep_orphans gets what left them). */
+/* A dead worker's jobs and handler processes: their groups (pool_sweep_orphans gets what left them). */
 static void pool_kill_handler_groups(const struct scoreboard_slot *copy)
 {
 	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
 		const struct scoreboard_job *job = &copy->jobs[i];
 		if (job->used && job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
 			log_info("killed handler group %d of job %.100s", (int)job->pgid, job->id);
+	}
+	/* Persistent handler processes, busy or idle: each leads its own group. */
+	int count = copy->handler_count < CONFIG_MAX_CONCURRENT ? copy->handler_count : CONFIG_MAX_CONCURRENT;
+	for (int i = 0; i < count; i++) {
+		pid_t pgid = copy->handlers[i].pid;
+		if (pgid > 0 && kill(-pgid, SIGKILL) == 0)
+			log_info("killed persistent handler group %d", (int)pgid);
 	}
 }
 
@@ -439,18 +446,22 @@ static void pool_wake_cb(struct ev_loop *loop, ev_io *io, int revents)
 static long long ready_timeout_ms(const struct config *cfg)
 {
 	const struct queue_ops *queue = queue_ops_for(cfg);
-	return (queue->ready_within_ms != NULL ? queue->ready_within_ms(cfg) : 0) + READY_MARGIN_MS;
+	long long within = queue->ready_within_ms != NULL ? queue->ready_within_ms(cfg) : 0;
+	/* A persistent-mode worker is ready once a handler process is too: allow it its start time. */
+	if (cfg->handler_mode == HANDLER_MODE_PERSISTENT && cfg->handler_start_timeout_ms > within)
+		within = cfg->handler_start_timeout_ms;
+	return within + READY_MARGIN_MS;
 }
 
 /* Clears awaiting_ready once the replacement's source is ready, or it took too long (logged). */
 static bool pool_slot_ready(struct slot *s, const struct scoreboard_slot *board, long long now)
 {
 	long long limit = ready_timeout_ms(s->pool->sup->cfg);
-	if (__atomic_load_n(&board->ready, __ATOMIC_ACQUIRE)) {
+	if (scoreboard_worker_ready(board)) {
 		s->awaiting_ready = false;
 	} else if (now - s->started_mono_ms > limit) {
-		log_warnx("worker %d not ready after %lld ms (no group assignment yet); replacing the next one anyway",
-		          s->index, limit);
+		log_warnx("worker %d not ready after %lld ms (no group assignment or ready handler process yet); "
+		          "replacing the next one anyway", s->index, limit);
 		s->awaiting_ready = false;
 	}
 	return !s->awaiting_ready;

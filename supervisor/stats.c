@@ -275,6 +275,34 @@ static json_t *kafka_of(const struct scoreboard_slot *live, bool *ok)
 	return kafka;
 }
 
+/* Persistent mode: the worker's handler processes and what happened to them. */
+static void put_handlers(json_t *w, const struct scoreboard_slot *live, bool *ok)
+{
+	json_t *handlers = json_array();
+	int count = live != NULL ? live->handler_count : 0;
+	if (count > CONFIG_MAX_CONCURRENT)
+		count = CONFIG_MAX_CONCURRENT;
+	for (int i = 0; i < count && handlers != NULL; i++) {
+		const struct scoreboard_handler *h = &live->handlers[i];
+		json_t *entry = json_object();
+		if (entry == NULL) {
+			*ok = false;
+			break;
+		}
+		put(entry, "pid", json_integer(h->pid), ok);
+		put(entry, "state", json_string(scoreboard_handler_state_name(h->state)), ok);
+		put(entry, "jobs", json_integer((json_int_t)h->jobs), ok);
+		append(handlers, entry, ok);
+	}
+	if (handlers == NULL)
+		*ok = false;
+	put(w, "handlers", handlers, ok);
+	const struct scoreboard_counters *c = live != NULL ? &live->counters : NULL;
+	put(w, "handler_restarts", json_integer(c != NULL ? (json_int_t)c->handler_restarts : 0), ok);
+	put(w, "handler_recycles", json_integer(c != NULL ? (json_int_t)c->handler_recycles : 0), ok);
+	put(w, "handler_protocol_errors", json_integer(c != NULL ? (json_int_t)c->handler_protocol_errors : 0), ok);
+}
+
 struct json_ctx {
 	const struct supervisor *sup;
 	json_t *workers;
@@ -300,7 +328,7 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 		long long left = view->backoff_until_ms - ctx->wall_now;
 		put(w, "backoff_ms", json_integer(left > 0 ? left : 0), ok);
 	}
-	put(w, "ready", json_boolean(live != NULL && live->ready), ok);
+	put(w, "ready", json_boolean(live != NULL && scoreboard_worker_ready(live)), ok);
 	put(w, "in_flight", json_integer(live != NULL ? live->in_flight : 0), ok);
 	put(w, "completed", json_integer(live != NULL ? (json_int_t)live->counters.completed : 0), ok);
 	put(w, "failed", json_integer(live != NULL ? (json_int_t)live->counters.failed : 0), ok);
@@ -316,6 +344,8 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 	                      : failed       ? json_string("config")
 	                                     : json_null(), ok);
 	put(w, "jobs", jobs_of(live, ok), ok);
+	if (ctx->sup->cfg != NULL && ctx->sup->cfg->handler_mode == HANDLER_MODE_PERSISTENT)
+		put_handlers(w, live, ok);
 	if (ctx->sup->cfg != NULL && queue_ops_for(ctx->sup->cfg)->has_partitions)
 		put(w, "kafka", kafka_of(live, ok), ok);
 	append(ctx->workers, w, ok);
@@ -743,6 +773,14 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 	fprintf(out, "drover_jobs_in_flight %lld\n", t->in_flight);
 	write_header(out, "drover_jobs_lost_total", "counter", "In-flight jobs of workers that died (they run again).");
 	fprintf(out, "drover_jobs_lost_total %" PRIu64 "\n", sup->jobs_lost);
+	if (sup->cfg != NULL && sup->cfg->handler_mode == HANDLER_MODE_PERSISTENT) {
+		write_header(out, "drover_handler_processes_total", "counter",
+			     "Persistent handler processes restarted, recycled, killed for a protocol violation.");
+		fprintf(out, "drover_handler_processes_total{event=\"restarted\"} %" PRIu64 "\n", c->handler_restarts);
+		fprintf(out, "drover_handler_processes_total{event=\"recycled\"} %" PRIu64 "\n", c->handler_recycles);
+		fprintf(out, "drover_handler_processes_total{event=\"protocol_error\"} %" PRIu64 "\n",
+			c->handler_protocol_errors);
+	}
 	write_histogram(out, c);
 	write_saturation(out, sup, t);
 	write_header(out, "drover_reloads_total", "counter", "Configuration reloads applied.");

@@ -110,6 +110,7 @@ static void setup(void)
 	scoreboard_write_begin(board);
 	board->pid = getpid();
 	board->ready = 1;
+	board->handlers_ready = 1; /* an exec-mode worker: ready once its source is */
 	board->heartbeat_ms = now_ms();
 	board->counters.started = 7;
 	board->counters.completed = 5;
@@ -237,6 +238,41 @@ Test(control, stats_has_the_pool_and_every_slot, .init = setup, .fini = teardown
 	json_int_t left = json_integer_value(json_object_get(w2, "backoff_ms"));
 	cr_assert(left > 0 && left <= 60000, "backoff_ms %lld", (long long)left);
 	json_decref(root);
+}
+
+Test(control, stats_show_persistent_handler_processes, .init = setup, .fini = teardown)
+{
+	struct scoreboard_slot *board = scoreboard_slot(sup.scoreboard, 0);
+	cfg.handler_mode = HANDLER_MODE_PERSISTENT;
+	scoreboard_write_begin(board);
+	board->handlers_ready = 0;
+	board->handler_count = 2;
+	board->handlers[0] = (struct scoreboard_handler){ .pid = 4242, .state = HANDLER_READY, .jobs = 17 };
+	board->handlers[1] = (struct scoreboard_handler){ .pid = 4243, .state = HANDLER_RECYCLING, .jobs = 100 };
+	board->counters.handler_restarts = 2;
+	board->counters.handler_recycles = 1;
+	board->counters.handler_protocol_errors = 1;
+	scoreboard_write_end(board);
+
+	json_t *root = stats_object();
+	json_t *w0 = json_array_get(json_object_get(root, "workers"), 0);
+	cr_assert(json_is_false(json_object_get(w0, "ready")), "no handler process ready yet: the worker is not");
+	json_t *handlers = json_object_get(w0, "handlers");
+	cr_assert_eq(json_array_size(handlers), 2);
+	json_t *h1 = json_array_get(handlers, 1);
+	cr_assert_eq(json_integer_value(json_object_get(h1, "pid")), 4243);
+	cr_assert_str_eq(json_string_value(json_object_get(h1, "state")), "recycling");
+	cr_assert_eq(json_integer_value(json_object_get(h1, "jobs")), 100);
+	cr_assert_eq(json_integer_value(json_object_get(w0, "handler_restarts")), 2);
+	cr_assert_eq(json_integer_value(json_object_get(w0, "handler_recycles")), 1);
+	cr_assert_eq(json_integer_value(json_object_get(w0, "handler_protocol_errors")), 1);
+	json_decref(root);
+
+	char *text = run("metrics\n");
+	cr_assert_not_null(strstr(text, "drover_handler_processes_total{event=\"restarted\"} 2\n"), "%s", text);
+	cr_assert_not_null(strstr(text, "drover_handler_processes_total{event=\"protocol_error\"} 1\n"), "%s", text);
+	free(text);
+	cfg.handler_mode = HANDLER_MODE_EXEC;
 }
 
 Test(control, metrics_count_slots_by_state_and_jobs_by_outcome, .init = setup, .fini = teardown)
