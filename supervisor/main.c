@@ -3,8 +3,11 @@
  * give up: it checks the configuration (-t), takes the pid file lock and the
  * control socket (never clobbering a live instance), daemonizes (-d), drops
  * privileges, prepares the queue, maps the scoreboard, and hands over to
- * supervisor_run. Exit codes follow sysexits(3): 64 usage, 78 configuration,
- * 69 cannot start, 70 internal error.
+ * supervisor_run. After a binary upgrade (upgrade.h) the same start takes
+ * over what the old image handed over instead of creating it: the pid file
+ * and its lock, the control socket, the scoreboard and the workers. Exit
+ * codes follow sysexits(3): 64 usage, 78 configuration, 69 cannot start,
+ * 70 internal error.
  */
 #include "shared/config.h"
 #include "supervisor/control.h"
@@ -14,6 +17,7 @@
 #include "shared/scoreboard.h"
 #include "queue/source.h"
 #include "supervisor/supervisor.h"
+#include "supervisor/upgrade.h"
 #include "shared/util.h"
 
 #include <errno.h>
@@ -76,8 +80,24 @@ static void parse_options(int argc, char **argv, struct options *opts)
 		usage();
 }
 
+/*
+ * Under an upgrade's check (-t with UPGRADE_LAYOUT_ENV): a binary whose
+ * scoreboard differs from the running one's cannot adopt its workers.
+ */
+static void check_upgrade_layout(void)
+{
+	const char *running = getenv(UPGRADE_LAYOUT_ENV);
+	if (running == NULL || strtoul(running, NULL, 10) == scoreboard_layout())
+		return;
+	fprintf(stderr, "drover: this binary's scoreboard layout (%u) differs from the running drover's (%s): "
+	        "upgrade by stop and start instead\n", scoreboard_layout(), running);
+	exit(EXIT_CONFIG);
+}
+
 static struct config *load_or_exit(const char *path, bool test_only)
 {
+	if (test_only)
+		check_upgrade_layout();
 	struct config_errors errors = { 0 };
 	struct config *cfg = queue_config_load(path, &errors);
 	if (cfg == NULL) {
@@ -310,12 +330,64 @@ static const char *absolute_config_path(const char *path)
 	return resolved;
 }
 
+/* ---- after a binary upgrade ------------------------------------------------- */
+
+/* The pid file the old image locked: the lock lives on in the open file it hands over. */
+static char *adopted_pid_path(int fd)
+{
+	char link[64], path[PATH_MAX];
+	if (fd < 0)
+		return strdup("");
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, path, sizeof(path) - 1);
+	if (n <= 0 || fd_set_cloexec(fd) < 0)
+		log_fatal(EXIT_SOFTWARE, "handed-over pid file fd %d", fd);
+	path[n] = '\0';
+	return strdup(path);
+}
+
+static void adopt_handover(struct supervisor *sup, const struct handover *h)
+{
+	char err[512];
+	sup->control = control_adopt(sup, h->control_fd, err, sizeof(err));
+	if (sup->control == NULL)
+		log_fatalx(EXIT_SOFTWARE, "upgrade: %s", err);
+	sup->scoreboard = scoreboard_attach(h->scoreboard_fd);
+	if (sup->scoreboard == NULL)
+		log_fatal(EXIT_SOFTWARE, "upgrade: cannot map the handed-over scoreboard");
+	const struct scoreboard_carry *carry = scoreboard_carry(sup->scoreboard);
+	sup->retired = carry->retired;
+	sup->jobs_lost = carry->jobs_lost;
+	sup->restarts_retired = carry->restarts_retired;
+	/* A generation newer than every adopted worker's: the rolling replacement swaps them all. */
+	sup->generation = h->generation + 1;
+	sup->started_ms = h->started_ms;
+	log_info("upgraded to drover %s (%s): adopting %d worker(s)", DROVER_VERSION, upgrade_binary(), h->slot_count);
+}
+
+/* The pid file, the control socket and the privilege drop of a fresh start. */
+static void start_fresh(struct supervisor *sup, const struct config *cfg, bool daemonize_it)
+{
+	char err[512];
+	struct identity id = resolve_identity(cfg);
+	sup->pid_fd = pidfile_lock(cfg->pid_file, &id);
+	make_parent_dir(cfg->control_socket, &id);
+	sup->control = control_open(sup, cfg->control_socket, cfg->control_socket_mode,
+	                            id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
+	if (sup->control == NULL)
+		log_fatalx(EXIT_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
+	if (daemonize_it)
+		daemonize();
+	drop_privileges(&id);
+}
+
 int main(int argc, char **argv)
 {
 	struct options opts = { 0 };
-	char err[512];
+	struct handover handover;
 
 	log_init("supervisor", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+	bool upgraded = upgrade_init(&handover);
 	parse_options(argc, argv, &opts);
 	const char *config_path = absolute_config_path(opts.config_path);
 	struct config *cfg = load_or_exit(opts.test_only ? opts.config_path : config_path, opts.test_only);
@@ -336,43 +408,45 @@ int main(int argc, char **argv)
 	sup.generation = 1;
 	sup.started_ms = wall_ms();
 	sup.loop = EV_DEFAULT;
+	sup.pid_fd = -1;
 
-	struct identity id = resolve_identity(cfg);
-	char *pid_path = strdup(cfg->pid_file); /* a reload must not move it */
-	int pid_fd = pidfile_lock(cfg->pid_file, &id);
-	make_parent_dir(cfg->control_socket, &id);
-	sup.control = control_open(&sup, cfg->control_socket, cfg->control_socket_mode,
-	                           id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
-	if (sup.control == NULL)
-		log_fatalx(EXIT_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
-	if (opts.daemonize)
-		daemonize();
-	drop_privileges(&id);
+	char *pid_path;
+	if (upgraded) {
+		/* Already the drover user when it dropped privileges: nothing to drop again. */
+		sup.pid_fd = handover.pid_fd;
+		pid_path = adopted_pid_path(handover.pid_fd);
+		adopt_handover(&sup, &handover);
+	} else {
+		pid_path = strdup(cfg->pid_file); /* a reload must not move it */
+		start_fresh(&sup, cfg, opts.daemonize);
+	}
 	protect_secrets();
 	prepare_queue(cfg);
 
-	sup.scoreboard = scoreboard_create();
+	if (!upgraded)
+		sup.scoreboard = scoreboard_create();
 	if (sup.scoreboard == NULL)
 		log_fatal(EXIT_SOFTWARE, "cannot map the scoreboard");
-	/* Orphaned handler processes of a dead worker come back to us to be reaped. */
+	/* Orphaned handler processes of a dead worker come back to us to be reaped. The flag
+	 * survives exec (prctl(2)); set again after an upgrade all the same. */
 	if (getpid() != 1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		log_warn("cannot become a child subreaper");
-	sup.pool = pool_create(&sup);
+	sup.pool = upgraded ? pool_create_adopting(&sup, &handover) : pool_create(&sup);
 	if (sup.pool == NULL)
 		log_fatal(EXIT_SOFTWARE, "cannot create the worker pool");
 
 	supervisor_start(&sup);
 	/* Written once the pool is up, so that the pid file means "ready" for init scripts. */
-	pidfile_write(pid_fd, pid_path);
+	pidfile_write(sup.pid_fd, pid_path);
 	daemon_ready();
 	int code = supervisor_serve(&sup);
 
 	control_close(sup.control);
 	pool_destroy(sup.pool);
-	if (pid_fd >= 0) {
+	if (sup.pid_fd >= 0) {
 		if (unlink(pid_path) < 0 && errno != ENOENT)
 			log_warn("cannot remove pid file %s", pid_path);
-		close(pid_fd);
+		close(sup.pid_fd);
 	}
 	free(pid_path);
 	scoreboard_destroy(sup.scoreboard);

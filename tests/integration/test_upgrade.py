@@ -1,0 +1,215 @@
+"""
+Binary upgrade (README "Upgrading"): SIGUSR2 or `droverctl upgrade` execs the
+binary on disk with the same pid, hands over the control socket, pid file,
+scoreboard and running workers, and replaces the workers one at a time, each
+draining first. A binary that cannot run or refuses the configuration leaves
+the running image in place and says why.
+
+Each test runs its own copy of drover (workdir/bin/drover) and replaces that
+copy as a package upgrade does (a new file renamed over the path). The second
+version is the same tree built with another VERSION (build-upgrade-v2/ next
+to the tested build, made once by the module fixture).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import BUILD, DROVER, REPO, HarnessError, proc_stat, wait_until
+
+V2_VERSION = "0.1.0+upgrade-test"
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def v2_binary():
+    """drover built with VERSION=V2_VERSION (make is incremental: only the first run compiles)."""
+    out = BUILD.parent / (BUILD.name + "-upgrade-v2")
+    r = subprocess.run(["make", "-C", str(REPO), "BUILD=%s" % out, "VERSION=%s" % V2_VERSION, str(out / "drover")],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([str(out / "drover"), "-V"], capture_output=True, text=True, timeout=10)
+    assert r.stdout.strip() == "drover %s" % V2_VERSION, r
+    return out / "drover"
+
+
+def install(source, path, mode=0o755):
+    """Puts source at path as dpkg does: a new file renamed over the old (the running one stays intact)."""
+    tmp = path.with_name(path.name + ".new")
+    shutil.copyfile(source, tmp)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+
+
+def start_copy(drover, workdir, config=None):
+    """A drover running from its own copy of the binary, which the test may replace."""
+    bindir = workdir / "bin"
+    bindir.mkdir(exist_ok=True)
+    binary = bindir / "drover"
+    install(DROVER, binary)
+    d = drover(config=config, start=False)
+    d.binary = binary
+    d.start()
+    return d, binary
+
+
+def zombies_of(pid):
+    """Children of pid that exited and were not reaped."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st and st[0] == "Z" and st[1] == pid:
+                found.append(int(entry))
+    return found
+
+
+def running(stats):
+    return {w["slot"]: w["pid"] for w in stats["workers"] if w["state"] == "running" and w.get("pid")}
+
+
+def test_usr2_during_long_jobs_replaces_every_worker_and_loses_no_job(drover, workdir, v2_binary):
+    d, binary = start_copy(drover, workdir, {"supervisor": {"workers": 2, "shutdown_timeout_ms": 20000},
+                                             "jobs": {"max_concurrent": 4}})
+    old = running(d.wait_workers(2))
+    old_version = d.stats()["version"]
+    ids = d.submit([{"id": "job-%02d" % i, "sleep_ms": 3000} for i in range(20)])
+    d.wait_until(lambda: len(d.starts()) >= 8, 20, "8 jobs running")
+
+    install(v2_binary, binary)
+    d.signal(signal.SIGUSR2)
+
+    # The control socket answers throughout: every stats call below must succeed (d.stats raises).
+    polls = []
+
+    def upgraded():
+        s = d.stats()
+        polls.append(s["version"])
+        now = running(s)
+        done = s["version"] == V2_VERSION and len(now) == 2 and not set(now.values()) & set(old.values())
+        return s if done else None
+    stats = d.wait_until(upgraded, 90, "the new version with every worker replaced", interval=0.1)
+    assert old_version in polls or polls[0] == V2_VERSION, polls
+    assert stats["pid"] == d.pid and d.alive(), "the supervisor keeps its pid"
+
+    complete, failed = d.wait_outcomes(ids, 90)
+    assert not failed, failed
+    for job_id in ids:
+        starts = d.starts(job_id)
+        assert len(starts) == 1, "job %s ran %d times: %r" % (job_id, len(starts), starts)
+        assert starts[0]["attempt"] == "1", starts[0]
+        assert complete[job_id]["attempts"] == 1, complete[job_id]
+    stats = d.stats()
+    assert stats["jobs_lost"] == 0 and stats["jobs"]["completed"] == 20, stats["jobs"]
+    rc, metrics = d.ctl("metrics")
+    assert rc == 0 and 'drover_build_info{version="%s"} 1' % V2_VERSION in metrics
+    assert zombies_of(d.pid) == []
+    log = d.log_text()
+    assert "upgraded to drover %s" % V2_VERSION in log and "adopting 2 worker(s)" in log, d.diagnostics()
+
+
+def test_upgrade_command_keeps_pid_file_and_socket_and_answers_ok(drover, workdir, v2_binary):
+    d, binary = start_copy(drover, workdir)
+    old = running(d.wait_workers(2))
+    pid_file = d.pid_file.read_text()
+    install(v2_binary, binary)
+    rc, out = d.ctl("upgrade")
+    assert (rc, out) == (0, "ok\n"), (rc, out, d.last_ctl_err)
+    stats = d.wait_until(lambda: (lambda s: s if s["version"] == V2_VERSION and len(running(s)) == 2
+                                  and not set(running(s).values()) & set(old.values()) else None)(d.stats()),
+                         60, "the upgraded supervisor with new workers", interval=0.1)
+    assert stats["pid"] == d.pid
+    assert d.pid_file.read_text() == pid_file
+    # The lock moved with the open file: a second instance on the same pid file is refused.
+    second = subprocess.run([str(DROVER), "-c", str(d.ini)], capture_output=True, text=True, timeout=15,
+                            env=d.drover_env())
+    assert second.returncode == 69 and "pid file %s is held by a running drover (pid %d)" % (d.pid_file, d.pid) \
+        in d.log_text(), (second, d.diagnostics())
+    assert d.stop() == 0
+
+
+def assert_unchanged(d, workers, version):
+    assert d.alive(), d.diagnostics()
+    stats = d.stats()
+    assert stats["pid"] == d.pid and stats["version"] == version
+    assert running(stats) == workers, "a refused upgrade must not touch the workers"
+
+
+def test_refused_upgrade_leaves_the_running_image_and_says_why(drover, workdir):
+    d, binary = start_copy(drover, workdir)
+    workers = running(d.wait_workers(2))
+    version = d.stats()["version"]
+
+    install(DROVER, binary, mode=0o644)
+    rc, _ = d.ctl("upgrade")
+    assert rc == 1 and "cannot execute %s: Permission denied" % binary in d.last_ctl_err, d.last_ctl_err
+    assert_unchanged(d, workers, version)
+
+    refuses = workdir / "refuses"
+    refuses.write_text("#!/bin/sh\necho 'drover: test refuses the configuration' >&2\nexit 78\n")
+    install(refuses, binary)
+    rc, _ = d.ctl("upgrade")
+    assert rc == 1 and "refused it (exit 78): drover: test refuses the configuration" in d.last_ctl_err, \
+        d.last_ctl_err
+    assert_unchanged(d, workers, version)
+
+    os.unlink(binary)
+    d.signal(signal.SIGUSR2)
+    d.wait_until(lambda: "cannot execute %s: No such file or directory" % binary in d.log_text(), 10,
+                 "the log to say why USR2 did nothing")
+    assert_unchanged(d, workers, version)
+    assert "upgrade refused; this image keeps running" in d.log_text()
+
+    # A binary that works again: the next upgrade goes through.
+    install(DROVER, binary)
+    rc, out = d.ctl("upgrade")
+    assert (rc, out) == (0, "ok\n"), d.last_ctl_err
+    d.wait_until(lambda: (lambda s: len(running(s)) == 2 and not set(running(s).values()) & set(workers.values()))
+                 (d.stats()), 60, "the workers replaced", interval=0.1)
+
+
+PEER = ("import socket,sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
+        "try: s.sendall(sys.argv[2].encode() + b'\\n')\n"
+        "except OSError: pass\n"
+        "sys.stdout.write(s.recv(100000).decode())\n")
+
+
+def test_upgrade_needs_write_access(drover, workdir, v2_binary):
+    import grp
+    group = grp.getgrnam("ssl-cert")
+    d, binary = start_copy(drover, workdir, {"supervisor": {"group": group.gr_name, "control_socket_mode": "0666"}})
+    for path in (workdir, d.tmp, d.run_dir):  # nobody reaches the socket; only the credential check refuses
+        os.chmod(path, 0o755)
+    workers = running(d.wait_workers(2))
+    install(v2_binary, binary)
+
+    def ask_as_reader(command):
+        out = subprocess.run([sys.executable, "-c", PEER, str(d.sock), command], capture_output=True, text=True,
+                             user=NOBODY, group=NOBODY, extra_groups=[group.gr_gid], timeout=10)
+        return out.stdout
+    assert ask_as_reader("ping") == "pong\n"
+    assert ask_as_reader("upgrade").startswith("error: permission denied: upgrade needs root"), \
+        ask_as_reader("upgrade")
+    assert_unchanged(d, workers, d.stats()["version"])
+    assert "upgrade:" not in d.log_text()
+
+
+def test_worker_that_dies_around_the_exec_is_reaped_and_restarted(drover, workdir, v2_binary):
+    d, binary = start_copy(drover, workdir)
+    workers = running(d.wait_workers(2))
+    install(v2_binary, binary)
+    # Its exit lands before, during or after the exec: whichever image sees it must reap it.
+    os.kill(workers[0], signal.SIGKILL)
+    d.signal(signal.SIGUSR2)
+    stats = d.wait_until(lambda: (lambda s: s if s["version"] == V2_VERSION and len(running(s)) == 2
+                                  and not set(running(s).values()) & set(workers.values()) else None)(d.stats()),
+                         60, "two new workers under the new version", interval=0.1)
+    assert stats["pid"] == d.pid
+    d.wait_until(lambda: zombies_of(d.pid) == [], 5, "no zombie left")
