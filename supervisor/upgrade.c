@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sysexits.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -187,7 +188,7 @@ bool upgrade_init(struct handover *h)
 	bool ok = handover_parse(text, h) == 0;
 	unsetenv(UPGRADE_ENV);
 	if (!ok)
-		log_fatalx(70, "%s is set but is not a handover this binary understands", UPGRADE_ENV);
+		log_fatalx(EX_SOFTWARE, "%s is set but is not a handover this binary understands", UPGRADE_ENV);
 	return true;
 }
 
