@@ -378,6 +378,22 @@ static void start_fresh(struct supervisor *sup, const struct config *cfg, bool d
 	drop_privileges(&id);
 }
 
+/* After the stop: the socket and pid file go, so that the next start finds the place free. */
+static void release_everything(struct supervisor *sup, char *pid_path)
+{
+	control_close(sup->control);
+	pool_destroy(sup->pool);
+	if (sup->pid_fd >= 0) {
+		if (unlink(pid_path) < 0 && errno != ENOENT)
+			log_warn("cannot remove pid file %s", pid_path);
+		close(sup->pid_fd);
+	}
+	free(pid_path);
+	scoreboard_destroy(sup->scoreboard);
+	log_info("stopped");
+	config_free(sup->cfg);
+}
+
 int main(int argc, char **argv)
 {
 	struct options opts = { 0 };
@@ -438,17 +454,6 @@ int main(int argc, char **argv)
 	pidfile_write(sup.pid_fd, pid_path);
 	daemon_ready();
 	int code = supervisor_serve(&sup);
-
-	control_close(sup.control);
-	pool_destroy(sup.pool);
-	if (sup.pid_fd >= 0) {
-		if (unlink(pid_path) < 0 && errno != ENOENT)
-			log_warn("cannot remove pid file %s", pid_path);
-		close(sup.pid_fd);
-	}
-	free(pid_path);
-	scoreboard_destroy(sup.scoreboard);
-	log_info("stopped");
-	config_free(sup.cfg);
+	release_everything(&sup, pid_path);
 	return code;
 }

@@ -181,7 +181,6 @@ bool upgrade_init(struct handover *h)
 	const char *notify = getenv("NOTIFY_SOCKET");
 	if (notify != NULL && notify[0] != '\0' && asprintf(&notify_socket, "NOTIFY_SOCKET=%s", notify) < 0)
 		notify_socket = NULL;
-	unsetenv(UPGRADE_LAYOUT_ENV);
 	const char *text = getenv(UPGRADE_ENV);
 	if (text == NULL)
 		return false;

@@ -213,3 +213,15 @@ def test_worker_that_dies_around_the_exec_is_reaped_and_restarted(drover, workdi
                          60, "two new workers under the new version", interval=0.1)
     assert stats["pid"] == d.pid
     d.wait_until(lambda: zombies_of(d.pid) == [], 5, "no zombie left")
+
+
+def test_config_check_refuses_a_running_drover_of_another_scoreboard_layout(drover):
+    """The old image runs `NEW -t` with its layout: a binary whose scoreboard differs cannot adopt the workers."""
+    d = drover(start=False)
+    ok = subprocess.run([str(DROVER), "-t", "-c", str(d.ini)], capture_output=True, text=True, timeout=15,
+                        env=d.drover_env())
+    assert ok.returncode == 0, ok
+    other = subprocess.run([str(DROVER), "-t", "-c", str(d.ini)], capture_output=True, text=True, timeout=15,
+                           env=dict(d.drover_env(), DROVER_UPGRADE_LAYOUT="1"))
+    assert other.returncode == 78, other
+    assert "scoreboard layout" in other.stderr and "differs from the running drover's (1)" in other.stderr, other
