@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from harness import BUILD, DROVER, REPO, HarnessError, proc_stat, wait_until
+from harness import BUILD, DROVER, REPO, proc_environ, proc_stat
 
 V2_VERSION = "0.1.0+upgrade-test"
 NOBODY = 65534
@@ -47,13 +47,13 @@ def install(source, path, mode=0o755):
     os.rename(tmp, path)
 
 
-def start_copy(drover, workdir, config=None):
+def start_copy(drover, workdir, config=None, env=None):
     """A drover running from its own copy of the binary, which the test may replace."""
     bindir = workdir / "bin"
     bindir.mkdir(exist_ok=True)
     binary = bindir / "drover"
     install(DROVER, binary)
-    d = drover(config=config, start=False)
+    d = drover(config=config, env=env, start=False)
     d.binary = binary
     d.start()
     return d, binary
@@ -225,3 +225,22 @@ def test_config_check_refuses_a_running_drover_of_another_scoreboard_layout(drov
                            env=dict(d.drover_env(), DROVER_UPGRADE_LAYOUT="1"))
     assert other.returncode == 78, other
     assert "scoreboard layout" in other.stderr and "differs from the running drover's (1)" in other.stderr, other
+
+
+def test_secrets_taken_from_the_environment_reach_the_new_binary(drover, workdir, v2_binary):
+    """Start-up hides secret variables from /proc; the new image must still get them, and hide them again."""
+    secret = "s3cret-upgrade-%d" % os.getpid()
+    # Without the password, sasl_plaintext is a configuration error: the new binary's -t and start-up need it.
+    d, binary = start_copy(drover, workdir, {"kafka": {"security_protocol": "sasl_plaintext", "sasl_username": "u"}},
+                           env={"DROVER_KAFKA_SASL_PASSWORD": secret})
+    workers = running(d.wait_workers(2))
+    assert secret not in proc_environ(d.pid).get("DROVER_KAFKA_SASL_PASSWORD", "")
+    install(v2_binary, binary)
+    rc, out = d.ctl("upgrade")
+    assert (rc, out) == (0, "ok\n"), (rc, out, d.last_ctl_err)
+    d.wait_until(lambda: (lambda s: s["version"] == V2_VERSION and len(running(s)) == 2
+                          and not set(running(s).values()) & set(workers.values()))(d.stats()),
+                 60, "the new version with new workers", interval=0.1)
+    for pid in [d.pid] + list(running(d.stats()).values()):
+        environ = open("/proc/%d/environ" % pid, "rb").read()
+        assert secret.encode() not in environ, "the secret is readable in /proc/%d/environ" % pid
