@@ -141,6 +141,7 @@ def assert_unchanged(d, workers, version):
     assert running(stats) == workers, "a refused upgrade must not touch the workers"
 
 
+@pytest.mark.asan  # its last upgrade execs the tested build itself, so the adopting side runs under ASan too
 def test_refused_upgrade_leaves_the_running_image_and_says_why(drover, workdir):
     d, binary = start_copy(drover, workdir)
     workers = running(d.wait_workers(2))
