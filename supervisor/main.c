@@ -329,6 +329,31 @@ static const char *absolute_config_path(const char *path)
 
 /* ---- after a binary upgrade ------------------------------------------------- */
 
+static bool same_file(const char *path, int fd)
+{
+	struct stat by_path, by_fd;
+	return stat(path, &by_path) == 0 && fstat(fd, &by_fd) == 0 && by_path.st_dev == by_fd.st_dev &&
+	       by_path.st_ino == by_fd.st_ino;
+}
+
+/*
+ * The log file. After an upgrade the old image's open file is kept while the
+ * configuration still names it: drover's user may be unable to open it again
+ * (it was created before the privilege drop, as at a fresh start).
+ */
+static void open_log_file(const char *path, int handed_fd)
+{
+	if (handed_fd >= 0 && strcmp(path, "-") != 0 && path[0] != '\0' && same_file(path, handed_fd) &&
+	    fd_set_cloexec(handed_fd) == 0) {
+		log_adopt(handed_fd, path);
+		return;
+	}
+	if (handed_fd >= 0)
+		close(handed_fd);
+	if (log_open(path) < 0)
+		log_fatal(EX_UNAVAILABLE, "cannot open log file %s", path);
+}
+
 /* The pid file the old image locked: the lock lives on in the open file it hands over. */
 static char *adopted_pid_path(int fd)
 {
@@ -408,8 +433,7 @@ int main(int argc, char **argv)
 	protect_secrets();
 	log_set_level(cfg->log_level);
 	log_set_format(cfg->log_format);
-	if (log_open(cfg->log_file) < 0)
-		log_fatal(EX_UNAVAILABLE, "cannot open log file %s", cfg->log_file);
+	open_log_file(cfg->log_file, upgraded ? handover.log_fd : -1);
 	char notify_err[160];
 	if (notify_init(notify_err, sizeof(notify_err)) < 0)
 		log_warnx("systemd notification is off: %s", notify_err);

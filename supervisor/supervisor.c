@@ -212,6 +212,7 @@ static int supervisor_handover(struct supervisor *sup, struct handover *h, char 
 	h->scoreboard_fd = scoreboard_fd(sup->scoreboard);
 	h->control_fd = control_fd(sup->control);
 	h->pid_fd = sup->pid_fd;
+	h->log_fd = log_fd() != STDERR_FILENO ? log_fd() : -1;
 	h->generation = sup->generation;
 	h->started_ms = sup->started_ms;
 	if (h->scoreboard_fd < 0 || h->control_fd < 0) {

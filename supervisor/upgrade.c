@@ -55,9 +55,9 @@ int handover_encode(const struct handover *h, char *out, size_t cap)
 	if (cap == 0)
 		return -1;
 	out[0] = '\0';
-	if (append(out, cap, &len, HANDOVER_VERSION " sb=%d ctl=%d pid=%d death=%d,%d wake=%d,%d gen=%u spawned=%llu "
-	           "started=%lld", h->scoreboard_fd, h->control_fd, h->pid_fd, h->death_pipe[0], h->death_pipe[1],
-	           h->wake_pipe[0], h->wake_pipe[1], h->generation, h->spawned, h->started_ms) < 0)
+	if (append(out, cap, &len, HANDOVER_VERSION " sb=%d ctl=%d pid=%d log=%d death=%d,%d wake=%d,%d gen=%u "
+	           "spawned=%llu started=%lld", h->scoreboard_fd, h->control_fd, h->pid_fd, h->log_fd, h->death_pipe[0],
+	           h->death_pipe[1], h->wake_pipe[0], h->wake_pipe[1], h->generation, h->spawned, h->started_ms) < 0)
 		return -1;
 	for (int i = 0; i < h->slot_count; i++) {
 		const struct handover_slot *s = &h->slots[i];
@@ -112,7 +112,7 @@ static int parse_int(const char *value, long long min, long long *out)
 /* One "key=value" word. Every key but slot must come once; seen[] records which did. */
 static int parse_word(const char *key, const char *value, struct handover *h, unsigned *seen)
 {
-	static const char *const keys[] = { "sb", "ctl", "pid", "death", "wake", "gen", "spawned", "started" };
+	static const char *const keys[] = { "sb", "ctl", "pid", "log", "death", "wake", "gen", "spawned", "started" };
 	long long n = 0;
 	if (strcmp(key, "slot") == 0)
 		return parse_slot(value, h);
@@ -122,18 +122,20 @@ static int parse_word(const char *key, const char *value, struct handover *h, un
 	if (k == ARRAY_LEN(keys) || (*seen & (1u << k)))
 		return -1;
 	*seen |= 1u << k;
-	if (k == 3)
-		return parse_pair(value, h->death_pipe);
 	if (k == 4)
+		return parse_pair(value, h->death_pipe);
+	if (k == 5)
 		return parse_pair(value, h->wake_pipe);
-	if (parse_int(value, k == 2 ? -1 : 0, &n) < 0 || (k <= 2 && n >= 1 << 20))
+	bool optional_fd = k == 2 || k == 3; /* pid, log: -1 = none */
+	if (parse_int(value, optional_fd ? -1 : 0, &n) < 0 || (k <= 3 && n >= 1 << 20))
 		return -1;
 	switch (k) {
 	case 0: h->scoreboard_fd = (int)n; break;
 	case 1: h->control_fd = (int)n; break;
 	case 2: h->pid_fd = (int)n; break;
-	case 5: h->generation = (unsigned)n; break;
-	case 6: h->spawned = (unsigned long long)n; break;
+	case 3: h->log_fd = (int)n; break;
+	case 6: h->generation = (unsigned)n; break;
+	case 7: h->spawned = (unsigned long long)n; break;
 	default: h->started_ms = n; break;
 	}
 	return 0;
@@ -159,7 +161,7 @@ int handover_parse(const char *text, struct handover *h)
 		if (parse_word(word, eq + 1, h, &seen) < 0)
 			goto out;
 	}
-	rc = seen == 0xffu ? 0 : -1;
+	rc = seen == 0x1ffu ? 0 : -1;
 out:
 	free(copy);
 	return rc;
@@ -375,6 +377,8 @@ static int handover_fds(const struct handover *h, int *fds)
 	fds[n++] = h->wake_pipe[1];
 	if (h->pid_fd >= 0)
 		fds[n++] = h->pid_fd;
+	if (h->log_fd >= 0)
+		fds[n++] = h->log_fd;
 	return n;
 }
 
@@ -391,7 +395,7 @@ static int set_cloexec_all(const int *fds, int count, bool on)
 int upgrade_exec(const struct handover *h, const char *config_path, char *err, size_t errlen)
 {
 	static char text[HANDOVER_MAX];
-	int fds[8];
+	int fds[9];
 	int count = handover_fds(h, fds);
 	size_t prefix = strlen(UPGRADE_ENV "=");
 	memcpy(text, UPGRADE_ENV "=", prefix);

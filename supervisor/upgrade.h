@@ -33,6 +33,7 @@ struct handover {
 	int scoreboard_fd;
 	int control_fd;
 	int pid_fd;        /* -1 when no pid file is kept */
+	int log_fd;        /* the log file, -1 when logging to stderr */
 	int death_pipe[2]; /* workers hold [0]: its write end must outlive the exec */
 	int wake_pipe[2];  /* workers write [1] */
 	unsigned generation;

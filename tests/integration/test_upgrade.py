@@ -47,7 +47,7 @@ def install(source, path, mode=0o755):
     os.rename(tmp, path)
 
 
-def start_copy(drover, workdir, config=None, env=None):
+def start_copy(drover, workdir, config=None, env=None, prepare=None):
     """A drover running from its own copy of the binary, which the test may replace."""
     bindir = workdir / "bin"
     bindir.mkdir(exist_ok=True)
@@ -55,6 +55,8 @@ def start_copy(drover, workdir, config=None, env=None):
     install(DROVER, binary)
     d = drover(config=config, env=env, start=False)
     d.binary = binary
+    if prepare is not None:
+        prepare(d)
     d.start()
     return d, binary
 
@@ -245,3 +247,34 @@ def test_secrets_taken_from_the_environment_reach_the_new_binary(drover, workdir
     for pid in [d.pid] + list(running(d.stats()).values()):
         environ = open("/proc/%d/environ" % pid, "rb").read()
         assert secret.encode() not in environ, "the secret is readable in /proc/%d/environ" % pid
+
+
+def give_to_nobody(d):
+    """The instance's directories for nobody, and the path to them (and to the binary's copy) traversable."""
+    for p in list(d.tmp.parents)[:3]:
+        if str(p) not in ("/", "/tmp"):
+            os.chmod(p, os.stat(p).st_mode | 0o755)
+    for root in {d.tmp, d.run_dir}:
+        os.chmod(root, 0o755)
+        for dirpath, _dirnames, filenames in os.walk(root):
+            os.chown(dirpath, NOBODY, NOBODY)
+            for name in filenames:
+                os.chown(os.path.join(dirpath, name), NOBODY, NOBODY)
+
+
+def test_after_a_privilege_drop_the_new_image_runs_as_the_same_user(drover, workdir, v2_binary):
+    d, binary = start_copy(drover, workdir, {"supervisor": {"user": "nobody"}}, prepare=give_to_nobody)
+    workers = running(d.wait_workers(2))
+    assert "running as user nobody" in d.log_text()
+    install(v2_binary, binary)
+    rc, out = d.ctl("upgrade")
+    assert (rc, out) == (0, "ok\n"), (rc, out, d.last_ctl_err)
+    d.wait_until(lambda: (lambda s: s["version"] == V2_VERSION and len(running(s)) == 2
+                          and not set(running(s).values()) & set(workers.values()))(d.stats()),
+                 60, "the new version with new workers", interval=0.1)
+    for pid in [d.pid] + list(running(d.stats()).values()):
+        uids = [line for line in open("/proc/%d/status" % pid) if line.startswith("Uid:")][0].split()[1:]
+        assert uids == [str(NOBODY)] * 4, (pid, uids)
+    assert d.log_text().count("running as user nobody") == 1, "the new image must not drop privileges again"
+    assert d.stop() == 0, d.diagnostics()
+    assert not d.pid_file.exists() and not d.sock.exists(), "the new image removes what the old one created"

@@ -22,7 +22,7 @@ TestSuite(upgrade, .timeout = 10);
 static struct handover sample(void)
 {
 	struct handover h = {
-		.scoreboard_fd = 5, .control_fd = 6, .pid_fd = -1, .death_pipe = { 7, 8 }, .wake_pipe = { 9, 10 },
+		.scoreboard_fd = 5, .control_fd = 6, .pid_fd = -1, .log_fd = 11, .death_pipe = { 7, 8 }, .wake_pipe = { 9, 10 },
 		.generation = 3, .spawned = 41, .started_ms = 1764768000123LL, .slot_count = 2,
 	};
 	h.slots[0] = (struct handover_slot){ .index = 0, .pid = 1234, .serial = 40, .generation = 3, .restarts = 2 };
