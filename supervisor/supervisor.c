@@ -186,6 +186,12 @@ static void supervisor_stop_stage(void *arg, enum escalate_stage stage, int sign
 /* A second TERM/INT, or QUIT while draining, stops at once; anything later changes nothing. */
 void supervisor_stop(struct supervisor *sup, enum stop_mode mode)
 {
+	if (sup->upgrading) {
+		/* The control socket answers again during the drain. */
+		log_warnx("upgrade abandoned: stopping");
+		sup->upgrading = false;
+		control_resume(sup->control);
+	}
 	if (sup->stopping) {
 		mode = STOP_FAST;
 	} else {
@@ -232,11 +238,9 @@ static void supervisor_upgrade_now(struct supervisor *sup)
 {
 	char err[1024];
 	struct handover h;
+	if (!sup->upgrading)
+		return; /* abandoned by a stop */
 	sup->upgrading = false;
-	if (sup->stopping) {
-		log_warnx("upgrade abandoned: stopping");
-		return;
-	}
 	if (supervisor_handover(sup, &h, err, sizeof(err)) == 0) {
 		log_info("upgrade: executing %s (%d worker(s) handed over)", upgrade_binary(), h.slot_count);
 		notify_reloading();

@@ -255,7 +255,7 @@ static bool read_check_output(int fd, char *out, size_t cap)
 		if (rc < 0 && errno == EINTR)
 			continue;
 		if (rc <= 0)
-			return rc == 0 ? false : true;
+			return false; /* the deadline, or poll failed: the check is killed */
 		char buf[512];
 		ssize_t n = read(fd, buf, sizeof(buf));
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))

@@ -278,3 +278,31 @@ def test_after_a_privilege_drop_the_new_image_runs_as_the_same_user(drover, work
     assert d.log_text().count("running as user nobody") == 1, "the new image must not drop privileges again"
     assert d.stop() == 0, d.diagnostics()
     assert not d.pid_file.exists() and not d.sock.exists(), "the new image removes what the old one created"
+
+
+def test_upgrade_waits_for_connected_clients_and_a_stop_abandons_it(drover, workdir):
+    import socket
+    d, binary = start_copy(drover, workdir, {"supervisor": {"workers": 1, "shutdown_timeout_ms": 20000}})
+    d.wait_workers(1)
+    [job] = d.submit([{"id": "long", "sleep_ms": 3000}])
+    d.wait_until(lambda: d.starts("long"), 10, "the long job to start")
+
+    # A connected client that has not sent its command yet: the exec waits for it (its answer comes first).
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    idle.settimeout(10)
+    idle.connect(str(d.sock))
+    try:
+        rc, out = d.ctl("upgrade")
+        assert (rc, out) == (0, "ok\n"), (rc, out, d.last_ctl_err)
+        d.signal(signal.SIGTERM)
+        # The stop abandons the upgrade and the socket accepts again during the drain.
+        rc, out = d.ctl("ping", timeout=4)
+        assert (rc, out) == (0, "pong\n"), (rc, out, d.last_ctl_err)
+        idle.sendall(b"ping\n")
+        assert idle.recv(100) == b"pong\n"
+    finally:
+        idle.close()
+    assert d.wait_exit(30) == 0, d.diagnostics()
+    assert d.complete()["long"]["attempts"] == 1, "the drain finished the running job"
+    log = d.log_text()
+    assert "upgrade abandoned: stopping" in log and "upgraded to" not in log, d.diagnostics()
