@@ -306,3 +306,28 @@ def test_upgrade_waits_for_connected_clients_and_a_stop_abandons_it(drover, work
     assert d.complete()["long"]["attempts"] == 1, "the drain finished the running job"
     log = d.log_text()
     assert "upgrade abandoned: stopping" in log and "upgraded to" not in log, d.diagnostics()
+
+
+def test_kafka_pool_is_upgraded_and_keeps_consuming(mock, drover, workdir, v2_binary):
+    """On Kafka the replacement goes on only once the new worker joined the group (the reload path)."""
+    import kafka_harness as kh
+    m = mock()
+    d, binary = start_copy(drover, workdir, kh.kafka_config(m.bootstrap, workers=2))
+    kh.wait_group_stable(d, 2)
+    workers = running(d.stats())
+    first = kh.make_jobs(8, prefix="before")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, first)
+    kh.wait_outcomes(m.bootstrap, [i for i, _ in first], 60, drover=d)
+
+    install(v2_binary, binary)
+    rc, out = d.ctl("upgrade")
+    assert (rc, out) == (0, "ok\n"), (rc, out, d.last_ctl_err)
+    d.wait_until(lambda: (lambda s: s["version"] == V2_VERSION and len(running(s)) == 2
+                          and not set(running(s).values()) & set(workers.values()))(d.stats()),
+                 90, "the new version with new workers", interval=0.2)
+    kh.wait_group_stable(d, 2, timeout=60)
+    after = kh.make_jobs(8, prefix="after")
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, after)
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in first + after], 60, drover=d)
+    assert not failed, failed
+    assert d.stats()["pid"] == d.pid
