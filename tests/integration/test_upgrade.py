@@ -76,7 +76,7 @@ def running(stats):
     return {w["slot"]: w["pid"] for w in stats["workers"] if w["state"] == "running" and w.get("pid")}
 
 
-def test_usr2_during_long_jobs_replaces_every_worker_and_loses_no_job(drover, workdir, v2_binary):
+def test_usr2_during_long_jobs_replaces_every_worker_and_loses_no_job(drover, workdir, v2_binary, figures):
     d, binary = start_copy(drover, workdir, {"supervisor": {"workers": 2, "shutdown_timeout_ms": 20000},
                                              "jobs": {"max_concurrent": 4}})
     old = running(d.wait_workers(2))
@@ -98,6 +98,7 @@ def test_usr2_during_long_jobs_replaces_every_worker_and_loses_no_job(drover, wo
         return s if done else None
     stats = d.wait_until(upgraded, 90, "the new version with every worker replaced", interval=0.1)
     assert old_version in polls or polls[0] == V2_VERSION, polls
+    figures("upgrade: stats polls answered while workers were replaced (none may fail)", len(polls))
     assert stats["pid"] == d.pid and d.alive(), "the supervisor keeps its pid"
 
     complete, failed = d.wait_outcomes(ids, 90)
