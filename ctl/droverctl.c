@@ -55,6 +55,7 @@ static void usage(FILE *out)
 	      "  reload          re-read the configuration (like SIGHUP)\n"
 	      "  scale N         run N workers (1..256)\n"
 	      "  stop            graceful stop (like SIGTERM)\n"
+	      "  upgrade         re-execute the binary on disk, keeping the jobs (like SIGUSR2)\n"
 	      "jobs (through the queue):\n"
 	      "  submit [FILE|-] enqueue one job per JSON line; prints the ids\n"
 	      "  health          the daemon's pool can make progress, the queue is usable\n"
@@ -592,7 +593,7 @@ static const struct command commands[] = {
 	{ "status", CONTROL, 0, 0 }, { "stats", CONTROL, 0, 0 },  { "metrics", CONTROL, 0, 0 },
 	{ "ping", CONTROL, 0, 0 },   { "reload", CONTROL, 0, 0 }, { "scale", CONTROL, 1, 1 },
 	{ "stop", CONTROL, 0, 0 },   { "submit", QUEUE, 0, 1 },   { "health", QUEUE, 0, 0 },
-	{ "topics", QUEUE, 1, 1 },
+	{ "topics", QUEUE, 1, 1 },   { "upgrade", CONTROL, 0, 0 },
 };
 
 static const struct command *find_command(const char *name)

@@ -1133,6 +1133,12 @@ static int hide_secret(char *entry)
 	return 0;
 }
 
+size_t config_hidden_secrets(const char *const **entries)
+{
+	*entries = (const char *const *)secret_env;
+	return secret_env_count;
+}
+
 int config_hide_secrets(void)
 {
 	int rc = 0;

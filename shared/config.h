@@ -164,6 +164,12 @@ bool config_env_is_secret(const char *name);
  * Returns 0, or -1 when one could not be moved (out of memory).
  */
 int config_hide_secrets(void);
+/*
+ * The secret "NAME=value" entries config_hide_secrets took out of the
+ * environment, so that a binary upgrade can hand them to the new image (its
+ * execve environment) as start-up received them. Returns their count.
+ */
+size_t config_hidden_secrets(const char *const **entries);
 
 /*
  * The control socket a file names, for droverctl when the file has errors

@@ -59,6 +59,14 @@ int log_open(const char *path)
 	return 0;
 }
 
+void log_adopt(int fd, const char *path)
+{
+	if (log_target != STDERR_FILENO && log_target != fd)
+		close(log_target);
+	log_target = fd;
+	snprintf(log_path, sizeof(log_path), "%s", path);
+}
+
 int log_reopen(void)
 {
 	if (log_path[0] == '\0')

@@ -19,6 +19,12 @@ void log_set_format(enum log_format format);
 /* path "-" or NULL means stderr. Returns 0, or -1 with errno (old target kept). */
 int log_open(const char *path);
 int log_reopen(void);
+/*
+ * Logs to fd, an open file at path (reopened there by log_reopen): a binary
+ * upgrade's new image keeps the old one's log file, which drover's user may
+ * not be able to open again (created before the privilege drop).
+ */
+void log_adopt(int fd, const char *path);
 int log_fd(void);
 
 /* *_warn variants append ": strerror(errno)". */

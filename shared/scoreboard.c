@@ -6,10 +6,12 @@
 #include "shared/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 const double scoreboard_duration_bounds[SCOREBOARD_DURATION_BUCKETS] = {
 	0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
@@ -23,31 +25,101 @@ struct scoreboard_crash {
 
 struct scoreboard {
 	size_t size;
+	uint32_t layout; /* SCOREBOARD_LAYOUT: an image that maps it after an upgrade checks it */
+	struct scoreboard_carry carry;
 	struct scoreboard_slot slots[CONFIG_MAX_WORKERS];
 	struct scoreboard_crash crashes[SCOREBOARD_CRASHES];
 };
 
 /* The mapping this process created or inherited across fork: workers read the ledger through it. */
 static struct scoreboard *mapped;
+/* The memory file behind it (the supervisor's; CLOEXEC but for an upgrade's exec). */
+static int mapped_fd = -1;
+
+uint32_t scoreboard_layout(void)
+{
+	/* The size catches most changes of the structures; the constant the others (bump it). */
+	return (uint32_t)(sizeof(struct scoreboard) * 16u + SCOREBOARD_LAYOUT_VERSION);
+}
+
+static struct scoreboard *scoreboard_map(int fd)
+{
+	void *mem = mmap(NULL, sizeof(struct scoreboard), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (mem == MAP_FAILED)
+		return NULL;
+	mapped = mem;
+	mapped_fd = fd;
+	return mapped;
+}
 
 struct scoreboard *scoreboard_create(void)
 {
-	size_t size = sizeof(struct scoreboard);
-	void *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (mem == MAP_FAILED)
+	int fd = memfd_create("drover-scoreboard", MFD_CLOEXEC);
+	if (fd < 0)
 		return NULL;
-	struct scoreboard *sb = mem;
-	sb->size = size;
-	mapped = sb;
+	if (ftruncate(fd, (off_t)sizeof(struct scoreboard)) < 0) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return NULL;
+	}
+	struct scoreboard *sb = scoreboard_map(fd);
+	if (sb == NULL) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return NULL;
+	}
+	sb->size = sizeof(struct scoreboard);
+	sb->layout = scoreboard_layout();
 	return sb;
+}
+
+struct scoreboard *scoreboard_attach(int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return NULL;
+	if (st.st_size != (off_t)sizeof(struct scoreboard)) {
+		errno = EPROTO;
+		return NULL;
+	}
+	struct scoreboard *sb = scoreboard_map(fd);
+	if (sb == NULL)
+		return NULL;
+	if (sb->layout != scoreboard_layout() || sb->size != sizeof(struct scoreboard)) {
+		munmap(sb, sizeof(struct scoreboard));
+		mapped = NULL;
+		mapped_fd = -1;
+		errno = EPROTO;
+		return NULL;
+	}
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+		return NULL;
+	return sb;
+}
+
+int scoreboard_fd(const struct scoreboard *sb)
+{
+	return sb != NULL && sb == mapped ? mapped_fd : -1;
+}
+
+struct scoreboard_carry *scoreboard_carry(struct scoreboard *sb)
+{
+	return &sb->carry;
 }
 
 void scoreboard_destroy(struct scoreboard *sb)
 {
-	if (sb == mapped)
+	if (sb == NULL)
+		return;
+	if (sb == mapped) {
 		mapped = NULL;
-	if (sb != NULL)
-		munmap(sb, sb->size);
+		if (mapped_fd >= 0)
+			close(mapped_fd);
+		mapped_fd = -1;
+	}
+	munmap(sb, sb->size);
 }
 
 struct scoreboard_slot *scoreboard_slot(struct scoreboard *sb, int slot)

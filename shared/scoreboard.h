@@ -91,10 +91,37 @@ struct scoreboard_slot {
 	struct scoreboard_handler handlers[CONFIG_MAX_CONCURRENT];
 };
 
+/*
+ * What the supervisor keeps of workers that have exited, carried in the
+ * mapping across a binary upgrade's exec (the new image takes it over).
+ */
+struct scoreboard_carry {
+	struct scoreboard_counters retired;
+	uint64_t jobs_lost;
+	uint64_t restarts_retired;
+};
+
+/* Bump when a structure in the mapping changes in a way its size does not show. */
+#define SCOREBOARD_LAYOUT_VERSION 1
+
 struct scoreboard;
 
-/* Maps CONFIG_MAX_WORKERS zeroed slots (MAP_SHARED|MAP_ANONYMOUS). NULL/errno. */
+/*
+ * Maps CONFIG_MAX_WORKERS zeroed slots, shared, backed by a memory file
+ * (memfd, close-on-exec) so that a binary upgrade can hand it to the new
+ * image. NULL/errno.
+ */
 struct scoreboard *scoreboard_create(void);
+/*
+ * The new image of an upgrade: maps the memory file fd the old one created
+ * and marks it close-on-exec again. NULL/errno (EPROTO: another layout).
+ */
+struct scoreboard *scoreboard_attach(int fd);
+/* The memory file of sb, -1 when none. */
+int scoreboard_fd(const struct scoreboard *sb);
+/* This binary's layout of the mapping: an upgrade needs the same on both sides. */
+uint32_t scoreboard_layout(void);
+struct scoreboard_carry *scoreboard_carry(struct scoreboard *sb);
 void scoreboard_destroy(struct scoreboard *sb);
 struct scoreboard_slot *scoreboard_slot(struct scoreboard *sb, int slot);
 

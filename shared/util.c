@@ -77,6 +77,14 @@ int fd_set_nonblock(int fd)
 	return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
+int fd_set_cloexec(int fd)
+{
+	int flags = fcntl(fd, F_GETFD);
+	if (flags < 0)
+		return -1;
+	return fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
 int join_path(char *buf, size_t len, const char *dir, const char *sub, const char *name)
 {
 	int n = name == NULL ? snprintf(buf, len, "%s/%s", dir, sub) : snprintf(buf, len, "%s/%s/%s", dir, sub, name);

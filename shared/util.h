@@ -39,6 +39,8 @@ ssize_t read_some(int fd, void *buf, size_t len);
 ssize_t write_some(int fd, const void *buf, size_t len);
 
 int fd_set_nonblock(int fd);
+/* A binary upgrade's new image marks the fds it was handed close-on-exec again. */
+int fd_set_cloexec(int fd);
 
 /* "dir/sub", or "dir/sub/name" when name is not NULL, into buf. 0, or -1/ENAMETOOLONG when it does not fit. */
 int join_path(char *buf, size_t len, const char *dir, const char *sub, const char *name);

@@ -73,6 +73,7 @@ struct control {
 	ev_timer accept_pause;
 	bool started;
 	bool paused; /* after EMFILE/ENFILE, until accept_pause fires */
+	void (*quiet_cb)(struct supervisor *sup); /* set while quiescing for an upgrade */
 	struct client *clients;
 	int client_count;
 };
@@ -223,6 +224,52 @@ fail:
 	free(ctl->path);
 	free(ctl);
 	return NULL;
+}
+
+/* The path the socket is bound to, from the socket itself (the new configuration may name another). */
+static int bound_path(int fd, char *path, size_t cap)
+{
+	struct sockaddr_un addr;
+	socklen_t len = sizeof(addr);
+	memset(&addr, 0, sizeof(addr));
+	if (getsockname(fd, (struct sockaddr *)&addr, &len) < 0)
+		return -1;
+	if (addr.sun_family != AF_UNIX || addr.sun_path[0] == '\0') {
+		errno = ENOTSOCK;
+		return -1;
+	}
+	snprintf(path, cap, "%.*s", (int)sizeof(addr.sun_path), addr.sun_path);
+	return 0;
+}
+
+struct control *control_adopt(struct supervisor *sup, int fd, char *err, size_t errlen)
+{
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+	struct stat st;
+	if (bound_path(fd, path, sizeof(path)) < 0 || stat(path, &st) < 0) {
+		snprintf(err, errlen, "handed-over control socket fd %d: %s", fd, strerror(errno));
+		return NULL;
+	}
+	struct control *ctl = calloc(1, sizeof(*ctl));
+	if (ctl == NULL || (ctl->path = strdup(path)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		free(ctl);
+		return NULL;
+	}
+	ctl->sup = sup;
+	ctl->euid = geteuid();
+	ctl->fd = fd;
+	ctl->dev = st.st_dev;
+	ctl->ino = st.st_ino;
+	ctl->group = st.st_gid;
+	if (fd_set_cloexec(fd) < 0 || fd_set_nonblock(fd) < 0)
+		log_warn("control: cannot set the flags of the handed-over socket");
+	return ctl;
+}
+
+int control_fd(const struct control *ctl)
+{
+	return ctl != NULL ? ctl->fd : -1;
 }
 
 /* ---- peer credentials --------------------------------------------------- */
@@ -380,7 +427,17 @@ static int split_words(char *line, char **words, int max)
  */
 static bool is_write_command(const char *word)
 {
-	return strcmp(word, "reload") == 0 || strcmp(word, "scale") == 0 || strcmp(word, "stop") == 0;
+	return strcmp(word, "reload") == 0 || strcmp(word, "scale") == 0 || strcmp(word, "stop") == 0 ||
+	       strcmp(word, "upgrade") == 0;
+}
+
+/* The exec waits until this answer (and every other client's) is out: control_quiesce. */
+static char *command_upgrade(struct supervisor *sup)
+{
+	char err[2048] = "";
+	if (supervisor_upgrade(sup, err, sizeof(err)) < 0)
+		return error_answer(err[0] != '\0' ? err : "upgrade failed");
+	return strdup("ok\n");
 }
 
 static char *execute(struct supervisor *sup, const char *line, size_t len, enum access access, bool *stop_after)
@@ -394,7 +451,7 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 	int count = split_words(copy, words, 2);
 	char *answer;
 	if (count == 0) {
-		answer = strdup("error: empty command (try: ping, health, stats, metrics, reload, scale N, stop)\n");
+		answer = strdup("error: empty command (try: ping, health, stats, metrics, reload, scale N, stop, upgrade)\n");
 	} else if (count > 2) {
 		answer = strdup("error: too many arguments\n");
 	} else if (access != ACCESS_WRITE && is_write_command(words[0])) {
@@ -415,13 +472,15 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 		answer = stats_metrics(sup);
 	} else if (strcmp(words[0], "reload") == 0) {
 		answer = command_reload(sup);
+	} else if (strcmp(words[0], "upgrade") == 0) {
+		answer = command_upgrade(sup);
 	} else if (strcmp(words[0], "stop") == 0) {
 		*stop_after = true;
 		answer = strdup("ok\n");
 	} else {
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
-		answer = answer_dup("error: unknown command \"%s\" (try: ping, health, stats, metrics, reload, scale N, stop)\n",
+		answer = answer_dup("error: unknown command \"%s\" (try: ping, health, stats, metrics, reload, scale N, stop, upgrade)\n",
 				    excerpt);
 	}
 	free(copy);
@@ -445,7 +504,7 @@ char *control_execute(struct supervisor *sup, const char *line)
 /* The accept watcher runs exactly while there is room for a client and no EMFILE pause. */
 static void accept_update(struct control *ctl)
 {
-	bool want = ctl->started && !ctl->paused && ctl->client_count < CONTROL_MAX_CLIENTS;
+	bool want = ctl->started && !ctl->paused && ctl->quiet_cb == NULL && ctl->client_count < CONTROL_MAX_CLIENTS;
 	if (want && !ev_is_active(&ctl->accept_io))
 		ev_io_start(ctl->sup->loop, &ctl->accept_io);
 	else if (!want && ev_is_active(&ctl->accept_io))
@@ -490,6 +549,16 @@ static bool client_release(struct control *ctl, struct client *c)
 	return stop_after;
 }
 
+/* Quiescing for an upgrade and the last client is gone: the upgrade goes on (it may exec). */
+static void check_quiet(struct control *ctl)
+{
+	void (*done)(struct supervisor *sup) = ctl->quiet_cb;
+	if (done == NULL || ctl->client_count > 0)
+		return;
+	ctl->quiet_cb = NULL;
+	done(ctl->sup);
+}
+
 static void client_close(struct client *c)
 {
 	struct control *ctl = c->ctl;
@@ -499,6 +568,8 @@ static void client_close(struct client *c)
 	/* Last, because stopping may close the control socket and free ctl. */
 	if (stop_after)
 		supervisor_stop(sup, STOP_GRACEFUL);
+	else
+		check_quiet(ctl);
 }
 
 /* Writes as much of the answer as the socket takes. 1 done, 0 would block, -1 error. */
@@ -714,6 +785,19 @@ void control_start(struct control *ctl)
 	ev_init(&ctl->accept_pause, on_accept_pause_end);
 	ctl->accept_pause.data = ctl;
 	ctl->started = true;
+	accept_update(ctl);
+}
+
+void control_quiesce(struct control *ctl, void (*done)(struct supervisor *sup))
+{
+	ctl->quiet_cb = done;
+	accept_update(ctl);
+	check_quiet(ctl);
+}
+
+void control_resume(struct control *ctl)
+{
+	ctl->quiet_cb = NULL;
 	accept_update(ctl);
 }
 

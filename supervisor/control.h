@@ -20,10 +20,23 @@ struct control;
  */
 struct control *control_open(struct supervisor *sup, const char *path, int mode, uid_t owner, gid_t group,
                              char *err, size_t errlen);
+/*
+ * The new image of an upgrade: serves the listening socket fd the old one
+ * created (its path, owner and group as they are). NULL with err set.
+ */
+struct control *control_adopt(struct supervisor *sup, int fd, char *err, size_t errlen);
+/*
+ * Stops accepting and calls done once every client has had its answer (new
+ * connections wait in the listen backlog); control_resume accepts again.
+ */
+void control_quiesce(struct control *ctl, void (*done)(struct supervisor *sup));
+void control_resume(struct control *ctl);
 /* Starts serving on sup->loop. */
 void control_start(struct control *ctl);
 /* Closes the listening socket and every client, unlinks the path. */
 void control_close(struct control *ctl);
+/* The listening fd, which an upgrade hands to the new image. */
+int control_fd(const struct control *ctl);
 /* Executes one command line with write access and returns the malloc'd answer (tests/unit/test_supervisor_control.c). */
 char *control_execute(struct supervisor *sup, const char *line);
 

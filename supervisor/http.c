@@ -17,8 +17,10 @@
 #include "shared/log.h"
 #include "supervisor/stats.h"
 #include "supervisor/supervisor.h"
+#include "shared/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -197,27 +199,19 @@ static struct MHD_Daemon *start_daemon(struct http *http, int family)
 				MHD_OPTION_END);
 }
 
-struct http *http_open(struct supervisor *sup, const char *listen_text, char *err, size_t errlen)
+/* The daemon on a listening socket we own (http->fd); NULL with err set on failure (fd closed). */
+static struct http *http_serve_fd(struct supervisor *sup, int fd, int family, char *err, size_t errlen)
 {
-	struct listen_addr addr;
-	char why[128];
-	if (listen_addr_parse(listen_text, &addr, why, sizeof(why)) < 0) {
-		snprintf(err, errlen, "%s", why);
-		return NULL;
-	}
 	struct http *http = calloc(1, sizeof(*http));
 	if (http == NULL) {
 		snprintf(err, errlen, "out of memory");
+		close(fd);
 		return NULL;
 	}
 	http->sup = sup;
-	http->fd = bind_listener(&addr, err, errlen);
-	if (http->fd < 0) {
-		free(http);
-		return NULL;
-	}
+	http->fd = fd;
 	remember_address(http);
-	http->daemon = start_daemon(http, addr.family);
+	http->daemon = start_daemon(http, family);
 	const union MHD_DaemonInfo *info =
 		http->daemon != NULL ? MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
 	if (info == NULL) {
@@ -233,6 +227,37 @@ struct http *http_open(struct supervisor *sup, const char *listen_text, char *er
 	ev_init(&http->timer, on_timer);
 	http->timer.data = http;
 	return http;
+}
+
+struct http *http_open(struct supervisor *sup, const char *listen_text, char *err, size_t errlen)
+{
+	struct listen_addr addr;
+	char why[128];
+	if (listen_addr_parse(listen_text, &addr, why, sizeof(why)) < 0) {
+		snprintf(err, errlen, "%s", why);
+		return NULL;
+	}
+	int fd = bind_listener(&addr, err, errlen);
+	return fd < 0 ? NULL : http_serve_fd(sup, fd, addr.family, err, errlen);
+}
+
+struct http *http_adopt(struct supervisor *sup, int fd, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	int flags = fcntl(fd, F_GETFL);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 || fd_set_cloexec(fd) < 0 || flags < 0 ||
+	    fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+		snprintf(err, errlen, "the handed-over HTTP socket %d: %s", fd, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	return http_serve_fd(sup, fd, ss.ss_family, err, errlen);
+}
+
+int http_listen_fd(const struct http *http)
+{
+	return http != NULL ? http->fd : -1;
 }
 
 void http_start(struct http *http)

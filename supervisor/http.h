@@ -24,6 +24,10 @@ struct http;
  * NULL with err set on failure.
  */
 struct http *http_open(struct supervisor *sup, const char *listen_text, char *err, size_t errlen);
+/* After a binary upgrade: serves on the listening socket fd the old image handed over. NULL with err on failure. */
+struct http *http_adopt(struct supervisor *sup, int fd, char *err, size_t errlen);
+/* The listening socket, for the upgrade's handover; -1 when http is NULL. */
+int http_listen_fd(const struct http *http);
 /* Starts serving on sup->loop. */
 void http_start(struct http *http);
 /* Stops serving, closes every connection and the listening socket. NULL is fine. */

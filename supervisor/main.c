@@ -3,8 +3,11 @@
  * give up: it checks the configuration (-t), takes the pid file lock and the
  * control socket (never clobbering a live instance), daemonizes (-d), drops
  * privileges, prepares the queue, maps the scoreboard, and hands over to
- * supervisor_run. Exit codes follow sysexits(3): 64 usage, 78 configuration,
- * 69 cannot start, 70 internal error.
+ * supervisor_run. After a binary upgrade (upgrade.h) the same start takes
+ * over what the old image handed over instead of creating it: the pid file
+ * and its lock, the control socket, the scoreboard and the workers. Exit
+ * codes follow sysexits(3): 64 usage, 78 configuration, 69 cannot start,
+ * 70 internal error.
  */
 #include "shared/config.h"
 #include "supervisor/control.h"
@@ -16,6 +19,7 @@
 #include "shared/scoreboard.h"
 #include "queue/source.h"
 #include "supervisor/supervisor.h"
+#include "supervisor/upgrade.h"
 #include "shared/util.h"
 
 #include <errno.h>
@@ -105,8 +109,24 @@ static void parse_options(int argc, char **argv, struct options *opts)
 		usage_error("unexpected argument", argv[optind]);
 }
 
+/*
+ * Under an upgrade's check (-t with UPGRADE_LAYOUT_ENV): a binary whose
+ * scoreboard differs from the running one's cannot adopt its workers.
+ */
+static void check_upgrade_layout(void)
+{
+	const char *running = getenv(UPGRADE_LAYOUT_ENV);
+	if (running == NULL || strtoul(running, NULL, 10) == scoreboard_layout())
+		return;
+	fprintf(stderr, "drover: this binary's scoreboard layout (%u) differs from the running drover's (%s): "
+	        "upgrade by stop and start instead\n", scoreboard_layout(), running);
+	exit(EX_CONFIG);
+}
+
 static struct config *load_or_exit(const char *path, bool test_only)
 {
+	if (test_only)
+		check_upgrade_layout();
 	struct config_errors errors = { 0 };
 	struct config *cfg = queue_config_load(path, &errors);
 	if (cfg == NULL) {
@@ -379,10 +399,111 @@ static const char *absolute_config_path(const char *path)
 	return resolved;
 }
 
+/* ---- after a binary upgrade ------------------------------------------------- */
+
+static bool same_file(const char *path, int fd)
+{
+	struct stat by_path, by_fd;
+	return stat(path, &by_path) == 0 && fstat(fd, &by_fd) == 0 && by_path.st_dev == by_fd.st_dev &&
+	       by_path.st_ino == by_fd.st_ino;
+}
+
+/*
+ * The log file. After an upgrade the old image's open file is kept while the
+ * configuration still names it: drover's user may be unable to open it again
+ * (it was created before the privilege drop, as at a fresh start).
+ */
+static void open_log_file(const char *path, int handed_fd)
+{
+	if (handed_fd >= 0 && strcmp(path, "-") != 0 && path[0] != '\0' && same_file(path, handed_fd) &&
+	    fd_set_cloexec(handed_fd) == 0) {
+		log_adopt(handed_fd, path);
+		return;
+	}
+	if (handed_fd >= 0)
+		close(handed_fd);
+	if (log_open(path) < 0)
+		log_fatal(EX_UNAVAILABLE, "cannot open log file %s", path);
+}
+
+/* The pid file the old image locked: the lock lives on in the open file it hands over. */
+static char *adopted_pid_path(int fd)
+{
+	char link[64], path[PATH_MAX];
+	if (fd < 0)
+		return strdup("");
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, path, sizeof(path) - 1);
+	if (n <= 0 || fd_set_cloexec(fd) < 0)
+		log_fatal(EX_SOFTWARE, "handed-over pid file fd %d", fd);
+	path[n] = '\0';
+	return strdup(path);
+}
+
+static void adopt_handover(struct supervisor *sup, const struct handover *h)
+{
+	char err[512];
+	sup->control = control_adopt(sup, h->control_fd, err, sizeof(err));
+	if (sup->control == NULL)
+		log_fatalx(EX_SOFTWARE, "upgrade: %s", err);
+	sup->scoreboard = scoreboard_attach(h->scoreboard_fd);
+	if (sup->scoreboard == NULL)
+		log_fatal(EX_SOFTWARE, "upgrade: cannot map the handed-over scoreboard");
+	const struct scoreboard_carry *carry = scoreboard_carry(sup->scoreboard);
+	sup->retired = carry->retired;
+	sup->jobs_lost = carry->jobs_lost;
+	sup->restarts_retired = carry->restarts_retired;
+	/* A generation newer than every adopted worker's: the rolling replacement swaps them all. */
+	sup->generation = h->generation + 1;
+	sup->started_ms = h->started_ms;
+	/* The listening socket carries on (a port below 1024 could not be bound again after the drop). */
+	if (h->http_fd >= 0 && (sup->http = http_adopt(sup, h->http_fd, err, sizeof(err))) == NULL)
+		log_warnx("upgrade: the HTTP endpoint is off: %s", err);
+	log_info("upgraded to drover %s (%s): adopting %d worker(s)", DROVER_VERSION, upgrade_binary(), h->slot_count);
+}
+
+/* The log file's owner, the pid file, the control socket, the HTTP listener and the privilege drop of a fresh start. */
+static void start_fresh(struct supervisor *sup, const struct config *cfg, bool daemonize_it, bool new_log_file)
+{
+	char err[512];
+	struct identity id = resolve_identity(cfg);
+	if (new_log_file && id.drop)
+		give_new_log_file(cfg->log_file, &id);
+	sup->pid_fd = pidfile_lock(cfg->pid_file, &id);
+	make_parent_dir(cfg->control_socket, &id);
+	sup->control = control_open(sup, cfg->control_socket, cfg->control_socket_mode,
+	                            id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
+	if (sup->control == NULL)
+		log_fatalx(EX_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
+	/* Bound here, before the privilege drop, like the control socket. */
+	if (cfg->http_listen[0] != '\0' && (sup->http = http_open(sup, cfg->http_listen, err, sizeof(err))) == NULL)
+		log_fatalx(EX_UNAVAILABLE, "[supervisor] http_listen %s: %s", cfg->http_listen, err);
+	if (daemonize_it)
+		daemonize();
+	drop_privileges(&id);
+}
+
+/* After the stop: the socket and pid file go, so that the next start finds the place free. */
+static void release_everything(struct supervisor *sup, char *pid_path)
+{
+	control_close(sup->control);
+	http_close(sup->http);
+	pool_destroy(sup->pool);
+	if (sup->pid_fd >= 0) {
+		if (unlink(pid_path) < 0 && errno != ENOENT)
+			log_warn("cannot remove pid file %s", pid_path);
+		close(sup->pid_fd);
+	}
+	free(pid_path);
+	scoreboard_destroy(sup->scoreboard);
+	log_info("stopped");
+	config_free(sup->cfg);
+}
+
 int main(int argc, char **argv)
 {
 	struct options opts = { 0 };
-	char err[512];
+	struct handover handover;
 
 	/* Before the environment moves to the heap: the secrets are wiped where
 	 * /proc/PID/environ shows them (protect_secrets reports a failure). */
@@ -390,6 +511,7 @@ int main(int argc, char **argv)
 	if (proctitle_init(argc, argv) < 0)
 		fprintf(stderr, "drover: out of memory at start: the process title stays\n");
 	log_init("supervisor", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+	bool upgraded = upgrade_init(&handover);
 	parse_options(argc, argv, &opts);
 	const char *config_path = absolute_config_path(opts.config_path);
 	struct config *cfg = load_or_exit(opts.test_only ? opts.config_path : config_path, opts.test_only);
@@ -399,9 +521,8 @@ int main(int argc, char **argv)
 	protect_secrets();
 	log_set_level(cfg->log_level);
 	log_set_format(cfg->log_format);
-	bool new_log_file = log_is_file(cfg->log_file) && !path_exists(cfg->log_file);
-	if (log_open(cfg->log_file) < 0)
-		log_fatal(EX_UNAVAILABLE, "cannot open log file %s", cfg->log_file);
+	bool new_log_file = !upgraded && log_is_file(cfg->log_file) && !path_exists(cfg->log_file);
+	open_log_file(cfg->log_file, upgraded ? handover.log_fd : -1);
 	char notify_err[160];
 	if (notify_init(notify_err, sizeof(notify_err)) < 0)
 		log_warnx("systemd notification is off: %s", notify_err);
@@ -414,53 +535,38 @@ int main(int argc, char **argv)
 	sup.generation = 1;
 	sup.started_ms = wall_ms();
 	sup.loop = EV_DEFAULT;
+	sup.pid_fd = -1;
 
-	struct identity id = resolve_identity(cfg);
-	if (new_log_file && id.drop)
-		give_new_log_file(cfg->log_file, &id);
-	char *pid_path = strdup(cfg->pid_file); /* a reload must not move it */
-	int pid_fd = pidfile_lock(cfg->pid_file, &id);
-	make_parent_dir(cfg->control_socket, &id);
-	sup.control = control_open(&sup, cfg->control_socket, cfg->control_socket_mode,
-	                           id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
-	if (sup.control == NULL)
-		log_fatalx(EX_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
-	/* Bound here, before the privilege drop, like the control socket. */
-	if (cfg->http_listen[0] != '\0' && (sup.http = http_open(&sup, cfg->http_listen, err, sizeof(err))) == NULL)
-		log_fatalx(EX_UNAVAILABLE, "[supervisor] http_listen %s: %s", cfg->http_listen, err);
-	if (opts.daemonize)
-		daemonize();
-	drop_privileges(&id);
+	char *pid_path;
+	if (upgraded) {
+		/* Already the drover user when it dropped privileges: nothing to drop again. */
+		sup.pid_fd = handover.pid_fd;
+		pid_path = adopted_pid_path(handover.pid_fd);
+		adopt_handover(&sup, &handover);
+	} else {
+		pid_path = strdup(cfg->pid_file); /* a reload must not move it */
+		start_fresh(&sup, cfg, opts.daemonize, new_log_file);
+	}
 	protect_secrets();
 	prepare_queue(cfg);
 
-	sup.scoreboard = scoreboard_create();
+	if (!upgraded)
+		sup.scoreboard = scoreboard_create();
 	if (sup.scoreboard == NULL)
 		log_fatal(EX_SOFTWARE, "cannot map the scoreboard");
-	/* Orphaned handler processes of a dead worker come back to us to be reaped. */
+	/* Orphaned handler processes of a dead worker come back to us to be reaped. The flag
+	 * survives exec (prctl(2)); set again after an upgrade all the same. */
 	if (getpid() != 1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		log_warn("cannot become a child subreaper");
-	sup.pool = pool_create(&sup);
+	sup.pool = upgraded ? pool_create_adopting(&sup, &handover) : pool_create(&sup);
 	if (sup.pool == NULL)
 		log_fatal(EX_SOFTWARE, "cannot create the worker pool");
 
 	supervisor_start(&sup);
 	/* Written once the pool is up, so that the pid file means "ready" for init scripts. */
-	pidfile_write(pid_fd, pid_path);
+	pidfile_write(sup.pid_fd, pid_path);
 	daemon_ready();
 	int code = supervisor_serve(&sup);
-
-	control_close(sup.control);
-	http_close(sup.http);
-	pool_destroy(sup.pool);
-	if (pid_fd >= 0) {
-		if (unlink(pid_path) < 0 && errno != ENOENT)
-			log_warn("cannot remove pid file %s", pid_path);
-		close(pid_fd);
-	}
-	free(pid_path);
-	scoreboard_destroy(sup.scoreboard);
-	log_info("stopped");
-	config_free(sup.cfg);
+	release_everything(&sup, pid_path);
 	return code;
 }

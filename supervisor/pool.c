@@ -60,6 +60,7 @@ struct pool {
 	struct children *children;  /* our own children, to find the orphans of dead workers */
 	ev_child child_watcher;
 	ev_timer heartbeat_timer;
+	bool adopted; /* took over the workers of an upgraded image */
 };
 
 static void slot_start(struct slot *s);
@@ -362,20 +363,43 @@ static void slot_on_exit(struct slot *s, int status)
 	pool_replace_next(pool);
 }
 
-static void pool_child_cb(struct ev_loop *loop, ev_child *watcher, int revents)
+static void pool_on_child_exit(struct pool *pool, pid_t pid, int status)
 {
-	struct pool *pool = watcher->data;
 	char how[64];
-	struct slot *s = pool_find(pool, watcher->rpid);
+	struct slot *s = pool_find(pool, pid);
 
 	if (s != NULL) {
-		slot_on_exit(s, watcher->rstatus);
+		slot_on_exit(s, status);
 		return;
 	}
 	/* An orphan re-parented to us (PID 1 or subreaper): reaped; its own children are ours now. */
-	describe_wait_status(watcher->rstatus, how, sizeof(how));
-	log_debug("reaped pid %d, not a worker (%s)", (int)watcher->rpid, how);
+	describe_wait_status(status, how, sizeof(how));
+	log_debug("reaped pid %d, not a worker (%s)", (int)pid, how);
 	pool_sweep_orphans(pool);
+}
+
+static void pool_child_cb(struct ev_loop *loop, ev_child *watcher, int revents)
+{
+	pool_on_child_exit(watcher->data, watcher->rpid, watcher->rstatus);
+}
+
+/*
+ * After an upgrade: children that exited while the old image exec'd this one
+ * are zombies whose SIGCHLD may be gone. Collected once at start and matched
+ * to the adopted slots.
+ */
+static void pool_reap_exited(struct pool *pool)
+{
+	for (;;) {
+		int status = 0;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		if (pid < 0 && errno == EINTR)
+			continue;
+		if (pid <= 0)
+			return;
+		log_info("pid %d exited during the upgrade", (int)pid);
+		pool_on_child_exit(pool, pid, status);
+	}
 }
 
 /* ---- heartbeat ----------------------------------------------------------- */
@@ -499,24 +523,13 @@ void pool_adopt_generation(struct pool *pool)
 
 /* ---- public --------------------------------------------------------------- */
 
-struct pool *pool_create(struct supervisor *sup)
+/* A pool without pipes or workers yet. */
+static struct pool *pool_alloc(struct supervisor *sup)
 {
 	struct pool *pool = calloc(1, sizeof(*pool));
 	if (pool == NULL)
 		return NULL;
 	pool->sup = sup;
-	if (pipe2(pool->death_pipe, O_CLOEXEC) < 0) {
-		free(pool);
-		return NULL;
-	}
-	if (pipe2(pool->wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
-		close(pool->death_pipe[0]);
-		close(pool->death_pipe[1]);
-		free(pool);
-		return NULL;
-	}
-	ev_io_init(&pool->wake_watcher, pool_wake_cb, pool->wake_pipe[0], EV_READ);
-	pool->wake_watcher.data = pool;
 	pool->children = children_open();
 	if (pool->children == NULL)
 		log_warn("cannot open the supervisor's list of child processes; escaped job processes of dead "
@@ -536,6 +549,93 @@ struct pool *pool_create(struct supervisor *sup)
 	pool->heartbeat_timer.data = pool;
 	srandom((unsigned)(getpid() ^ wall_ms()));
 	return pool;
+}
+
+static void pool_watch_wake_pipe(struct pool *pool)
+{
+	ev_io_init(&pool->wake_watcher, pool_wake_cb, pool->wake_pipe[0], EV_READ);
+	pool->wake_watcher.data = pool;
+}
+
+struct pool *pool_create(struct supervisor *sup)
+{
+	struct pool *pool = pool_alloc(sup);
+	if (pool == NULL)
+		return NULL;
+	if (pipe2(pool->death_pipe, O_CLOEXEC) < 0) {
+		children_close(pool->children);
+		free(pool);
+		return NULL;
+	}
+	if (pipe2(pool->wake_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+		close(pool->death_pipe[0]);
+		close(pool->death_pipe[1]);
+		children_close(pool->children);
+		free(pool);
+		return NULL;
+	}
+	pool_watch_wake_pipe(pool);
+	return pool;
+}
+
+/*
+ * The old image's workers, as starting slots: the heartbeat check finds them
+ * published and running, and since they run an older generation the rolling
+ * replacement swaps them one at a time, each draining first.
+ */
+static void pool_adopt_slot(struct pool *pool, const struct handover_slot *h)
+{
+	struct slot *s = &pool->slots[h->index];
+	const struct scoreboard_slot *board = scoreboard_slot(pool->sup->scoreboard, h->index);
+	long long started = __atomic_load_n(&board->started_ms, __ATOMIC_RELAXED);
+	s->pid = h->pid;
+	s->serial = h->serial;
+	s->generation = h->generation;
+	s->restarts = h->restarts;
+	s->started_wall_ms = started > 0 ? started : wall_ms();
+	s->started_mono_ms = now_ms(); /* the heartbeat grace of a fresh start */
+	slot_enter(s, SLOT_STARTING);
+	log_info("worker %d (pid %d) adopted from the previous image", s->index, (int)s->pid);
+}
+
+struct pool *pool_create_adopting(struct supervisor *sup, const struct handover *h)
+{
+	struct pool *pool = pool_alloc(sup);
+	if (pool == NULL)
+		return NULL;
+	memcpy(pool->death_pipe, h->death_pipe, sizeof(pool->death_pipe));
+	memcpy(pool->wake_pipe, h->wake_pipe, sizeof(pool->wake_pipe));
+	int fds[] = { h->death_pipe[0], h->death_pipe[1], h->wake_pipe[0], h->wake_pipe[1] };
+	for (size_t i = 0; i < ARRAY_LEN(fds); i++)
+		if (fd_set_cloexec(fds[i]) < 0)
+			log_warn("cannot mark the handed-over fd %d close-on-exec", fds[i]);
+	pool_watch_wake_pipe(pool);
+	pool->spawned = h->spawned;
+	pool->adopted = true;
+	for (int i = 0; i < h->slot_count; i++)
+		pool_adopt_slot(pool, &h->slots[i]);
+	return pool;
+}
+
+int pool_handover(const struct pool *pool, struct handover *h, char *err, size_t errlen)
+{
+	memcpy(h->death_pipe, pool->death_pipe, sizeof(h->death_pipe));
+	memcpy(h->wake_pipe, pool->wake_pipe, sizeof(h->wake_pipe));
+	h->spawned = pool->spawned;
+	h->slot_count = 0;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		const struct slot *s = &pool->slots[i];
+		if (s->state == SLOT_DRAINING) {
+			snprintf(err, errlen, "worker %d is draining (a replacement or scale-down is under way); "
+			         "upgrade once it is done", s->index);
+			return -1;
+		}
+		if (!slot_alive(s))
+			continue;
+		h->slots[h->slot_count++] = (struct handover_slot){ .index = s->index, .pid = s->pid,
+			.serial = s->serial, .generation = s->generation, .restarts = s->restarts };
+	}
+	return 0;
 }
 
 void pool_destroy(struct pool *pool)
@@ -562,6 +662,9 @@ void pool_start(struct pool *pool)
 	ev_child_start(pool->sup->loop, &pool->child_watcher);
 	ev_timer_start(pool->sup->loop, &pool->heartbeat_timer);
 	ev_io_start(pool->sup->loop, &pool->wake_watcher);
+	pool->desired = pool->sup->cfg->workers;
+	if (pool->adopted)
+		pool_reap_exited(pool);
 	pool_scale(pool, pool->sup->cfg->workers);
 }
 

@@ -12,10 +12,21 @@
 #include <stdbool.h>
 
 #include "supervisor/supervisor.h"
+#include "supervisor/upgrade.h"
 
 struct pool;
 
 struct pool *pool_create(struct supervisor *sup);
+/*
+ * After a binary upgrade: the pipes and live workers of the old image (the
+ * scoreboard is already attached). Its workers are replaced one at a time.
+ */
+struct pool *pool_create_adopting(struct supervisor *sup, const struct handover *h);
+/*
+ * Fills h's pipes, serial and live slots for an upgrade. -1 with why in err
+ * while a worker is draining (the new image would not know it was asked to).
+ */
+int pool_handover(const struct pool *pool, struct handover *h, char *err, size_t errlen);
 void pool_destroy(struct pool *pool);
 /* Forks the start-up workers. */
 void pool_start(struct pool *pool);

@@ -753,6 +753,8 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 {
 	write_header(out, "drover_up", "gauge", "1 while the supervisor runs.");
 	fputs("drover_up 1\n", out);
+	write_header(out, "drover_build_info", "gauge", "The running binary's version (a binary upgrade changes it).");
+	fprintf(out, "drover_build_info{version=\"%s\"} 1\n", DROVER_VERSION);
 	write_header(out, "drover_workers", "gauge", "Worker slots by state.");
 	for (int s = 0; s < SLOT_STATE_COUNT; s++)
 		fprintf(out, "drover_workers{state=\"%s\"} %d\n", slot_state_name((enum slot_state)s), t->by_state[s]);

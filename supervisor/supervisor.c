@@ -11,6 +11,7 @@
 #include "supervisor/pool.h"
 #include "queue/source.h"
 #include "supervisor/stats.h"
+#include "supervisor/upgrade.h"
 #include "shared/util.h"
 
 #include <signal.h>
@@ -110,8 +111,8 @@ int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
 {
 	struct config_errors errors = { 0 };
 
-	if (sup->stopping) {
-		snprintf(err, errlen, "stopping");
+	if (sup->stopping || sup->upgrading) {
+		snprintf(err, errlen, sup->stopping ? "stopping" : "upgrading");
 		return -1;
 	}
 	notify_reloading();
@@ -146,8 +147,8 @@ int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
 
 int supervisor_scale(struct supervisor *sup, int workers, char *err, size_t errlen)
 {
-	if (sup->stopping) {
-		snprintf(err, errlen, "stopping");
+	if (sup->stopping || sup->upgrading) {
+		snprintf(err, errlen, sup->stopping ? "stopping" : "upgrading");
 		return -1;
 	}
 	if (workers < 1 || workers > CONFIG_MAX_WORKERS) {
@@ -189,6 +190,12 @@ static void supervisor_stop_stage(void *arg, enum escalate_stage stage, int sign
 /* A second TERM/INT, or QUIT while draining, stops at once; anything later changes nothing. */
 void supervisor_stop(struct supervisor *sup, enum stop_mode mode)
 {
+	if (sup->upgrading) {
+		/* The control socket answers again during the drain. */
+		log_warnx("upgrade abandoned: stopping");
+		sup->upgrading = false;
+		control_resume(sup->control);
+	}
 	if (sup->stopping) {
 		mode = STOP_FAST;
 	} else {
@@ -203,6 +210,67 @@ void supervisor_workers_gone(struct supervisor *sup)
 	log_info("all workers have exited");
 	escalate_cancel(&sup->stop);
 	ev_break(sup->loop, EVBREAK_ALL);
+}
+
+/* ---- binary upgrade ------------------------------------------------------ */
+
+static int supervisor_handover(struct supervisor *sup, struct handover *h, char *err, size_t errlen)
+{
+	memset(h, 0, sizeof(*h));
+	if (pool_handover(sup->pool, h, err, errlen) < 0)
+		return -1;
+	h->scoreboard_fd = scoreboard_fd(sup->scoreboard);
+	h->control_fd = control_fd(sup->control);
+	h->pid_fd = sup->pid_fd;
+	h->log_fd = log_fd() != STDERR_FILENO ? log_fd() : -1;
+	h->http_fd = http_listen_fd(sup->http);
+	h->generation = sup->generation;
+	h->started_ms = sup->started_ms;
+	if (h->scoreboard_fd < 0 || h->control_fd < 0) {
+		snprintf(err, errlen, "the scoreboard or the control socket has no fd to hand over");
+		return -1;
+	}
+	/* The counters of workers gone so far live on in the new image. */
+	struct scoreboard_carry *carry = scoreboard_carry(sup->scoreboard);
+	carry->retired = sup->retired;
+	carry->jobs_lost = sup->jobs_lost;
+	carry->restarts_retired = sup->restarts_retired;
+	return 0;
+}
+
+/* Called by the control socket once no client is left: exec, or stay and say why. */
+static void supervisor_upgrade_now(struct supervisor *sup)
+{
+	char err[1024];
+	struct handover h;
+	if (!sup->upgrading)
+		return; /* abandoned by a stop */
+	sup->upgrading = false;
+	if (supervisor_handover(sup, &h, err, sizeof(err)) == 0) {
+		log_info("upgrade: executing %s (%d worker(s) handed over)", upgrade_binary(), h.slot_count);
+		notify_reloading();
+		upgrade_exec(&h, sup->config_path, err, sizeof(err));
+		notify_ready("upgrade failed");
+	}
+	log_error("upgrade failed; this image keeps running: %s", err);
+	control_resume(sup->control);
+}
+
+int supervisor_upgrade(struct supervisor *sup, char *err, size_t errlen)
+{
+	struct handover h;
+	if (sup->stopping || sup->upgrading) {
+		snprintf(err, errlen, sup->stopping ? "stopping" : "an upgrade is already under way");
+		return -1;
+	}
+	log_info("upgrade: checking %s", upgrade_binary());
+	if (pool_handover(sup->pool, &h, err, errlen) < 0 || upgrade_check(sup->config_path, err, errlen) < 0) {
+		log_error("upgrade refused; this image keeps running: %s", err);
+		return -1;
+	}
+	sup->upgrading = true;
+	control_quiesce(sup->control, supervisor_upgrade_now);
+	return 0;
 }
 
 /* ---- slot views for stats ------------------------------------------------- */
@@ -262,8 +330,7 @@ static void supervisor_signal_cb(struct ev_loop *loop, ev_signal *watcher, int r
 			log_warnx("TTOU ignored: %s", err);
 		break;
 	case SIGUSR2:
-		/* Its default action would kill the supervisor; nginx's meaning (binary upgrade) may come later. */
-		log_warnx("USR2 ignored: reserved for a future binary upgrade");
+		(void)supervisor_upgrade(sup, err, sizeof(err)); /* a refusal is logged */
 		break;
 	default:
 		break;

@@ -63,6 +63,8 @@ struct supervisor {
 	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
 	uint64_t restarts_retired; /* restarts of slots since emptied and reused: keeps the total monotonic */
 	bool stopping;
+	bool upgrading;            /* an upgrade waits for the control socket's clients to finish */
+	int pid_fd;                /* the locked pid file, -1 when none: an upgrade hands it over */
 	struct escalation stop;    /* the whole pool's stop ladder */
 	ev_timer status_timer;
 	ev_timer progress_timer;
@@ -79,6 +81,13 @@ int supervisor_serve(struct supervisor *sup);
 int supervisor_reload(struct supervisor *sup, char *err, size_t errlen);
 int supervisor_scale(struct supervisor *sup, int workers, char *err, size_t errlen);
 void supervisor_stop(struct supervisor *sup, enum stop_mode mode);
+/*
+ * Binary upgrade (SIGUSR2, `upgrade`): checks the binary on disk, then, once
+ * the control socket's clients are answered, execs it with the same pid,
+ * handing over the workers and the listening fds. Returns 0 when the upgrade
+ * is under way, or -1 with why in err (the running image stays).
+ */
+int supervisor_upgrade(struct supervisor *sup, char *err, size_t errlen);
 /* Called by the pool when the last worker of a stop has exited. */
 void supervisor_workers_gone(struct supervisor *sup);
 

@@ -326,6 +326,7 @@ class Drover:
             d.mkdir(exist_ok=True)
         self.mark = "%s-%s" % (name, uuid.uuid4().hex)
         self.env = dict(env or {})
+        self.binary = DROVER  # a test of the binary upgrade runs a copy it can replace
         self.proc = None
         self._stderr = None
         self.exit_code = None
@@ -373,7 +374,7 @@ class Drover:
         if self._stderr is not None:
             self._stderr.close()
         self._stderr = open(self.stderr_file, "ab")
-        self.proc = subprocess.Popen([str(DROVER), "-c", str(self.ini)], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([str(self.binary), "-c", str(self.ini)], stdin=subprocess.DEVNULL,
                                      stdout=self._stderr, stderr=self._stderr, env=self.drover_env(),
                                      start_new_session=True)
         if wait:

@@ -250,12 +250,16 @@ def test_init_script_configtest_fails_on_a_broken_config(workdir):
     assert r.returncode == 0 and "is ok" in r.stdout, r
 
 
-def test_sigusr2_is_ignored_with_a_log_line(drover):
+def test_sigusr2_upgrades_in_place_instead_of_killing(drover):
+    """USR2 (what gunicorn and php-fpm users send) no longer kills drover: it re-executes the binary in place
+    (test_upgrade.py covers the upgrade itself)."""
     d = drover(config={"supervisor": {"workers": 1}})
-    d.wait_workers(1)
+    before = d.wait_workers(1)["workers"][0]["pid"]
     d.signal(signal.SIGUSR2)
-    d.wait_until(lambda: "USR2 ignored" in d.log_text(), 10, "the supervisor to log that USR2 is reserved")
-    assert d.alive() and d.ctl("ping")[0] == 0
+    d.wait_until(lambda: "upgraded to drover" in d.log_text(), 10, "the supervisor to re-execute itself")
+    d.wait_until(lambda: (lambda w: w["state"] == "running" and w["pid"] not in (0, before))
+                 (d.stats()["workers"][0]), 20, "the worker replaced by one of the new image")
+    assert d.alive() and d.stats()["pid"] == d.pid
 
 
 def test_pool_fault_back_off_doubles(drover, workdir):

@@ -8,7 +8,9 @@ start, status 0, start again (no second instance), reload with a good file
 (new generation, same pid), reload with a broken file (refused, nothing
 signalled, old configuration still running), restart refused on a broken
 file, stop waits for a running job to finish, status 3, and a stale pid file
-naming another process is not taken for drover.
+naming another process is not taken for drover. upgrade re-executes the
+daemonized drover in place (same pid, the running job finishes once) and
+reports a refusal with its reason.
 """
 
 import os
@@ -193,3 +195,33 @@ def test_start_after_a_killed_drover_left_its_pid_file(init):
     assert res.returncode == 0, res.stdout + res.stderr
     assert init.pid() != pid and h.proc_alive(init.pid())
     assert init("stop").returncode == 0
+
+
+def test_upgrade_executes_the_binary_in_place(init):
+    res = init("upgrade")
+    assert res.returncode == 7 and "not running" in res.stderr, res.stdout + res.stderr
+    assert init("start").returncode == 0
+    pid = init.pid()
+    workers = {w["pid"] for w in init.stats()["workers"]}
+
+    # A configuration the binary rejects: refused with the reason, nothing changes.
+    good = init.ini.read_text()
+    init.ini.write_text(good.replace("[jobs]", "[jobs]\nno_such_key = 1"))
+    res = init("upgrade")
+    assert res.returncode == 1 and "no_such_key" in res.stderr and "refused it (exit 78)" in res.stderr, \
+        res.stdout + res.stderr
+    assert init.stats()["pid"] == pid and {w["pid"] for w in init.stats()["workers"]} == workers
+    init.ini.write_text(good)
+
+    # The daemonized drover (-d) re-executes itself: same pid, pid file and socket; a running job finishes once.
+    [job] = h.submit([{"id": "across-1", "sleep_ms": 2500}], init.ini, ctl=init.ctl)
+    h.wait_until(lambda: init.stats()["jobs"]["in_flight"] == 1, 10, "across-1 to be running")
+    res = init("upgrade")
+    assert res.returncode == 0, res.stdout + res.stderr
+    h.wait_until(lambda: (lambda s: s["workers_alive"] == 2 and not {w["pid"] for w in s["workers"]} & workers)
+                 (init.stats()), 30, "every worker replaced")
+    assert init.pid() == pid and init.stats()["pid"] == pid and h.proc_alive(pid)
+    assert "upgraded to drover" in init.log.read_text()
+    done = h.wait_until(lambda: h.completed(init.spool, job), 20, "across-1 to complete")
+    assert done["attempts"] == 1 and init.stats()["jobs"]["completed"] == 1, done
+    assert init("stop").returncode == 0 and not h.proc_exists(pid)

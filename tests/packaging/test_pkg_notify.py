@@ -8,7 +8,8 @@ NOTIFY_SOCKET.
 - the real drover: READY=1 (with MAINPID) arrives only once the control
   socket answers ping and every worker is forked; HUP gives RELOADING=1 then
   READY=1, also for a refused reload; TERM gives STOPPING=1; handlers never
-  see NOTIFY_SOCKET.
+  see NOTIFY_SOCKET; USR2 (binary upgrade) gives RELOADING=1, then READY=1
+  from the new image.
 """
 
 import json
@@ -230,3 +231,26 @@ def test_status_line_reports_workers_and_jobs(notified_drover):
     recv.wait_for("READY", "1", 15)
     status = h.wait_until(lambda: [m["STATUS"] for m in recv.poll() if "STATUS" in m], 5, "a STATUS line")
     assert any("3 workers" in s for s in status), status
+
+
+def test_upgrade_reports_reloading_then_ready_from_the_new_image(notified_drover):
+    """USR2 execs the binary in place: the manager sees RELOADING=1, then READY=1 from the same pid, which
+    only the new image can send (it must get NOTIFY_SOCKET back, since start-up removed it from the environment)."""
+    proc, recv, ini, spool, tmp = notified_drover
+    ready = recv.wait_for("READY", "1", 15)
+    workers = {w["pid"] for w in h.wait_until(lambda: (lambda s: s if s["workers_alive"] == 3 else None)(h.stats(ini)),
+                                             10, "3 workers")["workers"]}
+    os.kill(proc.pid, signal.SIGUSR2)
+    reloading = recv.wait_for("RELOADING", "1", 10, start=ready + 1)
+    again = recv.wait_for("READY", "1", 10, start=reloading + 1)
+    assert recv.messages[again]["MAINPID"] == str(proc.pid)
+    assert "upgraded to drover" in (tmp / "drover.log").read_text()
+    h.wait_until(lambda: (lambda s: s["workers_alive"] == 3 and not {w["pid"] for w in s["workers"]} & workers)
+                 (h.stats(ini)), 30, "every worker replaced")
+
+    # The handlers of the new image's workers still do not see NOTIFY_SOCKET, nor the handover.
+    dump = tmp / "env.json"
+    [job_id] = h.submit([{"id": "env-2", "env_dump": str(dump)}], ini)
+    h.wait_until(lambda: h.completed(spool, job_id), 15, "job env-2 to complete")
+    env = json.loads(dump.read_text())
+    assert "NOTIFY_SOCKET" not in env and "DROVER_UPGRADE" not in env and env.get("DROVER_JOB_ID") == "env-2"

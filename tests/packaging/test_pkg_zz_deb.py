@@ -5,7 +5,8 @@ stops and purges a system package, and restores the system on failure):
   make deb -> lintian -> dpkg -i (README and examples in /usr/share/doc/drover,
   bash completion) -> service drover start -> droverctl submit
   -> the demo handler's job completes -> logrotate + USR1 -> service drover
-  reload / stop -> dpkg -r keeps configuration and spool -> dpkg --purge
+  reload -> dpkg -i again (an upgrade: drover re-executes in place, same pid)
+  -> service drover stop -> dpkg -r keeps configuration and spool -> dpkg --purge
   leaves nothing behind (the drover user stays, as Debian policy says).
 
 DROVER_DEB=/path/to/drover_*.deb skips the build and tests that file.
@@ -200,6 +201,17 @@ def test_install_run_remove_purge(deb, clean_system):
     res = service("reload")
     assert res.returncode == 0, res.stdout + res.stderr
     h.wait_until(lambda: json.loads(run(ctl + ["stats"]).stdout)["config_generation"] == 2, 15, "generation 2")
+
+    # a package upgrade (the same package again) while running: postinst has drover re-execute the new
+    # binary in place instead of a stop and start: the same pid, every worker replaced.
+    workers = {w["pid"] for w in json.loads(run(ctl + ["stats"]).stdout)["workers"]}
+    res = run(["dpkg", "-i", str(path)], timeout=300)
+    assert "re-executes the new binary" in res.stdout, res.stdout + res.stderr
+    st = h.wait_until(lambda: (lambda s: s if s["workers_alive"] == 3
+                               and not {w["pid"] for w in s["workers"]} & workers else None)
+                      (json.loads(run(ctl + ["stats"]).stdout)), 60, "every worker replaced after the upgrade")
+    assert st["pid"] == pid and h.read_pid_file("/run/drover/drover.pid") == pid
+    assert "upgraded to drover" in log.read_text()
 
     res = service("stop")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -26,8 +26,8 @@ TestSuite(control, .timeout = 10);
 
 #define SLOTS 3
 static struct slot_view table[SLOTS];
-static int scaled_to, reloads_asked, stops_asked;
-static const char *reload_error;
+static int scaled_to, reloads_asked, stops_asked, upgrades_asked;
+static const char *reload_error, *upgrade_error;
 
 int supervisor_slot_count(const struct supervisor *sup)
 {
@@ -67,6 +67,15 @@ int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
 	if (reload_error == NULL)
 		return 0;
 	snprintf(err, errlen, "%s", reload_error);
+	return -1;
+}
+
+int supervisor_upgrade(struct supervisor *sup, char *err, size_t errlen)
+{
+	upgrades_asked++;
+	if (upgrade_error == NULL)
+		return 0;
+	snprintf(err, errlen, "%s", upgrade_error);
 	return -1;
 }
 
@@ -119,8 +128,8 @@ static void setup(void)
 	scoreboard_write_end(board);
 	cr_assert_geq(scoreboard_job_add(board, "job-a", 1), 0);
 	cr_assert_geq(scoreboard_job_add(board, "job-b", 2), 0);
-	scaled_to = reloads_asked = stops_asked = 0;
-	reload_error = NULL;
+	scaled_to = reloads_asked = stops_asked = upgrades_asked = 0;
+	reload_error = upgrade_error = NULL;
 }
 
 static void teardown(void)
@@ -150,15 +159,17 @@ Test(control, commands_and_their_errors, .init = setup, .fini = teardown)
 {
 	expect("ping\n", "pong\n");
 	expect("  ping  \n", "pong\n");
-	expect("", "error: empty command (try: ping, health, stats, metrics, reload, scale N, stop)\n");
+	expect("", "error: empty command (try: ping, health, stats, metrics, reload, scale N, stop, upgrade)\n");
 	expect("ping now\n", "error: ping takes no argument\n");
 	expect("scale 1 2\n", "error: too many arguments\n");
 	expect("frobnicate\n", "error: unknown command \"frobnicate\" (try: ping, health, stats, metrics, reload, "
-	                       "scale N, stop)\n");
-	expect("PING\n", "error: unknown command \"PING\" (try: ping, health, stats, metrics, reload, scale N, stop)\n");
+	                       "scale N, stop, upgrade)\n");
+	expect("PING\n", "error: unknown command \"PING\" (try: ping, health, stats, metrics, reload, scale N, stop, "
+	                 "upgrade)\n");
 	expect("bad\x01word\n", "error: unknown command \"bad?word\" (try: ping, health, stats, metrics, reload, "
-	                        "scale N, stop)\n");
-	cr_assert_eq(scaled_to + reloads_asked + stops_asked, 0, "no action for a bad command");
+	                        "scale N, stop, upgrade)\n");
+	expect("upgrade now\n", "error: upgrade takes no argument\n");
+	cr_assert_eq(scaled_to + reloads_asked + stops_asked + upgrades_asked, 0, "no action for a bad command");
 }
 
 Test(control, scale_takes_one_worker_count_in_range, .init = setup, .fini = teardown)
@@ -186,6 +197,15 @@ Test(control, reload_and_stop, .init = setup, .fini = teardown)
 	cr_assert_eq(reloads_asked, 2);
 	expect("stop\n", "ok\n");
 	cr_assert_eq(stops_asked, 1, "stop stops once the answer is out");
+}
+
+Test(control, upgrade_answers_ok_or_why_it_was_refused, .init = setup, .fini = teardown)
+{
+	expect("upgrade\n", "ok\n");
+	upgrade_error = "/usr/sbin/drover -t -c /etc/drover/drover.ini refused it (exit 78): drover.ini:3: bad\n";
+	expect("upgrade\n", "error: /usr/sbin/drover -t -c /etc/drover/drover.ini refused it (exit 78): drover.ini:3: "
+	                    "bad\n");
+	cr_assert_eq(upgrades_asked, 2);
 }
 
 /* ---- stats, metrics, health --------------------------------------------- */
@@ -294,6 +314,7 @@ Test(control, metrics_count_slots_by_state_and_jobs_by_outcome, .init = setup, .
 		"drover_jobs_lost_total 3\n",
 		"drover_job_duration_seconds_bucket{le=\"+Inf\"} 1\n",
 		"drover_config_generation 2\n",
+		"drover_build_info{version=\"" DROVER_VERSION "\"} 1\n",
 	};
 	for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
 		cr_assert_not_null(strstr(text, lines[i]), "no %s in:\n%s", lines[i], text);
