@@ -3,6 +3,7 @@
 #   make            build build/drover, build/droverctl and the demo handler
 #   make run        install what is missing, build, run a demo batch on the spool
 #   make test       install what is missing, build, run every test (also under ASan/UBSan)
+#   make test-libs  the Python and Node handler libraries' tests (lib/, tests/lib)
 #   make lint       cppcheck and clang-tidy
 #   make install    PREFIX=/usr/local DESTDIR=   (mk/install.mk)
 #   make bench      drover side by side with the spawn ceiling and a Python pool (mk/bench.mk)
@@ -46,10 +47,10 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 DEB_BUILD := build-essential pkg-config librdkafka-dev libev-dev libjansson-dev libinih-dev
 DEB_TEST  := libcriterion-dev kcat python3 python3-pytest procps util-linux cppcheck clang-tidy \
              prometheus debhelper dpkg-dev fakeroot lintian systemd shellcheck \
-             init-system-helpers logrotate groff-base python3-confluent-kafka strace
+             init-system-helpers logrotate groff-base python3-confluent-kafka strace nodejs
 DEPS_STAMP := $(BUILD)/.deps
 
-.PHONY: all deps test unit integration lint clean asan check-layers
+.PHONY: all deps test unit integration test-libs lint clean asan check-layers
 all: check-layers $(PROGRAMS) $(SUPPORT_BIN)
 
 # A lower layer never includes a higher one, and every project include names its folder.
@@ -122,7 +123,12 @@ asan: | $(DEPS_STAMP)
 integration: all
 	DROVER_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
+# The handler libraries (lib/python, lib/node) driven over pipes by the real python3 and node.
+test-libs: | $(DEPS_STAMP)
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/lib $(PYTEST_ARGS)
+
 test: deps all unit asan
+	$(MAKE) test-libs
 	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== (asan) $$t"; $(SAN_ENV) $$t --jobs 2; done
 	$(MAKE) integration
 	$(SAN_ENV) DROVER_BUILD=$(CURDIR)/build-asan $(PYTHON) -m pytest -q -p no:cacheprovider -m asan tests/integration
