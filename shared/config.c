@@ -86,6 +86,7 @@ _Static_assert(sizeof(enum log_level) == sizeof(int), "enums are stored as int")
 _Static_assert(sizeof(enum log_format) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(enum queue_backend) == sizeof(int), "enums are stored as int");
 _Static_assert(sizeof(enum security_protocol) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(enum handler_mode) == sizeof(int), "enums are stored as int");
 
 static const struct enum_name log_level_names[] = {
 	{ "error", LOG_LEVEL_ERROR }, { "warn", LOG_LEVEL_WARN },
@@ -100,6 +101,9 @@ static const struct enum_name backend_names[] = {
 static const struct enum_name security_names[] = {
 	{ "plaintext", SECURITY_PLAINTEXT }, { "ssl", SECURITY_SSL },
 	{ "sasl_plaintext", SECURITY_SASL_PLAINTEXT }, { "sasl_ssl", SECURITY_SASL_SSL }, { NULL, 0 },
+};
+static const struct enum_name handler_mode_names[] = {
+	{ "exec", HANDLER_MODE_EXEC }, { "persistent", HANDLER_MODE_PERSISTENT }, { NULL, 0 },
 };
 /* Only the mechanisms that authenticate with sasl_username/sasl_password. */
 static const struct enum_name sasl_mechanism_names[] = {
@@ -164,6 +168,20 @@ static const struct opt_spec option_table[] = {
 	  "stdout beyond this fails the attempt: result_too_large", NULL, NULL },
 	{ "jobs", "working_dir", OPT_PATH, SCOPE_WORKERS, false, CFG(working_dir), 0, 0, "", "an existing directory, or empty",
 	  "the handler's working directory; empty = inherit", NULL, NULL },
+	{ "jobs", "handler_mode", OPT_ENUM, SCOPE_WORKERS, false, CFG(handler_mode), 0, 0, "exec", NULL,
+	  "exec: a process per attempt; persistent: long-lived processes speaking the frame protocol",
+	  NULL, handler_mode_names },
+	{ "jobs", "handler_concurrency", OPT_INT, SCOPE_WORKERS, false, CFG(handler_concurrency), 1,
+	  CONFIG_MAX_CONCURRENT, "1", NULL,
+	  "persistent: jobs at once per handler process (ceil(max_concurrent / this) processes)", NULL, NULL },
+	{ "jobs", "handler_max_jobs", OPT_INT, SCOPE_WORKERS, false, CFG(handler_max_jobs), 0, 1000000000, "0", NULL,
+	  "persistent: recycle a process after this many jobs; 0 = never", NULL, NULL },
+	{ "jobs", "handler_max_jobs_jitter", OPT_INT, SCOPE_WORKERS, false, CFG(handler_max_jobs_jitter), 0,
+	  1000000000, "0", NULL, "persistent: a random 0..this added to each process's handler_max_jobs", NULL, NULL },
+	{ "jobs", "handler_max_rss_mb", OPT_INT, SCOPE_WORKERS, false, CFG(handler_max_rss_mb), 0, 1048576, "0", NULL,
+	  "persistent: recycle a process whose tree's RSS exceeds this; 0 = off", NULL, NULL },
+	{ "jobs", "handler_start_timeout_ms", OPT_MS, SCOPE_WORKERS, false, CFG(handler_start_timeout_ms), 1,
+	  JOB_MS_MAX, "60000", NULL, "persistent: how long a process may take to say ready", NULL, NULL },
 
 	/* [queue] */
 	{ "queue", "backend", OPT_ENUM, SCOPE_BOTH, false, CFG(backend), 0, 0, "spool", NULL,

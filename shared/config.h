@@ -20,6 +20,7 @@
 #define CONFIG_DEFAULT_FILE "/etc/drover/drover.ini"
 
 enum queue_backend { BACKEND_SPOOL, BACKEND_KAFKA };
+enum handler_mode { HANDLER_MODE_EXEC, HANDLER_MODE_PERSISTENT };
 enum security_protocol { SECURITY_PLAINTEXT, SECURITY_SSL, SECURITY_SASL_PLAINTEXT, SECURITY_SASL_SSL };
 
 struct config_pair {
@@ -67,6 +68,12 @@ struct config {
 	char *working_dir;       /* "" = inherit */
 	struct config_pair *handler_env; /* env.NAME = value, value unexpanded */
 	size_t handler_env_count;
+	enum handler_mode handler_mode;  /* exec: a process per attempt; persistent: long-lived ones (worker/warm.h) */
+	int handler_concurrency;         /* persistent: jobs at once per handler process */
+	int handler_max_jobs;            /* persistent: recycle after this many jobs, 0 = never */
+	int handler_max_jobs_jitter;     /* plus a random 0..this per process */
+	int handler_max_rss_mb;          /* persistent: recycle above this RSS of the process tree, 0 = off */
+	long long handler_start_timeout_ms; /* persistent: how long a process may take to say ready */
 
 	/* [queue] */
 	enum queue_backend backend;

@@ -247,4 +247,23 @@ void scoreboard_counters_add(struct scoreboard_counters *into, const struct scor
 		into->duration_buckets[i] += from->duration_buckets[i];
 	into->duration_count += from->duration_count;
 	into->duration_sum_s += from->duration_sum_s;
+	into->handler_restarts += from->handler_restarts;
+	into->handler_recycles += from->handler_recycles;
+	into->handler_protocol_errors += from->handler_protocol_errors;
+}
+
+const char *scoreboard_handler_state_name(int32_t state)
+{
+	switch (state) {
+	case HANDLER_STARTING:
+		return "starting";
+	case HANDLER_READY:
+		return "ready";
+	case HANDLER_RECYCLING:
+		return "recycling";
+	case HANDLER_STOPPING:
+		return "stopping";
+	default:
+		return "unknown";
+	}
 }

@@ -35,6 +35,15 @@ struct scoreboard_job {
 	char id[SCOREBOARD_ID_MAX];
 };
 
+/* A persistent handler process of the worker (handler_mode = persistent). */
+enum scoreboard_handler_state { HANDLER_STARTING = 1, HANDLER_READY, HANDLER_RECYCLING, HANDLER_STOPPING };
+
+struct scoreboard_handler {
+	int32_t pid;      /* also its process group */
+	int32_t state;    /* enum scoreboard_handler_state */
+	uint64_t jobs;    /* jobs it answered */
+};
+
 struct scoreboard_partition {
 	char topic[SCOREBOARD_TOPIC_MAX];
 	int32_t partition;
@@ -51,6 +60,9 @@ struct scoreboard_counters {
 	uint64_t duration_buckets[SCOREBOARD_DURATION_BUCKETS + 1]; /* last = +Inf */
 	uint64_t duration_count;
 	double duration_sum_s;
+	uint64_t handler_restarts;        /* persistent handler processes started again after an abnormal end */
+	uint64_t handler_recycles;        /* retired after handler_max_jobs or handler_max_rss_mb */
+	uint64_t handler_protocol_errors; /* killed for a protocol violation */
 };
 
 struct scoreboard_slot {
@@ -67,6 +79,8 @@ struct scoreboard_slot {
 	int32_t partition_count;          /* Kafka: assigned partitions */
 	struct scoreboard_partition partitions[SCOREBOARD_PARTITIONS];
 	struct scoreboard_job jobs[CONFIG_MAX_CONCURRENT];
+	int32_t handler_count;            /* persistent mode: the first entries of handlers[] in use */
+	struct scoreboard_handler handlers[CONFIG_MAX_CONCURRENT];
 };
 
 struct scoreboard;
@@ -114,6 +128,8 @@ uint64_t scoreboard_delivery_key(const char *topic, int32_t partition, int64_t o
 void scoreboard_crash_record(struct scoreboard *sb, uint64_t delivery);
 /* Deaths recorded for delivery, 0 if none (or no scoreboard in this process). */
 int scoreboard_crash_deaths(uint64_t delivery);
+
+const char *scoreboard_handler_state_name(int32_t state);
 
 void scoreboard_record_duration(struct scoreboard_counters *counters, double seconds);
 void scoreboard_counters_add(struct scoreboard_counters *into, const struct scoreboard_counters *from);

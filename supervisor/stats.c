@@ -193,6 +193,34 @@ static json_t *kafka_of(const struct scoreboard_slot *live, bool *ok)
 	return kafka;
 }
 
+/* Persistent mode: the worker's handler processes and what happened to them. */
+static void put_handlers(json_t *w, const struct scoreboard_slot *live, bool *ok)
+{
+	json_t *handlers = json_array();
+	int count = live != NULL ? live->handler_count : 0;
+	if (count > CONFIG_MAX_CONCURRENT)
+		count = CONFIG_MAX_CONCURRENT;
+	for (int i = 0; i < count && handlers != NULL; i++) {
+		const struct scoreboard_handler *h = &live->handlers[i];
+		json_t *entry = json_object();
+		if (entry == NULL) {
+			*ok = false;
+			break;
+		}
+		put(entry, "pid", json_integer(h->pid), ok);
+		put(entry, "state", json_string(scoreboard_handler_state_name(h->state)), ok);
+		put(entry, "jobs", json_integer((json_int_t)h->jobs), ok);
+		append(handlers, entry, ok);
+	}
+	if (handlers == NULL)
+		*ok = false;
+	put(w, "handlers", handlers, ok);
+	const struct scoreboard_counters *c = live != NULL ? &live->counters : NULL;
+	put(w, "handler_restarts", json_integer(c != NULL ? (json_int_t)c->handler_restarts : 0), ok);
+	put(w, "handler_recycles", json_integer(c != NULL ? (json_int_t)c->handler_recycles : 0), ok);
+	put(w, "handler_protocol_errors", json_integer(c != NULL ? (json_int_t)c->handler_protocol_errors : 0), ok);
+}
+
 struct json_ctx {
 	const struct supervisor *sup;
 	json_t *workers;
@@ -228,6 +256,8 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 	put(w, "fault", live != NULL ? bounded_string(live->fault, sizeof(live->fault)) : json_null(), ok);
 	put(w, "fault_cause", in_fault(live) ? json_string(fault_cause(live->fault)) : json_null(), ok);
 	put(w, "jobs", jobs_of(live, ok), ok);
+	if (ctx->sup->cfg != NULL && ctx->sup->cfg->handler_mode == HANDLER_MODE_PERSISTENT)
+		put_handlers(w, live, ok);
 	if (ctx->sup->cfg != NULL && ctx->sup->cfg->backend == BACKEND_KAFKA)
 		put(w, "kafka", kafka_of(live, ok), ok);
 	append(ctx->workers, w, ok);

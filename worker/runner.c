@@ -2,7 +2,7 @@
  * runner: one attempt of a job as a handler process (see runner.h).
  *
  * runner_start spawns without copying the worker (a vfork-style clone, see
- * spawn()); the child puts itself in a new process group, asks to be killed
+ * runner_spawn()); the child puts itself in a new process group, asks to be killed
  * when the worker dies, resets its signal state, moves the pipes to fds 0-3,
  * closes every other inherited fd and execs argv. An exec failure comes back
  * through the memory the child shares with us, so a handler that cannot
@@ -80,7 +80,7 @@ static size_t run_count;
 /*
  * Everything the child needs, prepared before the clone. The child shares the
  * worker's memory (CLONE_VM) and runs while the worker is suspended
- * (CLONE_VFORK), on a stack inside spawn()'s frame: it may only make
+ * (CLONE_VFORK), on a stack inside runner_spawn()'s frame: it may only make
  * async-signal-safe calls (no malloc, no stdio, no locks), and it reports a
  * failure by storing errno in exec_errno before _exit.
  */
@@ -88,7 +88,8 @@ struct child_plan {
 	char *const *argv;
 	char *const *envp;
 	const char *working_dir;
-	int stdio[STREAM_COUNT]; /* child ends, in fd order 0..3 */
+	int stdio[STREAM_COUNT]; /* child ends, in fd order 0..nfds-1 */
+	int nfds;
 	pid_t worker_pid;
 	int exec_errno;          /* written by the child, read once it is gone or has exec'd */
 };
@@ -125,26 +126,27 @@ static void child_reset_signals(void)
 static int child_arrange_fds(const struct child_plan *plan)
 {
 	int src[STREAM_COUNT];
+	int n = plan->nfds;
 	bool low = false;
-	for (int i = 0; i < STREAM_COUNT; i++)
+	for (int i = 0; i < n; i++)
 		low = low || plan->stdio[i] < STREAM_COUNT;
-	for (int i = 0; i < STREAM_COUNT; i++) {
+	for (int i = 0; i < n; i++) {
 		src[i] = low ? fcntl(plan->stdio[i], F_DUPFD_CLOEXEC, STREAM_COUNT) : plan->stdio[i];
 		if (src[i] < 0)
 			return -1;
 	}
-	for (int i = 0; i < STREAM_COUNT; i++) {
+	for (int i = 0; i < n; i++) {
 		if (dup2(src[i], i) < 0)
 			return -1;
 	}
-	if (close_range(STREAM_COUNT, ~0U, 0) == 0)
+	if (close_range((unsigned)n, ~0U, 0) == 0)
 		return 0;
 	/* Kernels before 5.9: close them one by one. */
 	struct rlimit lim;
 	rlim_t last = 65536;
 	if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < last)
 		last = lim.rlim_cur;
-	for (rlim_t fd = STREAM_COUNT; fd < last; fd++)
+	for (rlim_t fd = (rlim_t)n; fd < last; fd++)
 		close((int)fd);
 	return 0;
 }
@@ -525,7 +527,7 @@ static int make_pipes(int parent[STREAM_COUNT], int child[STREAM_COUNT])
 	return 0;
 }
 
-/* Big enough for the child's few libc calls, sanitizer builds included; it lives in spawn()'s frame. */
+/* Big enough for the child's few libc calls, sanitizer builds included; it lives in runner_spawn()'s frame. */
 #define CHILD_STACK_BYTES (64 * 1024)
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -552,19 +554,24 @@ static int make_pipes(int parent[STREAM_COUNT], int child[STREAM_COUNT])
  * failed is reaped here: the worker never sees a stranger. Returns the pid, or
  * -1 with errno (the clone's, or the child's set-up or exec error).
  */
-static pid_t spawn(const struct runner_spec *spec, const int child_fds[STREAM_COUNT])
+pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds)
 {
 	/* A char array, so the child's frames may use it; aligned as any ABI wants a stack. */
 	char stack[CHILD_STACK_BYTES] __attribute__((aligned(64)));
 	sigset_t all, old;
 	struct child_plan plan = {
-		.argv = spec->argv,
-		.envp = spec->envp != NULL ? spec->envp : environ,
-		.working_dir = spec->working_dir,
+		.argv = argv,
+		.envp = envp != NULL ? envp : environ,
+		.working_dir = working_dir,
+		.nfds = nfds,
 		.worker_pid = getpid(),
 		.exec_errno = 0,
 	};
-	memcpy(plan.stdio, child_fds, sizeof(plan.stdio));
+	if (argv == NULL || argv[0] == NULL || nfds < 0 || nfds > STREAM_COUNT) {
+		errno = EINVAL;
+		return -1;
+	}
+	memcpy(plan.stdio, child_fds, (size_t)nfds * sizeof(int));
 
 	sigfillset(&all);
 	int rc = pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -624,7 +631,7 @@ struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, c
 	if (make_pipes(run->fd, child_fds) < 0)
 		goto fail;
 	run->started_ms = now_ms();
-	run->pid = spawn(spec, child_fds);
+	run->pid = runner_spawn(spec->argv, spec->envp, spec->working_dir, child_fds, STREAM_COUNT);
 	saved = errno;
 	close_fds(child_fds, STREAM_COUNT);
 	errno = saved;

@@ -20,13 +20,19 @@
 
 #define RUNNER_STDERR_TAIL 4096
 
+/*
+ * How an attempt ended, in exec mode (the runner) and persistent mode (warm.h)
+ * alike, so that the worker treats a job's end the same way in both.
+ */
 enum runner_status {
-	RUNNER_COMPLETED,        /* exit 0 */
+	RUNNER_COMPLETED,        /* exit 0 (persistent: a result frame) */
 	RUNNER_EXIT_CODE,        /* exit != 0: exit_code */
 	RUNNER_SIGNAL,           /* killed by a signal it was not sent for a timeout: signal */
 	RUNNER_TIMEOUT,
 	RUNNER_RESULT_TOO_LARGE,
 	RUNNER_KILLED,           /* runner_kill() (shutdown/revoke): not an outcome, the job is released */
+	RUNNER_HANDLER_ERROR,    /* persistent: an error frame; detail is its text, no_retry its "retry":false */
+	RUNNER_HANDLER_LOST,     /* persistent: the process ended while holding the job; detail says why */
 };
 
 struct runner_result {
@@ -38,6 +44,8 @@ struct runner_result {
 	char stderr_tail[RUNNER_STDERR_TAIL + 1];
 	size_t stderr_len;
 	long long duration_ms;
+	const char *detail;  /* persistent: the sentence of a HANDLER_ERROR or HANDLER_LOST, else NULL */
+	bool no_retry;       /* persistent: the handler said this job must not be retried */
 };
 
 struct runner_spec {
@@ -81,6 +89,13 @@ void runner_kill(struct run *run);
 struct run *runner_find(pid_t pid);
 /* Hands the reaped handler's wait status to its run. */
 void runner_child_exited(struct run *run, int wait_status);
+/*
+ * The runner's spawn for other long-lived children (warm.h): argv in its own
+ * process group, killed when the worker dies, signals reset, child_fds[i]
+ * moved to fd i (nfds <= 4), every other fd closed. The pid, or -1 with the
+ * clone's or the child's set-up/exec errno. The caller reaps it.
+ */
+pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds);
 /* Runs not yet done. */
 size_t runner_active(void);
 

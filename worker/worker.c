@@ -14,6 +14,8 @@
 #include "shared/log.h"
 #include "shared/orphans.h"
 #include "worker/runner.h"
+#include "worker/frame.h"
+#include "worker/warm.h"
 #include "queue/source.h"
 #include "queue/spool.h"
 #include "shared/util.h"
@@ -41,7 +43,9 @@ struct task {
 	struct job *job;
 	int attempt;
 	int board_index;
-	struct run *run;
+	struct run *run;         /* exec mode: the attempt's handler */
+	struct warm_job *warm;   /* persistent mode: the attempt in a handler process */
+	bool awaiting_handler;   /* persistent mode: due to run, no handler process has room yet */
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	long long last_progress_event_ms;
@@ -75,11 +79,20 @@ struct worker {
 	int signal_fd;
 	struct children *children;   /* our own children, to find orphans of ended attempts */
 	struct attempt_token token;  /* supervisor and worker parts; .attempt counts attempts started */
+	struct warm_pool *warm;      /* persistent mode's handler processes, else NULL */
+	int awaiting;                /* tasks with awaiting_handler */
+	bool ready_published;
 };
 
 static void worker_fill(struct worker *w);
 static void worker_maybe_exit(struct worker *w);
 static void task_begin_attempt(struct task *t);
+static void task_attempt_ended(struct task *t, const struct runner_result *result);
+
+static bool task_running(const struct task *t)
+{
+	return t->run != NULL || t->warm != NULL;
+}
 
 /* ---- environment of handlers ------------------------------------------ */
 
@@ -159,26 +172,45 @@ static int worker_build_base_env(struct worker *w)
 	return 0;
 }
 
-static const char *const job_env_names[] = {
+/* Set by drover for each handler: never inherited from the worker's own environment. */
+static const char *const own_env_names[] = {
 	"DROVER_JOB_ID", "DROVER_ATTEMPT", "DROVER_WORKER", "DROVER_TIMEOUT_MS", "DROVER_DEADLINE_MS", ATTEMPT_TOKEN_VAR,
+	"DROVER_HANDLER_MODE", "DROVER_PROTOCOL", "DROVER_HANDLER_CONCURRENCY",
 };
+#define OWN_ENV_MAX 6
+
+/* A vector with room for OWN_ENV_MAX entries after base_env (without drover's own names); *n its length. */
+static char **env_start(const struct worker *w, size_t *n)
+{
+	char **env = calloc(w->base_env_count + OWN_ENV_MAX + 1, sizeof(char *));
+	if (env == NULL)
+		return NULL;
+	*n = 0;
+	for (size_t i = 0; i < w->base_env_count; i++) {
+		bool shadowed = false;
+		for (size_t k = 0; k < ARRAY_LEN(own_env_names); k++)
+			shadowed = shadowed || env_name_is(w->base_env[i], own_env_names[k]);
+		if (!shadowed)
+			env[(*n)++] = w->base_env[i];
+	}
+	return env;
+}
+
+static void env_abandon(char **env, size_t first_own, size_t n)
+{
+	for (size_t i = first_own; i < n; i++)
+		free(env[i]);
+	free(env);
+}
 
 /* base_env plus the six DROVER_* job variables; free with task_env_free. */
 static char **task_env(const struct task *t)
 {
 	const struct worker *w = t->worker;
-	size_t extra = ARRAY_LEN(job_env_names);
-	char **env = calloc(w->base_env_count + extra + 1, sizeof(char *));
+	size_t n;
+	char **env = env_start(w, &n);
 	if (env == NULL)
 		return NULL;
-	size_t n = 0;
-	for (size_t i = 0; i < w->base_env_count; i++) {
-		bool shadowed = false;
-		for (size_t k = 0; k < extra; k++)
-			shadowed = shadowed || env_name_is(w->base_env[i], job_env_names[k]);
-		if (!shadowed)
-			env[n++] = w->base_env[i];
-	}
 	size_t first_own = n;
 	struct attempt_token token = w->token;
 	char token_entry[128];
@@ -191,9 +223,37 @@ static char **task_env(const struct task *t)
 	         asprintf(&env[n++], "DROVER_TIMEOUT_MS=%lld", w->cfg->timeout_ms) >= 0 &&
 	         asprintf(&env[n++], "DROVER_DEADLINE_MS=%lld", wall_ms() + w->cfg->timeout_ms) >= 0;
 	if (!ok) {
-		for (size_t i = first_own; i < n; i++)
-			free(env[i]);
-		free(env);
+		env_abandon(env, first_own, n);
+		return NULL;
+	}
+	env[n] = NULL;
+	return env;
+}
+
+/*
+ * A persistent handler process's environment: base_env, no per-job variable,
+ * the protocol's variables and its own attempt token (its serial counts among
+ * the attempts', so the orphan sweep tells its descendants apart).
+ */
+static char **process_env(void *arg, unsigned long long *token_serial)
+{
+	struct worker *w = arg;
+	size_t n;
+	char **env = env_start(w, &n);
+	if (env == NULL)
+		return NULL;
+	size_t first_own = n;
+	struct attempt_token token = w->token;
+	char token_entry[128];
+	token.attempt = *token_serial = ++w->token.attempt;
+	int ok = attempt_token_format(token_entry, sizeof(token_entry), &token) == 0 &&
+	         (env[n++] = strdup(token_entry)) != NULL &&
+	         (env[n++] = strdup("DROVER_HANDLER_MODE=persistent")) != NULL &&
+	         asprintf(&env[n++], "DROVER_PROTOCOL=%d", FRAME_PROTOCOL_VERSION) >= 0 &&
+	         asprintf(&env[n++], "DROVER_HANDLER_CONCURRENCY=%d", w->cfg->handler_concurrency) >= 0 &&
+	         asprintf(&env[n++], "DROVER_WORKER=%d", w->slot) >= 0;
+	if (!ok) {
+		env_abandon(env, first_own, n);
 		return NULL;
 	}
 	env[n] = NULL;
@@ -252,6 +312,8 @@ static void task_free(struct task *t)
 {
 	struct worker *w = t->worker;
 	ev_timer_stop(w->loop, &t->retry_timer);
+	if (t->awaiting_handler)
+		w->awaiting--;
 	if (t->board_index >= 0)
 		scoreboard_job_remove(w->board, t->board_index);
 	if (t->prev != NULL)
@@ -359,6 +421,14 @@ static void describe_failure(const struct runner_result *r, struct failure *f, c
 		f->reason = "result_too_large";
 		snprintf(message, len, "handler printed more than the result limit");
 		break;
+	case RUNNER_HANDLER_ERROR:
+		f->reason = "handler_error";
+		f->message = r->detail; /* the handler's own text, bounded by warm.c */
+		break;
+	case RUNNER_HANDLER_LOST:
+		f->reason = "handler_lost";
+		snprintf(message, len, "%s", r->detail != NULL ? r->detail : "the handler process ended");
+		break;
 	default:
 		f->reason = "internal";
 		snprintf(message, len, "unexpected runner status %d", (int)r->status);
@@ -373,7 +443,7 @@ static bool retry_allowed(const struct worker *w, const struct task *t, const st
 	if (r->status == RUNNER_EXIT_CODE && r->exit_code > 0 && r->exit_code < 256 &&
 	    w->cfg->no_retry_exit[r->exit_code])
 		return false;
-	return true;
+	return !r->no_retry; /* an error frame with "retry": false */
 }
 
 static double retry_delay_s(const struct worker *w, int attempt)
@@ -386,6 +456,8 @@ static double retry_delay_s(const struct worker *w, int attempt)
 
 static bool attempt_running(const struct worker *w, unsigned long long serial)
 {
+	if (w->warm != NULL && warm_pool_token_live(w->warm, serial))
+		return true; /* a persistent handler process: its token is its own */
 	for (const struct task *t = w->tasks; t != NULL; t = t->next) {
 		if (t->run != NULL && t->token_attempt == serial)
 			return true;
@@ -413,7 +485,8 @@ static void worker_sweep_orphans(struct worker *w)
 	}
 	for (size_t i = 0; i < count; i++) {
 		struct attempt_token token;
-		if (runner_find(pids[i]) != NULL || attempt_token_of(pids[i], &token) != 1)
+		if (runner_find(pids[i]) != NULL || (w->warm != NULL && warm_pool_owns_pid(w->warm, pids[i])) ||
+		    attempt_token_of(pids[i], &token) != 1)
 			continue;
 		if (token.supervisor != w->token.supervisor || token.worker != w->token.worker ||
 		    attempt_running(w, token.attempt))
@@ -427,16 +500,28 @@ static void worker_sweep_orphans(struct worker *w)
 static void task_run_done(struct run *run, const struct runner_result *result, void *arg)
 {
 	struct task *t = arg;
+	t->run = NULL;
+	/* The runner killed the job's group; this gets what left it (setsid and the like). */
+	worker_sweep_orphans(t->worker);
+	task_attempt_ended(t, result);
+}
+
+static void task_warm_done(void *arg, const struct runner_result *result)
+{
+	struct task *t = arg;
+	t->warm = NULL;
+	task_attempt_ended(t, result);
+}
+
+/* The attempt ended, in exec or persistent mode alike: the outcome, a retry, or the job goes back. */
+static void task_attempt_ended(struct task *t, const struct runner_result *result)
+{
 	struct worker *w = t->worker;
 	char message[256];
 	struct failure failure;
 
-	t->run = NULL;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
-	/* The runner killed the job's group; this gets what left it (setsid and the like). */
-	worker_sweep_orphans(w);
-
 	if (result->status == RUNNER_KILLED) {
 		task_release(t);
 	} else if (result->status == RUNNER_COMPLETED) {
@@ -536,16 +621,71 @@ static void task_not_started(struct task *t, int err)
 	worker_enter_fault(w, why);
 }
 
-static void task_begin_attempt(struct task *t)
+static void task_warm_progress(void *arg, double progress, const char *message)
+{
+	task_progress(NULL, progress, message, arg);
+}
+
+/* The attempt runs (exec or persistent alike): counted, shown, announced. */
+static void task_attempt_started(struct task *t, pid_t pgid)
 {
 	struct worker *w = t->worker;
+	if (t->attempt == 1) /* a job's first handler really runs (a failed spawn is not a start) */
+		counters_update(w, count_started, 0);
+	if (t->board_index >= 0)
+		scoreboard_job_set_pgid(w->board, t->board_index, pgid);
+	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)pgid);
+	worker_publish_status(w, t, "started", -1, NULL, NULL);
+}
 
+static void task_count_attempt(struct task *t)
+{
+	struct worker *w = t->worker;
 	t->attempt++;
 	if (t->board_index >= 0)
 		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
 		log_warnx("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
+}
 
+/*
+ * Persistent mode: the attempt goes to a handler process with room; with
+ * none (all busy, starting or restarting) the task waits for one
+ * (worker_dispatch_waiting) without counting an attempt.
+ */
+static void task_begin_warm_attempt(struct task *t)
+{
+	struct worker *w = t->worker;
+	if (warm_pool_room(w->warm) <= 0) {
+		if (!t->awaiting_handler)
+			w->awaiting++;
+		t->awaiting_handler = true;
+		return;
+	}
+	if (t->awaiting_handler)
+		w->awaiting--;
+	t->awaiting_handler = false;
+	task_count_attempt(t);
+	t->warm = warm_pool_submit(w->warm, t->job->id, t->attempt, t->job->payload, t->job->payload_len, t);
+	if (t->warm == NULL) {
+		log_error("job %s: out of memory sending it to a handler process; giving it back", t->job->id);
+		t->attempt--;
+		w->ops->attempt(w->source, t->job, t->attempt);
+		task_release(t);
+		return;
+	}
+	task_attempt_started(t, warm_job_pid(t->warm));
+}
+
+static void task_begin_attempt(struct task *t)
+{
+	struct worker *w = t->worker;
+
+	if (w->warm != NULL) {
+		task_begin_warm_attempt(t);
+		return;
+	}
+	task_count_attempt(t);
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
 	struct runner_spec spec = {
@@ -574,12 +714,7 @@ static void task_begin_attempt(struct task *t)
 		w->board->fault[0] = '\0';
 		scoreboard_write_end(w->board);
 	}
-	if (t->attempt == 1) /* a job's first handler really runs (a failed spawn is not a start) */
-		counters_update(w, count_started, 0);
-	if (t->board_index >= 0)
-		scoreboard_job_set_pgid(w->board, t->board_index, runner_pgid(t->run));
-	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)runner_pgid(t->run));
-	worker_publish_status(w, t, "started", -1, NULL, NULL);
+	task_attempt_started(t, runner_pgid(t->run));
 }
 
 /* Kafka took the job's partition away: stop the handler; task_run_done releases it. */
@@ -593,6 +728,10 @@ static void worker_revoke_job(struct job *job, void *arg)
 		return;
 	if (t->run != NULL) {
 		runner_kill(t->run);
+		return;
+	}
+	if (t->warm != NULL) {
+		warm_job_kill(t->warm); /* a cancel; task_warm_done gives it back */
 		return;
 	}
 	task_release(t);
@@ -646,9 +785,34 @@ static void worker_start_job(struct worker *w, struct job *job)
 	task_begin_attempt(t);
 }
 
+/*
+ * Persistent mode: tasks due to run wait for a handler process with room
+ * (a retry whose delay is over, a job taken while a process restarted).
+ * True when none is left waiting.
+ */
+static void worker_dispatch_waiting(struct worker *w)
+{
+	for (struct task *t = w->tasks, *next; t != NULL && w->awaiting > 0; t = next) {
+		next = t->next;
+		if (!t->awaiting_handler)
+			continue;
+		if (warm_pool_room(w->warm) <= 0)
+			break;
+		task_begin_warm_attempt(t);
+	}
+}
+
+/* Whether one more job could start now (persistent: after the tasks already waiting for a process). */
+static bool worker_has_room(const struct worker *w)
+{
+	if (w->task_count >= w->cfg->max_concurrent)
+		return false;
+	return w->warm == NULL || (w->awaiting == 0 && warm_pool_room(w->warm) > 0);
+}
+
 static void worker_update_flow(struct worker *w)
 {
-	bool full = w->task_count >= w->cfg->max_concurrent || w->drain != RUNNING || w->fault;
+	bool full = !worker_has_room(w) || w->drain != RUNNING || w->fault;
 	if (full && !w->source_paused) {
 		w->ops->pause(w->source);
 		w->source_paused = true;
@@ -660,7 +824,9 @@ static void worker_update_flow(struct worker *w)
 
 static void worker_fill(struct worker *w)
 {
-	while (w->drain == RUNNING && !w->fault && w->task_count < w->cfg->max_concurrent) {
+	if (w->warm != NULL && w->drain == RUNNING)
+		worker_dispatch_waiting(w);
+	while (w->drain == RUNNING && !w->fault && worker_has_room(w)) {
 		struct job *job = NULL;
 		if (w->source_paused) {
 			w->ops->resume(w->source);
@@ -699,6 +865,8 @@ static void worker_maybe_exit(struct worker *w)
 		return;
 	if (w->ops->pending(w->source) > 0)
 		return;
+	if (w->warm != NULL && warm_pool_live(w->warm) > 0)
+		return; /* its processes got EOF on stdin; warm_stopped comes back here */
 	ev_break(w->loop, EVBREAK_ALL);
 }
 
@@ -716,11 +884,14 @@ static void worker_drain(struct worker *w, enum drain_mode mode)
 		w->ops->hurry(w->source, w->cfg->kill_grace_ms);
 	for (struct task *t = w->tasks, *next; t != NULL; t = next) {
 		next = t->next;
-		if (t->run == NULL)
+		if (!task_running(t))
 			task_release(t); /* waiting for a retry: the next worker retries it */
-		else if (mode == DRAIN_FAST)
+		else if (mode == DRAIN_FAST && t->run != NULL)
 			runner_kill(t->run);
 	}
+	/* Persistent: running jobs finish (or, fast, are killed with their processes and given back). */
+	if (w->warm != NULL)
+		warm_pool_stop(w->warm, mode == DRAIN_FAST);
 	worker_maybe_exit(w);
 }
 
@@ -729,15 +900,17 @@ static void worker_reap(struct worker *w)
 {
 	int status;
 	pid_t pid;
-	bool stranger = false;
+	bool sweep = false;
 	while ((pid = waitpid_retry(-1, &status, WNOHANG)) > 0) {
 		struct run *run = runner_find(pid);
 		if (run != NULL)
 			runner_child_exited(run, status);
+		else if (w->warm != NULL && warm_pool_child_exited(w->warm, pid, status))
+			sweep = true; /* a persistent handler process: its group is killed, get what left it */
 		else
-			stranger = true;
+			sweep = true; /* a stranger: its own children have just come to us */
 	}
-	if (stranger)
+	if (sweep)
 		worker_sweep_orphans(w);
 }
 
@@ -799,8 +972,78 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
 	scoreboard_write_begin(w->board);
 	w->board->heartbeat_ms = now_ms();
 	scoreboard_write_end(w->board);
+	if (w->warm != NULL)
+		warm_pool_tick(w->warm);
 	/* A safety net for a missed wake-up; cheap when the source has nothing. */
 	worker_fill(w);
+}
+
+/* ---- persistent handler processes ------------------------------------- */
+
+/* A handler process became ready. A spool worker is ready for rolling replacement from then on. */
+static void worker_warm_room(void *arg)
+{
+	struct worker *w = arg;
+	if (!w->ready_published && w->cfg->backend != BACKEND_KAFKA) {
+		w->ready_published = true;
+		scoreboard_publish_ready(w->board);
+	}
+	worker_fill(w);
+}
+
+/* The handler pool's fault (cannot start, crash loop) is the worker's, as in exec mode. */
+static void worker_warm_health(void *arg, const char *fault)
+{
+	struct worker *w = arg;
+	if (fault != NULL)
+		log_error("worker %d: %s", w->slot, fault);
+	else
+		log_info("worker %d: its handler processes work again", w->slot);
+	scoreboard_write_begin(w->board);
+	snprintf(w->board->fault, sizeof(w->board->fault), "%s", fault != NULL ? fault : "");
+	scoreboard_write_end(w->board);
+}
+
+static void worker_warm_stopped(void *arg)
+{
+	worker_maybe_exit(arg);
+}
+
+static void process_env_free(void *arg, char **env)
+{
+	task_env_free(arg, env);
+}
+
+static int worker_start_handlers(struct worker *w)
+{
+	const struct config *cfg = w->cfg;
+	struct warm_settings settings = {
+		.argv = cfg->handler_argv,
+		.working_dir = cfg->working_dir,
+		.processes = (cfg->max_concurrent + cfg->handler_concurrency - 1) / cfg->handler_concurrency,
+		.concurrency = cfg->handler_concurrency,
+		.max_jobs = cfg->handler_max_jobs,
+		.max_jobs_jitter = cfg->handler_max_jobs_jitter,
+		.max_rss_mb = cfg->handler_max_rss_mb,
+		.start_timeout_ms = cfg->handler_start_timeout_ms,
+		.timeout_ms = cfg->timeout_ms,
+		.kill_grace_ms = cfg->kill_grace_ms,
+		.max_result_bytes = (size_t)cfg->max_result_bytes,
+	};
+	struct warm_callbacks callbacks = {
+		.done = task_warm_done,
+		.progress = task_warm_progress,
+		.room = worker_warm_room,
+		.health = worker_warm_health,
+		.stopped = worker_warm_stopped,
+		.env = process_env,
+		.env_free = process_env_free,
+		.arg = w,
+	};
+	log_info("worker %d: %d persistent handler process(es), %d job(s) each", w->slot, settings.processes,
+	         settings.concurrency);
+	w->warm = warm_pool_new(w->loop, &settings, &callbacks, w->board);
+	return w->warm != NULL ? 0 : -1;
 }
 
 /* ---- set-up ------------------------------------------------------------- */
@@ -858,6 +1101,7 @@ static void worker_adopt_orphans(struct worker *w)
 
 static void worker_teardown(struct worker *w)
 {
+	warm_pool_free(w->warm);
 	if (w->source != NULL && w->ops != NULL)
 		w->ops->close(w->source);
 	for (size_t i = 0; i < w->base_env_count; i++)
@@ -916,7 +1160,13 @@ int worker_main(const struct worker_params *params)
 		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
 	} else {
 		spool_source_set_scoreboard(w.source, w.board);
-		scoreboard_publish_ready(w.board);
+		if (w.cfg->handler_mode == HANDLER_MODE_EXEC)
+			scoreboard_publish_ready(w.board); /* persistent: once a handler process is ready */
+	}
+	if (w.cfg->handler_mode == HANDLER_MODE_PERSISTENT && worker_start_handlers(&w) < 0) {
+		log_error("worker %d: out of memory starting its handler processes", w.slot);
+		worker_teardown(&w);
+		return 70;
 	}
 
 	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);

@@ -583,6 +583,46 @@ Test(config, enums)
 	config_free(cfg);
 }
 
+Test(config, persistent_handler_keys)
+{
+	struct config *cfg = load_ok(config_with(""));
+	cr_assert_eq(cfg->handler_mode, HANDLER_MODE_EXEC, "exec stays the default");
+	cr_assert_eq(cfg->handler_concurrency, 1);
+	cr_assert_eq(cfg->handler_max_jobs, 0);
+	cr_assert_eq(cfg->handler_max_rss_mb, 0);
+	cr_assert_eq(cfg->handler_start_timeout_ms, 60000);
+	config_free(cfg);
+
+	cfg = load_ok(config_with("handler_mode = persistent\nhandler_concurrency = 20\nhandler_max_jobs = 1000\n"
+				  "handler_max_jobs_jitter = 50\nhandler_max_rss_mb = 512\nhandler_start_timeout_ms = 5000\n"));
+	cr_assert_eq(cfg->handler_mode, HANDLER_MODE_PERSISTENT);
+	cr_assert_eq(cfg->handler_concurrency, 20);
+	cr_assert_eq(cfg->handler_max_jobs, 1000);
+	cr_assert_eq(cfg->handler_max_jobs_jitter, 50);
+	cr_assert_eq(cfg->handler_max_rss_mb, 512);
+	cr_assert_eq(cfg->handler_start_timeout_ms, 5000);
+	config_free(cfg);
+
+	setenv("DROVER_JOBS_HANDLER_MODE", "persistent", 1);
+	setenv("DROVER_JOBS_HANDLER_CONCURRENCY", "4", 1);
+	cfg = load_ok(config_with("handler_mode = exec\n"));
+	cr_assert_eq(cfg->handler_mode, HANDLER_MODE_PERSISTENT, "the environment wins over the file");
+	cr_assert_eq(cfg->handler_concurrency, 4);
+	config_free(cfg);
+}
+
+Test(config, persistent_handler_keys_are_checked)
+{
+	const char *path = config_with("handler_mode = warm\nhandler_concurrency = 0\nhandler_max_rss_mb = -1\n");
+	struct config_errors errs = { NULL, 0 };
+	load_fails(path, &errs);
+	expect_error(&errs, "%s:3: [jobs] handler_mode: \"warm\" is not a known value (allowed: exec, persistent)", path);
+	cr_assert_eq(errs.count, 3);
+	for (size_t i = 1; i < errs.count; i++)
+		cr_assert(strstr(errs.lines[i], "[jobs] handler_") != NULL, "%s", errs.lines[i]);
+	config_errors_clear(&errs);
+}
+
 Test(config, bad_enums)
 {
 	const char *path = config_with("[supervisor]\nlog_level = loud\nlog_format = xml\n[queue]\nbackend = redis\n"
@@ -1198,7 +1238,7 @@ Test(config, env_for_every_table_option)
 		config_errors_clear(&errs);
 		names++;
 	}
-	cr_assert_eq(names, 40, "one DROVER_ name per table option");
+	cr_assert_eq(names, 46, "one DROVER_ name per table option");
 	free(ref);
 }
 
