@@ -1,7 +1,8 @@
 # run.mk: `make run`, the demo. Installs what is missing (deps), builds (all),
 # then mk/demo-run.sh starts drover on a spool under ./var/ (conf/run.ini),
 # submits a batch of demo image jobs, shows progress, prints a summary and
-# stops drover gracefully. DEMO_JOBS=N changes the batch size.
+# stops drover gracefully. DEMO_JOBS=N changes the batch size; DEMO_MODE=persistent
+# runs the demo as long-lived handler processes (handler_mode = persistent).
 
 .PHONY: run
 run: deps all
