@@ -235,13 +235,20 @@ static void pool_drain_slot(struct slot *s)
 
 /* ---- reaping --------------------------------------------------------------- */
 
-/* A dead worker's jobs: their process groups (pool_sweep_orphans gets what left them). */
+/* A dead worker's jobs and handler processes: their groups (pool_sweep_orphans gets what left them). */
 static void pool_kill_handler_groups(const struct scoreboard_slot *copy)
 {
 	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
 		const struct scoreboard_job *job = &copy->jobs[i];
 		if (job->used && job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
 			log_info("killed handler group %d of job %.100s", (int)job->pgid, job->id);
+	}
+	/* Persistent handler processes, busy or idle: each leads its own group. */
+	int count = copy->handler_count < CONFIG_MAX_CONCURRENT ? copy->handler_count : CONFIG_MAX_CONCURRENT;
+	for (int i = 0; i < count; i++) {
+		pid_t pgid = copy->handlers[i].pid;
+		if (pgid > 0 && kill(-pgid, SIGKILL) == 0)
+			log_info("killed persistent handler group %d", (int)pgid);
 	}
 }
 

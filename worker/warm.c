@@ -67,6 +67,7 @@ struct hproc {
 	ev_timer timer;      /* start timeout, exit wait after stdin's end, or SIGKILL after SIGTERM */
 	char why[240];       /* why drover ended it; empty when it ended by itself */
 	bool killed, stdin_closed, release_jobs;
+	bool reaped;         /* its last answers are being read: it takes nothing more, is signalled no more */
 };
 
 struct place {
@@ -108,6 +109,8 @@ static const char *handler_name(const struct warm_pool *pool)
 
 static void signal_group(const struct hproc *p, int sig)
 {
+	if (p->reaped)
+		return; /* warm_pool_child_exited killed what was left of the group */
 	if (kill(-p->pid, sig) < 0 && errno != ESRCH)
 		log_warn("handler process %d: cannot send signal %d to its group", (int)p->pid, sig);
 }
@@ -191,7 +194,7 @@ static void proc_flush(struct hproc *p)
 		if (n < 0) {
 			int err = errno;
 			close_fd(p, &p->in_fd, &p->in_io);
-			if (!proc_exited(p))
+			if (!p->reaped && !proc_exited(p))
 				proc_kill(p, SIGKILL, "its stdin failed (%s)", strerror(err));
 			return;
 		}
@@ -334,11 +337,23 @@ static void job_unlink(struct warm_job *job)
 	p->job_count--;
 }
 
-/* Ends the job: the worker hears of it, the job is freed, the process may take the next one. */
-static void job_end(struct warm_job *job, enum runner_status status, const char *output, size_t output_len,
-                    const char *detail, bool no_retry)
+static struct warm_job *proc_pop_job(struct hproc *p)
 {
-	struct hproc *p = job->proc;
+	struct warm_job *job = p->jobs;
+	if (job == NULL)
+		return NULL;
+	p->jobs = job->next;
+	if (p->jobs != NULL)
+		p->jobs->prev = NULL;
+	job->next = job->prev = NULL;
+	p->job_count--;
+	return job;
+}
+
+/* Ends a job already unlinked from p: the worker hears of it, the job is freed, p may take the next one. */
+static void job_finish(struct hproc *p, struct warm_job *job, enum runner_status status, const char *output,
+                       size_t output_len, const char *detail, bool no_retry)
+{
 	struct warm_pool *pool = p->pool;
 	struct runner_result result;
 
@@ -352,7 +367,6 @@ static void job_end(struct warm_job *job, enum runner_status status, const char 
 	result.no_retry = no_retry;
 
 	ev_timer_stop(pool->loop, &job->timer);
-	job_unlink(job);
 	if (status != RUNNER_HANDLER_LOST && status != RUNNER_KILLED) {
 		p->served++; /* it answered: not a crash loop */
 		pool_publish(pool);
@@ -367,6 +381,14 @@ static void job_end(struct warm_job *job, enum runner_status status, const char 
 	pool->cb.done(arg, &result);
 	if (p->job_count == 0 && !p->stdin_closed && (p->place < 0 || pool->stopping) && !p->killed)
 		proc_close_stdin(p);
+}
+
+static void job_end(struct warm_job *job, enum runner_status status, const char *output, size_t output_len,
+                    const char *detail, bool no_retry)
+{
+	struct hproc *p = job->proc;
+	job_unlink(job);
+	job_finish(p, job, status, output, output_len, detail, no_retry);
 }
 
 static struct warm_job *job_find(struct hproc *p, const char *id)
@@ -566,7 +588,7 @@ static void out_cb(struct ev_loop *loop, ev_io *io, int revents)
 		return;
 	close_fd(p, &p->out_fd, &p->out_io);
 	/* EOF before the exit is seen: a process that closed its stdout can answer nothing. */
-	if (!p->killed && !proc_exited(p))
+	if (!p->killed && !p->reaped && !proc_exited(p))
 		proc_kill(p, SIGKILL, "closed its stdout");
 }
 
@@ -788,14 +810,14 @@ static void proc_end_jobs(struct hproc *p, const char *how)
 {
 	char detail[360];
 	snprintf(detail, sizeof(detail), "handler process %d %.280s while holding the job", (int)p->pid, how);
-	while (p->jobs != NULL) {
-		struct warm_job *job = p->jobs;
+	struct warm_job *job;
+	while ((job = proc_pop_job(p)) != NULL) {
 		if (p->release_jobs || job->revoked)
-			job_end(job, RUNNER_KILLED, NULL, 0, NULL, false);
+			job_finish(p, job, RUNNER_KILLED, NULL, 0, NULL, false);
 		else if (job->cancelled)
-			job_end(job, RUNNER_TIMEOUT, NULL, 0, NULL, false);
+			job_finish(p, job, RUNNER_TIMEOUT, NULL, 0, NULL, false);
 		else
-			job_end(job, RUNNER_HANDLER_LOST, NULL, 0, detail, false);
+			job_finish(p, job, RUNNER_HANDLER_LOST, NULL, 0, detail, false);
 	}
 }
 
@@ -823,6 +845,7 @@ bool warm_pool_child_exited(struct warm_pool *pool, pid_t pid, int wait_status)
 	if (p == NULL)
 		return false;
 	signal_group(p, SIGKILL); /* what is left of its group: nothing of it outlives it */
+	p->reaped = true;
 	if (!p->killed)
 		proc_read_stdout(p, INT32_MAX); /* answers written just before it exited still count */
 	proc_read_stderr(p, INT32_MAX);
@@ -890,10 +913,9 @@ void warm_pool_free(struct warm_pool *pool)
 		struct hproc *p = pool->procs;
 		pool->procs = p->next;
 		signal_group(p, SIGKILL);
-		while (p->jobs != NULL) {
-			struct warm_job *job = p->jobs;
+		struct warm_job *job;
+		while ((job = proc_pop_job(p)) != NULL) {
 			ev_timer_stop(pool->loop, &job->timer);
-			job_unlink(job);
 			free(job->id);
 			free(job);
 		}
@@ -907,7 +929,8 @@ void warm_pool_free(struct warm_pool *pool)
 
 static bool proc_takes_jobs(const struct hproc *p)
 {
-	return p != NULL && p->state == HANDLER_READY && !p->killed && !p->stdin_closed;
+	return p != NULL && p->state == HANDLER_READY && !p->killed && !p->stdin_closed && !p->reaped &&
+	       p->in_fd >= 0;
 }
 
 int warm_pool_room(const struct warm_pool *pool)

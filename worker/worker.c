@@ -903,12 +903,15 @@ static void worker_reap(struct worker *w)
 	bool sweep = false;
 	while ((pid = waitpid_retry(-1, &status, WNOHANG)) > 0) {
 		struct run *run = runner_find(pid);
-		if (run != NULL)
+		if (run != NULL) {
 			runner_child_exited(run, status);
-		else if (w->warm != NULL && warm_pool_child_exited(w->warm, pid, status))
-			sweep = true; /* a persistent handler process: its group is killed, get what left it */
-		else
-			sweep = true; /* a stranger: its own children have just come to us */
+			continue;
+		}
+		/* A persistent handler process (its group is killed now) or a stranger (its children
+		 * are ours now): either way, sweep for what left them. */
+		if (w->warm != NULL)
+			(void)warm_pool_child_exited(w->warm, pid, status);
+		sweep = true;
 	}
 	if (sweep)
 		worker_sweep_orphans(w);

@@ -21,6 +21,7 @@ Job fields:
   progress         list of numbers sent as progress frames first
   stderr           write this line to stderr
   grandchild       path: fork a child in the process group that writes its pid there and sleeps
+  quick_after_first  on attempts after the first, answer a result at once (ignoring the rest)
 
 Records in the record directory: proc__<pid>.json (started, ready, exited
 times), <id>__<attempt>__<pid>.start.json / .end.json, and
@@ -96,6 +97,11 @@ def run_job(frame, cancel):
     base = "%s__%d__%d" % (jid, attempt, PID)
     record(base + ".start.json", {"id": jid, "attempt": attempt, "pid": PID, "t": time.time(),
                                   "deadline_ms": frame["deadline_ms"], "timeout_ms": frame["timeout_ms"]})
+    if job.get("quick_after_first") and attempt > 1:
+        with jobs_lock:
+            jobs.pop(jid, None)
+        send({"type": "result", "id": jid, "result": {"pid": PID, "id": jid, "attempt": attempt, "tag": TAG}})
+        return
     if job.get("stderr"):
         sys.stderr.write(job["stderr"] + "\n")
         sys.stderr.flush()

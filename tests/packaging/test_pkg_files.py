@@ -23,7 +23,7 @@ import pkghelpers as h
 
 REFERENCE_DUMPER = r"""
 #include <stdio.h>
-#include "config.h"
+#include "shared/config.h"
 int main(void) { config_print_reference(stdout); return 0; }
 """
 
@@ -32,7 +32,7 @@ int main(void) { config_print_reference(stdout); return 0; }
 def option_reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("reference")
     (d / "ref.c").write_text(REFERENCE_DUMPER)
-    subprocess.run(["cc", "-D_GNU_SOURCE", "-std=gnu11", "-I%s" % (h.REPO / "shared"), str(d / "ref.c"),
+    subprocess.run(["cc", "-D_GNU_SOURCE", "-std=gnu11", "-I%s" % h.REPO, str(d / "ref.c"),
                     str(h.BUILD / "libdrover.a"), "-lrdkafka", "-lev", "-ljansson", "-linih", "-lm",
                     "-o", str(d / "ref")], check=True, capture_output=True, timeout=120)
     out = subprocess.run([str(d / "ref")], check=True, capture_output=True, text=True).stdout
