@@ -160,3 +160,13 @@ def test_setup_failure_ends_the_process_before_ready(start, tmp_path):
     h.stdout_closed()
     assert h.wait() != 0
     assert "no model" in h.stderr
+
+
+def test_progress_after_the_end_is_dropped(start, mode):
+    """drover treats a frame for an id it no longer holds as a protocol violation."""
+    h = behave(start, mode)
+    h.job("k", {"do": "keep_ctx"})
+    assert h.end_of("k")[1]["result"] == "kept"
+    h.job("late", {"do": "late_progress"})
+    progress, end = h.end_of("late")  # end_of fails on a frame of another id
+    assert (progress, end["result"]) == ([], "tried")

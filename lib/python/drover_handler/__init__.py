@@ -62,10 +62,15 @@ class _Output:
         self._lock = threading.Lock()
         self.broken = False
 
-    def write(self, data):
+    def write(self, data, ctx=None, ends=False):
+        """Writes one frame. With ctx, nothing is written once that job has ended (drover takes a
+        frame for an id it no longer knows as a protocol violation), and ends marks it ended:
+        both under the one lock, so no progress frame can slip in after the end frame."""
         with self._lock:
-            if self.broken:
+            if self.broken or (ctx is not None and ctx._ended):
                 return False
+            if ends:
+                ctx._ended = True
             view = memoryview(data)
             try:
                 while view:
@@ -78,8 +83,8 @@ class _Output:
                 return False
         return True
 
-    def send(self, frame):
-        return self.write(_encode(frame))
+    def send(self, frame, ctx=None, ends=False):
+        return self.write(_encode(frame), ctx, ends)
 
 
 class Context:
@@ -95,6 +100,7 @@ class Context:
         self.cancel_reason = None
         self._cancel = threading.Event()
         self._output = output
+        self._ended = False  # set under the output lock with the job's last frame
 
     @property
     def cancelled(self):
@@ -107,14 +113,15 @@ class Context:
             raise Cancelled(self.cancel_reason or "cancelled")
 
     def progress(self, fraction=None, message=None):
-        """Reports progress (0..1 and/or a message), shown by `droverctl status`; raises Cancelled."""
+        """Reports progress (0..1 and/or a message), shown by `droverctl status`; raises Cancelled.
+        Dropped once the job has ended (a thread of the job's that outlived it, say)."""
         self.check()
         frame = {"type": "progress", "id": self.id}
         if fraction is not None:
             frame["progress"] = min(1.0, max(0.0, float(fraction)))
         if message is not None:
             frame["message"] = str(message)
-        self._output.send(frame)
+        self._output.send(frame, self)
 
     def _set_cancelled(self, reason):
         self.cancel_reason = reason if isinstance(reason, str) else "cancelled"
@@ -151,9 +158,12 @@ class _Jobs:
             return [runner for _, runner in self._held.values() if runner is not None]
 
     def finish(self, ctx, frame):
+        self._end(ctx, _encode(frame))
+
+    def _end(self, ctx, data):
         with self._lock:
             self._held.pop(ctx.id, None)
-        self.output.send(frame)
+        self.output.write(data, ctx, ends=True)
 
     def result(self, ctx, value):
         try:
@@ -162,9 +172,7 @@ class _Jobs:
             # The same value would fail again: no point in a retry.
             self.error(ctx, "the result is not JSON: %s" % e, retry=False)
             return
-        with self._lock:
-            self._held.pop(ctx.id, None)
-        self.output.write(data)
+        self._end(ctx, data)
 
     def error(self, ctx, text, retry):
         self.finish(ctx, {"type": "error", "id": ctx.id, "error": text, "retry": retry})

@@ -27,6 +27,12 @@ async function handle(job, ctx) {
       throw new PermanentError('bad input');
     case 'not_json':
       return { value: 10n };
+    case 'keep_ctx': // a context that outlives its job, as a leftover timer's would
+      state.kept = ctx;
+      return 'kept';
+    case 'late_progress':
+      state.kept.progress(0.9, 'after the end');
+      return 'tried';
     case 'undefined':
       return undefined;
     case 'print':

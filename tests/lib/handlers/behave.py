@@ -52,6 +52,12 @@ def common(job, ctx):
         return {"value": object()}
     if do == "print":
         return {"child_stdin": stray_output()}
+    if do == "keep_ctx":  # a context that outlives its job, as a leftover thread's would
+        STATE["kept"] = ctx
+        return "kept"
+    if do == "late_progress":
+        STATE["kept"].progress(0.9, "after the end")
+        return "tried"
     return None
 
 
