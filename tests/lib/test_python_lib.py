@@ -58,6 +58,14 @@ def test_an_exception_is_a_retryable_error(start, mode):
     assert "Traceback" in h.stderr or h.wait_stderr("Traceback") is None
 
 
+def test_text_that_utf8_cannot_carry_still_gives_frames(start, mode):
+    h = behave(start, mode)
+    h.job("s", {"do": "surrogate"})
+    progress, end = h.end_of("s")
+    assert progress == [{"type": "progress", "id": "s", "progress": 0.5, "message": "half ?"}]
+    assert end == {"type": "error", "id": "s", "error": "ValueError: bad ? byte", "retry": True}
+
+
 def test_permanent_error_is_not_retried(start, mode):
     h = behave(start, mode)
     h.job("p", {"do": "permanent"})

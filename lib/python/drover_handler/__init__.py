@@ -54,6 +54,11 @@ def _encode(frame):
     return (text + "\n").encode("utf-8")
 
 
+def _text(value):
+    """str(value) that UTF-8 can carry: a lone surrogate (from surrogateescape'd bytes, say) becomes '?'."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
 class _Output:
     """The real stdout, kept away from print(): whole frames only, one writer at a time."""
 
@@ -120,7 +125,7 @@ class Context:
         if fraction is not None:
             frame["progress"] = min(1.0, max(0.0, float(fraction)))
         if message is not None:
-            frame["message"] = str(message)
+            frame["message"] = _text(message)
         self._output.send(frame, self)
 
     def _set_cancelled(self, reason):
@@ -175,7 +180,7 @@ class _Jobs:
         self._end(ctx, data)
 
     def error(self, ctx, text, retry):
-        self.finish(ctx, {"type": "error", "id": ctx.id, "error": text, "retry": retry})
+        self.finish(ctx, {"type": "error", "id": ctx.id, "error": _text(text), "retry": retry})
 
     def cancelled(self, ctx):
         self.finish(ctx, {"type": "cancelled", "id": ctx.id})

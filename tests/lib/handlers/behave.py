@@ -46,6 +46,9 @@ def common(job, ctx):
         return "done"
     if do == "fail":
         raise ValueError("boom")
+    if do == "surrogate":  # text decoded with surrogateescape: not valid UTF-8 as it stands
+        ctx.progress(0.5, b"half \xff".decode("utf-8", "surrogateescape"))
+        raise ValueError(b"bad \xff byte".decode("utf-8", "surrogateescape"))
     if do == "permanent":
         raise PermanentError("bad input")
     if do == "not_json":
