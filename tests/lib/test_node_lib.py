@@ -56,6 +56,15 @@ def test_a_thrown_error_is_retryable(start):
     h.wait_stderr("TypeError: boom\n    at")  # the stack goes to stderr, which drover logs
 
 
+def test_lone_surrogates_become_replacement_characters(start):
+    """drover's JSON parser refuses a lone \\udXXX escape: the frame would be a protocol violation."""
+    h = behave(start)
+    h.job("s", {"do": "surrogate"})
+    progress, end = h.end_of("s")
+    assert progress == [{"type": "progress", "id": "s", "progress": 0.5, "message": "half \ufffd"}]
+    assert end == {"type": "result", "id": "s", "result": {"text": "bad \ufffd end", "whole": "\U0001f600"}}
+
+
 def test_permanent_error_is_not_retried(start):
     h = behave(start)
     h.job("p", {"do": "permanent"})

@@ -46,6 +46,18 @@ function takeStdout() {
   return writeFrameText;
 }
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+// One frame as one line. A lone surrogate (half of a pair, from a sliced string say) comes out of
+// JSON.stringify as a \udXXX escape, which drover's JSON parser refuses: such strings are
+// written again with U+FFFD in its place. The check is on the text, so the common case costs
+// one scan.
+function encode(frame) {
+  const text = JSON.stringify(frame);
+  if (!/\\ud[89a-f]/i.test(text)) return text;
+  return JSON.stringify(frame, (key, value) => (typeof value === 'string' ? value.replace(LONE_SURROGATE, '\uFFFD') : value));
+}
+
 function describe(error) {
   if (error instanceof Error) return `${error.name}: ${error.message}`;
   return String(error);
@@ -60,7 +72,7 @@ class Server {
   }
 
   send(frame) {
-    this.writeFrameText(`${JSON.stringify(frame)}\n`);
+    this.writeFrameText(`${encode(frame)}\n`);
   }
 
   // The id leaves before its last frame goes out: drover may reuse it once it has that frame.
@@ -142,7 +154,7 @@ class Server {
   completed(ctx, value) {
     let text;
     try {
-      text = JSON.stringify({ type: 'result', id: ctx.id, result: value === undefined ? null : value });
+      text = encode({ type: 'result', id: ctx.id, result: value === undefined ? null : value });
     } catch (e) {
       // A BigInt or a cycle: the same value would fail again, so no retry.
       this.end(ctx.id, { type: 'error', id: ctx.id, error: `the result is not JSON: ${e.message}`, retry: false });

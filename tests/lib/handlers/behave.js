@@ -23,6 +23,9 @@ async function handle(job, ctx) {
       return 'done';
     case 'fail':
       throw new TypeError('boom');
+    case 'surrogate': // half of a surrogate pair, as slicing a string can leave
+      ctx.progress(0.5, 'half \ud83d');
+      return { text: 'bad \ude00 end', whole: '\ud83d\ude00' };
     case 'permanent':
       throw new PermanentError('bad input');
     case 'not_json':
