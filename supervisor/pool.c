@@ -436,6 +436,9 @@ static long long ready_timeout_ms(const struct config *cfg)
 	for (size_t i = 0; i < cfg->librdkafka_count; i++)
 		if (strcmp(cfg->librdkafka[i].key, "session.timeout.ms") == 0 && atoll(cfg->librdkafka[i].value) > 0)
 			session = atoll(cfg->librdkafka[i].value);
+	/* A persistent-mode spool worker is ready once a handler process is: allow it its start time. */
+	if (cfg->handler_mode == HANDLER_MODE_PERSISTENT && cfg->handler_start_timeout_ms > session)
+		session = cfg->handler_start_timeout_ms;
 	return session + READY_MARGIN_MS;
 }
 
@@ -446,8 +449,8 @@ static bool pool_slot_ready(struct slot *s, const struct scoreboard_slot *board,
 	if (__atomic_load_n(&board->ready, __ATOMIC_ACQUIRE)) {
 		s->awaiting_ready = false;
 	} else if (now - s->started_mono_ms > limit) {
-		log_warnx("worker %d not ready after %lld ms (no group assignment yet); replacing the next one anyway",
-		          s->index, limit);
+		log_warnx("worker %d not ready after %lld ms (no group assignment or ready handler process yet); "
+		          "replacing the next one anyway", s->index, limit);
 		s->awaiting_ready = false;
 	}
 	return !s->awaiting_ready;

@@ -560,6 +560,14 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 	fprintf(out, "drover_jobs_in_flight %lld\n", t->in_flight);
 	write_header(out, "drover_jobs_lost_total", "counter", "In-flight jobs of workers that died (they run again).");
 	fprintf(out, "drover_jobs_lost_total %" PRIu64 "\n", sup->jobs_lost);
+	if (sup->cfg != NULL && sup->cfg->handler_mode == HANDLER_MODE_PERSISTENT) {
+		write_header(out, "drover_handler_processes_total", "counter",
+			     "Persistent handler processes restarted, recycled, killed for a protocol violation.");
+		fprintf(out, "drover_handler_processes_total{event=\"restarted\"} %" PRIu64 "\n", c->handler_restarts);
+		fprintf(out, "drover_handler_processes_total{event=\"recycled\"} %" PRIu64 "\n", c->handler_recycles);
+		fprintf(out, "drover_handler_processes_total{event=\"protocol_error\"} %" PRIu64 "\n",
+			c->handler_protocol_errors);
+	}
 	write_histogram(out, c);
 	write_header(out, "drover_reloads_total", "counter", "Configuration reloads applied.");
 	fprintf(out, "drover_reloads_total %u\n", sup->reloads);

@@ -2,7 +2,10 @@
  * worker: the job loop of one worker process (see worker.h).
  *
  * A "task" is one job this worker holds, from take() to finish()/release():
- * either a handler runs for it, or it waits out its retry delay. Tasks count
+ * either a handler runs for it (a runner's process in exec mode, a job in a
+ * persistent handler process of warm.h otherwise), it waits out its retry
+ * delay, or (persistent mode) it waits for a process with room. Both modes
+ * end an attempt in task_attempt_ended, so a job's life is one code path. Tasks count
  * against max_concurrent either way, so a worker never holds more jobs than
  * it may run. Signals arrive through a signalfd on the worker's own loop, so
  * nothing is done in a signal handler and the supervisor's inherited libev
@@ -1116,6 +1119,25 @@ static void worker_teardown(struct worker *w)
 	ev_loop_destroy(w->loop);
 }
 
+/* Signals, the supervisor's pipe and the worker's timers on its loop. */
+static void worker_watch(struct worker *w, int parent_fd)
+{
+	ev_io_init(&w->signal_watcher, worker_signal_cb, w->signal_fd, EV_READ);
+	w->signal_watcher.data = w;
+	ev_io_start(w->loop, &w->signal_watcher);
+	fd_set_nonblock(parent_fd);
+	ev_io_init(&w->parent_watcher, worker_parent_cb, parent_fd, EV_READ);
+	w->parent_watcher.data = w;
+	ev_io_start(w->loop, &w->parent_watcher);
+	ev_timer_init(&w->heartbeat_timer, worker_heartbeat_cb, HEARTBEAT_INTERVAL_S, HEARTBEAT_INTERVAL_S);
+	w->heartbeat_timer.data = w;
+	ev_timer_start(w->loop, &w->heartbeat_timer);
+	ev_timer_init(&w->fault_timer, worker_fault_retry_cb, FAULT_RETRY_FIRST_S, 0);
+	w->fault_timer.data = w;
+	ev_timer_init(&w->orphan_timer, worker_orphan_timeout_cb, 0, 0);
+	w->orphan_timer.data = w;
+}
+
 int worker_main(const struct worker_params *params)
 {
 	struct worker w = {
@@ -1172,21 +1194,7 @@ int worker_main(const struct worker_params *params)
 		return 70;
 	}
 
-	ev_io_init(&w.signal_watcher, worker_signal_cb, w.signal_fd, EV_READ);
-	w.signal_watcher.data = &w;
-	ev_io_start(w.loop, &w.signal_watcher);
-	fd_set_nonblock(params->parent_fd);
-	ev_io_init(&w.parent_watcher, worker_parent_cb, params->parent_fd, EV_READ);
-	w.parent_watcher.data = &w;
-	ev_io_start(w.loop, &w.parent_watcher);
-	ev_timer_init(&w.heartbeat_timer, worker_heartbeat_cb, HEARTBEAT_INTERVAL_S, HEARTBEAT_INTERVAL_S);
-	w.heartbeat_timer.data = &w;
-	ev_timer_start(w.loop, &w.heartbeat_timer);
-	ev_timer_init(&w.fault_timer, worker_fault_retry_cb, FAULT_RETRY_FIRST_S, 0);
-	w.fault_timer.data = &w;
-	ev_timer_init(&w.orphan_timer, worker_orphan_timeout_cb, 0, 0);
-	w.orphan_timer.data = &w;
-
+	worker_watch(&w, params->parent_fd);
 	log_info("worker %d: started (%s queue, up to %d jobs at once)", w.slot, w.ops->name, w.cfg->max_concurrent);
 	worker_fill(&w);
 	ev_run(w.loop, 0);

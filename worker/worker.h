@@ -1,7 +1,8 @@
 /*
  * worker: one worker process's life. A libev loop (its own, not the
  * supervisor's inherited default loop) takes jobs from the source while fewer
- * than max_concurrent run, runs each attempt through the runner, retries with
+ * than max_concurrent run, runs each attempt through the runner (exec mode)
+ * or its persistent handler processes (warm.h), retries with
  * a doubling delay, and hands outcomes back to the source. It publishes its
  * heartbeat, counters and in-flight jobs in its scoreboard slot. TERM (or EOF
  * on the supervisor's pipe) drains: no new jobs, running ones finish. QUIT

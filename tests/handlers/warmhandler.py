@@ -22,6 +22,9 @@ Job fields:
   stderr           write this line to stderr
   grandchild       path: fork a child in the process group that writes its pid there and sleeps
   quick_after_first  on attempts after the first, answer a result at once (ignoring the rest)
+  result_bytes     the result is a string of this many 'x'
+  stray_once       path: if it does not exist, create it and send a progress frame for an id nobody sent
+  double_answer    answer the job twice
 
 Records in the record directory: proc__<pid>.json (started, ready, exited
 times), <id>__<attempt>__<pid>.start.json / .end.json, and
@@ -42,7 +45,7 @@ jobs = {}          # id -> threading.Event (cancel)
 jobs_lock = threading.Lock()
 threads = []
 ballast = []
-proc_record = {"pid": PID, "started": time.time(), "env": {k: v for k, v in os.environ.items()
+proc_record = {"pid": PID, "started": time.time(), "argv": sys.argv[1:], "env": {k: v for k, v in os.environ.items()
                                                            if k.startswith("DROVER_")}}
 
 
@@ -119,6 +122,9 @@ def run_job(frame, cancel):
     if job.get("crash_once") and once(job["crash_once"]):
         time.sleep(0.2)
         os._exit(3)
+    if job.get("stray_once") and once(job["stray_once"]):
+        send({"type": "progress", "id": "no-such-job", "progress": 0.5})
+        return
     if job.get("garbage_once") and once(job["garbage_once"]):
         send_raw("this is not a frame\n")
         return
@@ -130,8 +136,12 @@ def run_job(frame, cancel):
         send({"type": "cancelled", "id": jid})
     elif "error" in job and attempt <= job.get("error_times", 1000):
         send({"type": "error", "id": jid, "error": job["error"], "retry": job.get("retry", True)})
+    elif job.get("result_bytes"):
+        send({"type": "result", "id": jid, "result": "x" * job["result_bytes"]})
     else:
         send({"type": "result", "id": jid, "result": {"pid": PID, "id": jid, "attempt": attempt, "tag": TAG}})
+        if job.get("double_answer"):
+            send({"type": "result", "id": jid, "result": "again"})
 
 
 def on_cancel(frame):

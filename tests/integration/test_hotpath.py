@@ -223,3 +223,44 @@ def test_count_trace_tells_drover_from_its_handlers(workdir):
     assert counts == {"full forks, supervisor": 1, "full forks, workers": 1, "handler execs": 1,
                       "opens under /proc": 3, "opens of /proc/*/environ": 1,
                       "directory fsyncs": 1, "file fsyncs": 1}, counts
+
+
+ECHO_PERSISTENT = r'''
+import json, sys
+sys.stdout.write('{"type":"ready"}\n')
+sys.stdout.flush()
+for line in sys.stdin:
+    frame = json.loads(line)
+    if frame["type"] == "job":
+        sys.stdout.write(json.dumps({"type": "result", "id": frame["id"], "result": frame["job"]}) + "\n")
+        sys.stdout.flush()
+'''
+
+
+def test_persistent_hot_path_has_no_exec_per_job(traced, workdir, figures):
+    """handler_mode = persistent: one exec per handler process, none per job; the rest of the guard holds."""
+    if not os.access(STRACE, os.X_OK):
+        pytest.fail("strace is missing (make deps installs it)")
+    script = Path(workdir) / "echo_persistent.py"
+    script.write_text(ECHO_PERSISTENT)
+    d = traced({"supervisor": {"workers": 2, "log_level": "warn"},
+                "jobs": {"handler": "%s %s" % (harness.PYTHON, script), "max_concurrent": 4,
+                         "handler_mode": "persistent", "handler_concurrency": 4, "env.POOLTEST_RECORD_DIR": None}})
+    d.wait_workers(2, timeout=30)
+    ids = ["warm-%04d" % i for i in range(JOBS)]
+    lines = "".join('{"id":"%s","prompt":"%s"}\n' % (i, "x" * 150) for i in ids)
+    rc, out = d.ctl("submit", "-", input=lines, timeout=120)
+    assert rc == 0, (out, d.last_ctl_err)
+    complete, failed = d.wait_outcomes(ids, timeout=300)
+    assert not failed and len(complete) == JOBS, "failed: %s" % sorted(failed)[:5]
+    drover_pid = d.drover_pid
+    assert d.stop(timeout=60) == 0, d.diagnostics()
+
+    counts = count_trace(d.trace, drover_pid)
+    assert counts["file fsyncs"] >= JOBS, "outcome fsyncs not seen, so fd paths were not parsed: %s" % counts
+    figures("hot path, persistent: handler execs per job", counts["handler execs"] / JOBS)
+    assert 2 <= counts["handler execs"] <= 4, "one exec per handler process (2 workers x 1), not per job: %s" % counts
+    assert counts["full forks, workers"] == 0, counts
+    assert counts["opens of /proc/*/environ"] == 0, counts
+    assert counts["directory fsyncs"] / JOBS <= MAX_DIR_FSYNCS_PER_JOB, counts
+    assert counts["opens under /proc"] / JOBS <= MAX_PROC_OPENS_PER_JOB, counts

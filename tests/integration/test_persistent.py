@@ -9,6 +9,7 @@ drover did from the spool's outcome documents, stats and its log.
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -178,6 +179,12 @@ def test_garbage_on_stdout_kills_restarts_and_retries(drover):
     assert "protocol violation: not JSON" in log, log[-2000:]
     w = worker_stats(d)
     assert w["handler_protocol_errors"] == 1 and w["handler_restarts"] == 1, w
+    rc, metrics = d.ctl("metrics")
+    check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert 'drover_handler_processes_total{event="protocol_error"} 1' in metrics, metrics
+    assert 'drover_handler_processes_total{event="restarted"} 1' in metrics, metrics
     wait_until(lambda: process_gone(starts[0]["pid"]), 10, "the process that wrote garbage to be gone")
 
 
@@ -260,22 +267,32 @@ def test_reload_with_a_new_handler_fails_no_job(drover):
     first = ["a%d" % i for i in range(6)]
     d.submit([{"id": i, "sleep_ms": 400} for i in first])
     d.wait_until(lambda: job_records(d, "start"), 20, "jobs running")
-    old_pids = set(procs(d))
-    d.write_config({"jobs": {"handler": "%s %s --new" % (PYTHON, WARM_HANDLER), "env.WARM_TAG": "new"}})
+    d.write_config({"jobs": {"handler": "%s %s --new" % (PYTHON, WARM_HANDLER), "env.WARM_TAG": "new",
+                             "env.WARM_SETUP_MS": "1000"}})
     d.signal(signal.SIGHUP)
     second = ["b%d" % i for i in range(6)]
     d.submit([{"id": i, "sleep_ms": 100} for i in second])
     done = all_complete(d, first + second, timeout=60)
 
+    def new_pids():
+        return {pid for pid, r in procs(d).items() if r["argv"] == ["--new"]}
+
     def replaced():
-        s = d.stats()
-        hs = [h for w in s["workers"] for h in w.get("handlers", [])]
-        return len(hs) == 4 and not ({h["pid"] for h in hs} & old_pids)
+        hs = [h["pid"] for w in d.stats()["workers"] for h in w.get("handlers", [])]
+        return len(hs) == 4 and set(hs) <= new_pids()
     d.wait_until(replaced, 30, "every worker's handler processes to be new ones")
     d.submit([{"id": "after"}])
     after = all_complete(d, ["after"])["after"]
-    assert after["result"]["tag"] == "new" and after["result"]["pid"] not in old_pids, after
+    assert after["result"]["tag"] == "new" and after["result"]["pid"] in new_pids(), after
     assert all(doc["attempts"] == 1 for doc in done.values()), "nothing failed or retried during the reload"
+    # One worker at a time, the next only once the new one has a ready handler process.
+    new = [procs(d)[pid] for pid in new_pids()]
+    by_slot = {}
+    for r in sorted(new, key=lambda r: r["started"]):
+        by_slot.setdefault(r["env"]["DROVER_WORKER"], r)
+    first, second = sorted(by_slot.values(), key=lambda r: r["started"])
+    assert second["started"] >= first["ready"], "worker %s was replaced before worker %s's handler was ready" % (
+        second["env"]["DROVER_WORKER"], first["env"]["DROVER_WORKER"])
 
 
 def test_term_drain_finishes_jobs_in_flight_then_ends_the_processes(drover):
@@ -364,3 +381,45 @@ def test_the_readme_example_handlers_work(drover, workdir, lang, interpreter):
     for job in jobs:
         assert done[job["id"]]["result"] == {"echo": job}, done[job["id"]]
     assert worker_stats(d)["handler_restarts"] == 0
+
+
+def test_result_limits_and_other_violations(drover):
+    d = drover(config=warm_config(max_concurrent=1, max_result_bytes=1000, max_attempts=2))
+    d.submit([{"id": "big", "result_bytes": 2000}])
+    done, failed = d.wait_outcomes(["big"], 20)
+    assert failed["big"]["error"]["reason"] == "result_too_large" and failed["big"]["attempts"] == 2, failed["big"]
+    assert worker_stats(d)["handler_protocol_errors"] == 0, "a result over max_result_bytes is no violation"
+
+    d.submit([{"id": "huge", "result_bytes": 70000}])  # beyond max_result_bytes + 65536: the frame itself
+    done, failed = d.wait_outcomes(["huge"], 20)
+    assert failed["huge"]["error"]["reason"] == "handler_lost", failed["huge"]
+    assert "a frame longer than 66536 bytes" in d.log_text()
+
+    d.submit([{"id": "stray", "stray_once": str(d.state / "stray")}, {"id": "twice", "double_answer": True}])
+    done = all_complete(d, ["stray", "twice"])
+    assert done["stray"]["attempts"] == 2, done["stray"]
+    assert done["twice"]["attempts"] == 1 and done["twice"]["result"]["id"] == "twice", done["twice"]
+    log = d.log_text()
+    assert "a frame for an id it does not hold: \"no-such-job\"" in log
+    assert "a frame for an id it does not hold: \"twice\"" in log, "an answer for a finished id is a violation"
+    assert worker_stats(d)["handler_protocol_errors"] == 4  # huge (2 attempts), stray, twice
+
+
+def test_quit_kills_the_processes_and_gives_their_jobs_back(drover):
+    d = drover(config=warm_config(max_concurrent=2))
+    d.submit([{"id": "q%d" % i, "hold_file": str(d.state / "never")} for i in range(2)])
+    d.wait_until(lambda: len(job_records(d, "start")) == 2, 20, "both jobs running")
+    pids = {h["pid"] for h in worker_stats(d)["handlers"]}
+    d.signal(signal.SIGQUIT)
+    assert d.wait_exit(20) == 0
+    wait_until(lambda: all(process_gone(p) for p in pids), 10, "the handler processes to be gone")
+    assert not d.complete() and not d.failed(), "killed jobs are no outcome"
+    assert len(d.spool_files("incoming")) == 2, \
+        "both jobs are back in the queue: %r %r" % (d.spool_files("incoming"), d.spool_files("processing"))
+
+
+def test_a_process_not_ready_in_time_is_killed_and_restarted(drover):
+    d = drover(config=warm_config(max_concurrent=1, handler_start_timeout_ms=300), env={"WARM_SETUP_MS": "5000"})
+    d.wait_until(lambda: worker_stats(d)["handler_restarts"] >= 1, 20, "a restart after the start timeout")
+    assert "did not say ready within 300 ms" in d.log_text()
+    assert not procs(d), "no process ever said ready"
