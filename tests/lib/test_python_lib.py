@@ -178,3 +178,22 @@ def test_progress_after_the_end_is_dropped(start, mode):
     h.job("late", {"do": "late_progress"})
     progress, end = h.end_of("late")  # end_of fails on a frame of another id
     assert (progress, end["result"]) == ([], "tried")
+
+
+def test_big_frames_of_jobs_running_at_once_arrive_whole(start, mode):
+    """Frames far above the pipe's atomic size (4 KiB), written by 4 jobs at once."""
+    h = behave(start, mode, {"DROVER_HANDLER_CONCURRENCY": "4"})
+    ids = ["c%d" % i for i in range(4)]
+    for job_id in ids:
+        h.job(job_id, {"do": "chatty", "frames": 30, "size": 50000})
+    counts = dict.fromkeys(ids, 0)
+    ended = set()
+    while len(ended) < len(ids):
+        frame = h.frame()  # fails on a line that is not one JSON object
+        if frame["type"] == "progress":
+            assert frame["message"] == frame["id"] * 50000, "a frame mixed with another"
+            counts[frame["id"]] += 1
+        else:
+            assert frame["result"] == "said it all", frame
+            ended.add(frame["id"])
+    assert counts == dict.fromkeys(ids, 30)

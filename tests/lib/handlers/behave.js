@@ -30,6 +30,12 @@ async function handle(job, ctx) {
       throw new PermanentError('bad input');
     case 'not_json':
       return { value: 10n };
+    case 'chatty': // big frames from jobs running at once: each must reach drover whole
+      for (let i = 0; i < job.frames; i += 1) {
+        ctx.progress(i / job.frames, ctx.id.repeat(job.size));
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      return 'said it all';
     case 'keep_ctx': // a context that outlives its job, as a leftover timer's would
       state.kept = ctx;
       return 'kept';
