@@ -84,9 +84,8 @@ SCALES = {
              "round_cap_s": 20, "drain_cap_s": 10, "warm_jobs": 150, "node_jobs": 100, "rss_jobs": 400,
              "rss_warmup": 100},
     # At most about 7 minutes on the 2-core machine (2 of them the persistent-handler rows). A pool
-    # slower than the backlog or the offered
-    # rate allows is measured for round_cap_s (backlog) or drain_cap_s (after the open loop) at most,
-    # so a slow drover cannot stretch the run.
+    # slower than the backlog or the offered rate allows is measured for round_cap_s (backlog) or
+    # drain_cap_s (after the open loop) at most, so a slow drover cannot stretch the run.
     "full": {"spool_jobs": 3000, "kafka_jobs": 3000, "pairs": 3, "latency_s": 3.0, "idle_s": 5.0,
              "round_cap_s": 10, "drain_cap_s": 6, "warm_jobs": 3000, "node_jobs": 1500, "rss_jobs": 100000,
              "rss_warmup": 2000},
