@@ -57,6 +57,17 @@ struct scoreboard_slot *scoreboard_slot(struct scoreboard *sb, int slot)
 	return &sb->slots[slot];
 }
 
+void scoreboard_publish_handlers_ready(struct scoreboard_slot *slot)
+{
+	__atomic_store_n(&slot->handlers_ready, 1, __ATOMIC_RELEASE);
+	scoreboard_wake_supervisor();
+}
+
+bool scoreboard_worker_ready(const struct scoreboard_slot *slot)
+{
+	return __atomic_load_n(&slot->ready, __ATOMIC_ACQUIRE) && __atomic_load_n(&slot->handlers_ready, __ATOMIC_ACQUIRE);
+}
+
 void scoreboard_write_begin(struct scoreboard_slot *slot)
 {
 	__atomic_add_fetch(&slot->seq, 1, __ATOMIC_ACQ_REL);

@@ -10,6 +10,7 @@
 #ifndef DROVER_SCOREBOARD_H
 #define DROVER_SCOREBOARD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -73,6 +74,7 @@ struct scoreboard_slot {
 	int64_t heartbeat_ms; /* monotonic clock (now_ms) of the owner's last loop tick */
 	int32_t draining;
 	int32_t ready;       /* the source can take jobs (Kafka: after its first assignment in the group) */
+	int32_t handlers_ready; /* exec mode: at start; persistent: once a handler process said ready */
 	int32_t in_flight;
 	struct scoreboard_counters counters;
 	char fault[SCOREBOARD_FAULT_MAX]; /* pool fault (handler cannot start, queue down), "" = none */
@@ -100,6 +102,10 @@ void scoreboard_set_wake_fd(int fd);
 void scoreboard_wake_supervisor(void);
 /* Marks the owner's source ready to take jobs and wakes the supervisor. */
 void scoreboard_publish_ready(struct scoreboard_slot *slot);
+/* Marks that the owner can run a job (exec mode: at once; persistent: a handler process is ready). */
+void scoreboard_publish_handlers_ready(struct scoreboard_slot *slot);
+/* Whether the worker can take jobs: both its source and its handlers are ready. */
+bool scoreboard_worker_ready(const struct scoreboard_slot *slot);
 
 void scoreboard_write_begin(struct scoreboard_slot *slot);
 void scoreboard_write_end(struct scoreboard_slot *slot);

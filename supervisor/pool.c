@@ -446,7 +446,7 @@ static long long ready_timeout_ms(const struct config *cfg)
 static bool pool_slot_ready(struct slot *s, const struct scoreboard_slot *board, long long now)
 {
 	long long limit = ready_timeout_ms(s->pool->sup->cfg);
-	if (__atomic_load_n(&board->ready, __ATOMIC_ACQUIRE)) {
+	if (scoreboard_worker_ready(board)) {
 		s->awaiting_ready = false;
 	} else if (now - s->started_mono_ms > limit) {
 		log_warnx("worker %d not ready after %lld ms (no group assignment or ready handler process yet); "

@@ -246,7 +246,7 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 		long long left = view->backoff_until_ms - ctx->wall_now;
 		put(w, "backoff_ms", json_integer(left > 0 ? left : 0), ok);
 	}
-	put(w, "ready", json_boolean(live != NULL && live->ready), ok);
+	put(w, "ready", json_boolean(live != NULL && scoreboard_worker_ready(live)), ok);
 	put(w, "in_flight", json_integer(live != NULL ? live->in_flight : 0), ok);
 	put(w, "completed", json_integer(live != NULL ? (json_int_t)live->counters.completed : 0), ok);
 	put(w, "failed", json_integer(live != NULL ? (json_int_t)live->counters.failed : 0), ok);

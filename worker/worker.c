@@ -986,13 +986,13 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
 
 /* ---- persistent handler processes ------------------------------------- */
 
-/* A handler process became ready. A spool worker is ready for rolling replacement from then on. */
+/* A handler process became ready. With its source ready too, the worker is ready (rolling replacement). */
 static void worker_warm_room(void *arg)
 {
 	struct worker *w = arg;
-	if (!w->ready_published && w->cfg->backend != BACKEND_KAFKA) {
+	if (!w->ready_published) {
 		w->ready_published = true;
-		scoreboard_publish_ready(w->board);
+		scoreboard_publish_handlers_ready(w->board);
 	}
 	worker_fill(w);
 }
@@ -1185,10 +1185,11 @@ int worker_main(const struct worker_params *params)
 		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
 	} else {
 		spool_source_set_scoreboard(w.source, w.board);
-		if (w.cfg->handler_mode == HANDLER_MODE_EXEC)
-			scoreboard_publish_ready(w.board); /* persistent: once a handler process is ready */
+		scoreboard_publish_ready(w.board);
 	}
-	if (w.cfg->handler_mode == HANDLER_MODE_PERSISTENT && worker_start_handlers(&w) < 0) {
+	if (w.cfg->handler_mode == HANDLER_MODE_EXEC)
+		scoreboard_publish_handlers_ready(w.board); /* a handler starts per attempt */
+	else if (worker_start_handlers(&w) < 0) {
 		log_error("worker %d: out of memory starting its handler processes", w.slot);
 		worker_teardown(&w);
 		return 70;

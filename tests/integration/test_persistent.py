@@ -67,6 +67,10 @@ def all_complete(d, ids, timeout=30):
 @pytest.mark.asan
 def test_warm_start_before_the_first_job_and_many_jobs_per_process(drover):
     d = drover(config=warm_config(max_concurrent=2), env={"WARM_SETUP_MS": "1500"})
+    d.wait_until(lambda: worker_stats(d)["ready"], 20, "the worker to be ready", interval=0.05)
+    seen_ready = time.time()
+    assert procs(d) and min(r["ready"] for r in procs(d).values()) <= seen_ready, \
+        "the worker showed ready before any handler process was"
     ids = d.submit([{"id": "w%d" % i, "sleep_ms": 50} for i in range(10)])
     done = all_complete(d, ids)
     ready = {pid: rec["ready"] for pid, rec in procs(d).items()}
