@@ -15,22 +15,22 @@ BENCH_ENV  = DROVER_BUILD=$(CURDIR)/$(BUILD) \
              $(foreach v,BENCH_SCALE BENCH_JOBS BENCH_PAIRS BENCH_SPOOL BENCH_KAFKA BENCH_WARM BENCH_RSS_JOBS BENCH_JSON BENCH_KEEP,$(if $(filter undefined,$(origin $(v))),,$(v)="$($(v))"))
 
 .PHONY: bench bench-tiny
-bench: all $(BENCH_BIN)
+bench: all test-support $(BENCH_BIN)
 	$(BENCH_ENV) $(PYTHON) tests/bench/bench.py
 
 # The tiny run checks only that every figure is produced and the JSON is well formed.
-bench-tiny: all $(BENCH_BIN)
+bench-tiny: all test-support $(BENCH_BIN)
 	$(BENCH_ENV) BENCH_SCALE=tiny BENCH_JSON=$(CURDIR)/$(BUILD)/bench-tiny.json $(PYTHON) tests/bench/bench.py
 	$(PYTHON) tests/bench/check_report.py $(CURDIR)/$(BUILD)/bench-tiny.json
 
-$(BUILD)/bench/%: tests/bench/%.c | $(DEPS_STAMP)
+$(BUILD)/bench/%: tests/bench/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) $(LDFLAGS) -o $@ $<
 
 # make lint covers the bench's C too.
 .PHONY: lint-bench
 lint: lint-bench
-lint-bench: | $(DEPS_STAMP)
+lint-bench: deps-test
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --suppress=missingIncludeSystem --inline-suppr $(CPPFLAGS) tests/bench
 	@set -e; for f in $(wildcard tests/bench/*.c); do \

@@ -8,5 +8,5 @@
 # scenarios alone, CHAOS_ARGS="-m 'not slow'" the others, -k NAME one of them.
 
 .PHONY: chaos
-chaos: all
+chaos: all test-support
 	DROVER_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=0 tests/chaos $(CHAOS_ARGS)

@@ -15,7 +15,8 @@ DEB_FILE   = $(DEB_STAGE)/drover_$(VERSION)_$(DEB_ARCH).deb
 
 .PHONY: deb deb-lintian package-test
 
-deb: | $(DEPS_STAMP)
+deb:
+	$(call install_missing,$(DEB_BUILD) $(DEB_PACKAGE))
 	rm -rf $(DEB_STAGE)
 	mkdir -p $(DEB_SRC)
 	tar -c --exclude=./.git --exclude=./build --exclude='./build-*' --exclude=./$(DEB_STAGE) \
@@ -29,5 +30,7 @@ deb-lintian:
 
 # Needs root: it starts daemons, enters PID namespaces and installs the package
 # (the .deb test runs last and purges what it installed).
-package-test: $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
+package-test:
+	$(call install_missing,$(DEB_BUILD) $(DEB_PACKAGE))
+	$(MAKE) $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 	DROVER_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider tests/packaging $(PYTEST_ARGS)

@@ -61,8 +61,17 @@ void kafka_props_free(struct kafka_props *props);
  * routed (redacted) to log.h. NULL with a redacted err on failure.
  */
 rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, enum kafka_role role, int slot, char *err, size_t errlen);
-/* For drover -t: 0 when every role's configuration is accepted by librdkafka, else -1 and err. */
-int kafka_conf_check(const struct config *cfg, char *err, size_t errlen);
+/*
+ * drover -t and start-up (kafka_check.c): creates each role's handle the way
+ * a worker would, without brokers and in a short-lived child process (the
+ * caller never runs a librdkafka thread), so that what librdkafka refuses
+ * only when a handle is made (a strategy it does not know, max.in.flight
+ * above 5 with the idempotent producer, an unknown SASL mechanism, an
+ * unreadable certificate) fails the check instead of every worker. Appends
+ * "FILE:LINE: [librdkafka] key: what is wrong" (FILE: [kafka]: ... when no
+ * single pass-through key is the cause) to errs. 0, or -1 when errs grew.
+ */
+int kafka_conf_check(const struct config *cfg, struct config_errors *errs);
 
 /* True for property names whose values are secrets (passwords, private keys, client secrets). */
 bool kafka_conf_key_is_secret(const char *key);
@@ -76,7 +85,5 @@ void kafka_redact_reset(void);
 /* Copies text into out (always NUL-terminated, truncated to outlen), each registered secret replaced by [redacted]. */
 void kafka_redact(const char *text, char *out, size_t outlen);
 
-/* Reads a password file: its first line, without the line end. malloc'd, or NULL and err. */
-char *kafka_read_password_file(const char *path, char *err, size_t errlen);
 
 #endif

@@ -1,23 +1,13 @@
 /*
- * source: picks the backend's ops for a config and holds what every backend
- * shares.
+ * source: the worker's half of the backend choice. Kept apart from backend.c
+ * because naming the ops links every backend's consumer: only the worker
+ * calls this, so droverctl, which uses queue_ops alone, links none of them.
  */
 #include "queue/source.h"
 #include "queue/kafka.h"
 #include "queue/spool.h"
 
-#include <stdlib.h>
-
 const struct source_ops *source_for(const struct config *cfg)
 {
 	return cfg->backend == BACKEND_KAFKA ? &kafka_source_ops : &spool_source_ops;
-}
-
-void job_free(struct job *job)
-{
-	if (job == NULL)
-		return;
-	free(job->id);
-	free(job->payload);
-	free(job);
 }

@@ -1,15 +1,27 @@
 /*
- * source: where a worker's jobs come from and where their outcomes go. The
- * spool directory and Kafka both implement source_ops, so the worker loop and
- * the runner never know which one they talk to.
+ * source: the queue layer's interface. Everything above queue/ reaches a
+ * queue through two tables chosen once from cfg->backend (after OpenSMTPD's
+ * queue_backend table), so nothing above this layer names a backend:
+ *
+ *  - struct queue_ops: what the supervisor and droverctl do with the
+ *    queue as a whole (prepare at start, reclaim after a worker died, health,
+ *    submit, topics, the configuration check of drover -t). It names no
+ *    per-worker code, so droverctl links none of the consumers.
+ *  - struct source_ops: one worker's connection to the queue (source_for).
  *
  * Life of a job: take() hands it out; attempt() is called before each handler
- * run (so the backend can persist the attempt number); status() carries
- * started/progress/retrying documents; then exactly one of finish() (outcome
- * document, complete or failed) or release() (unfinished: it will run again,
- * same id, next attempt). After finish() the source calls cb.settled once the
- * outcome is durable (spool: fsynced; Kafka: acknowledged by the broker) and
- * frees the job; only then does the job leave the queue.
+ * run (so the backend can persist the attempt number); status() carries the
+ * typed started/progress/retrying/completed/failed states; then exactly one
+ * of finish() (outcome document, complete or failed) or release() (unfinished:
+ * it will run again, same id, next attempt). After finish() the source calls
+ * cb.settled once the outcome is durable (spool: fsynced; Kafka: acknowledged
+ * by the broker) and frees the job; only then does the job leave the queue.
+ *
+ * Return conventions: a function returning int returns 0 on success and -1
+ * on failure (with err/errno as stated); anything with more than two
+ * outcomes returns a named enum (enum source_take). The queue_ops
+ * commands that droverctl runs return its exit code instead (0, 1 or a
+ * <sysexits.h> code), since they also print what they did.
  */
 #ifndef DROVER_SOURCE_H
 #define DROVER_SOURCE_H
@@ -18,11 +30,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
+#include "queue/events.h"
 #include "shared/config.h"
+#include "shared/scoreboard.h"
 
 struct job {
-	char *id;            /* spec section 3 rules; never NULL */
+	char *id;            /* rules: README, The handler protocol; never NULL */
 	char *payload;       /* the message bytes, NUL-terminated for convenience */
 	size_t payload_len;
 	int attempts_done;   /* attempts already made before this delivery (crashed workers' included) */
@@ -34,25 +49,72 @@ struct job {
 	void *backend;       /* the source's own per-job state */
 };
 
+/* What the worker tells the queue about a job between take() and its outcome. */
+enum job_state { JOB_STARTED, JOB_PROGRESS, JOB_RETRYING, JOB_COMPLETED, JOB_FAILED };
+
+struct job_status {
+	enum job_state state;
+	int attempt;
+	long long ts_ms;      /* wall clock */
+	double progress;      /* JOB_PROGRESS: 0..1 */
+	const char *message;  /* JOB_PROGRESS, JOB_RETRYING, JOB_FAILED: a sentence, may be NULL */
+	const char *reason;   /* JOB_RETRYING, JOB_FAILED: the failure reason (events.h), else NULL */
+	long long delay_ms;   /* JOB_RETRYING: until the next attempt */
+};
+
+/* The state's name in status events ("started", "progress", ...). */
+const char *job_state_name(enum job_state state);
+
 struct source_callbacks {
 	void (*ready)(void *arg);                     /* take() may have jobs now */
 	void (*settled)(struct job *job, bool durable, void *arg); /* finish() done; job freed after return */
+	/*
+	 * Optional. The queue took job away while it runs (Kafka: its partition
+	 * was revoked and the drain time is over): the worker stops the handler
+	 * and then calls release() as usual. Without it, such jobs run on and
+	 * their outcome is still produced.
+	 */
+	void (*revoke)(struct job *job, void *arg);
 	void *arg;
+};
+
+struct source_params {
+	const struct config *cfg;
+	struct ev_loop *loop;
+	int slot;
+	/*
+	 * The worker's scoreboard slot, or NULL: the source shows its faults in
+	 * board->fault (only text it wrote itself is replaced there), publishes
+	 * what it consumes (Kafka: partitions and lag) and marks the slot ready
+	 * once it can hand out jobs (spool: at once; Kafka: first assignment).
+	 */
+	struct scoreboard_slot *board;
+	const struct event_origin *origin; /* host and slot for status events; copied */
+	const struct source_callbacks *cb;
+};
+
+enum source_take {
+	SOURCE_TAKEN, /* *job is set */
+	SOURCE_EMPTY, /* none now; cb.ready follows when there may be */
+	SOURCE_ERROR, /* out of memory: try again later */
 };
 
 struct source;
 
 struct source_ops {
 	const char *name;
-	/* Creates the backend (after fork: Kafka handles live in the worker only). NULL + err on failure. */
-	struct source *(*open)(const struct config *cfg, struct ev_loop *loop, int slot,
-	                       const struct source_callbacks *cb, char *err, size_t errlen);
-	/* 0 and *job when one is available, 1 when none is now (cb.ready will follow), -1 on error. */
-	int (*take)(struct source *src, struct job **job);
-	/* Before attempt n (1-based) of job starts. 0 or -1. */
+	/*
+	 * Creates the backend (after fork: Kafka handles live in the worker only).
+	 * NULL + err on failure, with errno EINVAL when the backend refuses the
+	 * configuration itself (a restart cannot mend it: the worker exits
+	 * EX_CONFIG), another errno when a restart may.
+	 */
+	struct source *(*open)(const struct source_params *params, char *err, size_t errlen);
+	enum source_take (*take)(struct source *src, struct job **job);
+	/* Before attempt n (1-based) of job starts. 0, or -1 when it could not be recorded. */
 	int (*attempt)(struct source *src, struct job *job, int attempt);
-	/* A status document (JSON) for job; backends without status events ignore it. */
-	void (*status)(struct source *src, struct job *job, const char *doc, size_t len);
+	/* A state of job; backends without status events ignore it. */
+	void (*status)(struct source *src, struct job *job, const struct job_status *status);
 	/* The outcome document; the source owns job from here and calls cb.settled. */
 	void (*finish)(struct source *src, struct job *job, bool completed, const char *doc, size_t len);
 	/* Gives an unfinished job back to the queue; the source frees it. */
@@ -74,7 +136,53 @@ struct source_ops {
 	void (*close)(struct source *src);
 };
 
-/* The ops for cfg->backend. */
+/*
+ * The queue as a whole. Every operation may be NULL where the backend has
+ * nothing to do (say so to the user where that matters: topics).
+ */
+struct queue_ops {
+	const char *name; /* config_backend_name() */
+	/* Workers publish partitions and lag in their slots (stats "kafka", metrics). */
+	bool has_partitions;
+	/* Start-up, before any worker: create what is missing and check it is usable. 0, or -1 and err. */
+	int (*prepare)(const struct config *cfg, char *err, size_t errlen);
+	/* Claims of dead workers back to the queue (at start and after a worker died): the number, or -1. */
+	int (*reclaim)(const struct config *cfg);
+	/* The daemon's health: a write the queue must take now. 0, or -1 and why. */
+	int (*probe)(const struct config *cfg, char *why, size_t len);
+	/* droverctl health: the queue itself; prints "ok: ..." to out or the trouble to stderr. An exit code. */
+	int (*health)(const struct config *cfg, FILE *out);
+	/*
+	 * droverctl submit: one job per non-empty line of in, durable (spool:
+	 * fsynced; Kafka: acknowledged) before its id is printed to out; a line
+	 * refused is named on stderr with the reason. An exit code.
+	 */
+	int (*submit)(const struct config *cfg, FILE *in, FILE *out);
+	/* droverctl topics create / list. Exit codes. */
+	int (*topics_create)(const struct config *cfg);
+	int (*topics_list)(const struct config *cfg);
+	/*
+	 * drover -t and start-up: what the backend's own library refuses in a
+	 * configuration config_load accepted, appended to errs as
+	 * "FILE:LINE: [section] key: what is wrong". 0, or -1 when errs grew.
+	 */
+	int (*check)(const struct config *cfg, struct config_errors *errs);
+};
+
+/* The backend cfg names. */
+const struct queue_ops *queue_ops_for(const struct config *cfg);
+/* The backend called name ("spool", "kafka"), or NULL. */
+const struct queue_ops *queue_ops_named(const char *name);
+
+/*
+ * config_load, then what the backend's own library refuses (librdkafka
+ * properties only a handle sees), in the same FILE:LINE error format: what
+ * drover -t, start-up and every reload check, so a worker never meets a
+ * configuration the check passed and its library refuses.
+ */
+struct config *queue_config_load(const char *path, struct config_errors *errors);
+
+/* The worker's ops for cfg->backend (links every backend's consumer: the worker's side only). */
 const struct source_ops *source_for(const struct config *cfg);
 
 /* Shared by backends: frees a job's common fields (not ->backend). */

@@ -1,11 +1,11 @@
 /*
- * spool: the embedded durable queue of spec section 6, a maildir-style
+ * spool: the embedded durable queue of README "The spool", a maildir-style
  * directory shared by any number of workers and supervisors on one host.
  *
  *   tmp/         files being written (by producers, and our outcome files)
  *   incoming/    jobs waiting; names starting with '.' are ignored
  *   processing/  jobs claimed by a live worker
- *   complete/    <id>.json outcome documents (spec section 4)
+ *   complete/    <id>.json outcome documents (README: The spool)
  *   failed/      <id>.json outcome documents
  *
  * Names. spool_enqueue names a job "<unix ms, 13 digits>-<pid>-<counter>.json";
@@ -75,6 +75,7 @@
  */
 #include "queue/spool.h"
 #include "queue/events.h"
+#include "shared/durable.h"
 #include "shared/log.h"
 #include "shared/scoreboard.h"
 #include "shared/util.h"
@@ -90,6 +91,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/queue.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -137,8 +139,10 @@ struct spool_claim {
 	bool completed;
 	char *doc;
 	size_t doc_len;
-	struct spool_claim *next; /* in written or stuck */
+	SLIST_ENTRY(spool_claim) link; /* in written or stuck */
 };
+
+SLIST_HEAD(claim_list, spool_claim);
 
 /* A finished job's file kept in tmp/<name> (locked through fd) to hold a later outcome. */
 struct spare {
@@ -177,9 +181,9 @@ struct spool {
 
 	bool paused;
 	size_t out; /* jobs handed out, not yet settled or released */
-	struct spool_claim *written; /* outcomes renamed into place, their directory not yet fsynced */
+	struct claim_list written;   /* outcomes renamed into place, their directory not yet fsynced */
 	size_t written_count;
-	struct spool_claim *stuck;   /* outcomes that could not be written yet */
+	struct claim_list stuck;     /* outcomes that could not be written yet */
 	struct spare *fresh;         /* spares whose removal from processing/ is not yet durable */
 	struct spare *ready;         /* spares that may be overwritten */
 	size_t fresh_count, ready_count, spares_max;
@@ -196,16 +200,6 @@ struct spool {
 static unsigned long name_counter;
 
 /* ---- names --------------------------------------------------------------- */
-
-static int join_path(char *buf, size_t len, const char *dir, const char *sub, const char *name)
-{
-	int n = name == NULL ? snprintf(buf, len, "%s/%s", dir, sub) : snprintf(buf, len, "%s/%s/%s", dir, sub, name);
-	if (n < 0 || (size_t)n >= len) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	return 0;
-}
 
 /* Attempts recorded in name (its ";a=N" suffix), and the length of the name without it. */
 static int name_attempts(const char *name, size_t *base_len)
@@ -342,67 +336,6 @@ static int move_noreplace(const char *from, const char *to)
 	if (errno != EINVAL && errno != ENOSYS)
 		return -1;
 	return rename(from, to);
-}
-
-static int fsync_retry(int fd)
-{
-	int rc;
-
-	do
-		rc = fsync(fd);
-	while (rc < 0 && errno == EINTR);
-	return rc;
-}
-
-static int flock_retry(int fd, int op)
-{
-	int rc;
-
-	do
-		rc = flock(fd, op);
-	while (rc < 0 && errno == EINTR);
-	return rc;
-}
-
-/*
- * Writes data to tmp_path, fsyncs it and renames it over final_path; the
- * caller fsyncs final's directory. An outcome file (locked) is locked from
- * just after its creation until after its rename, so that a sweep of tmp/
- * never takes it for a dead writer's (see tmp/ above); a job file is closed
- * before its rename, so that a watcher of incoming/ sees the name once. When
- * root writes into a spool owned by someone else (droverctl submit run by
- * root), the file is given the directory's owner so that workers running as
- * that user can read it. On failure nothing is left in tmp/.
- */
-static int write_and_rename(const char *tmp_path, const char *final_path, const struct stat *owner, bool locked,
-                            const void *data, size_t len)
-{
-	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, SPOOL_FILE_MODE);
-	int rc = 0;
-
-	if (fd < 0)
-		return -1;
-	if (locked)
-		rc = flock_retry(fd, LOCK_EX);
-	if (rc == 0)
-		rc = write_all(fd, data, len);
-	if (rc == 0 && owner != NULL && fchown(fd, owner->st_uid, owner->st_gid) < 0)
-		log_debug("spool: chown %s", tmp_path);
-	if (rc == 0)
-		rc = fsync_retry(fd);
-	if (!locked && close(fd) < 0 && rc == 0)
-		rc = -1;
-	if (rc == 0)
-		rc = rename(tmp_path, final_path);
-	if (rc < 0) {
-		int saved = errno;
-		unlink(tmp_path);
-		if (locked)
-			close(fd);
-		errno = saved;
-		return -1;
-	}
-	return locked ? close(fd) : 0;
 }
 
 /* Who should own the files written into dir: NULL unless root writes into someone else's spool. */
@@ -655,35 +588,39 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 	}
 	memcpy(id_out, id, strlen(id) + 1);
 	free(id);
-	if (write_and_rename(tmp_path, final_path, foreign_owner(geteuid(), incoming, &owner), false, payload, len) < 0)
-		return -1;
-	return fsync_dir(incoming);
+	/* Closed before its rename: a watcher of incoming/ sees the name once, complete. */
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = foreign_owner(geteuid(), incoming, &owner) };
+	return durable_write(tmp_path, final_path, payload, len, &how);
 }
 
-/*
- * Moves processing/name back to incoming/ if its claim is dead (its lock can
- * be taken). 1 moved, 0 live or gone, -1 error.
- */
-static int reclaim_one(const char *processing, const char *incoming, const char *name)
+enum reclaim_result {
+	RECLAIM_MOVED, /* the claim was dead: back in incoming/ */
+	RECLAIM_LEFT,  /* live (locked) or gone */
+	RECLAIM_ERROR, /* errno says why */
+};
+
+/* Moves processing/name back to incoming/ if its claim is dead (its lock can be taken). */
+static enum reclaim_result reclaim_one(const char *processing, const char *incoming, const char *name)
 {
 	char from[PATH_MAX], to[PATH_MAX];
 	struct stat st;
-	int fd, rc = 0;
+	enum reclaim_result rc = RECLAIM_LEFT;
+	int fd;
 
-	if (snprintf(from, sizeof(from), "%s/%s", processing, name) >= (int)sizeof(from) ||
-	    snprintf(to, sizeof(to), "%s/%s", incoming, name) >= (int)sizeof(to))
-		return -1;
+	if (join_path(from, sizeof(from), processing, name, NULL) < 0 ||
+	    join_path(to, sizeof(to), incoming, name, NULL) < 0)
+		return RECLAIM_ERROR;
 	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
+		return errno == ENOENT ? RECLAIM_LEFT : RECLAIM_ERROR;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		rc = errno == EWOULDBLOCK ? 0 : -1;
+		rc = errno == EWOULDBLOCK ? RECLAIM_LEFT : RECLAIM_ERROR;
 	} else if (fd_is_path(fd, from, &st)) {
 		if (move_noreplace(from, to) == 0) {
-			rc = 1;
+			rc = RECLAIM_MOVED;
 			log_info("spool: reclaimed %s from a dead worker", name);
 		} else if (errno != ENOENT && errno != EEXIST) {
-			rc = -1;
+			rc = RECLAIM_ERROR;
 		}
 	}
 	close_keep_errno(fd);
@@ -702,10 +639,10 @@ static int reclaim_dead(const char *processing, const char *incoming)
 	while ((errno = 0, de = readdir(d)) != NULL) {
 		if (de->d_name[0] == '.')
 			continue;
-		int rc = reclaim_one(processing, incoming, de->d_name);
-		if (rc > 0)
+		enum reclaim_result rc = reclaim_one(processing, incoming, de->d_name);
+		if (rc == RECLAIM_MOVED)
 			moved++;
-		else if (rc < 0)
+		else if (rc == RECLAIM_ERROR)
 			log_warn("spool: reclaim %s/%s", processing, de->d_name);
 	}
 	closedir(d);
@@ -999,11 +936,14 @@ static void give_back_path(const char *from, const char *to, const char *name)
 		log_warn("spool: give back %s", name);
 }
 
-/*
- * Tries to claim incoming/name: 0 and *job_out when it is ours, 1 when it is
- * gone, locked by another claimer or not claimable, -1 on memory exhaustion.
- */
-static int claim_candidate(struct spool *sp, const char *name, struct job **job_out)
+enum claim_result {
+	CLAIM_TAKEN,   /* ours: *job_out is set */
+	CLAIM_SKIPPED, /* gone, locked by another claimer, or not claimable */
+	CLAIM_FAILED,  /* out of memory (the file stays in incoming/) */
+};
+
+/* Tries to claim incoming/name. */
+static enum claim_result claim_candidate(struct spool *sp, const char *name, struct job **job_out)
 {
 	char from[PATH_MAX], to[PATH_MAX];
 	struct spool_claim *claim;
@@ -1012,26 +952,26 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 	int fd, done = 0;
 
 	if (strlen(name) > NAME_MAX || join_path(from, sizeof(from), sp->dir, "incoming", name) < 0)
-		return 1;
+		return CLAIM_SKIPPED;
 	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0) {
 		if (errno != ENOENT && now_ms() - sp->unreadable_warned_ms >= SPOOL_UNREADABLE_WARN_MS) {
 			log_warn("spool: cannot open %s (skipped)", from);
 			sp->unreadable_warned_ms = now_ms();
 		}
-		return 1;
+		return CLAIM_SKIPPED;
 	}
 	claim = calloc(1, sizeof(*claim));
 	if (claim == NULL) {
 		close(fd);
-		return -1;
+		return CLAIM_FAILED;
 	}
 	claim->fd = fd;
 	/* Lock first, then check the name still holds this file: only then may we move it. */
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0 || !fd_is_path(fd, from, &st) || !S_ISREG(st.st_mode) ||
 	    claim_rename(sp, from, name, claim, &done) < 0) {
 		claim_free(claim);
-		return 1;
+		return CLAIM_SKIPPED;
 	}
 	claim->st = st;
 	job = job_from_claim(claim, st.st_size, done);
@@ -1039,10 +979,10 @@ static int claim_candidate(struct spool *sp, const char *name, struct job **job_
 		if (join_path(to, sizeof(to), sp->dir, "processing", claim->name) == 0)
 			give_back_path(to, from, name);
 		claim_free(claim);
-		return -1;
+		return CLAIM_FAILED;
 	}
 	*job_out = job;
-	return 0;
+	return CLAIM_TAKEN;
 }
 
 /* ---- spares: finished job files that hold later outcomes --------------------- */
@@ -1088,7 +1028,7 @@ static void discard_spares(struct spool *sp)
 		discard_spare(sp, &sp->ready[--sp->ready_count]);
 }
 
-/* What an outcome file of ours is (see write_and_rename): learnt once, compared per job. */
+/* What an outcome file of ours is (see write_outcome): learnt once, compared per job. */
 static void spares_init(struct spool *sp, const struct config *cfg)
 {
 	char tmp[PATH_MAX];
@@ -1235,6 +1175,8 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 {
 	const char *sub = claim->completed ? "complete" : "failed";
 	char tmp_name[96], file[SPOOL_OUTCOME_ID_MAX + 32], tmp_path[PATH_MAX], final_path[PATH_MAX];
+	/* Locked until renamed, so that a sweep of tmp/ never takes it for a dead writer's; commit_written syncs. */
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = sp->owner, .hold_lock = true, .defer_dir_sync = true };
 
 	unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
 	outcome_name(claim->job->id, file, sizeof(file));
@@ -1244,7 +1186,7 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 		return 0;
 	if (join_path(tmp_path, sizeof(tmp_path), sp->dir, "tmp", tmp_name) == 0 &&
 	    join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 &&
-	    write_and_rename(tmp_path, final_path, sp->owner, true, claim->doc, claim->doc_len) == 0)
+	    durable_write(tmp_path, final_path, claim->doc, claim->doc_len, &how) == 0)
 		return 0;
 	snprintf(sp->write_error, sizeof(sp->write_error), "spool: cannot write the outcome of %.100s into %.80s/: %s",
 	         claim->job->id, sub, strerror(errno));
@@ -1259,16 +1201,14 @@ static void commit_arm(struct spool *sp)
 
 static void push_written(struct spool *sp, struct spool_claim *claim)
 {
-	claim->next = sp->written;
-	sp->written = claim;
+	SLIST_INSERT_HEAD(&sp->written, claim, link);
 	sp->written_count++;
 	commit_arm(sp);
 }
 
 static void push_stuck(struct spool *sp, struct spool_claim *claim)
 {
-	claim->next = sp->stuck;
-	sp->stuck = claim;
+	SLIST_INSERT_HEAD(&sp->stuck, claim, link);
 }
 
 /*
@@ -1309,21 +1249,21 @@ static int sync_outcome_dir(struct spool *sp, const char *sub)
  */
 static void commit_written(struct spool *sp)
 {
-	struct spool_claim *batch = sp->written;
+	struct claim_list batch = sp->written;
+	struct spool_claim *c;
 	bool need_complete = false, need_failed = false;
 
 	ev_prepare_stop(sp->loop, &sp->commit_watcher);
-	sp->written = NULL;
+	SLIST_INIT(&sp->written);
 	sp->written_count = 0;
-	for (struct spool_claim *c = batch; c != NULL; c = c->next) {
+	for (c = SLIST_FIRST(&batch); c != NULL; c = SLIST_NEXT(c, link)) {
 		need_complete |= c->completed;
 		need_failed |= !c->completed;
 	}
 	int complete_rc = need_complete ? sync_outcome_dir(sp, "complete") : 0;
 	int failed_rc = need_failed ? sync_outcome_dir(sp, "failed") : 0;
-	while (batch != NULL) {
-		struct spool_claim *c = batch;
-		batch = c->next;
+	while ((c = SLIST_FIRST(&batch)) != NULL) {
+		SLIST_REMOVE_HEAD(&batch, link);
 		if ((c->completed ? complete_rc : failed_rc) == 0) {
 			settle(sp, c);
 		} else {
@@ -1343,12 +1283,12 @@ static void commit_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 /* Writes the outcomes that could not be written before; the fault stays while one remains. */
 static void retry_stuck(struct spool *sp)
 {
-	struct spool_claim *pending = sp->stuck;
+	struct claim_list pending = sp->stuck;
+	struct spool_claim *c;
 
-	sp->stuck = NULL;
-	while (pending != NULL) {
-		struct spool_claim *c = pending;
-		pending = c->next;
+	SLIST_INIT(&sp->stuck);
+	while ((c = SLIST_FIRST(&pending)) != NULL) {
+		SLIST_REMOVE_HEAD(&pending, link);
 		if (write_outcome(sp, c) == 0)
 			push_written(sp, c);
 		else
@@ -1378,7 +1318,7 @@ static void ensure_watch(struct spool *sp)
 /* Healthy, the backstop fires rarely (take() usually runs the pass first); else every second. */
 static void safety_rearm(struct spool *sp)
 {
-	bool healthy = sp->watching && !fault_active(sp) && sp->stuck == NULL;
+	bool healthy = sp->watching && !fault_active(sp) && SLIST_EMPTY(&sp->stuck);
 
 	sp->safety_timer.repeat = healthy ? SPOOL_BACKSTOP_S : SPOOL_SAFETY_S;
 	ev_timer_again(sp->loop, &sp->safety_timer);
@@ -1412,7 +1352,7 @@ static bool safety_pass(struct spool *sp)
 		sp->wrote_outcome = false;
 		sweep_tmp(sp->dir);
 		retry_stuck(sp);
-		if (sp->stuck != NULL)
+		if (!SLIST_EMPTY(&sp->stuck))
 			snprintf(err, sizeof(err), "%s", sp->write_error);
 		else
 			check_space(sp->dir, sp->euid, err, sizeof(err));
@@ -1439,26 +1379,27 @@ static void safety_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- taking ------------------------------------------------------------------- */
 
-static int spool_take(struct source *src, struct job **job)
+static enum source_take spool_take(struct source *src, struct job **job)
 {
 	struct spool *sp = (struct spool *)src;
 
 	if (safety_due(sp))
 		safety_pass(sp); /* here rather than on a timer of its own: no extra wake-up */
 	if (sp->paused || fault_active(sp))
-		return 1;
+		return SOURCE_EMPTY;
 	for (;;) {
 		if (maybe_rescan(sp, false) < 0 || sp->cursor >= sp->count)
-			return 1;
+			return SOURCE_EMPTY;
 		char *name = sp->list[sp->cursor].name;
 		sp->list[sp->cursor++].name = NULL;
-		int rc = claim_candidate(sp, name, job);
+		enum claim_result rc = claim_candidate(sp, name, job);
 		free(name);
-		if (rc <= 0) {
-			if (rc == 0)
-				sp->out++;
-			return rc;
+		if (rc == CLAIM_TAKEN) {
+			sp->out++;
+			return SOURCE_TAKEN;
 		}
+		if (rc == CLAIM_FAILED)
+			return SOURCE_ERROR;
 	}
 }
 
@@ -1481,16 +1422,14 @@ static int spool_attempt(struct source *src, struct job *job, int attempt)
 	    join_path(to, sizeof(to), sp->dir, "processing", name) < 0)
 		return -1;
 	/* No fsync: a count lost to a power cut only allows an attempt more. */
-	if (move_noreplace(from, to) < 0) {
-		log_warn("spool: record attempt %d of %s", attempt, job->id);
-		return -1;
-	}
+	if (move_noreplace(from, to) < 0)
+		return -1; /* the worker logs it */
 	memcpy(claim->name, name, strlen(name) + 1);
 	claim->name_attempt = attempt;
 	return 0;
 }
 
-static void spool_status(struct source *src, struct job *job, const char *doc, size_t len)
+static void spool_status(struct source *src, struct job *job, const struct job_status *status)
 {
 	/* The spool keeps outcomes only; live progress is in stats. */
 }
@@ -1619,29 +1558,36 @@ static void start_watchers(struct spool *sp)
 	sp->commit_watcher.data = sp;
 }
 
-static struct source *spool_open(const struct config *cfg, struct ev_loop *loop, int slot,
-                                 const struct source_callbacks *cb, char *err, size_t errlen)
+static struct source *spool_open(const struct source_params *params, char *err, size_t errlen)
 {
+	const struct config *cfg = params->cfg;
 	struct spool *sp = calloc(1, sizeof(*sp));
 
 	if (sp == NULL || (sp->dir = strdup(cfg->spool_dir)) == NULL) {
 		snprintf(err, errlen, "spool: out of memory");
 		free(sp);
+		errno = ENOMEM;
 		return NULL;
 	}
 	sp->inotify_fd = -1;
+	SLIST_INIT(&sp->written);
+	SLIST_INIT(&sp->stuck);
 	if (errlen > 0)
 		err[0] = '\0';
 	if (spool_prepare(sp->dir, err, errlen) < 0 ||
 	    join_path(sp->incoming, sizeof(sp->incoming), sp->dir, "incoming", NULL) < 0 ||
 	    join_path(sp->processing, sizeof(sp->processing), sp->dir, "processing", NULL) < 0) {
+		/* source.h: EINVAL only for a dir too long to use; a directory a restart may find usable is EAGAIN. */
+		int refused = err[0] == '\0' ? EINVAL : EAGAIN;
 		if (err[0] == '\0')
 			snprintf(err, errlen, "spool: %s: path too long", sp->dir);
 		free_spool(sp);
+		errno = refused;
 		return NULL;
 	}
-	sp->loop = loop;
-	sp->cb = *cb;
+	sp->loop = params->loop;
+	sp->cb = *params->cb;
+	sp->board = params->board;
 	sp->euid = geteuid();
 	sp->pid = getpid();
 	sp->owner = foreign_owner(sp->euid, sp->dir, &sp->owner_st);
@@ -1651,6 +1597,9 @@ static struct source *spool_open(const struct config *cfg, struct ev_loop *loop,
 	if (reclaim_dead(sp->processing, sp->incoming) < 0)
 		log_warn("spool: reclaim in %s", sp->processing);
 	schedule_ready(sp);
+	publish_fault(sp);
+	if (sp->board != NULL)
+		scoreboard_publish_ready(sp->board); /* a directory needs no joining: ready at once */
 	return (struct source *)sp;
 }
 
@@ -1684,9 +1633,10 @@ static const char *spool_fault(struct source *src)
 /* Outcomes that never became durable: their jobs go back to incoming/ and run again. */
 static void give_back_stuck(struct spool *sp)
 {
-	while (sp->stuck != NULL) {
-		struct spool_claim *c = sp->stuck;
-		sp->stuck = c->next;
+	struct spool_claim *c;
+
+	while ((c = SLIST_FIRST(&sp->stuck)) != NULL) {
+		SLIST_REMOVE_HEAD(&sp->stuck, link);
 		log_warnx("spool: the outcome of %s was never written; the job goes back to the queue", c->job->id);
 		sp->cb.settled(c->job, false, sp->cb.arg);
 		give_back(sp, c->job);
@@ -1699,7 +1649,7 @@ static void spool_close(struct source *src)
 
 	if (sp == NULL)
 		return;
-	if (sp->written != NULL)
+	if (!SLIST_EMPTY(&sp->written))
 		commit_written(sp);
 	give_back_stuck(sp);
 	if (sp->out > 0)
@@ -1712,14 +1662,6 @@ static void spool_close(struct source *src)
 		fault_update(sp, ""); /* a fault of ours must not outlive us in the slot */
 	}
 	free_spool(sp);
-}
-
-void spool_source_set_scoreboard(struct source *src, struct scoreboard_slot *slot)
-{
-	struct spool *sp = (struct spool *)src;
-
-	sp->board = slot;
-	publish_fault(sp);
 }
 
 void spool_source_counters(const struct source *src, struct spool_counters *out)

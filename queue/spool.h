@@ -1,13 +1,13 @@
 /*
- * spool: the embedded durable queue (spec section 6), a maildir-style
+ * spool: the embedded durable queue (README: The spool), a maildir-style
  * directory: tmp/, incoming/, processing/, complete/, failed/. Enqueue =
  * write in tmp/, fsync, rename into incoming/, fsync the directory. A worker
  * claims a job by locking the file (flock) and renaming it into processing/;
  * the lock lives as long as the worker, so a claim whose lock can be taken
  * belongs to a dead worker and goes back to incoming/ with its attempt count.
  * Outcomes finished together share one directory fsync (group commit).
- * Implements source_ops (spool_source_ops); the functions below serve
- * droverctl, the supervisor and the worker.
+ * Implements source_ops (spool_source_ops) and queue_ops (spool_queue_ops,
+ * in spool_admin.c); the functions below are what those are made of.
  */
 #ifndef DROVER_SPOOL_H
 #define DROVER_SPOOL_H
@@ -18,24 +18,22 @@
 #include "queue/source.h"
 
 extern const struct source_ops spool_source_ops;
+extern const struct queue_ops spool_queue_ops;
 
 /* Creates the five directories if missing and checks they are writable. 0, or -1 and err. */
 int spool_prepare(const char *dir, char *err, size_t errlen);
 /* Like prepare, without creating: for `droverctl health`. */
 int spool_health(const char *dir, char *err, size_t errlen);
 /*
- * Durably enqueues one job; writes its id (spec section 3) to id_out. 0 or
+ * Durably enqueues one job; writes its id (README: The handler protocol) to id_out. 0 or
  * -1/errno: EINVAL when the payload would be an invalid job (not a JSON
  * object, or an "id" that events.h refuses; spool_enqueue_refusal says why).
  */
 int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out, size_t id_len);
 /* NULL when payload may be enqueued, else a sentence saying why not. */
 const char *spool_enqueue_refusal(const char *payload, size_t len);
-/* Returns claims of dead workers to incoming/ and removes their tmp/ leftovers. Number returned, or -1. */
+/* Returns claims of dead workers to incoming/ and removes their tmp/ leftovers. The number returned, or -1. */
 int spool_reclaim(const char *dir);
-
-/* The spool shows its fault (disk full, directory gone) in this scoreboard slot's fault text. */
-void spool_source_set_scoreboard(struct source *src, struct scoreboard_slot *slot);
 
 /* What a source has done, for tests that check the hot path by counts rather than by time. */
 struct spool_counters {

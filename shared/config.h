@@ -127,6 +127,8 @@ struct config *config_load(const char *path, struct config_errors *errs);
 struct config *config_load_client(const char *path, struct config_errors *errs);
 void config_free(struct config *cfg);
 void config_errors_clear(struct config_errors *errs);
+/* Appends one error line (checks outside this module: the queue backend's, for drover -t). */
+void config_errors_add(struct config_errors *errs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* All errors joined with "; " into buf (for stats.last_reload). */
 void config_errors_join(const struct config_errors *errs, char *buf, size_t len);
 

@@ -1,11 +1,10 @@
 /*
  * pool: the slot table (see pool.h).
  *
- * A slot's life: EMPTY -> STARTING (forked) -> RUNNING (the worker published
- * itself in the scoreboard) -> DRAINING (asked to stop) -> EMPTY/STOPPED, or,
- * when the worker dies unasked, BACKOFF -> STARTING after a delay that doubles
- * per consecutive crash. Every exit of a worker goes through
- * pool_worker_exited, which also kills the handler process groups the
+ * A slot's life is the table in slot.h (README "Worker slots"): one function
+ * per event below (slot_on_...), and every change of state goes through
+ * slot_enter, which checks it against that table. Every exit of a worker goes
+ * through slot_on_exit, which also kills the handler process groups the
  * scoreboard says it left behind, and the processes of its jobs that left
  * those groups (they come to us, a child subreaper: orphans.h), and gives its
  * spool claims back.
@@ -13,7 +12,7 @@
 #include "supervisor/pool.h"
 #include "shared/log.h"
 #include "shared/orphans.h"
-#include "queue/spool.h"
+#include "queue/source.h"
 #include "shared/util.h"
 #include "worker/worker.h"
 
@@ -23,13 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <sysexits.h>
 #include <unistd.h>
 
-/* A worker that lived this long before dying was not crash-looping. */
-#define STABLE_UPTIME_MS 10000
 #define HEARTBEAT_CHECK_S 0.5
-/* After QUIT, how long a draining worker gets before SIGKILL, beyond kill_grace_ms. */
-#define QUIT_MARGIN_MS 3000
 /* Beyond the session timeout, how long a replacement may take to become ready. */
 #define READY_MARGIN_MS 5000
 
@@ -44,15 +40,12 @@ struct slot {
 	unsigned consecutive_crashes;
 	unsigned generation;
 	unsigned long long serial; /* of the worker now in the slot: names it in attempt tokens */
-	bool wanted;           /* index < desired */
-	bool replacing;        /* draining to be replaced by a worker of the current config */
 	bool awaiting_ready;   /* a replacement: the next one waits until this one's source is ready */
-	bool heartbeat_killed;
-	int stop_stage;        /* 0 TERM sent, 1 QUIT sent, 2 KILL sent */
+	bool heartbeat_killed; /* its exit is described as "heartbeat timeout" */
 	long long backoff_until_ms;
 	char last_exit[64];
 	ev_timer backoff_timer;
-	ev_timer stop_timer;
+	struct escalation stop; /* TERM -> QUIT -> KILL while draining */
 };
 
 struct pool {
@@ -69,13 +62,34 @@ struct pool {
 	ev_timer heartbeat_timer;
 };
 
-static void pool_spawn(struct slot *s);
+static void slot_start(struct slot *s);
 static void pool_replace_next(struct pool *pool);
 static bool pool_slot_ready(struct slot *s, const struct scoreboard_slot *board, long long now);
 
 static bool slot_alive(const struct slot *s)
 {
 	return s->pid > 0;
+}
+
+static bool slot_wanted(const struct slot *s)
+{
+	return s->index < s->pool->desired;
+}
+
+/* Every change of a slot's state: one of slot.h's transitions (an other one is a bug, logged). */
+static void slot_enter(struct slot *s, enum slot_state next)
+{
+	if (!slot_transition_allowed(s->state, next))
+		log_error("worker %d: unexpected change of state %s -> %s", s->index, slot_state_name(s->state),
+		          slot_state_name(next));
+	s->state = next;
+}
+
+/* ESRCH is fine: the worker is gone and its exit is on its way to us. */
+static void slot_signal(const struct slot *s, int signo)
+{
+	if (kill(s->pid, signo) < 0 && errno != ESRCH)
+		log_warn("worker %d: cannot send signal %d to pid %d", s->index, signo, (int)s->pid);
 }
 
 static struct slot *pool_find(struct pool *pool, pid_t pid)
@@ -131,34 +145,22 @@ static void pool_child(struct slot *s)
 
 /* ---- spawning and back-off ----------------------------------------------- */
 
-static long long backoff_delay_ms(const struct config *cfg, unsigned crashes)
-{
-	long long delay = cfg->restart_delay_ms;
-	for (unsigned i = 1; i < crashes && delay < cfg->restart_delay_max_ms; i++)
-		delay *= 2;
-	/* +-20% jitter so that slots crashing together do not restart in lock step. */
-	delay = delay * (80 + random() % 41) / 100;
-	if (delay > cfg->restart_delay_max_ms)
-		delay = cfg->restart_delay_max_ms;
-	return delay < 1 ? 1 : delay;
-}
-
-static void pool_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+static void slot_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
 	struct slot *s = timer->data;
-	if (s->state == SLOT_BACKOFF && s->wanted && !s->pool->stopping)
-		pool_spawn(s);
+	if (s->state == SLOT_BACKOFF && slot_wanted(s) && !s->pool->stopping)
+		slot_start(s);
 }
 
-static void pool_schedule_restart(struct slot *s)
+/* Event: the worker died unasked (or could not be forked): restart after a delay. */
+static void slot_on_crash(struct slot *s)
 {
 	const struct config *cfg = s->pool->sup->cfg;
-	if (now_ms() - s->started_mono_ms >= STABLE_UPTIME_MS)
-		s->consecutive_crashes = 0;
-	s->consecutive_crashes++;
+	s->consecutive_crashes = slot_crash_count(s->consecutive_crashes, now_ms() - s->started_mono_ms);
 	s->restarts++;
-	long long delay = backoff_delay_ms(cfg, s->consecutive_crashes);
-	s->state = SLOT_BACKOFF;
+	long long delay = slot_backoff_ms(cfg->restart_delay_ms, cfg->restart_delay_max_ms, s->consecutive_crashes,
+	                                  random());
+	slot_enter(s, SLOT_BACKOFF);
 	s->backoff_until_ms = wall_ms() + delay;
 	log_warnx("worker %d exited unexpectedly (%s); restart %u in %lld ms", s->index, s->last_exit, s->restarts,
 	          delay);
@@ -166,7 +168,8 @@ static void pool_schedule_restart(struct slot *s)
 	ev_timer_start(s->pool->sup->loop, &s->backoff_timer);
 }
 
-static void pool_spawn(struct slot *s)
+/* Forks the slot's worker: STARTING, or BACKOFF when fork fails. */
+static void slot_start(struct slot *s)
 {
 	struct pool *pool = s->pool;
 	struct supervisor *sup = pool->sup;
@@ -183,54 +186,45 @@ static void pool_spawn(struct slot *s)
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	s->started_mono_ms = now_ms();
 	s->started_wall_ms = wall_ms();
+	s->awaiting_ready = false;
 	if (pid < 0) {
 		errno = saved;
 		log_warn("cannot fork worker %d", s->index);
 		snprintf(s->last_exit, sizeof(s->last_exit), "fork failed");
-		pool_schedule_restart(s);
+		slot_on_crash(s);
 		return;
 	}
 	s->pid = pid;
-	s->state = SLOT_STARTING;
+	slot_enter(s, SLOT_STARTING);
 	s->generation = sup->generation;
 	s->heartbeat_killed = false;
-	s->stop_stage = 0;
 	log_info("worker %d started, pid %d", s->index, (int)pid);
 }
 
 /* ---- stopping one worker --------------------------------------------------- */
 
-static void pool_stop_escalate_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+/* One stage of a slot's stop ladder (escalate.h). */
+static void slot_stop_stage(void *arg, enum escalate_stage stage, int signo, bool timed_out)
 {
-	struct slot *s = timer->data;
-	const struct config *cfg = s->pool->sup->cfg;
+	struct slot *s = arg;
 	if (!slot_alive(s))
 		return;
-	if (s->stop_stage == 0) {
+	if (stage == ESCALATE_QUIT)
 		log_warnx("worker %d did not drain within %lld ms; stopping its jobs", s->index,
-		          cfg->shutdown_timeout_ms);
-		kill(s->pid, SIGQUIT);
-		s->stop_stage = 1;
-		ev_timer_set(timer, (double)(cfg->kill_grace_ms + QUIT_MARGIN_MS) / 1000.0, 0);
-		ev_timer_start(loop, timer);
-	} else if (s->stop_stage == 1) {
+		          s->pool->sup->cfg->shutdown_timeout_ms);
+	else if (stage == ESCALATE_KILL)
 		log_warnx("worker %d ignored QUIT; killing it", s->index);
-		kill(s->pid, SIGKILL);
-		s->stop_stage = 2;
-	}
+	slot_signal(s, signo);
 }
 
-/* TERM now; QUIT after shutdown_timeout_ms; KILL after kill_grace_ms more. */
-static void pool_drain_slot(struct slot *s)
+/* Event: asked to stop (replacement, scale down): TERM now, QUIT and KILL when it takes too long. */
+static void slot_on_drain(struct slot *s)
 {
-	const struct config *cfg = s->pool->sup->cfg;
 	if (!slot_alive(s) || s->state == SLOT_DRAINING)
 		return;
-	s->state = SLOT_DRAINING;
-	s->stop_stage = 0;
-	kill(s->pid, SIGTERM);
-	ev_timer_set(&s->stop_timer, (double)cfg->shutdown_timeout_ms / 1000.0, 0);
-	ev_timer_start(s->pool->sup->loop, &s->stop_timer);
+	slot_enter(s, SLOT_DRAINING);
+	escalate_cancel(&s->stop);
+	escalate_to_cfg(&s->stop, ESCALATE_TERM, s->pool->sup->cfg);
 }
 
 /* ---- reaping --------------------------------------------------------------- */
@@ -318,41 +312,52 @@ static void pool_bury(struct slot *s, bool clean)
 	}
 	scoreboard_counters_add(&sup->retired, &copy.counters);
 	scoreboard_reset_slot(board);
-	if (sup->cfg->backend == BACKEND_SPOOL) {
-		int returned = spool_reclaim(sup->cfg->spool_dir);
-		if (returned > 0)
-			log_info("returned %d claim(s) of worker %d to the queue", returned, s->index);
-	}
+	const struct queue_ops *queue = queue_ops_for(sup->cfg);
+	int returned = queue->reclaim != NULL ? queue->reclaim(sup->cfg) : 0;
+	if (returned > 0)
+		log_info("returned %d claim(s) of worker %d to the queue", returned, s->index);
 }
 
-static void pool_worker_exited(struct slot *s, int status)
+static void slot_note_exit(struct slot *s, int status, bool config_refused)
 {
-	struct pool *pool = s->pool;
-	bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-
 	if (s->heartbeat_killed)
 		snprintf(s->last_exit, sizeof(s->last_exit), "heartbeat timeout");
+	else if (config_refused)
+		snprintf(s->last_exit, sizeof(s->last_exit), "exit %d: configuration refused", EX_CONFIG);
 	else
 		describe_wait_status(status, s->last_exit, sizeof(s->last_exit));
 	log_info("worker %d (pid %d) exited: %s", s->index, (int)s->pid, s->last_exit);
+}
+
+/* Event: the slot's worker exited (slot.h's slot_after_exit says what follows). */
+static void slot_on_exit(struct slot *s, int status)
+{
+	struct pool *pool = s->pool;
+	bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	bool refused = WIFEXITED(status) && WEXITSTATUS(status) == EX_CONFIG;
+
+	slot_note_exit(s, status, refused);
 	s->pid = 0;
-	ev_timer_stop(pool->sup->loop, &s->stop_timer);
+	s->awaiting_ready = false;
+	escalate_cancel(&s->stop);
 	pool_bury(s, clean);
 
+	enum slot_state next = slot_after_exit(s->state, slot_wanted(s), pool->stopping, refused);
+	if (next == SLOT_STARTING) {
+		slot_start(s);
+		s->awaiting_ready = s->state == SLOT_STARTING; /* a replacement: the next waits for it */
+	} else if (next == SLOT_BACKOFF) {
+		slot_on_crash(s);
+	} else {
+		if (next == SLOT_FAILED)
+			log_error("worker %d refused the configuration (exit %d); not restarted until a reload or scale",
+			          s->index, EX_CONFIG);
+		slot_enter(s, next);
+	}
 	if (pool->stopping) {
-		s->state = SLOT_STOPPED;
 		if (pool_alive(pool) == 0)
 			supervisor_workers_gone(pool->sup);
 		return;
-	}
-	if (!s->wanted) {
-		s->state = SLOT_EMPTY;
-	} else if (s->replacing) {
-		s->replacing = false;
-		pool_spawn(s);
-		s->awaiting_ready = true;
-	} else {
-		pool_schedule_restart(s);
 	}
 	pool_replace_next(pool);
 }
@@ -364,7 +369,7 @@ static void pool_child_cb(struct ev_loop *loop, ev_child *watcher, int revents)
 	struct slot *s = pool_find(pool, watcher->rpid);
 
 	if (s != NULL) {
-		pool_worker_exited(s, watcher->rstatus);
+		slot_on_exit(s, watcher->rstatus);
 		return;
 	}
 	/* An orphan re-parented to us (PID 1 or subreaper): reaped; its own children are ours now. */
@@ -375,27 +380,39 @@ static void pool_child_cb(struct ev_loop *loop, ev_child *watcher, int revents)
 
 /* ---- heartbeat ----------------------------------------------------------- */
 
+/* Event: the worker published itself in the scoreboard. */
+static void slot_on_published(struct slot *s)
+{
+	if (s->state != SLOT_STARTING)
+		return;
+	slot_enter(s, SLOT_RUNNING);
+	pool_replace_next(s->pool);
+}
+
+/* Event: no heartbeat for heartbeat_timeout_ms. KILL; its exit backs off as a crash would. */
+static void slot_on_silent(struct slot *s, long long silent_ms)
+{
+	if (s->heartbeat_killed)
+		return;
+	log_error("worker %d (pid %d) silent for %lld ms; killing it", s->index, (int)s->pid, silent_ms);
+	s->heartbeat_killed = true;
+	slot_signal(s, SIGKILL);
+}
+
 static void pool_check_slot(struct slot *s, long long now)
 {
-	const struct config *cfg = s->pool->sup->cfg;
 	const struct scoreboard_slot *board = scoreboard_slot(s->pool->sup->scoreboard, s->index);
 	pid_t board_pid = __atomic_load_n(&board->pid, __ATOMIC_ACQUIRE);
 	long long heartbeat = s->started_mono_ms;
 
 	if (board_pid == s->pid) {
 		heartbeat = __atomic_load_n(&board->heartbeat_ms, __ATOMIC_ACQUIRE);
-		if (s->state == SLOT_STARTING) {
-			s->state = SLOT_RUNNING;
-			pool_replace_next(s->pool);
-		}
+		slot_on_published(s);
 		if (s->awaiting_ready && pool_slot_ready(s, board, now))
 			pool_replace_next(s->pool);
 	}
-	if (now - heartbeat > cfg->heartbeat_timeout_ms && !s->heartbeat_killed) {
-		log_error("worker %d (pid %d) silent for %lld ms; killing it", s->index, (int)s->pid, now - heartbeat);
-		s->heartbeat_killed = true;
-		kill(s->pid, SIGKILL);
-	}
+	if (now - heartbeat > s->pool->sup->cfg->heartbeat_timeout_ms)
+		slot_on_silent(s, now - heartbeat);
 }
 
 static void pool_check_slots(struct pool *pool)
@@ -458,23 +475,20 @@ static bool pool_slot_ready(struct slot *s, const struct scoreboard_slot *board,
 
 static void pool_replace_next(struct pool *pool)
 {
+	struct slot_summary summary[CONFIG_MAX_WORKERS];
 	if (pool->stopping)
 		return;
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
 		const struct slot *s = &pool->slots[i];
-		if (s->replacing || (s->state == SLOT_STARTING && s->wanted) || (s->awaiting_ready && slot_alive(s)))
-			return; /* one at a time: wait for the current one to be up and ready */
+		summary[i] = (struct slot_summary){ .state = s->state, .wanted = slot_wanted(s),
+			                            .awaiting_ready = s->awaiting_ready, .generation = s->generation };
 	}
-	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
-		struct slot *s = &pool->slots[i];
-		if (s->state == SLOT_RUNNING && s->wanted && s->generation != pool->sup->generation) {
-			log_info("replacing worker %d (generation %u -> %u)", s->index, s->generation,
-			         pool->sup->generation);
-			s->replacing = true;
-			pool_drain_slot(s);
-			return;
-		}
-	}
+	int next = slot_next_replacement(summary, CONFIG_MAX_WORKERS, pool->sup->generation);
+	if (next < 0)
+		return;
+	struct slot *s = &pool->slots[next];
+	log_info("replacing worker %d (generation %u -> %u)", s->index, s->generation, pool->sup->generation);
+	slot_on_drain(s);
 }
 
 void pool_replace_outdated(struct pool *pool)
@@ -517,10 +531,10 @@ struct pool *pool_create(struct supervisor *sup)
 		struct slot *s = &pool->slots[i];
 		s->pool = pool;
 		s->index = i;
-		ev_timer_init(&s->backoff_timer, pool_backoff_cb, 0, 0);
+		s->state = SLOT_STOPPED;
+		ev_timer_init(&s->backoff_timer, slot_backoff_cb, 0, 0);
 		s->backoff_timer.data = s;
-		ev_timer_init(&s->stop_timer, pool_stop_escalate_cb, 0, 0);
-		s->stop_timer.data = s;
+		escalate_init(&s->stop, sup->loop, slot_stop_stage, s);
 	}
 	ev_child_init(&pool->child_watcher, pool_child_cb, 0, 0);
 	pool->child_watcher.data = pool;
@@ -536,7 +550,7 @@ void pool_destroy(struct pool *pool)
 		return;
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
 		ev_timer_stop(pool->sup->loop, &pool->slots[i].backoff_timer);
-		ev_timer_stop(pool->sup->loop, &pool->slots[i].stop_timer);
+		escalate_cancel(&pool->slots[i].stop);
 	}
 	ev_child_stop(pool->sup->loop, &pool->child_watcher);
 	ev_timer_stop(pool->sup->loop, &pool->heartbeat_timer);
@@ -557,45 +571,60 @@ void pool_start(struct pool *pool)
 	pool_scale(pool, pool->sup->cfg->workers);
 }
 
+/* Event: wanted again (start, scale, reload): a stopped or failed slot starts afresh. */
+static void slot_on_wanted(struct slot *s)
+{
+	if (s->state != SLOT_STOPPED && s->state != SLOT_FAILED)
+		return;
+	s->pool->sup->restarts_retired += s->restarts; /* drover_worker_restarts_total stays monotonic */
+	s->restarts = 0;
+	s->consecutive_crashes = 0;
+	s->last_exit[0] = '\0';
+	slot_start(s);
+}
+
+/* Event: no longer wanted (scale down): a waiting slot stops, a live one drains. */
+static void slot_on_unwanted(struct slot *s)
+{
+	if (s->state == SLOT_BACKOFF || s->state == SLOT_FAILED) {
+		ev_timer_stop(s->pool->sup->loop, &s->backoff_timer);
+		slot_enter(s, SLOT_STOPPED);
+	} else if (slot_alive(s)) {
+		slot_on_drain(s);
+	}
+}
+
+/* Event: the whole pool stops. The supervisor's own ladder (escalate.h) takes over from the slot's. */
+static void slot_on_stop(struct slot *s, int signo)
+{
+	ev_timer_stop(s->pool->sup->loop, &s->backoff_timer);
+	escalate_cancel(&s->stop);
+	if (!slot_alive(s)) {
+		slot_enter(s, SLOT_STOPPED);
+		return;
+	}
+	slot_enter(s, SLOT_DRAINING);
+	slot_signal(s, signo);
+}
+
 void pool_scale(struct pool *pool, int workers)
 {
 	if (pool->stopping)
 		return;
 	pool->desired = workers;
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
-		struct slot *s = &pool->slots[i];
-		s->wanted = i < workers;
-		if (s->wanted && (s->state == SLOT_EMPTY || s->state == SLOT_STOPPED)) {
-			pool->sup->restarts_retired += s->restarts; /* drover_worker_restarts_total stays monotonic */
-			s->restarts = 0;
-			s->consecutive_crashes = 0;
-			s->last_exit[0] = '\0';
-			pool_spawn(s);
-		} else if (!s->wanted && s->state == SLOT_BACKOFF) {
-			ev_timer_stop(pool->sup->loop, &s->backoff_timer);
-			s->state = SLOT_EMPTY;
-		} else if (!s->wanted && slot_alive(s)) {
-			s->replacing = false;
-			pool_drain_slot(s);
-		}
+		if (slot_wanted(&pool->slots[i]))
+			slot_on_wanted(&pool->slots[i]);
+		else
+			slot_on_unwanted(&pool->slots[i]);
 	}
 }
 
 void pool_stop(struct pool *pool, enum stop_mode mode)
 {
 	pool->stopping = true;
-	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
-		struct slot *s = &pool->slots[i];
-		ev_timer_stop(pool->sup->loop, &s->backoff_timer);
-		ev_timer_stop(pool->sup->loop, &s->stop_timer);
-		if (!slot_alive(s)) {
-			if (s->state != SLOT_EMPTY)
-				s->state = SLOT_STOPPED;
-			continue;
-		}
-		s->state = SLOT_DRAINING;
-		kill(s->pid, mode == STOP_FAST ? SIGQUIT : SIGTERM);
-	}
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+		slot_on_stop(&pool->slots[i], mode == STOP_FAST ? SIGQUIT : SIGTERM);
 	if (pool_alive(pool) == 0)
 		supervisor_workers_gone(pool->sup);
 }
@@ -607,7 +636,7 @@ void pool_kill_all(struct pool *pool)
 		struct slot *s = &pool->slots[i];
 		if (!slot_alive(s))
 			continue;
-		kill(s->pid, SIGKILL);
+		slot_signal(s, SIGKILL);
 		scoreboard_read_slot(scoreboard_slot(pool->sup->scoreboard, i), &copy);
 		pool_kill_handler_groups(&copy);
 	}
@@ -617,7 +646,7 @@ void pool_signal_all(struct pool *pool, int signo)
 {
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
 		if (slot_alive(&pool->slots[i]))
-			kill(pool->slots[i].pid, signo);
+			slot_signal(&pool->slots[i], signo);
 }
 
 int pool_desired(const struct pool *pool)
@@ -637,7 +666,7 @@ int pool_slot_count(const struct pool *pool)
 {
 	int count = pool->desired;
 	for (int i = count; i < CONFIG_MAX_WORKERS; i++)
-		if (pool->slots[i].state != SLOT_EMPTY)
+		if (pool->slots[i].state != SLOT_STOPPED)
 			count = i + 1;
 	return count;
 }

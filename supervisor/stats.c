@@ -1,17 +1,17 @@
 /*
- * stats: the `stats` JSON object and the Prometheus `metrics` text (spec
- * section 7). Both are computed from the supervisor's slot table and the
+ * stats: the `stats` JSON object and the Prometheus `metrics` text (README:
+ * Operations, "Control socket"). Both are computed from the supervisor's slot table and the
  * shared-memory scoreboard only, never by asking a worker, so they answer
  * while every worker is busy. Job totals are the counters of workers that
  * have exited (sup->retired) plus those of every live worker. Nothing here
  * ever prints a secret: only counters, states, ids and the config's path.
  */
 #include "supervisor/stats.h"
+#include "queue/source.h"
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdbool.h>
@@ -46,7 +46,7 @@ struct totals {
 	struct scoreboard_counters counters;
 	long long in_flight;
 	unsigned long long restarts;
-	int by_state[SLOT_STOPPED + 1]; /* a live worker in fault is counted in in_fault instead */
+	int by_state[SLOT_STATE_COUNT]; /* a live worker in fault is counted in in_fault instead */
 	int in_fault;
 };
 
@@ -88,7 +88,7 @@ static int for_each_slot(const struct supervisor *sup, struct totals *totals, sl
 		totals->restarts += view.restarts;
 		if (live && in_fault(copy))
 			totals->in_fault++;
-		else if (view.state >= 0 && view.state <= SLOT_STOPPED)
+		else if ((unsigned)view.state < SLOT_STATE_COUNT)
 			totals->by_state[view.state]++;
 		if (visit != NULL)
 			rc = visit(ctx, &view, live ? copy : NULL);
@@ -253,12 +253,18 @@ static int worker_json(void *arg, const struct slot_view *view, const struct sco
 	put(w, "timed_out", json_integer(live != NULL ? (json_int_t)live->counters.timed_out : 0), ok);
 	put(w, "heartbeat_age_ms",
 	    live != NULL && live->heartbeat_ms > 0 ? json_integer(ctx->mono_now - live->heartbeat_ms) : json_null(), ok);
-	put(w, "fault", live != NULL ? bounded_string(live->fault, sizeof(live->fault)) : json_null(), ok);
-	put(w, "fault_cause", in_fault(live) ? json_string(fault_cause(live->fault)) : json_null(), ok);
+	/* A failed slot has no live worker: its fault is the configuration its worker refused. */
+	bool failed = view->state == SLOT_FAILED;
+	put(w, "fault", live != NULL ? bounded_string(live->fault, sizeof(live->fault))
+	                : failed     ? json_string(view->last_exit)
+	                             : json_null(), ok);
+	put(w, "fault_cause", in_fault(live) ? json_string(fault_cause(live->fault))
+	                      : failed       ? json_string("config")
+	                                     : json_null(), ok);
 	put(w, "jobs", jobs_of(live, ok), ok);
 	if (ctx->sup->cfg != NULL && ctx->sup->cfg->handler_mode == HANDLER_MODE_PERSISTENT)
 		put_handlers(w, live, ok);
-	if (ctx->sup->cfg != NULL && ctx->sup->cfg->backend == BACKEND_KAFKA)
+	if (ctx->sup->cfg != NULL && queue_ops_for(ctx->sup->cfg)->has_partitions)
 		put(w, "kafka", kafka_of(live, ok), ok);
 	append(ctx->workers, w, ok);
 	return 0;
@@ -374,30 +380,14 @@ static int health_visit(void *arg, const struct slot_view *view, const struct sc
 	}
 	if (view->pid > 0 && (view->state == SLOT_STARTING || view->state == SLOT_RUNNING))
 		ctx->progress = true;
+	if (view->state == SLOT_FAILED && ctx->fault[0] == '\0')
+		snprintf(ctx->fault, sizeof(ctx->fault), "worker %d: %s; not restarted until a reload or scale",
+			 view->slot, view->last_exit);
 	if (view->state == SLOT_BACKOFF) {
 		ctx->backoff++;
 		snprintf(ctx->last_exit, sizeof(ctx->last_exit), "%s", view->last_exit);
 	}
 	return 0;
-}
-
-/* A write probe in the spool's tmp/: catches a full disk or a read-only mount that access(2) does not. */
-static int spool_write_probe(const char *dir, char *why, size_t len)
-{
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/tmp/.health-%d", dir, (int)getpid());
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		snprintf(why, len, "spool %s is not writable: %s", dir, strerror(errno));
-		return -1;
-	}
-	int rc = write_all(fd, "h", 1) < 0 || fsync(fd) < 0 ? -1 : 0;
-	int saved = errno;
-	close(fd);
-	unlink(path);
-	if (rc < 0)
-		snprintf(why, len, "spool %s is not writable: %s", dir, strerror(saved));
-	return rc;
 }
 
 bool stats_health(const struct supervisor *sup, bool check_queue, char *why, size_t len)
@@ -421,7 +411,8 @@ bool stats_health(const struct supervisor *sup, bool check_queue, char *why, siz
 			snprintf(why, len, "no worker can make progress: none is running");
 		return false;
 	}
-	if (check_queue && sup->cfg->backend == BACKEND_SPOOL && spool_write_probe(sup->cfg->spool_dir, why, len) < 0)
+	const struct queue_ops *queue = queue_ops_for(sup->cfg);
+	if (check_queue && queue->probe != NULL && queue->probe(sup->cfg, why, len) < 0)
 		return false;
 	return true;
 }
@@ -541,7 +532,7 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 	write_header(out, "drover_up", "gauge", "1 while the supervisor runs.");
 	fputs("drover_up 1\n", out);
 	write_header(out, "drover_workers", "gauge", "Worker slots by state.");
-	for (int s = SLOT_STARTING; s <= SLOT_STOPPED; s++)
+	for (int s = 0; s < SLOT_STATE_COUNT; s++)
 		fprintf(out, "drover_workers{state=\"%s\"} %d\n", slot_state_name((enum slot_state)s), t->by_state[s]);
 	fprintf(out, "drover_workers{state=\"fault\"} %d\n", t->in_fault);
 	write_header(out, "drover_workers_desired", "gauge", "Configured number of workers.");
@@ -584,7 +575,7 @@ char *stats_metrics(const struct supervisor *sup)
 		return NULL;
 	struct totals totals;
 	struct lag_ctx lag = { .out = out };
-	bool kafka = sup->cfg != NULL && sup->cfg->backend == BACKEND_KAFKA;
+	bool kafka = sup->cfg != NULL && queue_ops_for(sup->cfg)->has_partitions;
 	/* The lag series come last, so a first pass sums the totals and a second prints them. */
 	struct fault_ctx faults = { .out = out };
 	int rc = for_each_slot(sup, &totals, NULL, NULL);

@@ -8,29 +8,16 @@
 #include "shared/log.h"
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
+#include "queue/source.h"
 #include "shared/util.h"
 
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sysexits.h>
 
-/* After QUIT, how long workers get to kill their jobs and exit, beyond kill_grace_ms. */
-#define STOP_KILL_MARGIN_MS 3000
 /* How often the service manager's status line is refreshed. */
 #define STATUS_INTERVAL_S 5.0
-
-const char *slot_state_name(enum slot_state state)
-{
-	switch (state) {
-	case SLOT_STARTING: return "starting";
-	case SLOT_RUNNING: return "running";
-	case SLOT_DRAINING: return "draining";
-	case SLOT_BACKOFF: return "backoff";
-	case SLOT_STOPPED: return "stopped";
-	case SLOT_EMPTY: break;
-	}
-	return "stopped";
-}
 
 /* ---- reload ---------------------------------------------------------------- */
 
@@ -125,7 +112,7 @@ int supervisor_reload(struct supervisor *sup, char *err, size_t errlen)
 	}
 	notify_reloading();
 	log_info("reloading %s", sup->config_path);
-	struct config *next = config_load(sup->config_path, &errors);
+	struct config *next = queue_config_load(sup->config_path, &errors);
 	if (config_hide_secrets() < 0) /* normally a no-op: start-up took them out already */
 		log_warnx("reload: cannot remove every secret from the environment (out of memory)");
 	if (next == NULL)
@@ -170,51 +157,47 @@ int supervisor_scale(struct supervisor *sup, int workers, char *err, size_t errl
 
 /* ---- stop ------------------------------------------------------------------ */
 
-static void supervisor_stop_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+/* One stage of the whole pool's stop ladder (escalate.h): every worker gets its signal. */
+static void supervisor_stop_stage(void *arg, enum escalate_stage stage, int signo, bool timed_out)
 {
-	struct supervisor *sup = timer->data;
-	if (sup->stop_stage == 0) {
-		log_warnx("shutdown timeout (%lld ms): stopping the jobs still running; they will run again",
-		          sup->cfg->shutdown_timeout_ms);
-		supervisor_stop(sup, STOP_FAST);
-	} else if (sup->stop_stage == 1) {
+	struct supervisor *sup = arg;
+	switch (stage) {
+	case ESCALATE_TERM:
+		log_info("graceful stop: draining workers (up to %lld ms)", sup->cfg->shutdown_timeout_ms);
+		pool_stop(sup->pool, STOP_GRACEFUL);
+		break;
+	case ESCALATE_QUIT:
+		if (timed_out)
+			log_warnx("shutdown timeout (%lld ms): stopping the jobs still running; they will run again",
+			          sup->cfg->shutdown_timeout_ms);
+		log_info("fast stop: stopping running jobs");
+		pool_stop(sup->pool, STOP_FAST);
+		break;
+	case ESCALATE_KILL:
 		log_error("workers did not exit after QUIT; killing them");
-		sup->stop_stage = 2;
 		pool_kill_all(sup->pool);
+		break;
+	case ESCALATE_IDLE:
+		break;
 	}
 }
 
+/* A second TERM/INT, or QUIT while draining, stops at once; anything later changes nothing. */
 void supervisor_stop(struct supervisor *sup, enum stop_mode mode)
 {
 	if (sup->stopping) {
-		if (sup->stop_stage >= 1)
-			return;
-		mode = STOP_FAST; /* a second TERM/INT, or QUIT while draining: stop at once */
-	}
-	ev_timer_stop(sup->loop, &sup->stop_timer);
-	if (!sup->stopping) {
+		mode = STOP_FAST;
+	} else {
 		sup->stopping = true;
 		notify_stopping();
 	}
-	long long wait_ms;
-	if (mode == STOP_GRACEFUL) {
-		log_info("graceful stop: draining workers (up to %lld ms)", sup->cfg->shutdown_timeout_ms);
-		sup->stop_stage = 0;
-		wait_ms = sup->cfg->shutdown_timeout_ms;
-	} else {
-		log_info("fast stop: stopping running jobs");
-		sup->stop_stage = 1;
-		wait_ms = sup->cfg->kill_grace_ms + STOP_KILL_MARGIN_MS;
-	}
-	ev_timer_set(&sup->stop_timer, (double)wait_ms / 1000.0, 0);
-	ev_timer_start(sup->loop, &sup->stop_timer);
-	pool_stop(sup->pool, mode);
+	escalate_to_cfg(&sup->stop, mode == STOP_FAST ? ESCALATE_QUIT : ESCALATE_TERM, sup->cfg);
 }
 
 void supervisor_workers_gone(struct supervisor *sup)
 {
 	log_info("all workers have exited");
-	ev_timer_stop(sup->loop, &sup->stop_timer);
+	escalate_cancel(&sup->stop);
 	ev_break(sup->loop, EVBREAK_ALL);
 }
 
@@ -308,8 +291,7 @@ static void supervisor_status_cb(struct ev_loop *loop, ev_timer *timer, int reve
 
 void supervisor_start(struct supervisor *sup)
 {
-	ev_timer_init(&sup->stop_timer, supervisor_stop_timer_cb, 0, 0);
-	sup->stop_timer.data = sup;
+	escalate_init(&sup->stop, sup->loop, supervisor_stop_stage, sup);
 	ev_timer_init(&sup->status_timer, supervisor_status_cb, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
 	sup->status_timer.data = sup;
 	ev_timer_start(sup->loop, &sup->status_timer);
@@ -328,5 +310,5 @@ int supervisor_serve(struct supervisor *sup)
 	log_info("drover %s ready: %s", DROVER_VERSION, status);
 	ev_run(sup->loop, 0);
 	ev_timer_stop(sup->loop, &sup->status_timer);
-	return 0;
+	return EX_OK;
 }

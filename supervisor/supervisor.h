@@ -13,8 +13,8 @@
 
 #include "shared/config.h"
 #include "shared/scoreboard.h"
-
-enum slot_state { SLOT_EMPTY, SLOT_STARTING, SLOT_RUNNING, SLOT_DRAINING, SLOT_BACKOFF, SLOT_STOPPED };
+#include "supervisor/escalate.h"
+#include "supervisor/slot.h"
 
 /* What the control socket and stats see of one slot. */
 struct slot_view {
@@ -23,7 +23,7 @@ struct slot_view {
 	enum slot_state state;
 	long long started_ms;     /* wall clock, 0 when none */
 	unsigned restarts;
-	char last_exit[64];       /* "" or "exit 1" / "signal 9" / "heartbeat timeout" */
+	char last_exit[64];       /* "" or "exit 1" / "signal 9" / "heartbeat timeout" / "exit 78: configuration refused" */
 	long long backoff_until_ms; /* wall clock, when state is backoff */
 };
 
@@ -53,8 +53,7 @@ struct supervisor {
 	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
 	uint64_t restarts_retired; /* restarts of slots since emptied and reused: keeps the total monotonic */
 	bool stopping;
-	int stop_stage;            /* 0 draining, 1 jobs killed (QUIT), 2 workers killed */
-	ev_timer stop_timer;
+	struct escalation stop;    /* the whole pool's stop ladder */
 	ev_timer status_timer;
 	ev_signal signals[8];
 };
@@ -63,8 +62,6 @@ struct supervisor {
 void supervisor_start(struct supervisor *sup);
 /* Tells the service manager it is ready and serves until stopped. Returns the exit code. */
 int supervisor_serve(struct supervisor *sup);
-
-const char *slot_state_name(enum slot_state state);
 
 /* Each returns 0, or -1 with a message in err. */
 int supervisor_reload(struct supervisor *sup, char *err, size_t errlen);

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,7 +38,7 @@ struct hproc;
 
 struct warm_job {
 	struct hproc *proc;
-	struct warm_job *prev, *next;
+	LIST_ENTRY(warm_job) link;
 	void *arg;
 	char *id;
 	ev_timer timer;      /* the timeout, then the cancel's grace */
@@ -46,9 +47,11 @@ struct warm_job {
 	bool revoked;        /* warm_job_kill: the job is given back whatever happens */
 };
 
+LIST_HEAD(job_list, warm_job);
+
 struct hproc {
 	struct warm_pool *pool;
-	struct hproc *next;
+	LIST_ENTRY(hproc) link;
 	pid_t pid; /* also its process group */
 	int place; /* the place it serves, -1 once retired */
 	enum scoreboard_handler_state state;
@@ -61,7 +64,7 @@ struct hproc {
 	char err_line[STDERR_LINE_MAX + 1];
 	size_t err_len;
 	bool err_cut;
-	struct warm_job *jobs;
+	struct job_list jobs;
 	int job_count;
 	unsigned long long sent, served, limit;
 	ev_timer timer;      /* start timeout, exit wait after stdin's end, or SIGKILL after SIGTERM */
@@ -83,7 +86,7 @@ struct warm_pool {
 	struct warm_callbacks cb;
 	struct scoreboard_slot *board;
 	struct place *places;
-	struct hproc *procs; /* every process not yet reaped */
+	LIST_HEAD(proc_list, hproc) procs; /* every process not yet reaped */
 	size_t live;
 	int crashes;         /* abnormal ends since a job was last answered */
 	char spawn_error[160];
@@ -136,7 +139,8 @@ static void pool_publish(struct warm_pool *pool)
 {
 	int n = 0;
 	scoreboard_write_begin(pool->board);
-	for (struct hproc *p = pool->procs; p != NULL && n < CONFIG_MAX_CONCURRENT; p = p->next, n++) {
+	for (struct hproc *p = LIST_FIRST(&pool->procs); p != NULL && n < CONFIG_MAX_CONCURRENT;
+	     p = LIST_NEXT(p, link), n++) {
 		pool->board->handlers[n].pid = p->pid;
 		pool->board->handlers[n].state = p->state;
 		pool->board->handlers[n].jobs = p->served;
@@ -327,25 +331,16 @@ static void proc_retire(struct hproc *p, const char *why)
 
 static void job_unlink(struct warm_job *job)
 {
-	struct hproc *p = job->proc;
-	if (job->prev != NULL)
-		job->prev->next = job->next;
-	else
-		p->jobs = job->next;
-	if (job->next != NULL)
-		job->next->prev = job->prev;
-	p->job_count--;
+	LIST_REMOVE(job, link);
+	job->proc->job_count--;
 }
 
 static struct warm_job *proc_pop_job(struct hproc *p)
 {
-	struct warm_job *job = p->jobs;
+	struct warm_job *job = LIST_FIRST(&p->jobs);
 	if (job == NULL)
 		return NULL;
-	p->jobs = job->next;
-	if (p->jobs != NULL)
-		p->jobs->prev = NULL;
-	job->next = job->prev = NULL;
+	LIST_REMOVE(job, link);
 	p->job_count--;
 	return job;
 }
@@ -393,7 +388,7 @@ static void job_end(struct warm_job *job, enum runner_status status, const char 
 
 static struct warm_job *job_find(struct hproc *p, const char *id)
 {
-	for (struct warm_job *job = p->jobs; job != NULL; job = job->next) {
+	for (struct warm_job *job = LIST_FIRST(&p->jobs); job != NULL; job = LIST_NEXT(job, link)) {
 		if (strcmp(job->id, id) == 0)
 			return job;
 	}
@@ -598,7 +593,7 @@ static void stderr_emit(struct hproc *p, bool cut)
 {
 	p->err_line[p->err_len] = '\0';
 	if (p->job_count == 1)
-		log_info("handler process %d (job %.200s): %s%s", (int)p->pid, p->jobs->id, p->err_line,
+		log_info("handler process %d (job %.200s): %s%s", (int)p->pid, LIST_FIRST(&p->jobs)->id, p->err_line,
 		         cut ? " [...]" : "");
 	else
 		log_info("handler process %d: %s%s", (int)p->pid, p->err_line, cut ? " [...]" : "");
@@ -768,8 +763,8 @@ static void proc_spawn(struct place *pl)
 	p->err_fd = parent[2];
 	p->limit = pool_limit(pool);
 	frame_reader_init(&p->reader, pool->set.max_result_bytes + FRAME_OVERHEAD_BYTES);
-	p->next = pool->procs;
-	pool->procs = p;
+	LIST_INIT(&p->jobs);
+	LIST_INSERT_HEAD(&pool->procs, p, link);
 	pool->live++;
 	pl->proc = p;
 	proc_watch(p);
@@ -782,12 +777,7 @@ static void proc_spawn(struct place *pl)
 static void proc_unlink(struct hproc *p)
 {
 	struct warm_pool *pool = p->pool;
-	for (struct hproc **pp = &pool->procs; *pp != NULL; pp = &(*pp)->next) {
-		if (*pp == p) {
-			*pp = p->next;
-			break;
-		}
-	}
+	LIST_REMOVE(p, link);
 	pool->live--;
 	if (p->place >= 0 && pool->places[p->place].proc == p)
 		pool->places[p->place].proc = NULL;
@@ -839,9 +829,9 @@ static void proc_after_end(struct warm_pool *pool, int place, bool abnormal, con
 
 bool warm_pool_child_exited(struct warm_pool *pool, pid_t pid, int wait_status)
 {
-	struct hproc *p = pool->procs;
+	struct hproc *p = LIST_FIRST(&pool->procs);
 	while (p != NULL && p->pid != pid)
-		p = p->next;
+		p = LIST_NEXT(p, link);
 	if (p == NULL)
 		return false;
 	signal_group(p, SIGKILL); /* what is left of its group: nothing of it outlives it */
@@ -893,6 +883,7 @@ struct warm_pool *warm_pool_new(struct ev_loop *loop, const struct warm_settings
 	pool->cb = *cb;
 	pool->board = board;
 	pool->rng = (unsigned)getpid() ^ (unsigned)now_ms();
+	LIST_INIT(&pool->procs);
 	for (int i = 0; i < settings->processes; i++) {
 		struct place *pl = &pool->places[i];
 		pl->pool = pool;
@@ -909,9 +900,9 @@ void warm_pool_free(struct warm_pool *pool)
 {
 	if (pool == NULL)
 		return;
-	while (pool->procs != NULL) {
-		struct hproc *p = pool->procs;
-		pool->procs = p->next;
+	struct hproc *p;
+	while ((p = LIST_FIRST(&pool->procs)) != NULL) {
+		LIST_REMOVE(p, link);
 		signal_group(p, SIGKILL);
 		struct warm_job *job;
 		while ((job = proc_pop_job(p)) != NULL) {
@@ -967,10 +958,7 @@ static struct warm_job *job_new(struct hproc *p, const char *id, void *job_arg)
 	}
 	job->proc = p;
 	job->arg = job_arg;
-	job->next = p->jobs;
-	if (p->jobs != NULL)
-		p->jobs->prev = job;
-	p->jobs = job;
+	LIST_INSERT_HEAD(&p->jobs, job, link);
 	p->job_count++;
 	return job;
 }
@@ -1008,7 +996,7 @@ struct warm_job *warm_pool_submit(struct warm_pool *pool, const char *id, int at
 
 bool warm_pool_owns_pid(const struct warm_pool *pool, pid_t pid)
 {
-	for (const struct hproc *p = pool->procs; p != NULL; p = p->next) {
+	for (const struct hproc *p = LIST_FIRST(&pool->procs); p != NULL; p = LIST_NEXT(p, link)) {
 		if (p->pid == pid)
 			return true;
 	}
@@ -1017,7 +1005,7 @@ bool warm_pool_owns_pid(const struct warm_pool *pool, pid_t pid)
 
 bool warm_pool_token_live(const struct warm_pool *pool, unsigned long long serial)
 {
-	for (const struct hproc *p = pool->procs; p != NULL; p = p->next) {
+	for (const struct hproc *p = LIST_FIRST(&pool->procs); p != NULL; p = LIST_NEXT(p, link)) {
 		if (p->token == serial)
 			return true;
 	}
@@ -1075,8 +1063,8 @@ void warm_pool_stop(struct warm_pool *pool, bool now)
 	pool->stopping = true;
 	for (int i = 0; i < pool->set.processes; i++)
 		ev_timer_stop(pool->loop, &pool->places[i].restart);
-	for (struct hproc *p = pool->procs, *next; p != NULL; p = next) {
-		next = p->next;
+	for (struct hproc *p = LIST_FIRST(&pool->procs), *next; p != NULL; p = next) {
+		next = LIST_NEXT(p, link);
 		if (now) {
 			p->release_jobs = true;
 			proc_kill(p, SIGKILL, "the worker stops now");

@@ -13,14 +13,12 @@
  */
 #include "worker/worker.h"
 #include "queue/events.h"
-#include "queue/kafka.h"
 #include "shared/log.h"
 #include "shared/orphans.h"
 #include "worker/runner.h"
 #include "worker/frame.h"
 #include "worker/warm.h"
 #include "queue/source.h"
-#include "queue/spool.h"
 #include "shared/util.h"
 
 #include <errno.h>
@@ -30,8 +28,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/queue.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -52,7 +52,7 @@ struct task {
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	long long last_progress_event_ms;
-	struct task *prev, *next;
+	LIST_ENTRY(task) link;
 };
 
 enum drain_mode { RUNNING, DRAIN_GRACEFUL, DRAIN_FAST };
@@ -68,7 +68,7 @@ struct worker {
 	char host[256];
 	char **base_env;     /* environ minus secrets, plus env.* */
 	size_t base_env_count;
-	struct task *tasks;  /* doubly linked */
+	LIST_HEAD(task_list, task) tasks;
 	int task_count;
 	bool source_paused;
 	enum drain_mode drain;
@@ -279,16 +279,12 @@ static void task_env_free(const struct worker *w, char **env)
 
 /* ---- tasks -------------------------------------------------------------- */
 
-static void worker_publish_status(struct worker *w, struct task *t, const char *state, double progress,
-                                  const char *message, const char *error)
+/* Tells the source a state of t's job; the other fields of status are filled by the caller. */
+static void worker_publish_status(struct worker *w, struct task *t, struct job_status status)
 {
-	char *doc = event_status(&w->origin, t->job->id, state, t->attempt, wall_ms(), progress, message, error);
-	if (doc == NULL) {
-		log_warnx("job %s: out of memory building a %s event", t->job->id, state);
-		return;
-	}
-	w->ops->status(w->source, t->job, doc, strlen(doc));
-	free(doc);
+	status.attempt = t->attempt;
+	status.ts_ms = wall_ms();
+	w->ops->status(w->source, t->job, &status);
 }
 
 static struct task *task_new(struct worker *w, struct job *job)
@@ -300,12 +296,7 @@ static struct task *task_new(struct worker *w, struct job *job)
 	t->job = job;
 	t->attempt = job->attempts_done;
 	t->board_index = -1;
-	t->next = w->tasks;
-	/* The analyzer loses that task_free() unlinks through t->worker, which is this w,
-	 * and thinks a freed head is still on the list. */
-	if (w->tasks != NULL)
-		w->tasks->prev = t; // NOLINT(clang-analyzer-unix.Malloc)
-	w->tasks = t;
+	LIST_INSERT_HEAD(&w->tasks, t, link);
 	w->task_count++;
 	return t;
 }
@@ -319,12 +310,7 @@ static void task_free(struct task *t)
 		w->awaiting--;
 	if (t->board_index >= 0)
 		scoreboard_job_remove(w->board, t->board_index);
-	if (t->prev != NULL)
-		t->prev->next = t->next;
-	else
-		w->tasks = t->next;
-	if (t->next != NULL)
-		t->next->prev = t->prev;
+	LIST_REMOVE(t, link);
 	w->task_count--;
 	free(t);
 }
@@ -367,7 +353,8 @@ static void task_fail(struct task *t, const struct failure *failure)
 	}
 	/* Bounded: this is also the path of ids too long or too strange to log whole. */
 	log_info("job %.200s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
-	worker_publish_status(w, t, "failed", -1, failure->message, failure->reason);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_FAILED, .message = failure->message,
+	                                                 .reason = failure->reason });
 	t->job->completed = false; /* counted when the outcome is durable: source_settled */
 	w->ops->finish(w->source, t->job, false, doc, strlen(doc));
 	free(doc);
@@ -385,7 +372,7 @@ static void task_complete(struct task *t, const struct runner_result *result)
 		return;
 	}
 	log_info("job %s: completed in %lld ms (attempt %d)", t->job->id, result->duration_ms, t->attempt);
-	worker_publish_status(w, t, "completed", -1, NULL, NULL);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_COMPLETED });
 	t->job->completed = true; /* counted when the outcome is durable: source_settled */
 	t->job->duration_s = (double)result->duration_ms / 1000.0;
 	w->ops->finish(w->source, t->job, true, doc, strlen(doc));
@@ -461,7 +448,7 @@ static bool attempt_running(const struct worker *w, unsigned long long serial)
 {
 	if (w->warm != NULL && warm_pool_token_live(w->warm, serial))
 		return true; /* a persistent handler process: its token is its own */
-	for (const struct task *t = w->tasks; t != NULL; t = t->next) {
+	for (const struct task *t = LIST_FIRST(&w->tasks); t != NULL; t = LIST_NEXT(t, link)) {
 		if (t->run != NULL && t->token_attempt == serial)
 			return true;
 	}
@@ -537,7 +524,9 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 			double delay = retry_delay_s(w, t->attempt);
 			log_info("job %s: attempt %d failed (%s); retrying in %.1f s", t->job->id, t->attempt,
 			         message, delay);
-			worker_publish_status(w, t, "retrying", -1, message, failure.reason);
+			worker_publish_status(w, t, (struct job_status){ .state = JOB_RETRYING, .message = message,
+			                                                 .reason = failure.reason,
+			                                                 .delay_ms = (long long)(delay * 1000) });
 			counters_update(w, count_retried, 0);
 			ev_timer_init(&t->retry_timer, task_retry_cb, delay, 0);
 			t->retry_timer.data = t;
@@ -562,7 +551,8 @@ static void task_progress(struct run *run, double progress, const char *message,
 	if (now - t->last_progress_event_ms < PROGRESS_EVENT_INTERVAL_MS)
 		return;
 	t->last_progress_event_ms = now;
-	worker_publish_status(w, t, "progress", progress, message, NULL);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_PROGRESS, .progress = progress,
+	                                                 .message = message });
 }
 
 static void worker_enter_fault(struct worker *w, const char *why)
@@ -638,7 +628,7 @@ static void task_attempt_started(struct task *t, pid_t pgid)
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, pgid);
 	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)pgid);
-	worker_publish_status(w, t, "started", -1, NULL, NULL);
+	worker_publish_status(w, t, (struct job_status){ .state = JOB_STARTED });
 }
 
 static void task_count_attempt(struct task *t)
@@ -648,7 +638,7 @@ static void task_count_attempt(struct task *t)
 	if (t->board_index >= 0)
 		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
-		log_warnx("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
+		log_warn("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
 }
 
 /*
@@ -720,13 +710,13 @@ static void task_begin_attempt(struct task *t)
 	task_attempt_started(t, runner_pgid(t->run));
 }
 
-/* Kafka took the job's partition away: stop the handler; task_run_done releases it. */
+/* The queue took the job away (Kafka: partition revoked): stop the handler; task_run_done releases it. */
 static void worker_revoke_job(struct job *job, void *arg)
 {
 	struct worker *w = arg;
-	struct task *t = w->tasks;
+	struct task *t = LIST_FIRST(&w->tasks);
 	while (t != NULL && t->job != job)
-		t = t->next;
+		t = LIST_NEXT(t, link);
 	if (t == NULL)
 		return;
 	if (t->run != NULL) {
@@ -795,8 +785,8 @@ static void worker_start_job(struct worker *w, struct job *job)
  */
 static void worker_dispatch_waiting(struct worker *w)
 {
-	for (struct task *t = w->tasks, *next; t != NULL && w->awaiting > 0; t = next) {
-		next = t->next;
+	for (struct task *t = LIST_FIRST(&w->tasks), *next; t != NULL && w->awaiting > 0; t = next) {
+		next = LIST_NEXT(t, link);
 		if (!t->awaiting_handler)
 			continue;
 		if (warm_pool_room(w->warm) <= 0)
@@ -835,8 +825,7 @@ static void worker_fill(struct worker *w)
 			w->ops->resume(w->source);
 			w->source_paused = false;
 		}
-		int rc = w->ops->take(w->source, &job);
-		if (rc != 0)
+		if (w->ops->take(w->source, &job) != SOURCE_TAKEN)
 			break;
 		worker_start_job(w, job);
 	}
@@ -885,8 +874,8 @@ static void worker_drain(struct worker *w, enum drain_mode mode)
 	worker_update_flow(w);
 	if (mode == DRAIN_FAST && w->ops->hurry != NULL)
 		w->ops->hurry(w->source, w->cfg->kill_grace_ms);
-	for (struct task *t = w->tasks, *next; t != NULL; t = next) {
-		next = t->next;
+	for (struct task *t = LIST_FIRST(&w->tasks), *next; t != NULL; t = next) {
+		next = LIST_NEXT(t, link);
 		if (!task_running(t))
 			task_release(t); /* waiting for a retry: the next worker retries it */
 		else if (mode == DRAIN_FAST && t->run != NULL)
@@ -1153,17 +1142,17 @@ int worker_main(const struct worker_params *params)
 	log_set_name(name);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	worker_crash_if_asked(w.slot);
 	worker_adopt_orphans(&w);
 	w.loop = ev_loop_new(EVFLAG_AUTO);
 	if (w.loop == NULL)
-		return 70;
+		return EX_SOFTWARE;
 	if (worker_build_base_env(&w) < 0) {
 		log_error("worker %d: out of memory at start", w.slot);
 		worker_teardown(&w);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	if (gethostname(w.host, sizeof(w.host) - 1) < 0)
 		snprintf(w.host, sizeof(w.host), "localhost");
@@ -1172,27 +1161,27 @@ int worker_main(const struct worker_params *params)
 	scoreboard_set_wake_fd(params->wake_fd);
 	worker_publish_start(&w, params->generation);
 
-	struct source_callbacks callbacks = { .ready = source_ready, .settled = source_settled, .arg = &w };
+	struct source_callbacks callbacks = {
+		.ready = source_ready, .settled = source_settled, .revoke = worker_revoke_job, .arg = &w,
+	};
+	struct source_params source_params = {
+		.cfg = w.cfg, .loop = w.loop, .slot = w.slot, .board = w.board, .origin = &w.origin, .cb = &callbacks,
+	};
 	w.ops = source_for(w.cfg);
-	w.source = w.ops->open(w.cfg, w.loop, w.slot, &callbacks, err, sizeof(err));
+	w.source = w.ops->open(&source_params, err, sizeof(err));
 	if (w.source == NULL) {
+		/* A refused configuration: EX_CONFIG tells the supervisor not to restart us (README "Worker slots"). */
+		int code = errno == EINVAL ? EX_CONFIG : EX_UNAVAILABLE;
 		log_error("worker %d: cannot open the %s queue: %s", w.slot, w.ops->name, err);
 		worker_teardown(&w);
-		return 69;
-	}
-	if (w.cfg->backend == BACKEND_KAFKA) {
-		kafka_source_set_scoreboard(w.source, w.board); /* sets ready at the first assignment */
-		kafka_source_set_revoke_hook(w.source, worker_revoke_job, &w);
-	} else {
-		spool_source_set_scoreboard(w.source, w.board);
-		scoreboard_publish_ready(w.board);
+		return code;
 	}
 	if (w.cfg->handler_mode == HANDLER_MODE_EXEC)
 		scoreboard_publish_handlers_ready(w.board); /* a handler starts per attempt */
 	else if (worker_start_handlers(&w) < 0) {
 		log_error("worker %d: out of memory starting its handler processes", w.slot);
 		worker_teardown(&w);
-		return 70;
+		return EX_SOFTWARE;
 	}
 
 	worker_watch(&w, params->parent_fd);
@@ -1202,5 +1191,5 @@ int worker_main(const struct worker_params *params)
 
 	log_info("worker %d: stopped", w.slot);
 	worker_teardown(&w);
-	return 0;
+	return EX_OK;
 }

@@ -42,7 +42,10 @@ BENCH_KEEP=1 keeps the work directory. DROVER_BUILD names the build tree.
 
 Everything runs in a directory under the build tree (a disk, not tmpfs, so
 that fsyncs cost what they cost). Every process is started here and stopped
-by pid; every wait polls with a deadline.
+by pid; every wait polls with a deadline. The helpers the test suites share
+(waiting, /proc, the control socket, the INI file, the environment that
+configures drover, the mock cluster) come from tests/integration's harness
+and kafka_harness.
 """
 import ctypes
 import json
@@ -51,7 +54,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -61,8 +63,13 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.path.abspath(os.environ.get("DROVER_BUILD") or os.path.join(ROOT, "build"))
-PYTHON = "/usr/bin/python3"
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+import harness  # noqa: E402
+from harness import PYTHON, children_of, clean_env, control_exchange, render_ini, wait_until  # noqa: E402
+from harness import HarnessError as BenchError  # noqa: E402
+
+BUILD = str(harness.BUILD)
 CEILING = os.path.join(BUILD, "bench", "spawn_ceiling")
 PEER_POOL = os.path.join(ROOT, "tests", "bench", "peer_pool.py")
 PREFORK_POOL = os.path.join(ROOT, "tests", "bench", "prefork_pool.py")
@@ -111,23 +118,7 @@ def at_most(limit, unit):
     return "<= %g %s" % (limit, unit), lambda value, ratio: value is not None and value <= limit
 
 
-class BenchError(Exception):
-    pass
-
-
 # ---- small tools -----------------------------------------------------------------
-
-def wait_until(what, predicate, timeout, interval=0.02):
-    """Polls predicate until it returns a true value; BenchError after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError("timed out after %.0f s waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
 
 def load1():
     with open("/proc/loadavg") as f:
@@ -151,22 +142,8 @@ def job_json(job_id):
     return head + "x" * (JOB_BYTES - len(head) - 3) + '"}\n'
 
 
-def proc_status(pid, fields):
-    """{field: int} from /proc/PID/status (kB or counts); {} when the process is gone."""
-    out = {}
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                if name in fields:
-                    out[name] = int(rest.split()[0])
-    except (OSError, ValueError, IndexError):
-        return {}
-    return out
-
-
 def rss_kb(pid):
-    return proc_status(pid, ("VmRSS",)).get("VmRSS")
+    return harness.proc_status_kb(pid, "VmRSS")
 
 
 def context_switches(pid):
@@ -192,22 +169,6 @@ def proc_status_path(path):
                     out[name] = int(rest.split()[0])
     except (OSError, ValueError, IndexError):
         pass
-    return out
-
-
-def children_of(pid):
-    """Direct children of every thread of pid."""
-    out = []
-    try:
-        tids = os.listdir("/proc/%d/task" % pid)
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
-                out.extend(int(x) for x in f.read().split())
-        except (OSError, ValueError):
-            pass
     return out
 
 
@@ -248,7 +209,7 @@ class Tree:
         if self.status is None and sig is not None:
             os.kill(self.pid, sig)
         try:
-            wait_until("%s (pid %d) to exit" % (self.name, self.pid), lambda: not self.running(), timeout)
+            wait_until(lambda: not self.running(), timeout, "%s (pid %d) to exit" % (self.name, self.pid))
         except BenchError:
             os.killpg(self.pid, signal.SIGKILL)
             _, status, usage = os.wait4(self.pid, 0)
@@ -289,15 +250,6 @@ class RssSampler:
 
 # ---- drover ------------------------------------------------------------------------
 
-def render_ini(cfg):
-    lines = []
-    for section, keys in cfg.items():
-        lines.append("[%s]" % section)
-        lines.extend("%s = %s" % kv for kv in keys.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
 class Drover:
     """One drover in the foreground, as a child of the bench, on its own directory."""
 
@@ -327,10 +279,7 @@ class Drover:
         self.tree = None
 
     def start(self):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("DROVER_", "KAFKA_")) and k not in
-               ("PROCESSING_WORKER_INSTANCES", "MAX_CONCURRENT_GENERATIONS", "GENERATION_TIMEOUT_MS", "USE_KAFKA")}
-        self.tree = Tree([os.path.join(BUILD, "drover"), "-c", self.ini], self.dir, "drover", env=env)
+        self.tree = Tree([os.path.join(BUILD, "drover"), "-c", self.ini], self.dir, "drover", env=clean_env())
         return self
 
     def check_alive(self):
@@ -340,17 +289,7 @@ class Drover:
     def command(self, line, timeout=5.0):
         """One control-socket exchange; None when it fails."""
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(timeout)
-                s.connect(self.sock)
-                s.sendall(line.encode() + b"\n")
-                chunks = []
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                return b"".join(chunks).decode()
+            return control_exchange(self.sock, line.encode() + b"\n", timeout).decode()
         except OSError:
             return None
 
@@ -369,7 +308,7 @@ class Drover:
                 return None
             running = [w for w in s.get("workers", []) if w.get("state") == "running" and w.get("pid")]
             return s if len(running) == workers else None
-        return wait_until("%d running workers" % workers, ok, timeout)
+        return wait_until(ok, timeout, "%d running workers" % workers)
 
     def worker_pids(self):
         return {w["slot"]: w["pid"] for w in self.stats()["workers"] if w.get("pid")}
@@ -546,7 +485,7 @@ def restart_times(d, workers):
         return None
     times, respawn = [], []
     for slot in range(workers):
-        victim = wait_until("slot %d running" % slot, lambda: worker_in(slot, -1, ("running",)), 30)
+        victim = wait_until(lambda: worker_in(slot, -1, ("running",)), 30, "slot %d running" % slot)
         os.kill(victim["pid"], signal.SIGKILL)
         started = time.monotonic()
         seen = []
@@ -556,7 +495,7 @@ def restart_times(d, workers):
             if w and not seen:
                 seen.append((time.monotonic() - started) * 1000)
             return w and w["state"] == "running"
-        wait_until("a new worker running in slot %d" % slot, running, 30, interval=0.002)
+        wait_until(running, 30, "a new worker running in slot %d" % slot, interval=0.002)
         times.append((time.monotonic() - started) * 1000)
         respawn.append(seen[0])
     return times, respawn
@@ -622,49 +561,6 @@ def bench_spool(ctx, workers, k):
 
 
 # ---- Kafka ---------------------------------------------------------------------------
-
-class MockBroker:
-    """build/support/mock_broker in its own process, driven over its stdin."""
-
-    def __init__(self, workdir):
-        self.err = open(os.path.join(workdir, "mock_broker.stderr"), "wb")
-        self.proc = subprocess.Popen([MOCK_BROKER, STATUS_TOPIC + ":3", FAILED_TOPIC + ":3"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
-                                     start_new_session=True)
-        self.buf = b""
-        self.bootstrap = self.read_line(10)
-
-    def read_line(self, timeout):
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise BenchError("mock_broker did not answer")
-            if select.select([self.proc.stdout], [], [], left)[0]:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise BenchError("mock_broker exited")
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
-
-    def command(self, line):
-        self.proc.stdin.write((line + "\n").encode())
-        self.proc.stdin.flush()
-        answer = self.read_line(15)
-        if not answer.startswith("ok"):
-            raise BenchError("mock_broker %r: %s" % (line, answer))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (subprocess.TimeoutExpired, BrokenPipeError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.err.close()
-
 
 class KafkaSide:
     """The bench's own clients on the mock: topics, the backlog producer, the outcome reader."""
@@ -813,7 +709,7 @@ class KafkaPool:
             if self.system == "drover":
                 return group_stable(self.drover, self.workers)
             return self.assigned.stable(self.workers)
-        wait_until("%s group to hold all %d partitions" % (self.system, KAFKA_PARTITIONS), stable, 90, interval=0.1)
+        wait_until(stable, 90, "%s group to hold all %d partitions" % (self.system, KAFKA_PARTITIONS), interval=0.1)
 
 
 def kafka_throughput(ctx, system, workers, k, n, tag):
@@ -898,7 +794,7 @@ def kafka_idle(ctx, workers, k, tag):
     try:
         def joined():
             return group_stable(d, workers)
-        wait_until("%s to hold all partitions" % tag, joined, 60, interval=0.1)
+        wait_until(joined, 60, "%s to hold all partitions" % tag, interval=0.1)
         time.sleep(0.5)
         pids = process_roles(d, workers)
         out["idle_load1"] = load1()
@@ -1212,7 +1108,8 @@ def main():
             bench_node(ctx)
             bench_rss(ctx)
         if kafka_configs:
-            ctx.mock = MockBroker(workdir)
+            import kafka_harness  # reads drover's option table: after check_built
+            ctx.mock = kafka_harness.MockBroker(workdir, [(STATUS_TOPIC, 3), (FAILED_TOPIC, 3)])
             ctx.kafka = KafkaSide(ctx.mock)
             for workers, k in kafka_configs:
                 bench_kafka(ctx, workers, k)

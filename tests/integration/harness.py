@@ -1,6 +1,10 @@
 """
 harness: starts the real drover on a temporary config and spool, drives it
-with droverctl and signals, and reads what it left on disk.
+with droverctl and signals, and reads what it left on disk. It is the one home
+of the helpers every suite shares (the integration and fault tests, the
+packaging tests through pkghelpers, the bench): waiting with a deadline,
+reading /proc, the control socket, the INI file, and the environment names
+that configure drover, taken from `drover --print-options`.
 
 Rules it keeps so that tests cannot hang or hurt anyone else's processes:
 every wait polls with a deadline (wait_until) and fails with a message that
@@ -11,6 +15,7 @@ re-parented; teardown kills only those pids.
 """
 
 import errno
+import functools
 import json
 import os
 import re
@@ -32,20 +37,125 @@ TEST_HANDLER = REPO / "tests" / "handlers" / "testhandler.py"
 MARK_VAR = "POOLTEST_MARK"
 SANITIZER_PATTERNS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
 
-# Variables of the caller's environment that would change drover's config.
-_CONFIG_ENV = re.compile(r"^(DROVER_.*|PROCESSING_WORKER_INSTANCES|MAX_CONCURRENT_GENERATIONS|"
-                         r"GENERATION_TIMEOUT_MS|USE_KAFKA|KAFKA_.*)$")
+# Not options, but they change what drover does: every DROVER_* name is drover's (an unknown
+# DROVER_<SECTION>_ name is a configuration error), and NOTIFY_SOCKET makes it talk to systemd.
+_OWN_ENV_PREFIX = "DROVER_"
+_NOTIFY_ENV = "NOTIFY_SOCKET"
 
 
 class HarnessError(AssertionError):
     pass
 
 
+# ---- drover's option table ------------------------------------------------------
+
+class Option:
+    """One line of `drover --print-options`: [section] key = default ; ... (env: NAMES)."""
+
+    _LINE = re.compile(r"^\[([^\]]+)\] ([a-z_.A-Z]+) = (.*?) ; (.*)$")
+    _ENV = re.compile(r"env: ([A-Z0-9_ ]+)\)$")
+    _ALLOWED = re.compile(r"\(allowed: (.*?)(?:; env: [A-Z0-9_ ]+)?\)$")
+
+    def __init__(self, section, key, default, env, allowed):
+        self.section, self.key, self.default, self.env, self.allowed = section, key, default, env, allowed
+
+    @classmethod
+    def parse(cls, line):
+        m = cls._LINE.match(line)
+        if not m:
+            return None
+        section, key, default, rest = m.groups()
+        env = cls._ENV.search(rest)
+        allowed = cls._ALLOWED.search(rest)
+        return cls(section, key, default, env.group(1).split() if env else [], allowed.group(1) if allowed else "")
+
+
+@functools.lru_cache(maxsize=None)
+def print_options():
+    """The text of `drover --print-options` of the tested build: the option table as drover has it."""
+    if not DROVER.exists():
+        raise HarnessError("not built: %s (run make, or set DROVER_BUILD)" % DROVER)
+    r = subprocess.run([str(DROVER), "--print-options"], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0 or not r.stdout:
+        raise HarnessError("drover --print-options failed (%d): %s" % (r.returncode, r.stderr))
+    return r.stdout
+
+
+def options():
+    """[Option] of every key of the table (placeholders such as env.NAME included)."""
+    return [o for o in map(Option.parse, print_options().splitlines()) if o is not None]
+
+
+def option_default(section, key):
+    """The default of [section] key, as --print-options prints it."""
+    for o in options():
+        if (o.section, o.key) == (section, key):
+            return o.default
+    raise HarnessError("drover --print-options has no [%s] %s" % (section, key))
+
+
+@functools.lru_cache(maxsize=None)
+def config_env():
+    """(names, prefixes) of the environment variables that configure drover: every name
+    --print-options mentions (the env: lists and the legacy switches its descriptions name,
+    such as USE_KAFKA); a name ending in _NAME (DROVER_LIBRDKAFKA_NAME) stands for a prefix."""
+    mentioned = set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", print_options()))
+    prefixes = {n[:-len("NAME")] for n in mentioned if n.endswith("_NAME")}
+    names = {n for n in mentioned if not n.endswith("_NAME")} | {_NOTIFY_ENV}
+    return frozenset(names), tuple(sorted(prefixes | {_OWN_ENV_PREFIX}))
+
+
+def is_config_env(name):
+    names, prefixes = config_env()
+    return name in names or name.startswith(prefixes)
+
+
 def clean_env(extra=None):
     """The caller's environment without anything that configures drover, plus extra."""
-    env = {k: v for k, v in os.environ.items() if not _CONFIG_ENV.match(k)}
+    env = {k: v for k, v in os.environ.items() if not is_config_env(k)}
     env.update(extra or {})
     return env
+
+
+def render_ini(cfg):
+    """{section: {key: value}} as INI text (booleans as true/false)."""
+    lines = []
+    for section, keys in cfg.items():
+        lines.append("[%s]" % section)
+        for key, value in keys.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            lines.append("%s = %s" % (key, value))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def control_exchange(sock, data, timeout=5.0, half_close=False):
+    """Sends raw bytes over the control socket; returns every byte the daemon writes before
+    closing (b"" when it never answered). A daemon that answers and closes before reading all
+    of a huge request is not an error."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(sock))
+        try:
+            s.sendall(data)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+    finally:
+        s.close()
 
 
 def wait_until(pred, timeout, what, interval=0.02, on_timeout=None):
@@ -105,19 +215,35 @@ def proc_cmdline(pid):
 
 
 def proc_status_kb(pid, field):
-    """A kB field of /proc/PID/status (VmRSS, VmHWM), or None."""
+    """A kB (or count) field of /proc/PID/status (VmRSS, VmHWM, ...), or None."""
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
 
 def all_pids():
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def children_of(pid):
+    """Direct children of every thread of pid ([] when it is gone)."""
+    out = []
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                out.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def pgid_alive(pgid):
@@ -220,15 +346,7 @@ class Drover:
         return cfg
 
     def render_config(self, cfg=None):
-        lines = []
-        for section, keys in (cfg or self.config).items():
-            lines.append("[%s]" % section)
-            for key, value in keys.items():
-                if isinstance(value, bool):
-                    value = "true" if value else "false"
-                lines.append("%s = %s" % (key, value))
-            lines.append("")
-        return "\n".join(lines)
+        return render_ini(cfg or self.config)
 
     def write_config(self, overrides=None, text=None):
         """Rewrites the INI (merged overrides, or raw text); returns the text written."""
@@ -397,20 +515,7 @@ class Drover:
 
     def raw_command(self, line, timeout=5):
         """Sends one line over the control socket without droverctl; returns the answer."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(self.sock))
-            s.sendall(line.encode() + b"\n")
-            chunks = []
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                chunks.append(b)
-            return b"".join(chunks).decode(errors="replace")
-        finally:
-            s.close()
+        return control_exchange(self.sock, line.encode() + b"\n", timeout).decode(errors="replace")
 
     def submit(self, jobs, record=True):
         """Submits dicts (with record_dir added) or raw lines via `droverctl submit -`; returns the ids printed."""
@@ -499,26 +604,10 @@ class Drover:
 
     def starts(self, job_id=None):
         """Start records the test handler wrote, oldest first."""
-        recs = []
-        for p in self.records.glob("*.start.json"):
-            try:
-                rec = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if job_id is None or rec["id"] == job_id:
-                recs.append(rec)
-        return sorted(recs, key=lambda r: r["t"])
+        return read_records(self.records, "start", "id", job_id)
 
     def ends(self, job_id=None):
-        recs = []
-        for p in self.records.glob("*.end.json"):
-            try:
-                rec = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if job_id is None or rec["id"] == job_id:
-                recs.append(rec)
-        return sorted(recs, key=lambda r: r["t"])
+        return read_records(self.records, "end", "id", job_id)
 
     # -- diagnostics
 
@@ -543,6 +632,20 @@ class Drover:
     def diagnostics(self, lines=40):
         tail = self.log_text().splitlines()[-lines:]
         return "---- drover log/stderr (last %d lines) ----\n%s" % (len(tail), "\n".join(tail))
+
+
+def read_records(directory, kind, key="id", value=None):
+    """The records (*.KIND.json) a test handler wrote in directory, oldest first; with a value,
+    only those whose key has it."""
+    recs = []
+    for p in Path(directory).glob("*.%s.json" % kind):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if value is None or rec.get(key) == value:
+            recs.append(rec)
+    return sorted(recs, key=lambda r: r["t"])
 
 
 def read_json(path):

@@ -18,15 +18,16 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from harness import BUILD, HarnessError, wait_until
+from harness import BUILD, HarnessError, option_default, wait_until
 
 MOCK_BROKER = BUILD / "support" / "mock_broker"
 KCAT = shutil.which("kcat") or "/usr/bin/kcat"
 
-REQUESTS = "image.generation.requests"
-STATUS = "image.generation.status"
-COMPLETE = "image.generation.complete"
-FAILED = "image.generation.failed"
+# The topics drover uses when the configuration names none: its defaults, from --print-options.
+REQUESTS = option_default("kafka", "requests_topic")
+STATUS = option_default("kafka", "status_topic")
+COMPLETE = option_default("kafka", "complete_topic")
+FAILED = option_default("kafka", "failed_topic")
 GROUP = "drover-test"
 
 # Small timeouts so that rebalances take seconds (the mock waits session.timeout.ms per rebalance).
@@ -50,7 +51,7 @@ printf '{"done":"%s","attempt":%s}\n' "$DROVER_JOB_ID" "$DROVER_ATTEMPT"
 
 
 class MockBroker:
-    """mock_broker TOPIC:PARTITIONS... in its own process, driven over its stdin."""
+    """mock_broker TOPIC:PARTITIONS... in its own process, driven over its stdin (also the bench's)."""
 
     def __init__(self, workdir, topics, brokers=1):
         if not MOCK_BROKER.exists():

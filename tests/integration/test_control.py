@@ -1,5 +1,5 @@
 """
-test_control: the control socket (spec section 7) and droverctl (spec section 1)
+test_control: the control socket and droverctl (README: Operations)
 against the real drover.
 
 A small fixture of its own (`daemon`) starts build/drover (or $DROVER_BUILD)
@@ -25,15 +25,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("DROVER_BUILD") or (REPO / "build")).resolve()
-DROVER = BUILD / "drover"
-DROVERCTL = BUILD / "droverctl"
-NOBODY = 65534
+from harness import DROVER, DROVERCTL, SANITIZER_PATTERNS, clean_env, fd_count, render_ini, wait_until
+from harness import control_exchange as ask  # raw bytes in, every byte of the answer out
 
-SANITIZER_PATTERNS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
-CONFIG_ENV_PREFIXES = ("DROVER_", "KAFKA_")
-CONFIG_ENV_NAMES = ("PROCESSING_WORKER_INSTANCES", "MAX_CONCURRENT_GENERATIONS", "GENERATION_TIMEOUT_MS", "USE_KAFKA")
+NOBODY = 65534
 
 STATS_KEYS = {"version", "pid", "uptime_ms", "backend", "config_file", "config_generation", "reloads",
               "last_reload", "workers_desired", "workers_alive", "jobs", "workers"}
@@ -45,55 +40,6 @@ STATES = {"starting", "running", "draining", "backoff", "stopped"}
 
 
 # ---- helpers ---------------------------------------------------------------------
-
-def wait_until(pred, timeout, what, interval=0.02):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = pred()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
-        time.sleep(interval)
-
-
-def clean_env(extra=None):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(CONFIG_ENV_PREFIXES) and k not in CONFIG_ENV_NAMES}
-    env.update(extra or {})
-    return env
-
-
-def ask(sock_path, data, timeout=5.0, half_close=False):
-    """Sends raw bytes, returns everything the daemon writes before closing (b"" if it never answered)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(sock_path))
-        try:
-            s.sendall(data)
-            if half_close:
-                s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the daemon may answer and close before reading all of a huge line
-        out = b""
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
-        except ConnectionResetError:
-            pass
-        return out
-    finally:
-        s.close()
-
-
-def fd_count(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
-
 
 def droverctl(*args, input=None, env=None, user=None, timeout=30):
     return subprocess.run([str(DROVERCTL), *map(str, args)], input=input, capture_output=True, text=True,
@@ -132,10 +78,7 @@ class Daemon:
         }
         for section, values in (extra or {}).items():
             sections.setdefault(section, {}).update(values)
-        text = ""
-        for section, values in sections.items():
-            text += "[%s]\n" % section + "".join("%s = %s\n" % kv for kv in values.items())
-        self.ini.write_text(text)
+        self.ini.write_text(render_ini(sections))
 
     def spawn(self, ini=None):
         """Starts a drover process on ini (default: ours) with stdout/stderr to our log."""

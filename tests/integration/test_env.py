@@ -1,15 +1,16 @@
 """
 Environment: overrides beat the file (and survive reloads), DROVER_SPOOL_DIR,
 env.NAME with {slot}, the handler's DROVER_* variables, and drover's secrets
-kept away from handlers and logs (spec sections 2 and 3).
+kept away from handlers and logs (README: Configuration, The handler protocol).
 """
 
 import json
+import re
 import signal
 import subprocess
 import time
 
-from harness import DROVER, clean_env
+from harness import DROVER, clean_env, options
 
 
 def test_env_overrides_beat_the_file_and_survive_reload(drover):
@@ -40,6 +41,30 @@ def test_bad_env_override_is_a_config_error():
     assert r.returncode == 78, (r.returncode, out)
     assert "PROCESSING_WORKER_INSTANCES" in out and "DROVER_JOBS_MAX_ATTEMPTS" in out, \
         "every error, each naming its variable: %s" % out
+
+
+def out_of_range_value(allowed):
+    """A value the option's "allowed" text rules out, or None when any text is allowed."""
+    if re.match(r"^-?\d+\.\.", allowed):
+        return "x"
+    if re.match(r"^[\w-]+(, [\w-]+)+$", allowed):
+        return "no-such-value"
+    return None
+
+
+def test_every_env_name_drover_lists_is_read():
+    """Each name --print-options gives for a checked option reaches that option: a bad value
+    through it is a configuration error that names it."""
+    checked = 0
+    for option in options():
+        bad = out_of_range_value(option.allowed)
+        for name in option.env if bad is not None else []:
+            r = subprocess.run([str(DROVER), "-t", "-c", "/dev/null"], capture_output=True, text=True, timeout=10,
+                               env=clean_env({name: bad}))
+            out = r.stdout + r.stderr
+            assert r.returncode == 78 and name in out, ("[%s] %s" % (option.section, option.key), name, r.returncode, out)
+            checked += 1
+    assert checked >= 20, "only %d names checked: has --print-options changed its format?" % checked
 
 
 def test_drover_spool_dir_overrides_spool_dir(drover, workdir):

@@ -16,7 +16,7 @@ import signal
 
 import pytest
 
-from harness import PYTHON, REPO, proc_alive, proc_stat, wait_until
+from harness import PYTHON, REPO, proc_alive, proc_stat, read_records, wait_until
 
 ORPHANER = REPO / "tests" / "handlers" / "orphaner.py"
 HANDLER = "%s %s" % (PYTHON, ORPHANER)
@@ -24,15 +24,7 @@ HANDLER = "%s %s" % (PYTHON, ORPHANER)
 
 def records(d, kind, tag=None):
     """The orphaner's start or end records, oldest first (optionally of one tag)."""
-    out = []
-    for p in d.records.glob("*.%s.json" % kind):
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if tag is None or rec["tag"] == tag:
-            out.append(rec)
-    return sorted(out, key=lambda r: r["t"])
+    return read_records(d.records, kind, "tag", tag)
 
 
 def wait_records(d, kind, tag, n=1, timeout=20):

@@ -427,3 +427,33 @@ def test_a_process_not_ready_in_time_is_killed_and_restarted(drover):
     d.wait_until(lambda: worker_stats(d)["handler_restarts"] >= 1, 20, "a restart after the start timeout")
     assert "did not say ready within 300 ms" in d.log_text()
     assert not procs(d), "no process ever said ready"
+
+
+def test_kafka_revoke_cancels_running_jobs_and_they_run_again(mock, drover, workdir):
+    import kafka_harness as kh
+    m = mock()
+    hold = Path(workdir) / "release"
+    cfg = kh.kafka_config(m.bootstrap, workers=1, max_concurrent=6, supervisor={"shutdown_timeout_ms": 1500},
+                          jobs={"handler": "%s %s" % (PYTHON, WARM_HANDLER), "handler_mode": "persistent",
+                                "handler_concurrency": 6})
+    a = drover(config=cfg, name="a")
+    kh.wait_group_stable(a, 1)
+    jobs = kh.make_jobs(6, prefix="rv", hold_file=str(hold))
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    a.wait_until(lambda: len(job_records(a, "start")) == 6, 30, "the six jobs running in a")
+    b = drover(config=cfg, name="b")
+    b.wait_until(lambda: any(kh.kafka_partitions(b.stats()).values()), 60, "supervisor b to get partitions")
+    cancels = a.wait_until(lambda: [json.loads(p.read_text()) for p in a.records.glob("*.cancel.json")], 30,
+                           "the revoked jobs' cancels")
+    assert {c["reason"] for c in cancels} == {"cancelled"}, cancels
+    a.wait_until(lambda: len(job_records(a, "end")) >= len(cancels), 20, "the handler to stop the cancelled jobs")
+    hold.write_text("go")
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 60, drover=a)
+    assert not failed, failed
+    assert worker_stats(a)["handler_restarts"] == 0, "a cancelled job costs no process"
+
+    def committed_to_end():  # partitions without a message have nothing to commit
+        c, h = m.committed(), m.high_watermarks()
+        return all(c.get(p, -1) == hw for p, hw in h.items() if hw > 0)
+    a.wait_until(committed_to_end, 30, "committed offsets at the end of every partition with jobs", interval=0.3)
+    kh.assert_no_commit_ahead(m, m.bootstrap)

@@ -1,7 +1,8 @@
 """
 The pool as a whole: throughput and the concurrency bound, a worker killed
 with SIGKILL, the supervisor killed with SIGKILL, a slot that crashes on
-start-up (spec sections 5, 6, 7; issue 2's pool scenarios).
+start-up (README: Operations, The spool, Guarantees under faults; issue 2's pool scenarios), a worker that
+refuses its configuration (EX_CONFIG: its slot fails, no restart loop).
 """
 
 import collections
@@ -13,6 +14,7 @@ import time
 
 import pytest
 
+import kafka_harness as kh
 from harness import pgid_alive, proc_alive, wait_until
 
 
@@ -236,3 +238,64 @@ def test_silent_worker_is_killed_after_heartbeat_timeout(drover, figures):
     assert new["restarts"] == 1
     wait_until(lambda: not proc_alive(victim["pid"]), 3, "the silent worker %d to be killed" % victim["pid"])
     assert [w["pid"] for w in d.stats()["workers"] if w["slot"] == other["slot"]] == [other["pid"]]
+
+
+def test_worker_refusing_its_configuration_is_not_restarted_until_scale_or_reload(mock, drover, tmp_path):
+    # drover -t, start-up and reload check what librdkafka refuses, so a worker meets a refused
+    # configuration only when something changed after the check: here the CA file the check read is
+    # gone when crashed workers start again. The worker exits EX_CONFIG (78) and its slot fails
+    # instead of crash-looping (README "Worker slots").
+    ca = tmp_path / "ca.pem"
+    with open("/etc/ssl/certs/ca-certificates.crt", "rb") as src:
+        ca.write_bytes(src.read())
+    tls = {"security.protocol": "ssl", "ssl.ca.location": str(ca)}
+    cfg = kh.kafka_config(mock().bootstrap, workers=2, librdkafka=tls,
+                          supervisor={"restart_delay_ms": 50, "restart_delay_max_ms": 100})
+    d = drover(config=cfg)
+    d.wait_workers(2, timeout=20)
+
+    def spawns(slot):
+        return d.log_text().count("worker %d started, pid" % slot)
+
+    def all_failed():
+        s = d.stats()
+        return s if [w["state"] for w in s["workers"]] == ["failed", "failed"] else None
+    ca.unlink()
+    for pid in d.worker_pids().values():
+        os.kill(pid, signal.SIGKILL)
+    stats = d.wait_until(all_failed, 15, "both slots failed")
+    for w in stats["workers"]:
+        assert w["restarts"] == 1 and not w["pid"], w
+        assert w["last_exit"] == "exit 78: configuration refused", w
+        assert w["fault_cause"] == "config" and "78" in w["fault"], w
+    rc, out = d.ctl("health")
+    assert rc != 0 and "configuration refused" in out + d.last_ctl_err, (rc, out, d.last_ctl_err)
+    rc, out = d.ctl("metrics")
+    assert 'drover_workers{state="failed"} 2' in out, out
+
+    # A restart would come within 100 ms (restart_delay_max_ms): 20 times that passes without one.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        s = d.stats()
+        assert [w["state"] for w in s["workers"]] == ["failed", "failed"], s["workers"]
+        assert (spawns(0), spawns(1)) == (2, 2), d.log_text()[-3000:]
+        time.sleep(0.1)
+
+    # scale starts a failed slot again (and it fails again: the file is still gone).
+    rc, out = d.ctl("scale", "2")
+    assert rc == 0, (out, d.last_ctl_err)
+    d.wait_until(lambda: (spawns(0), spawns(1)) == (3, 3), 10, "both slots started again by scale")
+    d.wait_until(all_failed, 15, "both slots failed again")
+
+    # A reload the check refuses keeps the running configuration (and starts nothing).
+    rc, out = d.ctl("reload")
+    assert rc != 0 and "ssl.ca.location" in out + d.last_ctl_err, (rc, out, d.last_ctl_err)
+    assert (spawns(0), spawns(1)) == (3, 3), d.log_text()[-3000:]
+
+    # A reload with a configuration the workers accept brings them up.
+    for key in tls:
+        d.config["librdkafka"].pop(key)
+    d.write_config()
+    d.signal(signal.SIGHUP)
+    d.wait_workers(2, timeout=20)
+    assert (spawns(0), spawns(1)) == (4, 4), d.log_text()[-3000:]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+# pkghelpers here; harness, the helpers every suite shares, in tests/integration.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pkghelpers as h  # noqa: E402

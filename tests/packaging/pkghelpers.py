@@ -1,7 +1,10 @@
 """
-pkghelpers: what the packaging tests share: where the build and the packaging
-files are, waiting with a deadline (never a bare sleep), reading /proc, and
-talking to a drover through droverctl.
+pkghelpers: what only the packaging tests need: where the packaging files
+are, `make install` of the tested build, /proc details of PID namespaces,
+and talking to a drover through droverctl. The helpers every suite shares
+(waiting with a deadline, /proc, the environment names that configure
+drover, the INI file) come from tests/integration/harness.py, which
+conftest.py puts on sys.path.
 
 Every process a test starts is killed by pid (kill_pid), never by name.
 """
@@ -11,15 +14,13 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("DROVER_BUILD") or (REPO / "build")).resolve()
-DROVER = BUILD / "drover"
-DROVERCTL = BUILD / "droverctl"
+# Re-exported for the tests, which know them as h.NAME.
+from harness import (BUILD, DROVER, DROVERCTL, PYTHON, REPO, HarnessError, all_pids, children_of,  # noqa: F401
+                     clean_env, options, print_options, proc_alive, proc_stat, render_ini, wait_until)
+
 DEMO = BUILD / "handlers" / "demo"
-PYTHON = "/usr/bin/python3"
 HANDLER = Path(__file__).resolve().parent / "handler.py"
 HANDLER_ARGV = "%s %s" % (PYTHON, HANDLER)
 PACKAGING = REPO / "packaging"
@@ -27,35 +28,7 @@ INIT_SCRIPT = PACKAGING / "init.d" / "drover"
 UNIT = PACKAGING / "systemd" / "drover.service"
 ENTRYPOINT = PACKAGING / "docker" / "entrypoint.sh"
 
-# Variables of the caller's environment that would change drover's configuration.
-CONFIG_ENV_PREFIXES = ("DROVER_", "KAFKA_")
-CONFIG_ENV_NAMES = ("PROCESSING_WORKER_INSTANCES", "MAX_CONCURRENT_GENERATIONS", "GENERATION_TIMEOUT_MS",
-                    "USE_KAFKA", "NOTIFY_SOCKET")
-
-
-class Timeout(AssertionError):
-    pass
-
-
-def clean_env(extra=None):
-    """The caller's environment without anything that configures drover, plus extra."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(CONFIG_ENV_PREFIXES) and k not in CONFIG_ENV_NAMES}
-    env.update(extra or {})
-    return env
-
-
-def wait_until(pred, timeout, what, interval=0.05):
-    """Polls pred until it returns something truthy (returned) or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = pred()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise Timeout("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
-        time.sleep(interval)
+Timeout = HarnessError  # what wait_until raises when its deadline passes
 
 
 def short_dir(prefix="drvpkg-"):
@@ -65,12 +38,7 @@ def short_dir(prefix="drvpkg-"):
 
 def write_ini(path, sections):
     """Writes {section: {key: value}} as an INI file."""
-    lines = []
-    for section, keys in sections.items():
-        lines.append("[%s]" % section)
-        lines.extend("%s = %s" % (k, v) for k, v in keys.items())
-        lines.append("")
-    Path(path).write_text("\n".join(lines))
+    Path(path).write_text(render_ini(sections))
 
 
 def make_install(destdir, prefix=None, target="install"):
@@ -88,22 +56,6 @@ def make_install(destdir, prefix=None, target="install"):
 
 
 # ---- /proc ---------------------------------------------------------------------
-
-def proc_stat(pid):
-    """(state, ppid, pgid) of pid, or None when it is gone."""
-    try:
-        data = Path("/proc/%d/stat" % pid).read_text()
-    except OSError:
-        return None
-    rest = data[data.rfind(")") + 2:].split()
-    return rest[0], int(rest[1]), int(rest[2])
-
-
-def proc_alive(pid):
-    """True when pid exists and is not a zombie."""
-    st = proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
 
 def proc_exists(pid):
     """True while pid has a /proc entry: alive, or a zombie nobody reaped."""
@@ -132,14 +84,6 @@ def proc_exe(pid):
         return os.readlink("/proc/%d/exe" % pid)
     except OSError:
         return None
-
-
-def all_pids():
-    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
-
-
-def children_of(pid):
-    return [p for p in all_pids() if (proc_stat(p) or (None, None))[1] == pid]
 
 
 def pid_namespace(pid):

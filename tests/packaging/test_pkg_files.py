@@ -3,7 +3,7 @@ Static checks of the packaging files, each against the thing it must agree
 with:
 
 - drover.ini(5) documents every key of drover's option table with the same
-  default and environment names (the table is printed by the library itself);
+  default and environment names (the table as `drover --print-options` prints it);
 - the systemd unit passes `systemd-analyze verify` without a warning, and its
   stop timeout covers the reference configuration's drain;
 - the Dockerfile's runtime stage installs the package of every library the
@@ -21,30 +21,11 @@ import pytest
 
 import pkghelpers as h
 
-REFERENCE_DUMPER = r"""
-#include <stdio.h>
-#include "shared/config.h"
-int main(void) { config_print_reference(stdout); return 0; }
-"""
-
-
 @pytest.fixture(scope="module")
-def option_reference(tmp_path_factory):
-    d = tmp_path_factory.mktemp("reference")
-    (d / "ref.c").write_text(REFERENCE_DUMPER)
-    subprocess.run(["cc", "-D_GNU_SOURCE", "-std=gnu11", "-I%s" % h.REPO, str(d / "ref.c"),
-                    str(h.BUILD / "libdrover.a"), "-lrdkafka", "-lev", "-ljansson", "-linih", "-lm",
-                    "-o", str(d / "ref")], check=True, capture_output=True, timeout=120)
-    out = subprocess.run([str(d / "ref")], check=True, capture_output=True, text=True).stdout
-    options = []
-    for line in out.splitlines():
-        m = re.match(r"^\[([^\]]+)\] ([a-z_.A-Z]+) = (.*?) ; (.*)$", line)
-        if not m:
-            continue
-        section, key, default, rest = m.groups()
-        env = re.search(r"env: ([A-Z0-9_ ]+)\)$", rest)
-        options.append((section, key, default, env.group(1).split() if env else []))
-    assert len(options) > 30, out
+def option_reference():
+    """(section, key, default, env names) of every key, from `drover --print-options`."""
+    options = [(o.section, o.key, o.default, o.env) for o in h.options()]
+    assert len(options) > 30, h.print_options()
     return options
 
 

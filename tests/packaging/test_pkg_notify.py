@@ -25,13 +25,16 @@ import pkghelpers as h
 DRIVER_SOURCE = r"""
 #include <stdio.h>
 #include <stdlib.h>
-#include "log.h"
-#include "notify.h"
+#include "shared/log.h"
+#include "supervisor/notify.h"
 
 int main(void)
 {
 	log_init("notify-test", LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
-	int rc = notify_init();
+	char err[160];
+	int rc = notify_init(err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "%s\n", err); /* the caller logs: drover's main does the same */
 	printf("init=%d env=%s\n", rc, getenv("NOTIFY_SOCKET") ? getenv("NOTIFY_SOCKET") : "(unset)");
 	fflush(stdout);
 	notify_status("1 worker\nSTOPPING=1");
@@ -50,7 +53,7 @@ def driver(tmp_path_factory):
     src.write_text(DRIVER_SOURCE)
     exe = d / "driver"
     cmd = ["cc", "-D_GNU_SOURCE", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-           "-I%s" % (h.REPO / "shared"), "-I%s" % (h.REPO / "supervisor"),
+           "-I%s" % h.REPO,
            str(src), str(h.REPO / "supervisor" / "notify.c"), str(h.BUILD / "libdrover.a"),
            "-lrdkafka", "-lev", "-ljansson", "-linih", "-lm", "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)

@@ -193,7 +193,7 @@ Test(kafka_conf, password_file_is_read_when_no_password_is_given)
 	char path[] = "/tmp/test_kafka_conf.XXXXXX";
 	int fd = mkstemp(path);
 	cr_assert(fd >= 0);
-	cr_assert_eq(write_all(fd, SECRET "\nsecond line\n", strlen(SECRET) + 13), 0);
+	cr_assert_eq(write_all(fd, SECRET "\r\n", strlen(SECRET) + 2), 0); /* one line end stripped, as config's */
 	close(fd);
 	cfg.security_protocol = SECURITY_SASL_PLAINTEXT;
 	cfg.sasl_password_file = path;
@@ -263,20 +263,72 @@ Test(kafka_conf, conf_errors_are_redacted)
 	cr_expect(strstr(err, SECRET) == NULL, "secret in error: %s", err);
 }
 
+/* The lines kafka_conf_check appended, joined, for the assertions' messages. */
+static const char *check_errors(struct config_errors *errs, int *rc)
+{
+	static char joined[2048];
+	*rc = kafka_conf_check(&cfg, errs);
+	config_errors_join(errs, joined, sizeof(joined));
+	return joined;
+}
+
 Test(kafka_conf, unknown_passthrough_property_is_an_error)
 {
+	struct config_errors errs = { 0 };
+	int rc;
+	cfg.file = "drover.ini";
 	add_passthrough("no.such.property", "1");
-	char err[512];
-	cr_expect_eq(kafka_conf_check(&cfg, err, sizeof(err)), -1);
-	cr_expect(strstr(err, "no.such.property") != NULL, "error: %s", err);
+	passthrough[0].line = 7;
+	const char *text = check_errors(&errs, &rc);
+	cr_expect_eq(rc, -1);
+	cr_expect_eq(errs.count, 1, "errors: %s", text);
+	cr_expect(strncmp(text, "drover.ini:7: [librdkafka] no.such.property: ", 45) == 0, "error: %s", text);
+	config_errors_clear(&errs);
+}
+
+/* Accepted by rd_kafka_conf_set, refused when a handle is made: caught by the check, not by the first worker. */
+Test(kafka_conf, check_names_a_property_librdkafka_refuses_only_in_a_handle)
+{
+	struct config_errors errs = { 0 };
+	int rc;
+	cfg.file = "drover.ini";
+	add_passthrough("statistics.interval.ms", "5000");
+	add_passthrough("max.in.flight", "10"); /* more than 5 with the idempotent producer drover enforces */
+	passthrough[0].line = 3;
+	passthrough[1].line = 4;
+	const char *text = check_errors(&errs, &rc);
+	cr_expect_eq(rc, -1);
+	cr_expect_eq(errs.count, 1, "one line per cause, not per handle: %s", text);
+	cr_expect(strncmp(text, "drover.ini:4: [librdkafka] max.in.flight: ", 42) == 0, "error: %s", text);
+	cr_expect(strstr(text, "idempotence") != NULL, "error: %s", text);
+	config_errors_clear(&errs);
+}
+
+Test(kafka_conf, check_names_an_unknown_assignment_strategy)
+{
+	struct config_errors errs = { 0 };
+	int rc;
+	cfg.file = "drover.ini";
+	add_passthrough("partition.assignment.strategy", "bogus");
+	passthrough[0].line = 9;
+	const char *text = check_errors(&errs, &rc);
+	cr_expect_eq(rc, -1);
+	cr_expect(strncmp(text, "drover.ini:9: [librdkafka] partition.assignment.strategy: ", 58) == 0, "error: %s",
+	          text);
+	config_errors_clear(&errs);
 }
 
 Test(kafka_conf, check_accepts_a_valid_configuration)
 {
+	struct config_errors errs = { 0 };
+	int rc;
+	cfg.file = "drover.ini";
 	add_passthrough("statistics.interval.ms", "5000");
 	add_passthrough("linger.ms", "10"); /* a producer property on the consumer too: only a warning */
-	char err[512];
-	cr_expect_eq(kafka_conf_check(&cfg, err, sizeof(err)), 0, "error: %s", err);
+	const char *text = check_errors(&errs, &rc);
+	cr_expect_eq(rc, 0, "errors: %s", text);
+	cr_expect_eq(errs.count, 0, "errors: %s", text);
+	config_errors_clear(&errs);
 }
 
 /* librdkafka prints its whole configuration with debug=conf, secrets included: drover's log must not. */

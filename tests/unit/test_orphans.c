@@ -114,8 +114,11 @@ Test(orphans, a_childs_token_is_read_from_its_environment)
 	free(filler);
 	struct attempt_token token = { 0 };
 	int found = 0;
-	/* posix_spawn returns once the child exec'd, so its environment is there to read. */
-	found = attempt_token_of(marked, &token);
+	/* posix_spawn returns once the child's exec released our memory, which is before the kernel
+	 * publishes the new image's environment (env_start is set later in the ELF load): until then
+	 * /proc/PID/environ reads empty. Poll, with a deadline, as the sweep would see it a moment later. */
+	for (int tries = 0; tries < 500 && (found = attempt_token_of(marked, &token)) == 0; tries++)
+		pause_ms(10);
 	int plain_found = attempt_token_of(plain, &token) == 1 ? 1 : 0;
 	int gone_found = attempt_token_of(999999999, &token);
 	kill(marked, SIGKILL);

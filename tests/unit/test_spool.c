@@ -156,10 +156,18 @@ static bool exists(const char *sub, const char *name)
 	return access(path, F_OK) == 0;
 }
 
+/* open() as a worker calls it; board may be NULL. */
+static struct source *spool_open_at(struct ev_loop *loop, int slot, const struct source_callbacks *cb,
+                                    struct scoreboard_slot *board, char *err, size_t errlen)
+{
+	struct source_params params = { .cfg = &test_cfg, .loop = loop, .slot = slot, .board = board, .cb = cb };
+	return spool_source_ops.open(&params, err, errlen);
+}
+
 static struct source *open_source(struct ev_loop *loop)
 {
 	char err[256] = "";
-	struct source *src = spool_source_ops.open(&test_cfg, loop, 1, &callbacks, err, sizeof(err));
+	struct source *src = spool_open_at(loop, 1, &callbacks, NULL, err, sizeof(err));
 	cr_assert_not_null(src, "open: %s", err);
 	return src;
 }
@@ -167,7 +175,7 @@ static struct source *open_source(struct ev_loop *loop)
 static struct job *take_one(struct source *src)
 {
 	struct job *job = NULL;
-	cr_assert_eq(spool_source_ops.take(src, &job), 0, "expected a job");
+	cr_assert_eq(spool_source_ops.take(src, &job), SOURCE_TAKEN, "expected a job");
 	cr_assert_not_null(job);
 	return job;
 }
@@ -175,7 +183,7 @@ static struct job *take_one(struct source *src)
 static void expect_none(struct source *src)
 {
 	struct job *job = NULL;
-	cr_assert_eq(spool_source_ops.take(src, &job), 1, "expected no job, got %s", job ? job->id : "?");
+	cr_assert_eq(spool_source_ops.take(src, &job), SOURCE_EMPTY, "expected no job, got %s", job ? job->id : "?");
 }
 
 /* Runs loop iterations until every outcome handed to finish() is committed (the group commit runs before the loop sleeps). */
@@ -747,7 +755,7 @@ static void drain_into(struct ev_loop *loop, struct source *src, int fd)
 	struct job *job;
 	char line[300];
 
-	while (spool_source_ops.take(src, &job) == 0) {
+	while (spool_source_ops.take(src, &job) == SOURCE_TAKEN) {
 		int n = snprintf(line, sizeof(line), "%s\n", job->id);
 		if (write_all(fd, line, (size_t)n) < 0)
 			_exit(3);
@@ -776,7 +784,7 @@ static pid_t fork_drainer(int start_fd, const char *out_path)
 		int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (loop == NULL || out < 0 || read_full(start_fd, &go, 1) != 1)
 			_exit(2);
-		struct source *src = spool_source_ops.open(&test_cfg, loop, 2, &callbacks, err, sizeof(err));
+		struct source *src = spool_open_at(loop, 2, &callbacks, NULL, err, sizeof(err));
 		if (src == NULL)
 			_exit(2);
 		drain_into(loop, src, out);
@@ -870,8 +878,8 @@ static pid_t fork_dying_claimer(int report_fd)
 		struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
 		char err[256];
 		struct job *job;
-		struct source *src = spool_source_ops.open(&test_cfg, loop, 3, &callbacks, err, sizeof(err));
-		if (src == NULL || spool_source_ops.take(src, &job) != 0 || spool_source_ops.attempt(src, job, 2) != 0)
+		struct source *src = spool_open_at(loop, 3, &callbacks, NULL, err, sizeof(err));
+		if (src == NULL || spool_source_ops.take(src, &job) != SOURCE_TAKEN || spool_source_ops.attempt(src, job, 2) != 0)
 			_exit(2);
 		if (report_fd >= 0) {
 			/* Tell the parent, then hold the claim until killed. */
@@ -941,7 +949,7 @@ Test(spool, a_live_claim_is_never_reclaimed)
 	struct job *job = NULL;
 	for (int i = 0; i < 100 && job == NULL; i++) {
 		run_until(loop, &never, 0.1);
-		if (ready_calls > 0 && spool_source_ops.take(src, &job) != 0)
+		if (ready_calls > 0 && spool_source_ops.take(src, &job) != SOURCE_TAKEN)
 			job = NULL;
 	}
 	cr_assert_not_null(job, "the dead claim was not reclaimed (and announced) within 10 s");
@@ -983,7 +991,7 @@ Test(spool, inotify_wakes_the_loop_before_the_rescan)
 	char err[256];
 
 	memset(&wake, 0, sizeof(wake));
-	wake.src = spool_source_ops.open(&test_cfg, loop, 1, &cb, err, sizeof(err));
+	wake.src = spool_open_at(loop, 1, &cb, NULL, err, sizeof(err));
 	cr_assert_not_null(wake.src, "%s", err);
 	ev_timer_init(&wake.enqueue_timer, enqueue_later, 0.05, 0.);
 	ev_timer_start(loop, &wake.enqueue_timer);
@@ -1056,7 +1064,7 @@ Test(spool, inotify_watches_a_recreated_incoming_directory)
 	struct job *job = NULL;
 	while (job == NULL && now_ms() - cleared < 3000) {
 		run_until(loop, &never, 0.02);
-		if (ready_calls > 0 && spool_source_ops.take(src, &job) != 0)
+		if (ready_calls > 0 && spool_source_ops.take(src, &job) != SOURCE_TAKEN)
 			job = NULL;
 	}
 	cr_assert_not_null(job, "never woken");
@@ -1137,9 +1145,11 @@ Test(spool, the_fault_shows_in_the_scoreboard_and_clears)
 
 	cr_assert_not_null(slot);
 	enqueue("{\"id\":\"f1\"}", NULL, 0);
-	struct source *src = open_source(loop);
-	spool_source_set_scoreboard(src, slot);
+	char err[256] = "";
+	struct source *src = spool_open_at(loop, 1, &callbacks, slot, err, sizeof(err));
+	cr_assert_not_null(src, "open: %s", err);
 	cr_assert_str_eq(slot->fault, "");
+	cr_assert(slot->ready, "a spool source is ready at once");
 	struct job *job = take_one(src);
 	sub_path(failed, sizeof(failed), "failed", NULL);
 	sub_path(aside, sizeof(aside), "failed-aside", NULL);
@@ -1404,7 +1414,7 @@ Test(spool, spares_stay_bounded_and_an_idle_worker_gives_them_up)
 	struct job *none = NULL;
 	double deadline = ev_time() + 10;
 	while (count_suffix("tmp", ".spare") > 0 && ev_time() < deadline) {
-		cr_assert_eq(spool_source_ops.take(src, &none), 1);
+		cr_assert_eq(spool_source_ops.take(src, &none), SOURCE_EMPTY);
 		ev_sleep(0.05);
 		ev_now_update(loop);
 	}

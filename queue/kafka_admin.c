@@ -1,29 +1,32 @@
 /*
- * kafka_ctl: droverctl's Kafka commands: submit (produce jobs and wait for the
- * brokers' acknowledgement), health (metadata answered and the requests topic
- * exists), topics create (admin API; topics that exist are fine, so it can
- * run on every deploy) and topics list. Every handle is built by kafka_conf,
- * so droverctl connects exactly like the workers (security, pass-through).
+ * kafka_admin: Kafka's queue_ops (source.h), droverctl's Kafka commands:
+ * submit (produce jobs and wait for the brokers' acknowledgement), health
+ * (metadata answered and the requests topic exists), topics create (admin
+ * API; topics that exist are fine, so it can run on every deploy) and topics
+ * list; and the configuration check of drover -t (kafka_conf_check). Every
+ * handle is built by kafka_conf, so droverctl connects exactly like the
+ * workers (security, pass-through). Nothing here consumes: droverctl links
+ * this file without the worker's consumer (kafka.c). Each command returns
+ * droverctl's exit code: 0 ok, 1 the command failed, 69 (EX_UNAVAILABLE)
+ * cannot reach the brokers.
  */
-#include "ctl/kafka_ctl.h"
 #include "queue/events.h"
 #include "queue/kafka.h"
 #include "queue/kafka_conf.h"
 #include "shared/util.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sysexits.h>
 
 #include <librdkafka/rdkafka.h>
 
-#define EXIT_OK 0
-#define EXIT_FAILED 1
-#define EXIT_UNREACHABLE 69
 
 #define METADATA_TIMEOUT_MS 5000
 #define ADMIN_TIMEOUT_MS 10000 /* or socket.timeout.ms of [librdkafka] when shorter */
@@ -95,24 +98,24 @@ static const struct rd_kafka_metadata_topic *find_topic(const struct rd_kafka_me
 
 /* ---- health ------------------------------------------------------------- */
 
-int kafkactl_health(const struct config *cfg)
+static int kafka_ops_health(const struct config *cfg, FILE *out)
 {
 	rd_kafka_t *rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
 	if (rk == NULL)
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	const struct rd_kafka_metadata *md = cluster_metadata(rk, cfg);
 	if (md == NULL) {
 		rd_kafka_destroy(rk);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
-	int rc = EXIT_OK;
+	int rc = EX_OK;
 	const struct rd_kafka_metadata_topic *topic = find_topic(md, cfg->requests_topic);
 	if (topic == NULL || topic->partition_cnt == 0) {
 		say_error("requests topic %s does not exist (droverctl topics create)", cfg->requests_topic);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else {
-		printf("ok: %d broker(s), topic %s with %d partition(s)\n", md->broker_cnt, topic->topic,
-		       topic->partition_cnt);
+		fprintf(out, "ok: %d broker(s), topic %s with %d partition(s)\n", md->broker_cnt, topic->topic,
+		        topic->partition_cnt);
 	}
 	rd_kafka_metadata_destroy(md);
 	rd_kafka_destroy(rk);
@@ -120,6 +123,24 @@ int kafkactl_health(const struct config *cfg)
 }
 
 /* ---- submit ------------------------------------------------------------- */
+
+char *kafka_message_id(const char *payload, size_t len, const void *key, size_t key_len, const char **problem)
+{
+	json_t *doc = json_loadb(payload, len, 0, NULL);
+	json_t *field = json_object_get(doc, "id");
+	char *id = NULL;
+	*problem = NULL;
+	/* An empty "id" names nothing: the key, or the message's place, names the job then. */
+	if (json_is_string(field) && json_string_length(field) > 0) {
+		*problem = event_job_id_problem(json_string_value(field), json_string_length(field));
+		id = strndup(json_string_value(field), json_string_length(field));
+	} else if (key != NULL && key_len > 0) {
+		*problem = event_job_id_problem(key, key_len);
+		id = strndup(key, key_len);
+	}
+	json_decref(doc);
+	return id;
+}
 
 static int submitted_add(struct submitted *s, char *id)
 {
@@ -165,7 +186,7 @@ static void on_submit_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, vo
 	}
 }
 
-/* A job without an "id" gets one as its key (spec: the key is the id then). */
+/* A job without an "id" gets one as its key (README, The handler protocol: the key is the id then). */
 static char *new_job_id(void)
 {
 	unsigned char raw[ID_BYTES];
@@ -250,14 +271,14 @@ static int submit_lines(rd_kafka_t *rk, const struct config *cfg, FILE *in, stru
 	return bad;
 }
 
-int kafkactl_submit(const struct config *cfg, FILE *in)
+static int kafka_ops_submit(const struct config *cfg, FILE *in, FILE *out)
 {
 	char err[512];
 	struct submitted s = { 0 };
 	rd_kafka_conf_t *conf = kafka_conf_new(cfg, KAFKA_ROLE_PRODUCER, -1, err, sizeof(err));
 	if (conf == NULL) {
 		say_error("%s", err);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	rd_kafka_conf_set_dr_msg_cb(conf, on_submit_delivery);
 	rd_kafka_conf_set_opaque(conf, &s);
@@ -265,19 +286,19 @@ int kafkactl_submit(const struct config *cfg, FILE *in)
 	if (rk == NULL) {
 		say_error("cannot create a Kafka producer: %s", err);
 		rd_kafka_conf_destroy(conf);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	const struct rd_kafka_metadata *md = cluster_metadata(rk, cfg);
 	if (md == NULL) {
 		rd_kafka_destroy(rk);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
 	bool exists = find_topic(md, cfg->requests_topic) != NULL;
 	rd_kafka_metadata_destroy(md);
 	if (!exists) {
 		say_error("requests topic %s does not exist (droverctl topics create)", cfg->requests_topic);
 		rd_kafka_destroy(rk);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 
 	int bad = submit_lines(rk, cfg, in, &s);
@@ -289,16 +310,17 @@ int kafkactl_submit(const struct config *cfg, FILE *in)
 		rd_kafka_poll(rk, 0);
 	}
 
-	int rc = bad != 0 ? EXIT_FAILED : EXIT_OK;
+	int rc = bad != 0 ? EXIT_FAILURE : EX_OK;
 	for (size_t i = 0; i < s.count; i++) {
 		if (s.acked[i]) {
-			printf("%s\n", s.ids[i]);
+			fprintf(out, "%s\n", s.ids[i]);
 		} else {
 			say_error("job %s not acknowledged: %s", s.ids[i], rd_kafka_err2str(s.errs[i]));
-			rc = EXIT_FAILED;
+			rc = EXIT_FAILURE;
 		}
 	}
-	fflush(stdout);
+	if (fflush(out) != 0)
+		rc = EXIT_FAILURE;
 	submitted_free(&s);
 	rd_kafka_destroy(rk);
 	return rc;
@@ -368,12 +390,12 @@ static int create_missing(rd_kafka_t *rk, rd_kafka_NewTopic_t **topics, size_t c
 	rd_kafka_AdminOptions_t *options = admin_options(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
 	rd_kafka_CreateTopics(rk, topics, count, options, queue);
 	rd_kafka_event_t *ev = admin_wait(queue, "creating topics");
-	int rc = EXIT_FAILED;
+	int rc = EXIT_FAILURE;
 	if (ev != NULL) {
 		size_t n;
 		const rd_kafka_topic_result_t **results =
 			rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-		rc = EXIT_OK;
+		rc = EX_OK;
 		for (size_t i = 0; i < n; i++) {
 			const char *name = rd_kafka_topic_result_name(results[i]);
 			rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[i]);
@@ -384,7 +406,7 @@ static int create_missing(rd_kafka_t *rk, rd_kafka_NewTopic_t **topics, size_t c
 			} else {
 				const char *why = rd_kafka_topic_result_error_string(results[i]);
 				say_error("%s: %s", name, why != NULL ? why : rd_kafka_err2str(err));
-				rc = EXIT_FAILED;
+				rc = EXIT_FAILURE;
 			}
 		}
 		rd_kafka_event_destroy(ev);
@@ -400,23 +422,23 @@ static int open_admin(const struct config *cfg, rd_kafka_t **rk, const struct rd
 	admin_timeout_from(cfg);
 	*rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
 	if (*rk == NULL)
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	*md = cluster_metadata(*rk, cfg);
 	if (*md == NULL) {
 		rd_kafka_destroy(*rk);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
-	return EXIT_OK;
+	return EX_OK;
 }
 
-int kafkactl_topics_create(const struct config *cfg)
+static int kafka_ops_topics_create(const struct config *cfg)
 {
 	rd_kafka_t *rk;
 	const struct rd_kafka_metadata *md;
 	int opened = open_admin(cfg, &rk, &md);
-	if (opened != EXIT_OK)
+	if (opened != EX_OK)
 		return opened;
-	int rc = EXIT_OK;
+	int rc = EX_OK;
 	rd_kafka_NewTopic_t **missing = calloc(cfg->topic_count ? cfg->topic_count : 1, sizeof(void *));
 	size_t count = 0;
 	for (size_t i = 0; missing != NULL && i < cfg->topic_count; i++) {
@@ -429,17 +451,17 @@ int kafkactl_topics_create(const struct config *cfg)
 		}
 		rd_kafka_NewTopic_t *nt = new_topic(t);
 		if (nt == NULL)
-			rc = EXIT_FAILED;
+			rc = EXIT_FAILURE;
 		else
 			missing[count++] = nt;
 	}
 	rd_kafka_metadata_destroy(md);
 	if (missing == NULL) {
 		say_error("out of memory");
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else if (count > 0) {
 		int created = create_missing(rk, missing, count);
-		if (created != EXIT_OK)
+		if (created != EX_OK)
 			rc = created;
 	}
 	for (size_t i = 0; i < count; i++)
@@ -512,12 +534,12 @@ static void describe_configs(rd_kafka_t *rk, const char **names, size_t count)
 	free(resources);
 }
 
-int kafkactl_topics_list(const struct config *cfg)
+static int kafka_ops_topics_list(const struct config *cfg)
 {
 	rd_kafka_t *rk;
 	const struct rd_kafka_metadata *md;
 	int opened = open_admin(cfg, &rk, &md);
-	if (opened != EXIT_OK)
+	if (opened != EX_OK)
 		return opened;
 	const char **present = calloc(cfg->topic_count ? cfg->topic_count : 1, sizeof(*present));
 	size_t count = 0;
@@ -540,5 +562,15 @@ int kafkactl_topics_list(const struct config *cfg)
 	free(present);
 	rd_kafka_metadata_destroy(md);
 	rd_kafka_destroy(rk);
-	return EXIT_OK;
+	return EX_OK;
 }
+
+const struct queue_ops kafka_queue_ops = {
+	.name = "kafka",
+	.has_partitions = true,
+	.health = kafka_ops_health,
+	.submit = kafka_ops_submit,
+	.topics_create = kafka_ops_topics_create,
+	.topics_list = kafka_ops_topics_list,
+	.check = kafka_conf_check,
+};
