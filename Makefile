@@ -30,7 +30,7 @@ PYTHON    ?= /usr/bin/python3
 
 # Libraries found with pkg-config. Adding one is one word here: its Debian package
 # (lib<name>-dev, "lib" not doubled) joins the build set by itself.
-PKGS      := rdkafka jansson inih
+PKGS      := rdkafka jansson inih libmicrohttpd
 # Debian's libev-dev ships no libev.pc: linked by name (package libev-dev).
 NOPC_LIBS := ev
 PKG_MISSING := $(if $(shell command -v pkg-config),$(shell for p in $(PKGS); do pkg-config --exists $$p || echo $$p; done),pkg-config)
@@ -44,7 +44,8 @@ CFLAGS    ?= -O2 -g
 # Kept apart from CFLAGS so that a CFLAGS given on the command line (the sanitizer tree,
 # debian/rules) keeps the warnings.
 WARNINGS  := -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wmissing-prototypes -Wno-unused-parameter -fno-strict-aliasing
-LDLIBS    += $(PKG_LIBS) $(NOPC_LIBS:%=-l%) -lm
+# --as-needed: a program records only the libraries it uses (libmicrohttpd: drover's HTTP endpoint alone).
+LDLIBS    += -Wl,--as-needed $(PKG_LIBS) $(NOPC_LIBS:%=-l%) -lm
 
 LIB_SRC   := $(sort $(wildcard shared/*.c queue/*.c worker/*.c))
 SUP_SRC   := $(sort $(wildcard supervisor/*.c))
@@ -66,11 +67,11 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 # the packaging set what `make deb` and `make package-test` run.
 DEB_BUILD   := build-essential pkg-config $(foreach lib,$(PKGS) $(NOPC_LIBS),lib$(lib:lib%=%)-dev)
 DEB_TEST    := libcriterion-dev kcat python3 python3-pytest python3-confluent-kafka procps util-linux \
-               strace prometheus cppcheck clang-tidy nodejs
+               strace prometheus cppcheck clang-tidy curl python3-yaml nodejs
 DEB_PACKAGE := debhelper dpkg-dev fakeroot lintian systemd init-system-helpers logrotate groff-base shellcheck
 
 .PHONY: all deps deps-build deps-test deps-package test check unit integration test-support test-libs lint clean asan \
-        check-layers
+        check-layers check-monitoring
 all: check-layers $(PROGRAMS)
 
 # What the integration tests, the fault suite and the bench start besides the programs (the Kafka mock).
@@ -169,7 +170,7 @@ test-libs:
 # The packages first, then a fresh make: pkg-config is asked when the Makefile is read.
 test:
 	$(call install_missing,$(DEB_BUILD) $(DEB_TEST))
-	$(MAKE) all unit asan
+	$(MAKE) all unit asan check-monitoring
 	$(MAKE) test-libs
 	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== (asan) $$t"; $(SAN_ENV) $$t --jobs 2; done
 	$(MAKE) integration
@@ -177,6 +178,12 @@ test:
 	$(MAKE) bench-tiny
 
 check: test
+
+# The dashboard and alert rules of packaging/monitoring/: promtool and a JSON check, against stats.c's metrics.
+check-monitoring:
+	promtool check rules packaging/monitoring/drover-alerts.yml
+	cd packaging/monitoring && promtool test rules drover-alerts.test.yml
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/monitoring
 
 lint: deps-test
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \

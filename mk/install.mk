@@ -21,6 +21,9 @@ SBINDIR    ?= $(PREFIX)/sbin
 BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 MANDIR     ?= $(PREFIX)/share/man
+DATADIR    ?= $(PREFIX)/share
+MONITORING := packaging/monitoring/drover-dashboard.json packaging/monitoring/drover-alerts.yml \
+              packaging/monitoring/drover-alerts.test.yml
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 HANDLERDIR := $(LIBDIR)/drover/handlers
 PYTHON_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -34,9 +37,9 @@ CONF_DEST  := $(DESTDIR)$(SYSCONFDIR)/drover/drover.ini
 MAN8 := packaging/man/drover.8 packaging/man/droverctl.8
 MAN5 := packaging/man/drover.ini.5
 
-.PHONY: install install-programs install-config install-man install-libs uninstall
+.PHONY: install install-programs install-config install-man install-monitoring install-libs uninstall
 
-install: install-programs install-config install-man install-libs
+install: install-programs install-config install-man install-monitoring install-libs
 
 install-programs: $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(HANDLERDIR)
@@ -59,6 +62,11 @@ install-man: $(MAN8) $(MAN5)
 	install -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
 
+# The Grafana dashboard and Prometheus alert rules, for operators to copy into their monitoring.
+install-monitoring: $(MONITORING)
+	install -d $(DESTDIR)$(DATADIR)/drover/monitoring
+	install -m 0644 $(MONITORING) $(DESTDIR)$(DATADIR)/drover/monitoring/
+
 install-libs: $(PY_LIB) $(NODE_LIB)
 	install -d $(DESTDIR)$(PYTHONDIR)/drover_handler $(DESTDIR)$(NODEDIR)/drover-handler $(DESTDIR)$(NODE_LINKDIR)
 	install -m 0644 $(PY_LIB) $(DESTDIR)$(PYTHONDIR)/drover_handler/
@@ -71,4 +79,6 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8))) $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5)))
 	rm -rf $(DESTDIR)$(PYTHONDIR)/drover_handler $(DESTDIR)$(NODEDIR)/drover-handler
 	rm -f $(DESTDIR)$(NODE_LINKDIR)/drover-handler
+	rm -f $(addprefix $(DESTDIR)$(DATADIR)/drover/monitoring/,$(notdir $(MONITORING)))
+	-rmdir $(DESTDIR)$(DATADIR)/drover/monitoring $(DESTDIR)$(DATADIR)/drover 2>/dev/null
 	-rmdir $(DESTDIR)$(HANDLERDIR) $(DESTDIR)$(LIBDIR)/drover 2>/dev/null

@@ -85,7 +85,8 @@ struct source_params {
 	/*
 	 * The worker's scoreboard slot, or NULL: the source shows its faults in
 	 * board->fault (only text it wrote itself is replaced there), publishes
-	 * what it consumes (Kafka: partitions and lag) and marks the slot ready
+	 * what it consumes (Kafka: partitions and lag; spool: the jobs waiting in
+	 * incoming/ and the oldest one's age) and marks the slot ready
 	 * once it can hand out jobs (spool: at once; Kafka: first assignment).
 	 */
 	struct scoreboard_slot *board;

@@ -110,6 +110,8 @@
 #define SPOOL_MIN_FREE_BYTES (16 * 1024) /* less free space than this is a fault: outcomes would not fit */
 #define SPOOL_OUTCOME_ID_MAX 160      /* bytes of the id kept in an outcome file name */
 #define SPOOL_UNREADABLE_WARN_MS 60000
+#define SPOOL_BACKLOG_MIN_MS 1000     /* incoming/ is counted for stats at most this often... */
+#define SPOOL_BACKLOG_SHARE 20        /* ...and rarely enough that counting takes at most 1/20 of the time */
 
 #define ATTEMPT_MARK ";a="
 #define JSON_SUFFIX ".json"
@@ -178,6 +180,8 @@ struct spool {
 	bool stale; /* the list may miss names: read incoming/ when it runs dry */
 	long long last_scan_ms;
 	long long scan_cost_ms; /* of the last scan: a huge backlog makes rescans rarer */
+	long long backlog_at_ms;   /* last count of incoming/ for stats (monotonic) */
+	long long backlog_cost_ms; /* what it took */
 
 	bool paused;
 	size_t out; /* jobs handed out, not yet settled or released */
@@ -1315,6 +1319,53 @@ static void ensure_watch(struct spool *sp)
 		ev_io_start(sp->loop, &sp->inotify_watcher);
 }
 
+/* ---- backlog (stats) ---------------------------------------------------------- */
+
+/* Waiting jobs in incoming/ and the oldest one's mtime (wall ms, 0 = none). 0, or -1 with errno. */
+static int count_incoming(const char *incoming, int64_t *count, int64_t *oldest_ms)
+{
+	DIR *d = opendir(incoming);
+	if (d == NULL)
+		return -1;
+	struct dirent *de;
+	*count = 0;
+	*oldest_ms = 0;
+	while ((errno = 0, de = readdir(d)) != NULL) {
+		struct stat st;
+		if (de->d_name[0] == '.' || (de->d_type != DT_REG && de->d_type != DT_UNKNOWN))
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			continue; /* taken meanwhile */
+		int64_t mtime_ms = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+		if (*count == 0 || mtime_ms < *oldest_ms)
+			*oldest_ms = mtime_ms;
+		(*count)++;
+	}
+	int saved = errno;
+	closedir(d);
+	errno = saved;
+	return saved != 0 ? -1 : 0;
+}
+
+/*
+ * Publishes how many jobs wait and since when, for the saturation figures
+ * and the stall check of health. A readdir with a stat per file: from the
+ * safety pass only, so at most once a second (every 2.5 s while the worker
+ * is busy or idle), and less often when a huge backlog makes it costly.
+ */
+static void publish_backlog(struct spool *sp)
+{
+	long long now = now_ms();
+	if (sp->board == NULL || now - sp->backlog_at_ms < SPOOL_BACKLOG_MIN_MS ||
+	    now - sp->backlog_at_ms < sp->backlog_cost_ms * SPOOL_BACKLOG_SHARE)
+		return;
+	int64_t count, oldest_ms;
+	int rc = count_incoming(sp->incoming, &count, &oldest_ms);
+	sp->backlog_at_ms = now_ms();
+	sp->backlog_cost_ms = sp->backlog_at_ms - now;
+	scoreboard_publish_backlog(sp->board, rc == 0 ? count : -1, rc == 0 ? oldest_ms : 0);
+}
+
 /* Healthy, the backstop fires rarely (take() usually runs the pass first); else every second. */
 static void safety_rearm(struct spool *sp)
 {
@@ -1360,6 +1411,7 @@ static bool safety_pass(struct spool *sp)
 	if (err[0] == '\0' && !sp->paused && maybe_rescan(sp, true) < 0)
 		snprintf(err, sizeof(err), "%s", sp->fault); /* the scan set it */
 	fault_update(sp, err);
+	publish_backlog(sp);
 	safety_rearm(sp);
 	return !fault_active(sp) && sp->cursor < sp->count;
 }
@@ -1598,6 +1650,7 @@ static struct source *spool_open(const struct source_params *params, char *err, 
 		log_warn("spool: reclaim in %s", sp->processing);
 	schedule_ready(sp);
 	publish_fault(sp);
+	publish_backlog(sp);
 	if (sp->board != NULL)
 		scoreboard_publish_ready(sp->board); /* a directory needs no joining: ready at once */
 	return (struct source *)sp;

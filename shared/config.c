@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "shared/argv.h"
+#include "shared/listen_addr.h"
 #include "shared/util.h"
 
 extern char **environ;
@@ -146,6 +147,11 @@ static const struct opt_spec option_table[] = {
 	  "upper bound of the restart delay", NULL, NULL },
 	{ "supervisor", "heartbeat_timeout_ms", OPT_MS, SCOPE_SUPERVISOR, false, CFG(heartbeat_timeout_ms), 1, JOB_MS_MAX, "60000", NULL,
 	  "a worker whose event loop is silent this long is killed and replaced", NULL, NULL },
+	{ "supervisor", "http_listen", OPT_STRING, SCOPE_START, false, CFG(http_listen), 0, 0, "",
+	  "IPV4:PORT or [IPV6]:PORT (numeric), or empty",
+	  "HTTP endpoint for /metrics, /healthz and /stats; empty = off", NULL, NULL },
+	{ "supervisor", "stall_timeout_ms", OPT_MS, SCOPE_SUPERVISOR, false, CFG(stall_timeout_ms), 1, JOB_MS_MAX, "60000", NULL,
+	  "health fails when jobs wait, capacity is free and no job started for this long", NULL, NULL },
 
 	/* [jobs] */
 	{ "jobs", "handler", OPT_ARGV, SCOPE_WORKERS, false, CFG(handler), 0, 0, "/usr/lib/drover/handlers/demo --size 256",
@@ -181,6 +187,8 @@ static const struct opt_spec option_table[] = {
 	  "persistent: recycle a process whose tree's RSS exceeds this; 0 = off", NULL, NULL },
 	{ "jobs", "handler_start_timeout_ms", OPT_MS, SCOPE_WORKERS, false, CFG(handler_start_timeout_ms), 1,
 	  JOB_MS_MAX, "60000", NULL, "persistent: how long a process may take to say ready", NULL, NULL },
+	{ "jobs", "slow_job_ms", OPT_MS, SCOPE_BOTH, false, CFG(slow_job_ms), 0, JOB_MS_MAX, "0", NULL,
+	  "an attempt running longer is logged at warn and counted as slow; 0 = off", NULL, NULL },
 
 	/* [queue] */
 	{ "queue", "backend", OPT_ENUM, SCOPE_BOTH, false, CFG(backend), 0, 0, "spool", NULL,
@@ -1426,6 +1434,16 @@ static void check_delay_bounds(struct loader *ld)
 			      "(allowed: at most restart_delay_max_ms)", cfg->restart_delay_ms, cfg->restart_delay_max_ms);
 }
 
+static void check_http_listen(struct loader *ld)
+{
+	struct listen_addr addr;
+	char why[128];
+	const char *text = ld->cfg->http_listen;
+	if (text[0] != '\0' && listen_addr_parse(text, &addr, why, sizeof(why)) < 0)
+		report_option(ld, "supervisor", "http_listen", "\"%.100s\": %s (allowed: IPV4:PORT or [IPV6]:PORT, "
+			      "numeric, e.g. 127.0.0.1:9464 or [::1]:9464; or empty = off)", text, why);
+}
+
 static void validate_supervisor(struct loader *ld)
 {
 	struct config *cfg = ld->cfg;
@@ -1436,6 +1454,7 @@ static void validate_supervisor(struct loader *ld)
 	else if (strlen(cfg->control_socket) >= sizeof(((struct sockaddr_un *)NULL)->sun_path))
 		report_option(ld, "supervisor", "control_socket", "path too long for a Unix socket (allowed: at most "
 			      "%zu bytes)", sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+	check_http_listen(ld);
 	if (cfg->log_file[0] == '\0')
 		report_option(ld, "supervisor", "log_file", "empty (allowed: \"-\" for stderr, or a file path)");
 	if (ld->client)

@@ -54,6 +54,8 @@ struct config {
 	long long restart_delay_ms;
 	long long restart_delay_max_ms;
 	long long heartbeat_timeout_ms;
+	char *http_listen;          /* "" = no HTTP endpoint (listen_addr.h) */
+	long long stall_timeout_ms; /* health: jobs wait, capacity free, nothing started this long */
 
 	/* [jobs] */
 	char *handler;       /* as written */
@@ -66,6 +68,7 @@ struct config {
 	bool no_retry_exit[256]; /* no_retry_exit_codes as a set */
 	long long max_result_bytes;
 	char *working_dir;       /* "" = inherit */
+	long long slow_job_ms;   /* 0 = off */
 	struct config_pair *handler_env; /* env.NAME = value, value unexpanded */
 	size_t handler_env_count;
 	enum handler_mode handler_mode;  /* exec: a process per attempt; persistent: long-lived ones (worker/warm.h) */

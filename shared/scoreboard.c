@@ -261,6 +261,8 @@ void scoreboard_counters_add(struct scoreboard_counters *into, const struct scor
 	into->handler_restarts += from->handler_restarts;
 	into->handler_recycles += from->handler_recycles;
 	into->handler_protocol_errors += from->handler_protocol_errors;
+	into->slow += from->slow;
+	into->at_capacity_ms += from->at_capacity_ms;
 }
 
 const char *scoreboard_handler_state_name(int32_t state)
@@ -277,4 +279,13 @@ const char *scoreboard_handler_state_name(int32_t state)
 	default:
 		return "unknown";
 	}
+}
+
+void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int64_t oldest_ms)
+{
+	scoreboard_write_begin(slot);
+	slot->backlog = count;
+	slot->backlog_oldest_ms = oldest_ms;
+	slot->backlog_counted_ms = wall_ms();
+	scoreboard_write_end(slot);
 }

@@ -64,6 +64,8 @@ struct scoreboard_counters {
 	uint64_t handler_restarts;        /* persistent handler processes started again after an abnormal end */
 	uint64_t handler_recycles;        /* retired after handler_max_jobs or handler_max_rss_mb */
 	uint64_t handler_protocol_errors; /* killed for a protocol violation */
+	uint64_t slow;           /* attempts that ran past slow_job_ms */
+	uint64_t at_capacity_ms; /* time with every job slot of the worker taken */
 };
 
 struct scoreboard_slot {
@@ -83,6 +85,10 @@ struct scoreboard_slot {
 	struct scoreboard_job jobs[CONFIG_MAX_CONCURRENT];
 	int32_t handler_count;            /* persistent mode: the first entries of handlers[] in use */
 	struct scoreboard_handler handlers[CONFIG_MAX_CONCURRENT];
+	/* Spool: jobs waiting in incoming/ as the owner last counted them (the directory is shared: stats takes the freshest count). */
+	int64_t backlog;            /* -1 = not counted */
+	int64_t backlog_oldest_ms;  /* wall clock mtime of the oldest waiting job, 0 = none waiting */
+	int64_t backlog_counted_ms; /* wall clock of the count, 0 = never */
 };
 
 struct scoreboard;
@@ -121,6 +127,8 @@ void scoreboard_job_set_attempt(struct scoreboard_slot *slot, int index, int att
 void scoreboard_job_set_progress(struct scoreboard_slot *slot, int index, float progress);
 void scoreboard_job_remove(struct scoreboard_slot *slot, int index);
 void scoreboard_job_set_delivery(struct scoreboard_slot *slot, int index, uint64_t delivery);
+/* The owner's count of waiting jobs (count -1: unknown) and the oldest one's mtime (wall ms, 0 = none). */
+void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int64_t oldest_ms);
 
 /*
  * The crash ledger: how many workers died while running each message, so

@@ -8,6 +8,7 @@
  */
 #include "shared/config.h"
 #include "supervisor/control.h"
+#include "supervisor/http.h"
 #include "shared/log.h"
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
@@ -343,6 +344,9 @@ int main(int argc, char **argv)
 	                           id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
 	if (sup.control == NULL)
 		log_fatalx(EX_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
+	/* Bound here, before the privilege drop, like the control socket. */
+	if (cfg->http_listen[0] != '\0' && (sup.http = http_open(&sup, cfg->http_listen, err, sizeof(err))) == NULL)
+		log_fatalx(EX_UNAVAILABLE, "[supervisor] http_listen %s: %s", cfg->http_listen, err);
 	if (opts.daemonize)
 		daemonize();
 	drop_privileges(&id);
@@ -366,6 +370,7 @@ int main(int argc, char **argv)
 	int code = supervisor_serve(&sup);
 
 	control_close(sup.control);
+	http_close(sup.http);
 	pool_destroy(sup.pool);
 	if (pid_fd >= 0) {
 		if (unlink(pid_path) < 0 && errno != ENOENT)

@@ -8,6 +8,7 @@
  */
 #include "supervisor/stats.h"
 #include "queue/source.h"
+#include "supervisor/http.h"
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
 
@@ -42,12 +43,28 @@ static bool read_live_slot(const struct supervisor *sup, const struct slot_view 
 	return copy->pid == view->pid;
 }
 
+enum fault_cause { FAULT_HANDLER, FAULT_QUEUE, FAULT_CAUSES };
+static const char *const fault_cause_names[FAULT_CAUSES] = { "handler", "queue" };
+
+/* Saturation and backlog: what the pool could take, what it holds, what waits. */
+struct load {
+	long long job_slots;  /* max_concurrent of each running worker without a fault */
+	long long busy;       /* their jobs (running or waiting out a retry delay) */
+	int faults[FAULT_CAUSES];
+	long long slow_running; /* handlers running past slow_job_ms now */
+	bool waiting_known;
+	long long waiting;    /* spool: incoming/ at the freshest count; Kafka: the summed lag */
+	long long oldest_ms;  /* spool: wall-clock mtime of the oldest waiting job, 0 = none */
+	long long counted_ms; /* spool: wall clock of that count */
+};
+
 struct totals {
 	struct scoreboard_counters counters;
 	long long in_flight;
 	unsigned long long restarts;
 	int by_state[SLOT_STATE_COUNT]; /* a live worker in fault is counted in in_fault instead */
 	int in_fault;
+	struct load load;
 };
 
 /* A pool fault of a live worker (the handler cannot start, the queue is unusable): it takes no jobs. */
@@ -56,10 +73,63 @@ static bool in_fault(const struct scoreboard_slot *live)
 	return live != NULL && live->fault[0] != '\0';
 }
 
+static enum fault_cause fault_cause_of(const char *fault)
+{
+	return strncmp(fault, "handler", 7) == 0 ? FAULT_HANDLER : FAULT_QUEUE;
+}
+
 /* The metric label of a fault: what the operator has to fix. */
 static const char *fault_cause(const char *fault)
 {
-	return strncmp(fault, "handler", 7) == 0 ? "handler" : "queue";
+	return fault_cause_names[fault_cause_of(fault)];
+}
+
+static long long slow_running_of(const struct scoreboard_slot *live, long long slow_job_ms, long long now)
+{
+	long long slow = 0;
+	for (int i = 0; slow_job_ms > 0 && i < CONFIG_MAX_CONCURRENT; i++) {
+		const struct scoreboard_job *job = &live->jobs[i];
+		if (job->used && job->pgid > 0 && job->started_ms > 0 && now - job->started_ms > slow_job_ms)
+			slow++;
+	}
+	return slow;
+}
+
+/* The worker's summed lag, -1 when no partition's is known (librdkafka knows it once the group committed there). */
+static long long lag_of(const struct scoreboard_slot *live)
+{
+	long long lag = -1;
+	int count = live->partition_count > SCOREBOARD_PARTITIONS ? SCOREBOARD_PARTITIONS : live->partition_count;
+	for (int i = 0; i < count; i++)
+		if (live->partitions[i].lag >= 0)
+			lag = (lag < 0 ? 0 : lag) + live->partitions[i].lag;
+	return lag;
+}
+
+/* Adds one live worker to the load. Every spool worker counts the same incoming/: the freshest count wins. */
+static void load_add(const struct supervisor *sup, struct load *load, const struct slot_view *view,
+		     const struct scoreboard_slot *live)
+{
+	const struct config *cfg = sup->cfg;
+	if (in_fault(live))
+		load->faults[fault_cause_of(live->fault)]++;
+	else if (view->state == SLOT_RUNNING && cfg != NULL) {
+		load->job_slots += cfg->max_concurrent;
+		load->busy += live->in_flight;
+	}
+	load->slow_running += slow_running_of(live, cfg != NULL ? cfg->slow_job_ms : 0, wall_ms());
+	if (cfg != NULL && cfg->backend == BACKEND_KAFKA) {
+		long long lag = lag_of(live);
+		if (lag >= 0) {
+			load->waiting_known = true;
+			load->waiting += lag;
+		}
+	} else if (live->backlog_counted_ms > load->counted_ms && live->backlog >= 0) {
+		load->waiting_known = true;
+		load->waiting = live->backlog;
+		load->oldest_ms = live->backlog_oldest_ms;
+		load->counted_ms = live->backlog_counted_ms;
+	}
 }
 
 /* Calls visit for every slot with its view and (when live) scoreboard copy; sums into totals. */
@@ -84,6 +154,7 @@ static int for_each_slot(const struct supervisor *sup, struct totals *totals, sl
 		if (live) {
 			scoreboard_counters_add(&totals->counters, &copy->counters);
 			totals->in_flight += copy->in_flight;
+			load_add(sup, &totals->load, &view, copy);
 		}
 		totals->restarts += view.restarts;
 		if (live && in_fault(copy))
@@ -308,6 +379,75 @@ static json_t *reload_changes(const struct supervisor *sup, bool *ok)
 	return changes;
 }
 
+/* ---- saturation and backlog ------------------------------------------------- */
+
+static long long stalled_ms(const struct supervisor *sup)
+{
+	return sup->progress.since_ms > 0 ? now_ms() - sup->progress.since_ms : 0;
+}
+
+static bool stalled(const struct supervisor *sup)
+{
+	return sup->cfg != NULL && sup->progress.since_ms > 0 && stalled_ms(sup) >= sup->cfg->stall_timeout_ms;
+}
+
+static json_t *backlog_json(const struct supervisor *sup, const struct load *load, long long now, bool *ok)
+{
+	json_t *backlog = json_object();
+	if (backlog == NULL) {
+		*ok = false;
+		return NULL;
+	}
+	bool spool = sup->cfg == NULL || sup->cfg->backend == BACKEND_SPOOL;
+	put(backlog, "waiting", load->waiting_known ? json_integer(load->waiting) : json_null(), ok);
+	put(backlog, "oldest_age_ms",
+	    spool && load->waiting_known ? json_integer(load->oldest_ms > 0 && now > load->oldest_ms ? now - load->oldest_ms : 0)
+					 : json_null(), ok);
+	put(backlog, "counted_age_ms", spool && load->counted_ms > 0 ? json_integer(now - load->counted_ms) : json_null(), ok);
+	return backlog;
+}
+
+static json_t *saturation_json(const struct supervisor *sup, const struct totals *totals, bool *ok)
+{
+	json_t *sat = json_object();
+	json_t *faults = json_object();
+	if (sat == NULL || faults == NULL) {
+		json_decref(sat);
+		json_decref(faults);
+		*ok = false;
+		return NULL;
+	}
+	const struct load *load = &totals->load;
+	for (int c = 0; c < FAULT_CAUSES; c++)
+		put(faults, fault_cause_names[c], json_integer(load->faults[c]), ok);
+	put(sat, "job_slots", json_integer(load->job_slots), ok);
+	put(sat, "busy", json_integer(load->busy), ok);
+	put(sat, "at_capacity_seconds", json_real((double)totals->counters.at_capacity_ms / 1000.0), ok);
+	put(sat, "slow_running", json_integer(load->slow_running), ok);
+	put(sat, "slow_total", json_integer((json_int_t)totals->counters.slow), ok);
+	put(sat, "faults", faults, ok);
+	put(sat, "stalled", json_boolean(stalled(sup)), ok);
+	put(sat, "stalled_ms", json_integer(stalled_ms(sup)), ok);
+	return sat;
+}
+
+/* The HTTP endpoint and its bounds, null when http_listen is off. */
+static json_t *http_of(const struct supervisor *sup, bool *ok)
+{
+	if (sup->http == NULL)
+		return json_null();
+	json_t *http = json_object();
+	if (http == NULL) {
+		*ok = false;
+		return NULL;
+	}
+	put(http, "listen", json_string(http_address(sup->http)), ok);
+	put(http, "connections_max", json_integer(HTTP_CONNECTIONS_MAX), ok);
+	put(http, "per_ip_max", json_integer(HTTP_PER_IP_MAX), ok);
+	put(http, "timeout_s", json_integer(HTTP_TIMEOUT_S), ok);
+	return http;
+}
+
 /* json_dumps plus the protocol's trailing newline. */
 static char *dump_line(json_t *root)
 {
@@ -350,10 +490,13 @@ char *stats_json(const struct supervisor *sup)
 	put(root, "last_reload", string_or_null(sup->last_reload), ok);
 	put(root, "last_reload_changes", reload_changes(sup, ok), ok);
 	put(root, "stopping", json_boolean(sup->stopping), ok);
+	put(root, "http", http_of(sup, ok), ok);
 	put(root, "workers_desired", json_integer(supervisor_workers_desired(sup)), ok);
 	put(root, "workers_alive", json_integer(supervisor_workers_alive(sup)), ok);
 	put(root, "jobs", jobs_totals(&totals, ok), ok);
 	put(root, "jobs_lost", json_integer((json_int_t)sup->jobs_lost), ok);
+	put(root, "backlog", backlog_json(sup, &totals.load, ctx.wall_now, ok), ok);
+	put(root, "saturation", saturation_json(sup, &totals, ok), ok);
 	put(root, "workers", ctx.workers, ok);
 	char *text = ctx.ok ? dump_line(root) : NULL;
 	json_decref(root);
@@ -411,10 +554,43 @@ bool stats_health(const struct supervisor *sup, bool check_queue, char *why, siz
 			snprintf(why, len, "no worker can make progress: none is running");
 		return false;
 	}
+	if (stalled(sup)) {
+		const struct progress_watch *p = &sup->progress;
+		snprintf(why, len, "pool stalled: %lld job(s) waiting, %lld of %lld job slots free, no job started for "
+			 "%lld ms (stall_timeout_ms %lld)", p->waiting, p->free_slots, p->job_slots, stalled_ms(sup),
+			 sup->cfg->stall_timeout_ms);
+		return false;
+	}
 	const struct queue_ops *queue = queue_ops_for(sup->cfg);
 	if (check_queue && queue->probe != NULL && queue->probe(sup->cfg, why, len) < 0)
 		return false;
 	return true;
+}
+
+void stats_watch_progress(struct supervisor *sup)
+{
+	struct totals totals;
+	if (for_each_slot(sup, &totals, NULL, NULL) < 0)
+		return; /* out of memory: judge next time */
+	const struct load *load = &totals.load;
+	struct progress_watch *p = &sup->progress;
+	/*
+	 * Spool only: Kafka's lag also counts messages in flight and finished
+	 * ones waiting for an older offset's commit, and a partition's
+	 * max_uncommitted window holds back takes behind a long job by design.
+	 */
+	bool spool = sup->cfg != NULL && sup->cfg->backend == BACKEND_SPOOL;
+	bool stuck = spool && load->waiting_known && load->waiting > 0 && load->busy < load->job_slots;
+	/* Failed counts too: a job refused before any start (not JSON, a bad id) is progress. */
+	uint64_t moved = totals.counters.started + totals.counters.failed;
+	if (!stuck || moved != p->started)
+		p->since_ms = 0;
+	else if (p->since_ms == 0)
+		p->since_ms = now_ms();
+	p->started = moved;
+	p->waiting = load->waiting;
+	p->free_slots = load->job_slots - load->busy;
+	p->job_slots = load->job_slots;
 }
 
 /* ---- metrics (Prometheus text format 0.0.4) ----------------------------- */
@@ -527,6 +703,41 @@ static int fault_visit(void *arg, const struct slot_view *view, const struct sco
 	return 0;
 }
 
+/* Backlog, saturation, faults by cause, slow jobs and the stall check. */
+static void write_saturation(FILE *out, const struct supervisor *sup, const struct totals *t)
+{
+	const struct load *load = &t->load;
+	bool spool = sup->cfg == NULL || sup->cfg->backend == BACKEND_SPOOL;
+	if (load->waiting_known) {
+		write_header(out, "drover_jobs_waiting", "gauge", "Jobs waiting in the queue (spool: incoming/; Kafka: the summed lag).");
+		fprintf(out, "drover_jobs_waiting %lld\n", load->waiting);
+	}
+	if (spool && load->waiting_known) {
+		long long now = wall_ms();
+		write_header(out, "drover_oldest_waiting_job_age_seconds", "gauge",
+			     "Age of the oldest job waiting in incoming/ (0 when none waits).");
+		fprintf(out, "drover_oldest_waiting_job_age_seconds %.3f\n",
+			load->oldest_ms > 0 && now > load->oldest_ms ? (double)(now - load->oldest_ms) / 1000.0 : 0.0);
+	}
+	write_header(out, "drover_job_slots", "gauge", "Job slots of running workers without a fault (workers x max_concurrent).");
+	fprintf(out, "drover_job_slots %lld\n", load->job_slots);
+	write_header(out, "drover_job_slots_busy", "gauge", "Of those, slots holding a job.");
+	fprintf(out, "drover_job_slots_busy %lld\n", load->busy);
+	write_header(out, "drover_worker_at_capacity_seconds_total", "counter",
+		     "Seconds workers spent with every job slot taken, summed over workers.");
+	fprintf(out, "drover_worker_at_capacity_seconds_total %.3f\n", (double)t->counters.at_capacity_ms / 1000.0);
+	write_header(out, "drover_faults", "gauge", "Workers in a pool fault, by cause.");
+	for (int c = 0; c < FAULT_CAUSES; c++)
+		fprintf(out, "drover_faults{cause=\"%s\"} %d\n", fault_cause_names[c], load->faults[c]);
+	write_header(out, "drover_jobs_slow", "gauge", "Handlers running past slow_job_ms now.");
+	fprintf(out, "drover_jobs_slow %lld\n", load->slow_running);
+	write_header(out, "drover_jobs_slow_total", "counter", "Attempts that ran past slow_job_ms.");
+	fprintf(out, "drover_jobs_slow_total %" PRIu64 "\n", t->counters.slow);
+	write_header(out, "drover_pool_stalled", "gauge",
+		     "1 while jobs wait, job slots are free and no job started for stall_timeout_ms.");
+	fprintf(out, "drover_pool_stalled %d\n", stalled(sup) ? 1 : 0);
+}
+
 static void write_counters(FILE *out, const struct supervisor *sup, const struct totals *t)
 {
 	write_header(out, "drover_up", "gauge", "1 while the supervisor runs.");
@@ -560,6 +771,7 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 			c->handler_protocol_errors);
 	}
 	write_histogram(out, c);
+	write_saturation(out, sup, t);
 	write_header(out, "drover_reloads_total", "counter", "Configuration reloads applied.");
 	fprintf(out, "drover_reloads_total %u\n", sup->reloads);
 	write_header(out, "drover_config_generation", "gauge", "Generation of the running configuration.");

@@ -19,5 +19,11 @@ char *stats_metrics(const struct supervisor *sup);
  * (and, with check_queue, the spool takes a write). false with the reason in why.
  */
 bool stats_health(const struct supervisor *sup, bool check_queue, char *why, size_t len);
+/*
+ * Called about once a second: notes whether jobs wait while running workers
+ * have free job slots and no job starts (sup->progress), for the stall check
+ * of health and the drover_pool_stalled metric.
+ */
+void stats_watch_progress(struct supervisor *sup);
 
 #endif

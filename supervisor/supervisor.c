@@ -5,10 +5,12 @@
  */
 #include "supervisor/supervisor.h"
 #include "supervisor/control.h"
+#include "supervisor/http.h"
 #include "shared/log.h"
 #include "supervisor/notify.h"
 #include "supervisor/pool.h"
 #include "queue/source.h"
+#include "supervisor/stats.h"
 #include "shared/util.h"
 
 #include <signal.h>
@@ -18,6 +20,8 @@
 
 /* How often the service manager's status line is refreshed. */
 #define STATUS_INTERVAL_S 5.0
+/* How often the stall check of health looks at the pool. */
+#define PROGRESS_INTERVAL_S 1.0
 
 /* ---- reload ---------------------------------------------------------------- */
 
@@ -289,14 +293,23 @@ static void supervisor_status_cb(struct ev_loop *loop, ev_timer *timer, int reve
 	notify_status(status);
 }
 
+static void supervisor_progress_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	stats_watch_progress(timer->data);
+}
+
 void supervisor_start(struct supervisor *sup)
 {
 	escalate_init(&sup->stop, sup->loop, supervisor_stop_stage, sup);
 	ev_timer_init(&sup->status_timer, supervisor_status_cb, STATUS_INTERVAL_S, STATUS_INTERVAL_S);
 	sup->status_timer.data = sup;
 	ev_timer_start(sup->loop, &sup->status_timer);
+	ev_timer_init(&sup->progress_timer, supervisor_progress_cb, PROGRESS_INTERVAL_S, PROGRESS_INTERVAL_S);
+	sup->progress_timer.data = sup;
+	ev_timer_start(sup->loop, &sup->progress_timer);
 	supervisor_watch_signals(sup);
 	control_start(sup->control);
+	http_start(sup->http);
 	pool_start(sup->pool);
 }
 
@@ -310,5 +323,6 @@ int supervisor_serve(struct supervisor *sup)
 	log_info("drover %s ready: %s", DROVER_VERSION, status);
 	ev_run(sup->loop, 0);
 	ev_timer_stop(sup->loop, &sup->status_timer);
+	ev_timer_stop(sup->loop, &sup->progress_timer);
 	return EX_OK;
 }

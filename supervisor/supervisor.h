@@ -36,6 +36,15 @@ struct reload_change {
 	const char *result; /* "applied", "workers replaced", "needs restart" or "rejected" */
 };
 
+/* The stall check of health (stats_watch_progress): since when jobs wait, slots are free and none starts. */
+struct progress_watch {
+	uint64_t started;    /* jobs started or failed (refused before a start) at the last look */
+	long long since_ms;  /* monotonic, 0 = the pool is not stuck */
+	long long waiting;   /* at the last look */
+	long long free_slots;
+	long long job_slots;
+};
+
 struct supervisor {
 	struct ev_loop *loop;
 	struct config *cfg;
@@ -43,6 +52,7 @@ struct supervisor {
 	struct scoreboard *scoreboard;
 	struct pool *pool;
 	struct control *control;
+	struct http *http;         /* NULL unless [supervisor] http_listen is set */
 	long long started_ms;      /* wall clock */
 	unsigned generation;       /* 1 for the start-up config, +1 per applied reload */
 	unsigned reloads;          /* applied reloads */
@@ -55,6 +65,8 @@ struct supervisor {
 	bool stopping;
 	struct escalation stop;    /* the whole pool's stop ladder */
 	ev_timer status_timer;
+	ev_timer progress_timer;
+	struct progress_watch progress;
 	ev_signal signals[8];
 };
 

@@ -51,6 +51,7 @@ struct task {
 	bool awaiting_handler;   /* persistent mode: due to run, no handler process has room yet */
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
+	ev_timer slow_timer; /* slow_job_ms: fires once per attempt that runs that long */
 	long long last_progress_event_ms;
 	LIST_ENTRY(task) link;
 };
@@ -85,10 +86,12 @@ struct worker {
 	struct warm_pool *warm;      /* persistent mode's handler processes, else NULL */
 	int awaiting;                /* tasks with awaiting_handler */
 	bool ready_published;
+	long long full_since_ms;     /* monotonic: since when every job slot is taken, 0 = not full */
 };
 
 static void worker_fill(struct worker *w);
 static void worker_maybe_exit(struct worker *w);
+static void worker_note_capacity(struct worker *w);
 static void task_begin_attempt(struct task *t);
 static void task_attempt_ended(struct task *t, const struct runner_result *result);
 
@@ -308,11 +311,13 @@ static void task_free(struct task *t)
 	ev_timer_stop(w->loop, &t->retry_timer);
 	if (t->awaiting_handler)
 		w->awaiting--;
+	ev_timer_stop(w->loop, &t->slow_timer);
 	if (t->board_index >= 0)
 		scoreboard_job_remove(w->board, t->board_index);
 	LIST_REMOVE(t, link);
 	w->task_count--;
 	free(t);
+	worker_note_capacity(w);
 }
 
 static void counters_update(struct worker *w, void (*apply)(struct scoreboard_counters *, double), double arg)
@@ -326,6 +331,8 @@ static void count_started(struct scoreboard_counters *c, double unused) { c->sta
 static void count_retried(struct scoreboard_counters *c, double unused) { c->retried++; }
 static void count_failed(struct scoreboard_counters *c, double unused) { c->failed++; }
 static void count_timed_out(struct scoreboard_counters *c, double unused) { c->timed_out++; }
+static void count_slow(struct scoreboard_counters *c, double unused) { c->slow++; }
+static void count_at_capacity(struct scoreboard_counters *c, double ms) { c->at_capacity_ms += (uint64_t)ms; }
 static void count_completed(struct scoreboard_counters *c, double seconds)
 {
 	c->completed++;
@@ -510,6 +517,7 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 	char message[256];
 	struct failure failure;
 
+	ev_timer_stop(w->loop, &t->slow_timer);
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	if (result->status == RUNNER_KILLED) {
@@ -614,6 +622,27 @@ static void task_not_started(struct task *t, int err)
 	worker_enter_fault(w, why);
 }
 
+/* php-fpm's request_slowlog_timeout: one warning per attempt that runs past slow_job_ms, while it runs. */
+static void task_slow_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+	struct task *t = timer->data;
+	struct worker *w = t->worker;
+	log_warnx("job %.200s: attempt %d has run longer than slow_job_ms (%lld ms), pid %d", t->job->id, t->attempt,
+	          w->cfg->slow_job_ms,
+	          t->run != NULL ? (int)runner_pgid(t->run) : t->warm != NULL ? (int)warm_job_pid(t->warm) : 0);
+	counters_update(w, count_slow, 0);
+}
+
+static void task_watch_slow(struct task *t)
+{
+	const struct worker *w = t->worker;
+	if (w->cfg->slow_job_ms <= 0)
+		return;
+	ev_timer_init(&t->slow_timer, task_slow_cb, (double)w->cfg->slow_job_ms / 1000.0, 0);
+	t->slow_timer.data = t;
+	ev_timer_start(w->loop, &t->slow_timer);
+}
+
 static void task_warm_progress(void *arg, double progress, const char *message)
 {
 	task_progress(NULL, progress, message, arg);
@@ -629,6 +658,7 @@ static void task_attempt_started(struct task *t, pid_t pgid)
 		scoreboard_job_set_pgid(w->board, t->board_index, pgid);
 	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)pgid);
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_STARTED });
+	task_watch_slow(t);
 }
 
 static void task_count_attempt(struct task *t)
@@ -803,8 +833,27 @@ static bool worker_has_room(const struct worker *w)
 	return w->warm == NULL || (w->awaiting == 0 && warm_pool_room(w->warm) > 0);
 }
 
+/*
+ * Time at capacity (every job slot taken), for the saturation figures: added
+ * to the counter when the worker stops being full, and on each heartbeat
+ * while it stays full, so the counter moves while it lasts.
+ */
+static void worker_note_capacity(struct worker *w)
+{
+	bool full = w->task_count >= w->cfg->max_concurrent;
+	long long now = now_ms();
+	if (w->full_since_ms > 0) {
+		if (now > w->full_since_ms)
+			counters_update(w, count_at_capacity, (double)(now - w->full_since_ms));
+		w->full_since_ms = full ? now : 0;
+	} else if (full) {
+		w->full_since_ms = now;
+	}
+}
+
 static void worker_update_flow(struct worker *w)
 {
+	worker_note_capacity(w);
 	bool full = !worker_has_room(w) || w->drain != RUNNING || w->fault;
 	if (full && !w->source_paused) {
 		w->ops->pause(w->source);
@@ -969,6 +1018,7 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
 	scoreboard_write_end(w->board);
 	if (w->warm != NULL)
 		warm_pool_tick(w->warm);
+	worker_note_capacity(w);
 	/* A safety net for a missed wake-up; cheap when the source has nothing. */
 	worker_fill(w);
 }

@@ -58,3 +58,17 @@ def test_errors_retry_and_permanent_errors_do_not(drover, handler):
     assert failed["p"]["error"]["message"] == "bad input", failed["p"]
     assert failed["f"]["attempts"] == 2 and "try again" in failed["f"]["error"]["message"], failed["f"]
     assert d.stats()["workers"][0]["handler_restarts"] == 0
+
+
+def test_a_slow_persistent_job_is_logged_with_its_process_and_counted(drover):
+    """slow_job_ms holds in persistent mode too: one warning per attempt, naming the handler process."""
+    d = drover(config=config(HANDLERS["python-sync"], slow_job_ms=300, timeout_ms=1500, max_attempts=1))
+    d.submit([{"id": "slowpoke", "do": "slow"}, {"id": "quick", "do": "echo"}])
+    done, _ = d.wait_outcomes(["quick"], 30)
+    pid = done["quick"]["result"]["pid"]
+    d.wait_until(lambda: "job slowpoke: attempt 1 has run longer than slow_job_ms (300 ms), pid %d" % pid
+                 in d.log_text(), 10, "the slow-job warning")
+    d.wait_outcomes(["slowpoke"], 30)
+    assert d.stats()["saturation"]["slow_total"] == 1
+    assert "job quick: attempt 1 has run longer" not in d.log_text()
+    assert d.log_text().count("has run longer than slow_job_ms") == 1, "one warning per attempt"

@@ -186,6 +186,13 @@ def test_dockerfile_runs_the_entrypoint_as_drover():
     assert "tini" not in runtime, "drover is PID 1 itself"
 
 
+def test_dockerfile_serves_http_on_the_port_it_exposes():
+    _build, runtime = dockerfile_stages()
+    env = re.search(r"^ENV DROVER_SUPERVISOR_HTTP_LISTEN=0\.0\.0\.0:(\d+)$", runtime, flags=re.M)
+    assert env, "the image turns the HTTP endpoint on for every address"
+    assert re.search(r"^EXPOSE %s$" % env.group(1), runtime, flags=re.M), "and exposes its port"
+
+
 @pytest.mark.parametrize("script", [h.INIT_SCRIPT, h.ENTRYPOINT, h.PACKAGING / "debian" / "postinst",
                                     h.PACKAGING / "debian" / "postrm"], ids=lambda p: p.name)
 def test_shell_scripts_pass_shellcheck(script):

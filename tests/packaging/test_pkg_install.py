@@ -36,6 +36,9 @@ def expected_files(prefix, etc):
         "%s/share/man/man8/drover.8" % prefix: 0o644,
         "%s/share/man/man8/droverctl.8" % prefix: 0o644,
         "%s/share/man/man5/drover.ini.5" % prefix: 0o644,
+        "%s/share/drover/monitoring/drover-dashboard.json" % prefix: 0o644,
+        "%s/share/drover/monitoring/drover-alerts.yml" % prefix: 0o644,
+        "%s/share/drover/monitoring/drover-alerts.test.yml" % prefix: 0o644,
     }
 
 

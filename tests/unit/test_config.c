@@ -1238,7 +1238,7 @@ Test(config, env_for_every_table_option)
 		config_errors_clear(&errs);
 		names++;
 	}
-	cr_assert_eq(names, 46, "one DROVER_ name per table option");
+	cr_assert_eq(names, 49, "one DROVER_ name per table option");
 	free(ref);
 }
 
@@ -1561,4 +1561,53 @@ Test(config, only_a_bounded_regular_file_is_read, .timeout = 10)
 	text[big] = '\0';
 	refused_with(write_file("big.ini", text, 0644), "too large");
 	free(text);
+}
+
+/* ---- observability keys ----------------------------------------------------------- */
+
+Test(config, http_listen_off_by_default_and_accepted_forms)
+{
+	struct config *cfg = load_ok(config_with(""));
+	cr_assert_str_eq(cfg->http_listen, "");
+	cr_assert_eq(cfg->stall_timeout_ms, 60000);
+	cr_assert_eq(cfg->slow_job_ms, 0);
+	config_free(cfg);
+	cfg = load_ok(config_with("[supervisor]\nhttp_listen = 127.0.0.1:9464\n"));
+	cr_assert_str_eq(cfg->http_listen, "127.0.0.1:9464");
+	config_free(cfg);
+	cfg = load_ok(config_with("[supervisor]\nhttp_listen = [::1]:9464\n"));
+	cr_assert_str_eq(cfg->http_listen, "[::1]:9464");
+	config_free(cfg);
+}
+
+Test(config, http_listen_errors_name_file_line_and_key)
+{
+	const char *path = config_with("[supervisor]\nhttp_listen = localhost:9464\n");
+	expect_only_error(path, "%s:4: [supervisor] http_listen: \"localhost:9464\": not a numeric IPv4 address (host "
+			  "names are not resolved) (allowed: IPV4:PORT or [IPV6]:PORT, numeric, e.g. 127.0.0.1:9464 or "
+			  "[::1]:9464; or empty = off)", path);
+	path = config_with("[supervisor]\nhttp_listen = ::1:9464\n");
+	expect_only_error(path, "%s:4: [supervisor] http_listen: \"::1:9464\": an IPv6 address needs brackets, as in "
+			  "[::1]:9464 (allowed: IPV4:PORT or [IPV6]:PORT, numeric, e.g. 127.0.0.1:9464 or [::1]:9464; "
+			  "or empty = off)", path);
+	path = config_with("[supervisor]\nhttp_listen = 0.0.0.0:99999\n");
+	expect_only_error(path, "%s:4: [supervisor] http_listen: \"0.0.0.0:99999\": the port is not a number in "
+			  "0..65535 (allowed: IPV4:PORT or [IPV6]:PORT, numeric, e.g. 127.0.0.1:9464 or [::1]:9464; "
+			  "or empty = off)", path);
+}
+
+Test(config, http_listen_needs_a_restart_and_slow_job_ms_replaces_workers)
+{
+	struct config *a = load_ok(config_with(""));
+	struct config *b = load_ok(config_with("[supervisor]\nhttp_listen = 127.0.0.1:9464\n"));
+	cr_assert_eq(config_changed_scopes(a, b), CONFIG_SCOPE_START);
+	config_free(b);
+	b = load_ok(config_with("[jobs]\nslow_job_ms = 5000\n"));
+	cr_assert_eq(b->slow_job_ms, 5000);
+	cr_assert_eq(config_changed_scopes(a, b), CONFIG_SCOPE_SUPERVISOR | CONFIG_SCOPE_WORKERS);
+	config_free(b);
+	b = load_ok(config_with("[supervisor]\nstall_timeout_ms = 2000\n"));
+	cr_assert_eq(config_changed_scopes(a, b), CONFIG_SCOPE_SUPERVISOR);
+	config_free(b);
+	config_free(a);
 }
