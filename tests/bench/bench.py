@@ -917,11 +917,11 @@ def rss_run(ctx, n, warmup):
     load = load1()
     d.start()
     try:
-        handler = wait_until("the handler process", lambda: handler_pids(d), 30)[0]
+        handler = wait_until(lambda: handler_pids(d), 30, "the handler process")[0]
         worker = d.worker_pids()[0]
-        wait_until("%d outcomes" % warmup, lambda: outcomes_from_stats(d) >= warmup, 60, interval=0.2)
+        wait_until(lambda: outcomes_from_stats(d) >= warmup, 60, "%d outcomes" % warmup, interval=0.2)
         start = {"handler": rss_kb(handler), "worker": rss_kb(worker)}
-        wait_until("%d outcomes" % n, lambda: outcomes_from_stats(d) >= n, n / 50 + 60, interval=0.5)
+        wait_until(lambda: outcomes_from_stats(d) >= n, n / 50 + 60, "%d outcomes" % n, interval=0.5)
         end = {"handler": rss_kb(handler), "worker": rss_kb(worker)}
         if handler_pids(d) != [handler] or d.worker_pids()[0] != worker:
             raise BenchError("the handler or the worker was replaced during the RSS run")
