@@ -6,6 +6,7 @@
 #   make test         install what is missing (build and test sets), build, run every test
 #                     (also under ASan/UBSan); `make check` is the same
 #   make deps         install every missing Debian package (as root): deps-build, deps-test, deps-package
+#   make test-libs    the Python and Node handler libraries' tests (lib/, tests/lib)
 #   make lint         cppcheck and clang-tidy
 #   make install      PREFIX=/usr/local DESTDIR=   (mk/install.mk)
 #   make bench        drover side by side with the spawn ceiling and a Python pool (mk/bench.mk)
@@ -66,11 +67,11 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 # the packaging set what `make deb` and `make package-test` run.
 DEB_BUILD   := build-essential pkg-config $(foreach lib,$(PKGS) $(NOPC_LIBS),lib$(lib:lib%=%)-dev)
 DEB_TEST    := libcriterion-dev kcat python3 python3-pytest python3-confluent-kafka procps util-linux \
-               strace prometheus cppcheck clang-tidy curl python3-yaml
+               strace prometheus cppcheck clang-tidy curl python3-yaml nodejs
 DEB_PACKAGE := debhelper dpkg-dev fakeroot lintian systemd init-system-helpers logrotate groff-base shellcheck
 
-.PHONY: all deps deps-build deps-test deps-package test check unit integration test-support lint clean asan check-layers \
-        check-monitoring
+.PHONY: all deps deps-build deps-test deps-package test check unit integration test-support test-libs lint clean asan \
+        check-layers check-monitoring
 all: check-layers $(PROGRAMS)
 
 # What the integration tests, the fault suite and the bench start besides the programs (the Kafka mock).
@@ -162,10 +163,15 @@ asan:
 integration: all test-support
 	DROVER_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
+# The handler libraries (lib/python, lib/node) driven over pipes by the real python3 and node.
+test-libs:
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/lib $(PYTEST_ARGS)
+
 # The packages first, then a fresh make: pkg-config is asked when the Makefile is read.
 test:
 	$(call install_missing,$(DEB_BUILD) $(DEB_TEST))
 	$(MAKE) all unit asan check-monitoring
+	$(MAKE) test-libs
 	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== (asan) $$t"; $(SAN_ENV) $$t --jobs 2; done
 	$(MAKE) integration
 	$(SAN_ENV) DROVER_BUILD=$(CURDIR)/build-asan $(PYTHON) -m pytest -q -p no:cacheprovider -m asan tests/integration

@@ -13,6 +13,15 @@
  * falls back to $DROVER_JOB_ID. Exit codes (sysexits): 0 done, 64 usage,
  * 65 bad job (not a JSON object, no "prompt", no usable id), 73 cannot
  * create the image, 74 I/O error, 143 stopped by SIGTERM (temp file removed).
+ *
+ *   demo --persistent [--size N] [--out DIR] [--duration-ms N]
+ *
+ * With --persistent, or when drover sets DROVER_HANDLER_MODE=persistent, it
+ * speaks drover's persistent protocol instead (README "Persistent handlers"):
+ * one process renders many jobs, several at once, taking job and cancel frames
+ * on stdin and answering with progress, result, error and cancelled frames on
+ * stdout. A bad job is an error frame with retry false (exit 65's equivalent).
+ *
  * Self-contained on purpose (libc and libm only): it shows what a handler
  * needs and nothing more.
  */
@@ -20,6 +29,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -51,6 +61,7 @@ struct options {
 	int size;
 	const char *out_dir;
 	long duration_ms; /* -1 = derive from the prompt */
+	bool persistent;  /* drover's persistent protocol instead of one job per process */
 };
 
 struct job_fields {
@@ -340,8 +351,33 @@ static bool json_skip_value(struct json_reader *r)
 	}
 }
 
-/* A top-level member: keeps "id" and "prompt" when they are strings, skips the rest. */
-static bool json_read_member(struct json_reader *r, struct job_fields *job)
+/*
+ * The members an object reader keeps: a string value is stored in *text (decoded,
+ * malloc'd; a repeated key: the last one wins, as in most parsers), an object value
+ * is read with the fields of *object. Every other member is validated and skipped.
+ */
+struct json_field {
+	const char *key;
+	char **text;
+	const struct json_fields *object;
+};
+
+struct json_fields {
+	const struct json_field *fields;
+	size_t count;
+};
+
+static bool json_read_object(struct json_reader *r, const struct json_fields *spec);
+
+static const struct json_field *json_field_of(const struct json_fields *spec, const char *key)
+{
+	for (size_t i = 0; i < spec->count; i++)
+		if (strcmp(spec->fields[i].key, key) == 0)
+			return &spec->fields[i];
+	return NULL;
+}
+
+static bool json_read_member(struct json_reader *r, const struct json_fields *spec)
 {
 	char *key = NULL;
 	json_skip_space(r);
@@ -351,15 +387,14 @@ static bool json_read_member(struct json_reader *r, struct job_fields *job)
 	bool ok = r->p < r->end && *r->p++ == ':';
 	if (ok) {
 		json_skip_space(r);
-		char **slot = NULL;
-		if (strcmp(key, "id") == 0)
-			slot = &job->id;
-		else if (strcmp(key, "prompt") == 0)
-			slot = &job->prompt;
-		if (slot && r->p < r->end && *r->p == '"') {
-			free(*slot); /* a repeated key: the last one wins, as in most parsers */
-			*slot = NULL;
-			ok = json_read_string(r, slot);
+		const struct json_field *field = json_field_of(spec, key);
+		char next = r->p < r->end ? *r->p : '\0';
+		if (field && field->text && next == '"') {
+			free(*field->text);
+			*field->text = NULL;
+			ok = json_read_string(r, field->text);
+		} else if (field && field->object && next == '{') {
+			ok = json_read_object(r, field->object);
 		} else {
 			ok = json_skip_value(r);
 		}
@@ -368,32 +403,48 @@ static bool json_read_member(struct json_reader *r, struct job_fields *job)
 	return ok;
 }
 
-/* Parses a whole document that must be one JSON object. */
-static bool parse_job(const char *text, size_t len, struct job_fields *job)
+/* An object at r->p, keeping the members spec names. */
+static bool json_read_object(struct json_reader *r, const struct json_fields *spec)
 {
-	struct json_reader r = { .p = text, .end = text + len, .depth = 1 };
-	json_skip_space(&r);
-	if (r.p >= r.end || *r.p++ != '{')
+	if (++r->depth > JSON_MAX_DEPTH || r->p >= r->end || *r->p++ != '{')
 		return false;
-	json_skip_space(&r);
-	if (r.p < r.end && *r.p == '}') {
-		r.p++;
+	json_skip_space(r);
+	if (r->p < r->end && *r->p == '}') {
+		r->p++;
 	} else {
 		for (;;) {
-			if (!json_read_member(&r, job))
+			if (!json_read_member(r, spec))
 				return false;
-			json_skip_space(&r);
-			if (r.p >= r.end)
+			json_skip_space(r);
+			if (r->p >= r->end)
 				return false;
-			char c = *r.p++;
+			char c = *r->p++;
 			if (c == '}')
 				break;
 			if (c != ',')
 				return false;
 		}
 	}
+	r->depth--;
+	return true;
+}
+
+/* Parses a whole document that must be one JSON object. */
+static bool json_parse_document(const char *text, size_t len, const struct json_fields *spec)
+{
+	struct json_reader r = { .p = text, .end = text + len, .depth = 0 };
+	json_skip_space(&r);
+	if (!json_read_object(&r, spec))
+		return false;
 	json_skip_space(&r);
 	return r.p == r.end;
+}
+
+static bool parse_job(const char *text, size_t len, struct job_fields *job)
+{
+	const struct json_field fields[] = { { "id", &job->id, NULL }, { "prompt", &job->prompt, NULL } };
+	const struct json_fields spec = { fields, sizeof fields / sizeof fields[0] };
+	return json_parse_document(text, len, &spec);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -604,7 +655,9 @@ static int write_ppm(const char *tmp, const char *final, const unsigned char *pi
 
 static void usage(void)
 {
-	fputs("usage: demo [--size N] [--out DIR] [--duration-ms N]  (job JSON on stdin)\n", stderr);
+	fputs("usage: demo [--size N] [--out DIR] [--duration-ms N]  (job JSON on stdin)\n"
+	      "       demo --persistent [--size N] [--out DIR] [--duration-ms N]  (protocol frames on stdin)\n",
+	      stderr);
 }
 
 static bool parse_long(const char *s, long min, long max, long *out)
@@ -621,11 +674,17 @@ static bool parse_long(const char *s, long min, long max, long *out)
 static int parse_options(int argc, char **argv, struct options *opt)
 {
 	const char *env_out = getenv("DROVER_DEMO_OUT");
+	const char *mode = getenv("DROVER_HANDLER_MODE");
+	opt->persistent = mode && strcmp(mode, "persistent") == 0;
 	opt->size = DEFAULT_SIZE;
 	opt->out_dir = env_out && *env_out ? env_out : DEFAULT_OUT;
 	opt->duration_ms = -1;
 	for (int i = 1; i < argc; i++) {
 		long v;
+		if (strcmp(argv[i], "--persistent") == 0) {
+			opt->persistent = true;
+			continue;
+		}
 		if (i + 1 >= argc) {
 			fprintf(stderr, "demo: %s: missing value or unknown option\n", argv[i]);
 			return -1;
@@ -781,6 +840,441 @@ static int run(const struct options *opt, const struct job_fields *job)
 	return rc;
 }
 
+/* ---- persistent mode: one process, many jobs (drover's protocol 1) --------
+ *
+ * With --persistent (or DROVER_HANDLER_MODE=persistent) the demo says ready,
+ * then reads job and cancel frames from stdin, one JSON object per line, and
+ * answers with progress, result, error and cancelled frames on stdout. Jobs
+ * held at once are rendered in turns by one thread: each advances a slice of
+ * rows when its pacing time comes, and ppoll() waits for the earliest of those
+ * times or for the next frame. EOF on stdin: the jobs held finish, then exit 0.
+ */
+
+#define MAX_FRAME_BYTES (MAX_JOB_BYTES + 65536)
+#define MAX_WARM_JOBS 64
+#define READ_CHUNK 65536
+
+/* A frame being written: grows as needed; failed sticks after an allocation failure. */
+struct text {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+static void text_add(struct text *t, const char *s, size_t n)
+{
+	if (t->failed)
+		return;
+	if (t->len + n + 1 > t->cap) {
+		size_t cap = t->cap ? t->cap : 256;
+		while (cap < t->len + n + 1)
+			cap *= 2;
+		char *bigger = realloc(t->p, cap);
+		if (!bigger) {
+			t->failed = true;
+			return;
+		}
+		t->p = bigger;
+		t->cap = cap;
+	}
+	memcpy(t->p + t->len, s, n);
+	t->len += n;
+}
+
+static void text_puts(struct text *t, const char *s)
+{
+	text_add(t, s, strlen(s));
+}
+
+/* s as a JSON string literal; control characters escaped, so a frame stays one line. */
+static void text_quote(struct text *t, const char *s)
+{
+	text_puts(t, "\"");
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		char esc[8];
+		if (c == '"' || c == '\\') {
+			snprintf(esc, sizeof esc, "\\%c", c);
+			text_puts(t, esc);
+		} else if (c < 0x20) {
+			snprintf(esc, sizeof esc, "\\u%04x", c);
+			text_puts(t, esc);
+		} else {
+			text_add(t, (const char *)&c, 1);
+		}
+	}
+	text_puts(t, "\"");
+}
+
+static void frame_begin(struct text *t, const char *type, const char *id)
+{
+	text_puts(t, "{\"type\":");
+	text_quote(t, type);
+	text_puts(t, ",\"id\":");
+	text_quote(t, id);
+}
+
+/* Closes the frame and writes it whole; false when drover cannot be written to. */
+static bool frame_send(struct text *t)
+{
+	text_puts(t, "}\n");
+	bool ok = !t->failed && write_all(STDOUT_FILENO, t->p, t->len) == 0;
+	if (!ok)
+		fprintf(stderr, "demo: writing a frame: %s\n", t->failed ? "out of memory" : strerror(errno));
+	free(t->p);
+	return ok;
+}
+
+struct warm_job {
+	char *frame_id; /* drover's id of the job: every frame names it */
+	struct job_fields job;
+	struct image_paths paths;
+	unsigned char *pixels;
+	struct palette pal;
+	int step; /* slices of rows rendered; at RENDER_STEPS the image is written */
+	long long started_ms;
+	long step_ms;
+};
+
+struct warm {
+	const struct options *opt;
+	struct warm_job *jobs[MAX_WARM_JOBS];
+	int count;
+	char *in; /* bytes read that do not yet end a line */
+	size_t in_len, in_cap;
+	bool skipping; /* inside a line longer than MAX_FRAME_BYTES: dropped */
+	bool closing;  /* stdin at EOF: finish the jobs held, then exit */
+	bool broken;   /* stdout failed: drover is gone */
+};
+
+static long long monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void warm_progress(struct warm *w, const struct warm_job *job, double fraction, const char *message)
+{
+	struct text t = { 0 };
+	char num[32];
+	frame_begin(&t, "progress", job->frame_id);
+	snprintf(num, sizeof num, ",\"progress\":%.2f,\"message\":", fraction);
+	text_puts(&t, num);
+	text_quote(&t, message);
+	w->broken |= !frame_send(&t);
+}
+
+static void warm_error(struct warm *w, const char *id, const char *error, bool retry)
+{
+	struct text t = { 0 };
+	frame_begin(&t, "error", id);
+	text_puts(&t, ",\"error\":");
+	text_quote(&t, error);
+	text_puts(&t, retry ? ",\"retry\":true" : ",\"retry\":false");
+	w->broken |= !frame_send(&t);
+}
+
+static void warm_result(struct warm *w, const struct warm_job *job)
+{
+	struct text t = { 0 };
+	char dims[64];
+	frame_begin(&t, "result", job->frame_id);
+	text_puts(&t, ",\"result\":{\"image\":");
+	text_quote(&t, job->paths.final);
+	snprintf(dims, sizeof dims, ",\"width\":%d,\"height\":%d}", w->opt->size, w->opt->size);
+	text_puts(&t, dims);
+	w->broken |= !frame_send(&t);
+}
+
+static void warm_free(struct warm_job *job)
+{
+	free(job->frame_id);
+	free(job->job.id);
+	free(job->job.prompt);
+	free(job->pixels);
+	free(job);
+}
+
+/* Removes jobs[i] (order does not matter: each job keeps its own pacing). */
+static void warm_drop(struct warm *w, int i)
+{
+	warm_free(w->jobs[i]);
+	w->jobs[i] = w->jobs[--w->count];
+}
+
+/* A job frame's job made ready to render; NULL after answering with an error frame. */
+static struct warm_job *warm_prepare(struct warm *w, struct warm_job *job)
+{
+	char reason[PATH_MAX + 128];
+	if (!job->job.prompt || !*job->job.prompt) {
+		warm_error(w, job->frame_id, "the job has no \"prompt\" string", false);
+		return NULL;
+	}
+	if (!job->job.id)
+		job->job.id = strdup(job->frame_id); /* as DROVER_JOB_ID in exec mode */
+	if (!job->job.id || !*job->job.id || strlen(job->job.id) > MAX_ID_LEN) {
+		snprintf(reason, sizeof reason, "the job needs an \"id\" string of 1..%d bytes", MAX_ID_LEN);
+		warm_error(w, job->frame_id, reason, false);
+		return NULL;
+	}
+	if (!image_paths(w->opt->out_dir, job->job.id, &job->paths)) {
+		snprintf(reason, sizeof reason, "output directory %s: %s", w->opt->out_dir, strerror(errno));
+		warm_error(w, job->frame_id, reason, true);
+		return NULL;
+	}
+	job->pixels = malloc((size_t)w->opt->size * (size_t)w->opt->size * 3);
+	if (!job->pixels) {
+		warm_error(w, job->frame_id, "out of memory", true);
+		return NULL;
+	}
+	uint64_t hash = hash_text(job->job.prompt);
+	long duration = w->opt->duration_ms >= 0 ? w->opt->duration_ms : 1000 + (long)(hash % 2001);
+	job->pal = palette_from_hash(hash);
+	job->step_ms = duration / RENDER_STEPS;
+	job->started_ms = monotonic_ms();
+	return job;
+}
+
+/* Takes the job of a job frame (its fields move into the job). */
+static void warm_accept(struct warm *w, char **frame_id, struct job_fields *fields)
+{
+	for (int i = 0; i < w->count; i++) {
+		if (strcmp(w->jobs[i]->frame_id, *frame_id) == 0) {
+			fprintf(stderr, "demo: ignoring job %s: it is already running here\n", *frame_id);
+			return;
+		}
+	}
+	if (w->count == MAX_WARM_JOBS) {
+		warm_error(w, *frame_id, "this demo process already holds its maximum of jobs", true);
+		return;
+	}
+	struct warm_job *job = calloc(1, sizeof *job);
+	if (!job) {
+		warm_error(w, *frame_id, "out of memory", true);
+		return;
+	}
+	job->frame_id = *frame_id;
+	job->job = *fields;
+	*frame_id = NULL;
+	*fields = (struct job_fields){ 0 };
+	if (!warm_prepare(w, job)) {
+		warm_free(job);
+		return;
+	}
+	w->jobs[w->count++] = job;
+	warm_progress(w, job, 0.0, "starting");
+}
+
+static void warm_cancel(struct warm *w, const char *id)
+{
+	for (int i = 0; i < w->count; i++) {
+		if (strcmp(w->jobs[i]->frame_id, id) == 0) {
+			struct text t = { 0 };
+			frame_begin(&t, "cancelled", id);
+			w->broken |= !frame_send(&t);
+			warm_drop(w, i); /* nothing on disk yet: the image is written in one step */
+			return;
+		}
+	}
+	/* A job that has just ended: its result already answers the cancel. */
+}
+
+/* The last step: the image written as in exec mode, then the result frame. */
+static void warm_finish(struct warm *w, struct warm_job *job)
+{
+	char reason[PATH_MAX + 128];
+	warm_progress(w, job, (double)RENDER_STEPS / (RENDER_STEPS + 1), "writing");
+	int rc = write_ppm(job->paths.tmp, job->paths.final, job->pixels, w->opt->size);
+	if (rc == 0 && fsync_dir(job->paths.dir) < 0)
+		rc = EXIT_IOERR;
+	if (rc != 0) {
+		snprintf(reason, sizeof reason, "writing %s: %s", job->paths.final, strerror(errno));
+		fprintf(stderr, "demo: %s\n", reason);
+		warm_error(w, job->frame_id, reason, true);
+		return;
+	}
+	warm_progress(w, job, 1.0, "done");
+	warm_result(w, job);
+}
+
+/* Runs every step whose time has come; true when jobs[i] ended and was dropped. */
+static bool warm_advance(struct warm *w, int i, long long now)
+{
+	struct warm_job *job = w->jobs[i];
+	int size = w->opt->size;
+	while (!w->broken && job->step <= RENDER_STEPS && job->started_ms + (long long)job->step * job->step_ms <= now) {
+		if (job->step == RENDER_STEPS) {
+			warm_finish(w, job);
+			warm_drop(w, i);
+			return true;
+		}
+		render_rows(job->pixels, size, size * job->step / RENDER_STEPS, size * (job->step + 1) / RENDER_STEPS,
+		            &job->pal);
+		job->step++;
+		warm_progress(w, job, (double)job->step / (RENDER_STEPS + 1), "rendering");
+	}
+	return false;
+}
+
+/* ---- persistent mode: frames in -------------------------------------------- */
+
+struct frame_fields {
+	char *type;
+	char *id;
+	struct job_fields job;
+};
+
+static void frame_fields_free(struct frame_fields *f)
+{
+	free(f->type);
+	free(f->id);
+	free(f->job.id);
+	free(f->job.prompt);
+}
+
+static bool parse_frame(const char *text, size_t len, struct frame_fields *f)
+{
+	const struct json_field job_fields[] = { { "id", &f->job.id, NULL }, { "prompt", &f->job.prompt, NULL } };
+	const struct json_fields job_spec = { job_fields, sizeof job_fields / sizeof job_fields[0] };
+	const struct json_field fields[] = {
+		{ "type", &f->type, NULL }, { "id", &f->id, NULL }, { "job", NULL, &job_spec } };
+	const struct json_fields spec = { fields, sizeof fields / sizeof fields[0] };
+	return json_parse_document(text, len, &spec);
+}
+
+static void warm_line(struct warm *w, const char *line, size_t len)
+{
+	struct frame_fields f = { 0 };
+	if (len == 0 || (len == 1 && line[0] == '\r')) {
+		return;
+	} else if (!parse_frame(line, len, &f) || !f.type) {
+		fputs("demo: ignoring a line that is not a JSON object with a \"type\"\n", stderr);
+	} else if (strcmp(f.type, "job") == 0 && f.id) {
+		warm_accept(w, &f.id, &f.job);
+	} else if (strcmp(f.type, "cancel") == 0 && f.id) {
+		warm_cancel(w, f.id);
+	} else {
+		fprintf(stderr, "demo: ignoring a frame of type \"%s\"%s\n", f.type, f.id ? "" : " without an id");
+	}
+	frame_fields_free(&f);
+}
+
+/* Makes room for another read; a line that outgrows MAX_FRAME_BYTES is dropped whole. */
+static bool warm_room(struct warm *w)
+{
+	if (w->in_len < w->in_cap)
+		return true;
+	if (w->in_cap >= MAX_FRAME_BYTES) {
+		fprintf(stderr, "demo: dropping a frame longer than %d bytes\n", MAX_FRAME_BYTES);
+		w->skipping = true;
+		w->in_len = 0;
+		return true;
+	}
+	size_t cap = w->in_cap ? w->in_cap * 2 : READ_CHUNK;
+	if (cap > MAX_FRAME_BYTES)
+		cap = MAX_FRAME_BYTES;
+	char *bigger = realloc(w->in, cap);
+	if (!bigger)
+		return false;
+	w->in = bigger;
+	w->in_cap = cap;
+	return true;
+}
+
+/* One read from stdin, then every whole line in the buffer. */
+static void warm_read(struct warm *w)
+{
+	if (!warm_room(w)) {
+		fputs("demo: out of memory reading frames\n", stderr);
+		w->broken = true;
+		return;
+	}
+	ssize_t n = read(STDIN_FILENO, w->in + w->in_len, w->in_cap - w->in_len);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		if (n < 0)
+			fprintf(stderr, "demo: reading frames: %s\n", strerror(errno));
+		if (w->in_len > 0 && !w->skipping)
+			fputs("demo: ignoring an unfinished last line\n", stderr);
+		w->closing = true;
+		return;
+	}
+	size_t scanned = w->in_len, begin = 0;
+	w->in_len += (size_t)n;
+	for (char *nl; (nl = memchr(w->in + scanned, '\n', w->in_len - scanned)) != NULL; scanned = begin) {
+		size_t end = (size_t)(nl - w->in);
+		if (!w->skipping)
+			warm_line(w, w->in + begin, end - begin);
+		w->skipping = false;
+		begin = end + 1;
+	}
+	memmove(w->in, w->in + begin, w->in_len - begin);
+	w->in_len -= begin;
+}
+
+/* ---- persistent mode: the loop --------------------------------------------- */
+
+/* Milliseconds until the earliest job's next step (0: now), or -1 with no job. */
+static long long warm_wait_ms(const struct warm *w, long long now)
+{
+	long long wait = -1;
+	for (int i = 0; i < w->count; i++) {
+		const struct warm_job *job = w->jobs[i];
+		long long due = job->started_ms + (long long)job->step * job->step_ms - now;
+		if (due < 0)
+			due = 0;
+		if (wait < 0 || due < wait)
+			wait = due;
+	}
+	return wait;
+}
+
+/* Waits for a frame or the next step; SIGTERM is let in only during the wait, so none is missed. */
+static void warm_wait(struct warm *w, const sigset_t *wait_mask)
+{
+	struct pollfd in = { .fd = STDIN_FILENO, .events = POLLIN };
+	long long wait = warm_wait_ms(w, monotonic_ms());
+	struct timespec ts = { .tv_sec = wait / 1000, .tv_nsec = (wait % 1000) * 1000000L };
+	int n = ppoll(&in, w->closing ? 0 : 1, wait < 0 ? NULL : &ts, wait_mask);
+	if (n < 0 && errno != EINTR) {
+		fprintf(stderr, "demo: ppoll: %s\n", strerror(errno));
+		w->broken = true;
+	} else if (n > 0 && (in.revents & (POLLIN | POLLHUP | POLLERR))) {
+		warm_read(w);
+	}
+}
+
+static int serve_persistent(const struct options *opt)
+{
+	struct warm w = { .opt = opt };
+	sigset_t term, wait_mask;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	if (sigprocmask(SIG_BLOCK, &term, &wait_mask) < 0) {
+		perror("demo: sigprocmask");
+		return EXIT_IOERR;
+	}
+	sigdelset(&wait_mask, SIGTERM);
+	struct text ready = { 0 };
+	text_puts(&ready, "{\"type\":\"ready\"");
+	w.broken = !frame_send(&ready);
+	while (!w.broken && !terminate_requested && !(w.closing && w.count == 0)) {
+		warm_wait(&w, &wait_mask);
+		long long now = monotonic_ms();
+		for (int i = w.count - 1; i >= 0 && !w.broken; i--)
+			warm_advance(&w, i, now);
+	}
+	int rc = terminate_requested ? EXIT_TERMINATED : w.broken ? EXIT_IOERR : 0;
+	if (w.count > 0)
+		fprintf(stderr, "demo: %s with %d job(s) unfinished\n", terminate_requested ? "stopped by SIGTERM" : "ending", w.count);
+	while (w.count > 0)
+		warm_drop(&w, w.count - 1);
+	free(w.in);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct options opt;
@@ -792,6 +1286,8 @@ int main(int argc, char **argv)
 		perror("demo: sigaction");
 		return EXIT_IOERR;
 	}
+	if (opt.persistent)
+		return serve_persistent(&opt);
 	progress_init();
 	struct job_fields job = { 0 };
 	int rc = read_job(&job);

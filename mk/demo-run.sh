@@ -8,7 +8,10 @@
 # only this script, whose trap then stops drover gracefully as well.
 #
 # Environment: BUILD (build tree, default build), PYTHON, DEMO_JOBS (batch size,
-# default 12), DEMO_DEADLINE_S (time allowed for the batch, default 180).
+# default 12), DEMO_DEADLINE_S (time allowed for the batch, default 180),
+# DEMO_VAR (the working directory, default ./var),
+# DEMO_MODE=persistent (one long-lived demo process per worker renders its
+# max_concurrent jobs side by side: handler_mode = persistent; default exec).
 # Exit status: 0 when every job completed and drover stopped cleanly, else 1
 # (130/143 when interrupted).
 set -euo pipefail
@@ -17,11 +20,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
 BUILD_DIR=${BUILD:-build}
 case $BUILD_DIR in /*) ;; *) BUILD_DIR=$ROOT/$BUILD_DIR ;; esac
 JOBS=${DEMO_JOBS:-12}
+MODE=${DEMO_MODE:-exec}
+case $MODE in exec | persistent) ;; *) printf 'make run: DEMO_MODE=%s: exec or persistent\n' "$MODE" >&2; exit 1 ;; esac
 BATCH_DEADLINE_S=${DEMO_DEADLINE_S:-180}
 START_DEADLINE_S=15
 STOP_DEADLINE_S=20 # conf/run.ini's shutdown_timeout_ms (10 s) plus a margin
 
-VAR=$ROOT/var
+VAR=${DEMO_VAR:-$ROOT/var}
+case $VAR in /*) ;; *) VAR=$ROOT/$VAR ;; esac
 CONF=$VAR/run.ini
 LOG=$VAR/log/drover.log
 SPOOL=$VAR/spool
@@ -74,9 +80,9 @@ check_paths() {
 # conf/run.ini with every var/... and build/... word made absolute.
 write_config() {
 	mkdir -p "$VAR/log" "$IMAGES" "$SPOOL"
-	awk -v root="$ROOT" -v build="$BUILD_DIR" -v sock="$SOCK" '
+	awk -v var="$VAR" -v build="$BUILD_DIR" -v sock="$SOCK" -v mode="$MODE" '
 		function absolute(word) {
-			if (word ~ /^var\//) return root "/" word
+			if (word ~ /^var\//) return var substr(word, 4)
 			if (word ~ /^build\//) return build substr(word, 6)
 			return word
 		}
@@ -86,6 +92,9 @@ write_config() {
 			key = substr($0, 1, eq - 1); value = substr($0, eq + 1)
 			gsub(/^[ \t]+|[ \t]+$/, "", key); gsub(/^[ \t]+|[ \t]+$/, "", value)
 			if (key == "control_socket") { print key " = " sock; next }
+			# persistent: each worker keeps one demo process holding all its jobs at once.
+			if (key == "max_concurrent" && mode == "persistent")
+				print "handler_mode = persistent\nhandler_concurrency = " value
 			n = split(value, words, /[ \t]+/); out = ""
 			for (i = 1; i <= n; i++) {
 				word = absolute(words[i])
@@ -285,6 +294,18 @@ failure_reasons() {
 	done
 }
 
+# Persistent mode: which long-lived demo processes served the batch (from the last stats).
+handler_summary() {
+	[ "$MODE" = persistent ] || return 0
+	"$PYTHON" - "$VAR/last-stats.json" <<-'EOF' 2>/dev/null || true
+		import json, sys
+		stats = json.load(open(sys.argv[1]))
+		procs = [(h["pid"], h["jobs"]) for w in stats.get("workers", []) for h in w.get("handlers", [])]
+		print("   handlers: %d long-lived demo processes served %d jobs (%s)"
+		      % (len(procs), sum(j for _, j in procs), ", ".join("pid %d: %d" % p for p in procs)))
+	EOF
+}
+
 summary() {
 	local images
 	images=$(find "$IMAGES" -maxdepth 1 -name 'demo-*.ppm' -newer "$CONF" | wc -l)
@@ -293,6 +314,7 @@ summary() {
 	say "   images:   $IMAGES/ ($images new PPM files, e.g. ${IDS[0]}.ppm)"
 	say "   outcomes: $SPOOL/complete/<id>.json, $SPOOL/failed/<id>.json"
 	say "   log:      $LOG"
+	handler_summary
 	((FAILED == 0)) || { say "   failed jobs:"; failure_reasons; }
 	say ""
 }
@@ -304,7 +326,7 @@ main() {
 	trap 'exit 143' TERM
 	write_config
 	refuse_running_instance
-	say "drover demo: $JOBS jobs, $(setting workers) workers x $(setting max_concurrent) jobs at once, spool $SPOOL"
+	say "drover demo: $JOBS jobs, $(setting workers) workers x $(setting max_concurrent) jobs at once, $MODE handlers, spool $SPOOL"
 	start_drover
 	wait_for_ping
 	submit_batch

@@ -629,7 +629,8 @@ static void task_slow_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 	struct task *t = timer->data;
 	struct worker *w = t->worker;
 	log_warnx("job %.200s: attempt %d has run longer than slow_job_ms (%lld ms), pid %d", t->job->id, t->attempt,
-	          w->cfg->slow_job_ms, t->run != NULL ? (int)runner_pgid(t->run) : 0);
+	          w->cfg->slow_job_ms,
+	          t->run != NULL ? (int)runner_pgid(t->run) : t->warm != NULL ? (int)warm_job_pid(t->warm) : 0);
 	counters_update(w, count_slow, 0);
 }
 

@@ -21,9 +21,23 @@ Figures, per configuration (P workers x K max_concurrent, handler /bin/cat):
   target and whether it is met. Speed is never asserted: the exit status
   says only whether every figure was produced.
 
+Persistent handlers (issue 9), on the spool, rows of their own:
+  - a Python echo handler (echo_handler.py, lib/python's drover_handler) in
+    persistent mode against the same function in exec mode (one python3 per
+    job) and against prefork_pool.py (a multiprocessing.Pool of W x K
+    processes calling it in-process, fed one job at a time over their pipes),
+    at the same workers x max_concurrent, in paired rounds;
+  - a Node handler (timer_handler.js) holding 20 jobs in one process, each
+    awaiting a 100 ms timer: jobs/s of one worker with max_concurrent 20;
+  - one persistent Python handler process over many jobs (100k at full
+    scale): its RSS and its worker's after a warm-up and at the end, and
+    drover's own CPU per job (supervisor + worker, from /proc, the handler's
+    CPU left out).
+
 Environment: BENCH_SCALE=tiny|full (default full; tiny is what `make test`
 runs), BENCH_JOBS (backlog size), BENCH_PAIRS, BENCH_KAFKA=2x4,3x4 (Kafka
-configurations; "" skips Kafka), BENCH_JSON (default BUILD/bench.json),
+configurations; "" skips Kafka), BENCH_WARM=2x4 (the persistent-handler
+configuration; "" skips those rows), BENCH_RSS_JOBS (jobs of the RSS run), BENCH_JSON (default BUILD/bench.json),
 BENCH_KEEP=1 keeps the work directory. DROVER_BUILD names the build tree.
 
 Everything runs in a directory under the build tree (a disk, not tmpfs, so
@@ -58,6 +72,11 @@ from harness import HarnessError as BenchError  # noqa: E402
 BUILD = str(harness.BUILD)
 CEILING = os.path.join(BUILD, "bench", "spawn_ceiling")
 PEER_POOL = os.path.join(ROOT, "tests", "bench", "peer_pool.py")
+PREFORK_POOL = os.path.join(ROOT, "tests", "bench", "prefork_pool.py")
+ECHO_HANDLER = "%s %s" % (PYTHON, os.path.join(ROOT, "tests", "bench", "echo_handler.py"))
+NODE = "/usr/bin/node"
+TIMER_HANDLER = "%s %s" % (NODE, os.path.join(ROOT, "tests", "bench", "timer_handler.js"))
+NODE_IN_FLIGHT = 20
 MOCK_BROKER = os.path.join(BUILD, "support", "mock_broker")
 HANDLER = "/bin/cat"
 JOB_BYTES = 200
@@ -69,12 +88,14 @@ RATES = (300, 1000)
 SCALES = {
     # Enough to produce every figure, fast enough for make test.
     "tiny": {"spool_jobs": 150, "kafka_jobs": 200, "pairs": 1, "latency_s": 0.6, "idle_s": 1.0,
-             "round_cap_s": 20, "drain_cap_s": 10},
-    # At most about 5 minutes on the 2-core machine. A pool slower than the backlog or the offered
-    # rate allows is measured for round_cap_s (backlog) or drain_cap_s (after the open loop) at most,
-    # so a slow drover cannot stretch the run.
+             "round_cap_s": 20, "drain_cap_s": 10, "warm_jobs": 150, "node_jobs": 100, "rss_jobs": 400,
+             "rss_warmup": 100},
+    # At most about 7 minutes on the 2-core machine (2 of them the persistent-handler rows). A pool
+    # slower than the backlog or the offered rate allows is measured for round_cap_s (backlog) or
+    # drain_cap_s (after the open loop) at most, so a slow drover cannot stretch the run.
     "full": {"spool_jobs": 3000, "kafka_jobs": 3000, "pairs": 3, "latency_s": 3.0, "idle_s": 5.0,
-             "round_cap_s": 10, "drain_cap_s": 6},
+             "round_cap_s": 10, "drain_cap_s": 6, "warm_jobs": 3000, "node_jobs": 1500, "rss_jobs": 100000,
+             "rss_warmup": 2000},
 }
 
 # Issue 7's targets. Each returns (text, met) from the row's value and ratio.
@@ -87,6 +108,10 @@ def at_least(limit):
 
 def at_most_ratio(limit):
     return "ratio <= %.2f" % limit, lambda value, ratio: ratio is not None and ratio <= limit
+
+
+def at_least_value(limit, unit):
+    return ">= %g %s" % (limit, unit), lambda value, ratio: value is not None and value >= limit
 
 
 def at_most(limit, unit):
@@ -312,8 +337,8 @@ def fill_backlog(spool, prefix, n):
             f.write(job_json(job_id))
 
 
-def spool_drover_round(ctx, workers, k, n, tag):
-    d = Drover(ctx.path(tag), workers, k)
+def spool_drover_round(ctx, workers, k, n, tag, extra=None):
+    d = Drover(ctx.path(tag), workers, k, extra=extra)
     fill_backlog(d.spool, tag, n)
     load = load1()
     d.start()
@@ -326,8 +351,10 @@ def spool_drover_round(ctx, workers, k, n, tag):
             sampler.sample()
             time.sleep(0.1)
             done = count_outcomes(d.spool)
+        first = None
         if done >= n:
-            end = max(e.stat().st_mtime_ns for e in os.scandir(os.path.join(d.spool, "complete")))
+            mtimes = [e.stat().st_mtime_ns for e in os.scandir(os.path.join(d.spool, "complete"))]
+            first, end = min(mtimes), max(mtimes)
         else:  # capped: the rate so far; the CPU is divided by every outcome written by the stop
             end = time.time_ns()
         cpu = d.stop()
@@ -338,7 +365,10 @@ def spool_drover_round(ctx, workers, k, n, tag):
     except BaseException:
         d.tree.kill()
         raise
-    return {"jobs_per_s": done / ((end - d.tree.started_ns) / 1e9), "cpu_ms_per_job": cpu * 1000 / finished,
+    # Steady: first to last outcome, without drover's and the handlers' start.
+    steady = (done - 1) / ((end - first) / 1e9) if first is not None and end > first else None
+    return {"jobs_per_s": done / ((end - d.tree.started_ns) / 1e9), "jobs_per_s_steady": steady,
+            "cpu_ms_per_job": cpu * 1000 / finished,
             "jobs": n, "finished": finished, "capped": done < n, "load1": load, "rss_busy_kb": dict(sampler.peak)}
 
 
@@ -806,6 +836,127 @@ def bench_kafka(ctx, workers, k):
     service_rows(ctx, name, service, workers, backend="kafka", peer=peer)
 
 
+# ---- persistent handlers (issue 9) ---------------------------------------------------
+
+def persistent(handler, concurrency):
+    return {"jobs": {"handler": handler, "handler_mode": "persistent", "handler_concurrency": concurrency}}
+
+
+def prefork_round(ctx, processes, n, tag):
+    load = load1()
+    t = Tree([PYTHON, PREFORK_POOL, "-p", str(processes), "-n", str(n), "-s", str(JOB_BYTES)], ctx.workdir, tag)
+    try:
+        cpu = t.finish(timeout=n / 20 + 60)
+    except BaseException:
+        t.kill()
+        raise
+    if t.proc.returncode != 0:
+        raise BenchError("prefork_pool failed (%s): %s" % (t.proc.returncode, t.tail()))
+    result = json.loads(t.tail().strip().splitlines()[-1])
+    return {"jobs_per_s": n / (result["elapsed_ns"] / 1e9), "cpu_ms_per_job": cpu * 1000 / n, "load1": load}
+
+
+def bench_warm(ctx, workers, k):
+    """Python echo: persistent vs exec mode vs a prefork pool, same workers x max_concurrent."""
+    name = "persistent %dx%d" % (workers, k)
+    n = ctx.warm_jobs
+    rounds = []
+    for i in range(ctx.pairs):
+        tag = "warm%dx%d-%d" % (workers, k, i)
+        ctx.say("%s: round %d/%d, %d jobs each: persistent, exec, prefork pool" % (name, i + 1, ctx.pairs, n))
+        rounds.append({"drover": spool_drover_round(ctx, workers, k, n, tag + "p", persistent(ECHO_HANDLER, 1)),
+                       "exec": spool_drover_round(ctx, workers, k, n, tag + "e", {"jobs": {"handler": ECHO_HANDLER}}),
+                       "prefork": prefork_round(ctx, workers * k, n, tag + "f")})
+    ctx.results[name] = {"backend": "persistent", "workers": workers, "max_concurrent": k, "jobs": n,
+                         "rounds": rounds}
+    paired_rows(ctx, name, rounds, "exec", "exec mode", jobs_target=at_least(10), cpu_target=None)
+    paired_rows(ctx, name, rounds, "prefork", "prefork pool", jobs_target=at_least(1.0), cpu_target=None)
+
+
+def bench_node(ctx):
+    """One worker, one Node process holding 20 jobs that each await a 100 ms timer."""
+    name = "persistent node 1x%d" % NODE_IN_FLIGHT
+    n = ctx.node_jobs
+    ctx.say("%s: %d jobs" % (name, n))
+    r = spool_drover_round(ctx, 1, NODE_IN_FLIGHT, n, "node", persistent(TIMER_HANDLER, NODE_IN_FLIGHT))
+    ctx.results[name] = {"backend": "persistent-node", "workers": 1, "max_concurrent": NODE_IN_FLIGHT, "jobs": n,
+                         "round": r}
+    note = "each job awaits 100 ms; first to last outcome"
+    if r["capped"] or r["jobs_per_s_steady"] is None:
+        note += ", stopped at %.0f s: from drover's start" % ctx.scale["round_cap_s"]
+    else:
+        note += "; %.0f/s from drover's start" % r["jobs_per_s"]
+    ctx.row(name, "jobs/s per worker, 20 in flight in one process", r["jobs_per_s_steady"] or r["jobs_per_s"],
+            target=at_least_value(0.9 * NODE_IN_FLIGHT / 0.1, "jobs/s"), unit="jobs/s", load=r["load1"], note=note)
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid (all its threads) from /proc; 0 when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def handler_pids(d):
+    s = d.stats()
+    return [h["pid"] for w in (s or {}).get("workers", []) for h in w.get("handlers", []) if h.get("pid")]
+
+
+def outcomes_from_stats(d):
+    s = d.stats()
+    return sum(w.get("completed", 0) + w.get("failed", 0) for w in (s or {}).get("workers", []))
+
+
+def rss_run(ctx, n, warmup):
+    """One worker, one persistent Python process (4 jobs at once) over n jobs."""
+    d = Drover(ctx.path("rss"), 1, 4, extra=persistent(ECHO_HANDLER, 4))
+    fill_backlog(d.spool, "rss", n)
+    load = load1()
+    d.start()
+    try:
+        handler = wait_until(lambda: handler_pids(d), 30, "the handler process")[0]
+        worker = d.worker_pids()[0]
+        wait_until(lambda: outcomes_from_stats(d) >= warmup, 60, "%d outcomes" % warmup, interval=0.2)
+        start = {"handler": rss_kb(handler), "worker": rss_kb(worker)}
+        wait_until(lambda: outcomes_from_stats(d) >= n, n / 50 + 60, "%d outcomes" % n, interval=0.5)
+        end = {"handler": rss_kb(handler), "worker": rss_kb(worker)}
+        if handler_pids(d) != [handler] or d.worker_pids()[0] != worker:
+            raise BenchError("the handler or the worker was replaced during the RSS run")
+        drover_cpu = {"supervisor": cpu_seconds(d.tree.pid), "worker": cpu_seconds(worker),
+                      "handler": cpu_seconds(handler)}
+        d.stop()
+        failed = os.listdir(os.path.join(d.spool, "failed"))
+        if failed:
+            raise BenchError("rss: %d jobs failed, e.g. %s" % (len(failed), failed[:3]))
+    except BaseException:
+        d.tree.kill()
+        raise
+    return {"jobs": n, "warmup": warmup, "rss_start_kb": start, "rss_end_kb": end,
+            "drover_cpu_ms_per_job": (drover_cpu["supervisor"] + drover_cpu["worker"]) * 1000 / n,
+            "cpu_ms_per_job": {role: sec * 1000 / n for role, sec in drover_cpu.items()}, "load1": load}
+
+
+def bench_rss(ctx):
+    name = "persistent rss 1x4"
+    n, warmup = ctx.rss_jobs, min(ctx.scale["rss_warmup"], ctx.rss_jobs // 2)
+    ctx.say("%s: one handler process over %d jobs" % (name, n))
+    r = rss_run(ctx, n, warmup)
+    ctx.results[name] = {"backend": "persistent-rss", "workers": 1, "max_concurrent": 4, "jobs": n, "run": r}
+    for role in ("handler", "worker"):
+        start, end = r["rss_start_kb"][role] / MIB, r["rss_end_kb"][role] / MIB
+        ctx.row(name, "RSS %s process after warm-up" % role, start, unit="MiB", load=r["load1"],
+                note="after %d jobs" % warmup)
+        ctx.row(name, "RSS %s process at the end" % role, end, start, end / start, at_most_ratio(1.10), "MiB",
+                r["load1"], note="after %d jobs; reference: after warm-up" % n)
+    ctx.row(name, "drover CPU per job (supervisor + worker)", r["drover_cpu_ms_per_job"],
+            target=at_most(0.1, "ms"), unit="ms", load=r["load1"],
+            note="supervisor %.3f, worker %.3f; the handler's %.3f not counted" % tuple(
+                r["cpu_ms_per_job"][role] for role in ("supervisor", "worker", "handler")))
+
+
 # ---- the table -------------------------------------------------------------------------
 
 class Context:
@@ -815,6 +966,9 @@ class Context:
         jobs = os.environ.get("BENCH_JOBS")
         self.spool_jobs = int(jobs) if jobs else self.scale["spool_jobs"]
         self.kafka_jobs = int(jobs) if jobs else self.scale["kafka_jobs"]
+        self.warm_jobs = int(jobs) if jobs else self.scale["warm_jobs"]
+        self.node_jobs = int(jobs) if jobs else self.scale["node_jobs"]
+        self.rss_jobs = int(os.environ.get("BENCH_RSS_JOBS") or self.scale["rss_jobs"])
         self.pairs = int(os.environ.get("BENCH_PAIRS") or self.scale["pairs"])
         self.workdir = workdir
         self.results = {}
@@ -890,7 +1044,7 @@ def fmt(value, unit=""):
 
 
 def print_table(rows):
-    head = ("config", "figure", "drover", "reference", "ratio", "target (issue 7)", "met", "load1")
+    head = ("config", "figure", "drover", "reference", "ratio", "target (issues 7, 9)", "met", "load1")
     lines = [head]
     for r in rows:
         met = "" if r["met"] is None else ("met" if r["met"] else "NOT MET")
@@ -918,6 +1072,8 @@ def parse_configs(text):
 
 def check_built():
     missing = [p for p in (os.path.join(BUILD, "drover"), CEILING) if not os.access(p, os.X_OK)]
+    if os.environ.get("BENCH_WARM", "2x4") and not os.access(NODE, os.X_OK):
+        missing.append(NODE)
     kafka = os.environ.get("BENCH_KAFKA", "2x4")
     if kafka and not os.access(MOCK_BROKER, os.X_OK):
         missing.append(MOCK_BROKER)
@@ -937,12 +1093,20 @@ def main():
     ctx = Context(scale, workdir)
     spool_configs = parse_configs(os.environ.get("BENCH_SPOOL", "2x4,3x4"))
     kafka_configs = parse_configs(os.environ.get("BENCH_KAFKA", "2x4"))
+    warm_configs = parse_configs(os.environ.get("BENCH_WARM", "2x4"))
     meta = {"scale": scale, "spool_jobs": ctx.spool_jobs, "kafka_jobs": ctx.kafka_jobs, "pairs": ctx.pairs,
-            "handler": HANDLER, "job_bytes": JOB_BYTES, "cpus": os.cpu_count(), "load1_at_start": load1(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build": BUILD}
+            "handler": HANDLER, "job_bytes": JOB_BYTES, "warm_jobs": ctx.warm_jobs, "node_jobs": ctx.node_jobs,
+            "rss_jobs": ctx.rss_jobs, "persistent_handlers": [ECHO_HANDLER, TIMER_HANDLER],
+            "warm_configs": warm_configs, "cpus": os.cpu_count(),
+            "load1_at_start": load1(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build": BUILD}
     try:
         for workers, k in spool_configs:
             bench_spool(ctx, workers, k)
+        for workers, k in warm_configs:
+            bench_warm(ctx, workers, k)
+        if warm_configs:
+            bench_node(ctx)
+            bench_rss(ctx)
         if kafka_configs:
             import kafka_harness  # reads drover's option table: after check_built
             ctx.mock = kafka_harness.MockBroker(workdir, [(STATUS_TOPIC, 3), (FAILED_TOPIC, 3)])
@@ -967,7 +1131,8 @@ def main():
     print()
     print_table(ctx.rows)
     print("\n%s scale, %d pair(s), %.0f s%s; JSON: %s" % (scale, ctx.pairs, meta["seconds"],
-          " (over the 5-minute budget: lower BENCH_JOBS or BENCH_PAIRS)" if meta["seconds"] > 300 else "", path))
+          " (over the 7-minute budget: lower BENCH_JOBS, BENCH_PAIRS or BENCH_RSS_JOBS)"
+          if meta["seconds"] > 420 else "", path))
     if os.environ.get("BENCH_KEEP"):
         print("files kept in %s" % workdir)
     else:

@@ -13,7 +13,16 @@ COMMON = ["latency p50 at 300/s", "latency p99 at 300/s", "latency p50 at 1000/s
           "idle wake-ups/s, supervisor", "idle wake-ups/s, worst worker", "RSS supervisor idle",
           "RSS supervisor busy", "RSS worker idle (largest)", "RSS worker busy (largest)",
           "restart after kill -9, slowest slot"]
-PAIRED = {"spool": ["spawn ceiling"], "kafka": ["spawn ceiling", "python pool"]}
+PAIRED = {"spool": ["spawn ceiling"], "kafka": ["spawn ceiling", "python pool"],
+          "persistent": ["exec mode", "prefork pool"]}
+# Persistent handlers (issue 9): the rows each of their configurations must have besides PAIRED's.
+OWN = {
+    "spool": COMMON, "kafka": COMMON, "persistent": [],
+    "persistent-node": ["jobs/s per worker, 20 in flight in one process"],
+    "persistent-rss": ["RSS handler process after warm-up", "RSS handler process at the end",
+                       "RSS worker process after warm-up", "RSS worker process at the end",
+                       "drover CPU per job (supervisor + worker)"],
+}
 
 
 def number(v):
@@ -25,10 +34,18 @@ def problems_of(report):
     results, rows = report.get("results"), report.get("rows")
     if not isinstance(results, dict) or not results or not isinstance(rows, list):
         return ["no results or rows"]
+    if report.get("meta", {}).get("warm_configs"):
+        backends = {res.get("backend") for res in results.values()}
+        for backend in ("persistent", "persistent-node", "persistent-rss"):
+            if backend not in backends:
+                problems.append("no %s results although the persistent-handler rows were asked for" % backend)
     for name, res in results.items():
         mine = [r for r in rows if r.get("config") == name]
-        wanted = list(COMMON)
-        for ref in PAIRED[res["backend"]]:
+        if res.get("backend") not in OWN:
+            problems.append("%s: unknown backend %r" % (name, res.get("backend")))
+            continue
+        wanted = list(OWN[res["backend"]])
+        for ref in PAIRED.get(res["backend"], []):
             wanted += ["jobs/s vs " + ref, "CPU per job vs " + ref]
         for figure in wanted:
             found = [r for r in mine if r["figure"] == figure]
@@ -38,16 +55,20 @@ def problems_of(report):
             row = found[0]
             if not number(row["drover"]):
                 problems.append("%s: %s has no value (%r)" % (name, figure, row["drover"]))
-            if figure.startswith(("jobs/s", "CPU")) or (res["backend"] == "kafka" and figure.startswith("latency")):
+            paired = figure.startswith(("jobs/s vs", "CPU per job vs")) or figure.endswith("at the end")
+            if paired or (res["backend"] == "kafka" and figure.startswith("latency")):
                 if not number(row["reference"]) or not number(row["ratio"]):
                     problems.append("%s: %s has no reference or ratio" % (name, figure))
             if row["target"] and not isinstance(row["met"], bool):
                 problems.append("%s: %s has a target but no verdict" % (name, figure))
-        restarts = res.get("service", {}).get("restart_ms", [])
-        if len(restarts) != res["workers"] or not all(number(t) for t in restarts):
-            problems.append("%s: restart times %r for %d workers" % (name, restarts, res["workers"]))
-        if len(res.get("rounds", [])) != report["meta"]["pairs"]:
-            problems.append("%s: %d rounds, %d pairs asked" % (name, len(res.get("rounds", [])), report["meta"]["pairs"]))
+        if res["backend"] in ("spool", "kafka"):
+            restarts = res.get("service", {}).get("restart_ms", [])
+            if len(restarts) != res["workers"] or not all(number(t) for t in restarts):
+                problems.append("%s: restart times %r for %d workers" % (name, restarts, res["workers"]))
+        if "rounds" in res or res["backend"] in PAIRED:
+            if len(res.get("rounds", [])) != report["meta"]["pairs"]:
+                problems.append("%s: %d rounds, %d pairs asked" % (name, len(res.get("rounds", [])),
+                                                                   report["meta"]["pairs"]))
     return problems
 
 

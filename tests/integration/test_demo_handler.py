@@ -1,13 +1,17 @@
 """
 test_demo_handler: the demo handler run directly, the way a worker runs it:
 job JSON on stdin, result JSON on stdout, progress lines on fd 3, sysexits
-codes for bad input and bad options. No drover involved, so a failure here
+codes for bad input and bad options; and in persistent mode, protocol frames
+on stdin and stdout. No drover involved, so a failure here
 points at handlers/demo.c alone.
 """
 
 import json
 import os
+import select
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -159,3 +163,165 @@ def test_bad_option_exits_64(workdir, args):
     assert rc == EXIT_USAGE, "demo %s exited %d: %s" % (args, rc, err.decode(errors="replace"))
     assert out == b""
     assert b"usage" in err, err
+
+
+# ---- persistent mode: drover's protocol over the demo's stdin and stdout --------------------------
+
+class Warm:
+    """demo --persistent, driven as a drover worker drives it; killed by pid at the end."""
+
+    def __init__(self, args, env=None, flag=True):
+        env = harness.clean_env(env)
+        env.pop("DROVER_DEMO_OUT", None)
+        self.proc = subprocess.Popen([str(DEMO)] + (["--persistent"] if flag else []) + args,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env)
+        self.buf = b""
+
+    def send(self, frame):
+        self.proc.stdin.write((json.dumps(frame) + "\n").encode() if isinstance(frame, dict) else frame)
+        self.proc.stdin.flush()
+
+    def job(self, frame_id, job):
+        self.send({"type": "job", "id": frame_id, "attempt": 1, "timeout_ms": 60000,
+                   "deadline_ms": 0, "job": job})
+
+    def frame(self):
+        """The next line of stdout, which must be one JSON object with a type."""
+        deadline = time.monotonic() + TIMEOUT
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            assert left > 0, "no frame within %d s" % TIMEOUT
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                assert chunk, "stdout closed; buffered %r" % self.buf
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        frame = json.loads(line)
+        assert isinstance(frame, dict) and isinstance(frame.get("type"), str), line
+        return frame
+
+    def end_of(self, frame_id):
+        """(progress frames, end frame) of one job; frames of other jobs are kept in others."""
+        progress, self.others = [], []
+        while True:
+            frame = self.frame()
+            if frame.get("id") != frame_id:
+                self.others.append(frame)
+            elif frame["type"] == "progress":
+                progress.append(frame)
+            else:
+                return progress, frame
+
+    def finish(self):
+        """Closes stdin; (exit status, stderr) once the process is gone."""
+        self.proc.stdin.close()
+        rest = self.proc.stdout.read()
+        err = self.proc.stderr.read()
+        return self.proc.wait(timeout=TIMEOUT), rest, err
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=TIMEOUT)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+@pytest.fixture
+def warm(workdir):
+    started = []
+
+    def start(args=(), env=None, flag=True):
+        w = Warm(["--out", str(workdir / "images"), "--size", "16"] + list(args), env, flag)
+        started.append(w)
+        assert w.frame() == {"type": "ready"}, "ready must be the first frame"
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def test_persistent_renders_the_same_picture_as_exec_mode(workdir, warm):
+    w = warm(["--duration-ms", "20"])
+    for frame_id, job_id in (("f1", "one"), ("f2", None)):
+        w.job(frame_id, {"prompt": "a lighthouse at dusk", **({"id": job_id} if job_id else {})})
+        progress, end = w.end_of(frame_id)
+        image = (workdir / "images").resolve() / ("%s.ppm" % (job_id or frame_id))  # no job id: drover's id
+        assert end == {"type": "result", "id": frame_id, "result": {"image": str(image), "width": 16, "height": 16}}
+        fractions = [p["progress"] for p in progress]
+        assert fractions[0] == 0 and fractions[-1] == 1 and fractions == sorted(fractions), fractions
+        assert all(isinstance(p["message"], str) for p in progress)
+    rc, out, err, _ = run_demo(["--out", str(workdir / "exec"), "--duration-ms", "0", "--size", "16"],
+                               json.dumps({"id": "one", "prompt": "a lighthouse at dusk"}).encode())
+    assert rc == 0, err
+    assert read_ppm(workdir / "images" / "one.ppm") == read_ppm(workdir / "exec" / "one.ppm")
+    assert read_ppm(workdir / "images" / "f2.ppm") == read_ppm(workdir / "exec" / "one.ppm")
+    rc, rest, err = w.finish()
+    assert_clean_stderr(err)
+    assert (rc, rest) == (0, b"")
+    assert sorted(os.listdir(workdir / "images")) == ["f2.ppm", "one.ppm"], "temp files left behind"
+
+
+def test_persistent_renders_jobs_side_by_side(warm):
+    """The second job starts while the first is still rendering: one process, jobs at once."""
+    w = warm(["--duration-ms", "400"])
+    w.job("a", {"prompt": "first"})
+    w.job("b", {"prompt": "second"})
+    frames = []
+    while sum(f["type"] == "result" for f in frames) < 2:
+        frames.append(w.frame())
+    b_started = frames.index({"type": "progress", "id": "b", "progress": 0, "message": "starting"})
+    a_ended = frames.index(next(f for f in frames if f["type"] == "result" and f["id"] == "a"))
+    assert b_started < a_ended, "b did not start before a ended: %r" % frames
+
+
+def test_persistent_cancel_stops_the_job_and_serves_on(workdir, warm):
+    w = warm(["--duration-ms", "60000"])
+    w.job("slow", {"prompt": "never finished"})
+    assert w.frame()["message"] == "starting"
+    w.send({"type": "cancel", "id": "slow", "reason": "timeout"})
+    _, end = w.end_of("slow")
+    assert end == {"type": "cancelled", "id": "slow"}
+    assert os.listdir(workdir / "images") == []
+    w.send({"type": "cancel", "id": "slow", "reason": "timeout"})  # no longer held: ignored
+    w.send({"type": "job", "id": "next", "job": {"prompt": "p"}})
+    assert w.frame() == {"type": "progress", "id": "next", "progress": 0, "message": "starting"}
+
+
+def test_persistent_bad_frames_and_jobs(warm):
+    w = warm(["--duration-ms", "0"], env={"DROVER_HANDLER_MODE": "persistent"}, flag=False)
+    w.send(b"not json\n[1]\n{\"type\": \"mystery\", \"id\": \"m\"}\n\n")
+    w.job("np", {"id": "x"})
+    assert w.end_of("np")[1] == {"type": "error", "id": "np", "error": "the job has no \"prompt\" string", "retry": False}
+    w.job("ni", {"prompt": "p", "id": ""})
+    end = w.end_of("ni")[1]
+    assert end["type"] == "error" and end["retry"] is False and "\"id\"" in end["error"], end
+    w.job("ok", {"prompt": "p"})
+    assert w.end_of("ok")[1]["type"] == "result"
+    rc, rest, err = w.finish()
+    assert_clean_stderr(err)
+    assert rc == 0 and rest == b""
+    assert b"not a JSON object" in err and b'type "mystery"' in err, err
+
+
+def test_persistent_eof_finishes_the_jobs_held(workdir, warm):
+    w = warm(["--duration-ms", "300"])
+    w.job("last", {"prompt": "p"})
+    rc, rest, err = w.finish()
+    assert_clean_stderr(err)
+    assert rc == 0
+    frames = [json.loads(line) for line in rest.splitlines()]
+    assert frames[-1]["type"] == "result" and frames[-1]["id"] == "last", frames
+    assert os.listdir(workdir / "images") == ["last.ppm"]
+
+
+def test_persistent_sigterm_exits_143_without_leftovers(workdir, warm):
+    w = warm(["--duration-ms", "60000"])
+    w.job("held", {"prompt": "p"})
+    assert w.frame()["message"] == "starting"
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(timeout=TIMEOUT) == 143
+    assert os.listdir(workdir / "images") == []

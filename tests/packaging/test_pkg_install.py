@@ -4,6 +4,7 @@ with the right modes; the reference configuration is valid as installed; a
 plain install never overwrites an edited configuration; uninstall keeps it.
 """
 
+import json
 import os
 import stat
 import subprocess
@@ -11,9 +12,23 @@ from pathlib import Path
 
 import pkghelpers as h
 
+PY_VERSION = subprocess.run([h.PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                   capture_output=True, text=True, check=True).stdout.strip()
+
+
+def python_dir(prefix):
+    """Where Debian's python3 looks: the packaged dist-packages for /usr, the versioned local one else."""
+    if prefix == "/usr":
+        return "/usr/lib/python3/dist-packages"
+    return "%s/lib/python%s/dist-packages" % (prefix, PY_VERSION)
+
+
 # The README's operations section ("Installing from source") lists these.
 def expected_files(prefix, etc):
     return {
+        "%s/drover_handler/__init__.py" % python_dir(prefix): 0o644,
+        "%s/share/nodejs/drover-handler/index.js" % prefix: 0o644,
+        "%s/share/nodejs/drover-handler/package.json" % prefix: 0o644,
         "%s/sbin/drover" % prefix: 0o755,
         "%s/bin/droverctl" % prefix: 0o755,
         "%s/lib/drover/handlers/demo" % prefix: 0o755,
@@ -91,3 +106,33 @@ def test_man_pages_render_without_warnings(staged_install):
         assert res.returncode == 0 and res.stderr == "", "%s: %s" % (page, res.stderr)
         whatis = subprocess.run(["lexgrog", str(path)], capture_output=True, text=True)
         assert whatis.returncode == 0, "%s: no parseable NAME section: %s" % (page, whatis.stdout)
+
+
+def library_checks(root, prefix):
+    """The libraries sit in a folder the real python3 and node search, and load from there."""
+    py_dir = python_dir(prefix)
+    py_path = json.loads(subprocess.run([h.PYTHON, "-c", "import json, sys; print(json.dumps(sys.path))"],
+                                        capture_output=True, text=True, check=True, env=h.clean_env()).stdout)
+    assert py_dir in py_path, "%s is not in %s's sys.path %s" % (py_dir, h.PYTHON, py_path)
+    res = subprocess.run([h.PYTHON, "-B", "-c", "import drover_handler as d; print(d.__file__, d.PROTOCOL)"],
+                         capture_output=True, text=True, env=h.clean_env({"PYTHONPATH": str(root) + py_dir}))
+    assert res.returncode == 0 and res.stdout.split() == [str(root) + py_dir + "/drover_handler/__init__.py", "1"], \
+        res.stdout + res.stderr
+
+    node_paths = json.loads(subprocess.run(["/usr/bin/node", "-e", "console.log(JSON.stringify(require('module').globalPaths))"],
+                                           capture_output=True, text=True, check=True, env=h.clean_env()).stdout)
+    searched = [d for d in ("%s/share/nodejs" % prefix, "%s/lib/node" % prefix) if d in node_paths]
+    if prefix == "/usr":
+        assert searched, "node searches %s: neither /usr/share/nodejs nor /usr/lib/node" % node_paths
+    link = root / ("%s/lib/node/drover-handler" % prefix).lstrip("/")
+    assert link.is_symlink() and os.readlink(link) == "../../share/nodejs/drover-handler"
+    for d in ("%s/share/nodejs" % prefix, "%s/lib/node" % prefix):
+        res = subprocess.run(["/usr/bin/node", "-e", "const d = require('drover-handler'); console.log(require.resolve('drover-handler'), d.PROTOCOL, typeof d.serve)"],
+                             capture_output=True, text=True, env=h.clean_env({"NODE_PATH": str(root) + d}))
+        assert res.returncode == 0 and res.stdout.split()[1:] == ["1", "function"], res.stdout + res.stderr
+
+
+def test_handler_libraries_are_where_python3_and_node_look(staged_install, tmp_path):
+    library_checks(staged_install, "/usr")
+    h.make_install(tmp_path)
+    library_checks(tmp_path, "/usr/local")

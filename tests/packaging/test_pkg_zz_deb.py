@@ -157,6 +157,12 @@ def test_install_run_remove_purge(deb, clean_system):
     res = run(["systemd-analyze", "verify", "/lib/systemd/system/drover.service"], check=False)
     assert res.returncode == 0 and res.stdout + res.stderr == "", res.stdout + res.stderr
 
+    # the handler libraries load with no path given, from where the package put them.
+    res = run([h.PYTHON, "-c", "import drover_handler; print(drover_handler.__file__)"])
+    assert res.stdout.strip() == "/usr/lib/python3/dist-packages/drover_handler/__init__.py", res.stdout
+    res = run(["/usr/bin/node", "-e", "console.log(require('fs').realpathSync(require.resolve('drover-handler')))"])
+    assert res.stdout.strip() == "/usr/share/nodejs/drover-handler/index.js", res.stdout
+
     # the service, through the init script.
     res = service("start")
     assert res.returncode == 0, res.stdout + res.stderr
