@@ -1490,7 +1490,8 @@ static int spool_attempt(struct source *src, struct job *job, int attempt)
 		return -1;
 	/* No fsync: a count lost to a power cut only allows an attempt more. */
 	if (move_noreplace(from, to) < 0) {
-		log_warn("spool: record attempt %d of %s", attempt, job->id);
+		struct log_fields fields = { .job_id = job->id, .attempt = attempt };
+		log_job(LOG_LEVEL_WARN, &fields, "spool: cannot record attempt %d: %s", attempt, strerror(errno));
 		return -1;
 	}
 	memcpy(claim->name, name, strlen(name) + 1);
@@ -1517,7 +1518,8 @@ static void spool_finish(struct source *src, struct job *job, bool completed, co
 	claim->doc_len = len;
 	claim->doc = malloc(len + 1);
 	if (claim->doc == NULL) {
-		log_error("spool: out of memory keeping the outcome of %s; it goes back to the queue", job->id);
+		struct log_fields fields = { .job_id = job->id };
+		log_job(LOG_LEVEL_ERROR, &fields, "spool: out of memory keeping the outcome; it goes back to the queue");
 		sp->cb.settled(job, false, sp->cb.arg);
 		give_back(sp, job);
 		return;
@@ -1703,7 +1705,8 @@ static void give_back_stuck(struct spool *sp)
 	while (sp->stuck != NULL) {
 		struct spool_claim *c = sp->stuck;
 		sp->stuck = c->next;
-		log_warnx("spool: the outcome of %s was never written; the job goes back to the queue", c->job->id);
+		struct log_fields fields = { .job_id = c->job->id };
+		log_job(LOG_LEVEL_WARN, &fields, "spool: the outcome was never written; the job goes back to the queue");
 		sp->cb.settled(c->job, false, sp->cb.arg);
 		give_back(sp, c->job);
 	}

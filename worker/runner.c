@@ -70,6 +70,8 @@ struct run {
 	long long kill_grace_ms;
 	long long started_ms;
 	bool timed_out, too_large, killed;
+	char *job_id; /* log fields of every line about this run */
+	int attempt;
 };
 
 static struct run *runs;
@@ -196,6 +198,11 @@ static void registry_remove(struct run *run)
 	run_count--;
 }
 
+static struct log_fields run_fields(const struct run *run)
+{
+	return (struct log_fields){ .job_id = run->job_id, .attempt = run->attempt, .handler_pid = run->pid };
+}
+
 static void signal_group(struct run *run, int sig)
 {
 	if (kill(-run->pid, sig) < 0 && errno != ESRCH)
@@ -281,7 +288,8 @@ static size_t stdout_room(struct run *run, char **dst)
 
 static void stderr_line(struct run *run, const char *line, size_t len, bool cut)
 {
-	log_debug("handler %d: stderr: %.*s%s", (int)run->pid, (int)len, line, cut ? " [...]" : "");
+	struct log_fields fields = run_fields(run);
+	log_job(LOG_LEVEL_DEBUG, &fields, "stderr: %.*s%s", (int)len, line, cut ? " [...]" : "");
 }
 
 static bool parse_progress_object(const char *line, size_t len, double *progress, json_t **root)
@@ -464,7 +472,8 @@ static void grace_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 static void timeout_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
 	struct run *run = timer->data;
-	log_debug("handler %d: timed out; sending SIGTERM to its group", (int)run->pid);
+	struct log_fields fields = run_fields(run);
+	log_job(LOG_LEVEL_WARN, &fields, "handler %d timed out; sending SIGTERM to its group", (int)run->pid);
 	run->timed_out = true;
 	signal_group(run, SIGTERM);
 	ev_timer_start(loop, &run->grace_timer);
@@ -495,6 +504,12 @@ static struct run *run_new(struct ev_loop *loop, const struct runner_spec *spec,
 	run->cb = *cb;
 	run->max_out = spec->max_result_bytes < SIZE_MAX / 2 ? spec->max_result_bytes : SIZE_MAX / 2;
 	run->kill_grace_ms = spec->kill_grace_ms;
+	run->attempt = spec->attempt;
+	if (spec->job_id != NULL && (run->job_id = strdup(spec->job_id)) == NULL) {
+		free(run->input);
+		free(run);
+		return NULL;
+	}
 	for (int i = 0; i < STREAM_COUNT; i++)
 		run->fd[i] = -1;
 	return run;
@@ -504,6 +519,7 @@ static void run_free(struct run *run)
 {
 	free(run->input);
 	free(run->out);
+	free(run->job_id);
 	free(run);
 }
 
@@ -702,6 +718,7 @@ static void build_result(struct run *run, int wait_status, struct runner_result 
 	}
 	stderr_tail(run, result);
 	result->duration_ms = now_ms() - run->started_ms;
+	result->pid = run->pid;
 }
 
 void runner_child_exited(struct run *run, int wait_status)

@@ -38,6 +38,7 @@ struct runner_result {
 	char stderr_tail[RUNNER_STDERR_TAIL + 1];
 	size_t stderr_len;
 	long long duration_ms;
+	pid_t pid;      /* the handler's */
 };
 
 struct runner_spec {
@@ -49,6 +50,8 @@ struct runner_spec {
 	long long timeout_ms;
 	long long kill_grace_ms;
 	size_t max_result_bytes;
+	const char *job_id;   /* for the log lines of the run (its stderr too); copied */
+	int attempt;
 };
 
 struct run;

@@ -276,10 +276,17 @@ static void count_completed(struct scoreboard_counters *c, double seconds)
 	scoreboard_record_duration(c, seconds);
 }
 
+/* What the lines about a task carry as fields (see log.h). */
+static struct log_fields task_fields(const struct task *t, pid_t handler_pid)
+{
+	return (struct log_fields){ .job_id = t->job->id, .attempt = t->attempt, .handler_pid = handler_pid };
+}
+
 static void task_release(struct task *t)
 {
 	struct worker *w = t->worker;
-	log_info("job %s: given back to the queue after attempt %d", t->job->id, t->attempt);
+	struct log_fields fields = task_fields(t, 0);
+	log_job(LOG_LEVEL_INFO, &fields, "given back to the queue after attempt %d", t->attempt);
 	w->ops->release(w->source, t->job);
 	task_free(t);
 }
@@ -295,8 +302,11 @@ static void task_fail(struct task *t, const struct failure *failure)
 		task_release(t);
 		return;
 	}
-	/* Bounded: this is also the path of ids too long or too strange to log whole. */
-	log_info("job %.200s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
+	/* A warning: with log_level = warn an operator still sees every job that failed. log_job bounds the id
+	 * (this is also the path of ids too long or too strange to log whole). */
+	struct log_fields fields = task_fields(t, 0);
+	log_job(LOG_LEVEL_WARN, &fields, "failed after %d attempt(s): %s (%s)", t->attempt, failure->reason,
+	        failure->message != NULL ? failure->message : "");
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_FAILED, .message = failure->message,
 	                                                 .reason = failure->reason });
 	t->job->completed = false; /* counted when the outcome is durable: source_settled */
@@ -315,7 +325,8 @@ static void task_complete(struct task *t, const struct runner_result *result)
 		task_release(t);
 		return;
 	}
-	log_info("job %s: completed in %lld ms (attempt %d)", t->job->id, result->duration_ms, t->attempt);
+	struct log_fields fields = task_fields(t, result->pid);
+	log_job(LOG_LEVEL_INFO, &fields, "completed in %lld ms (attempt %d)", result->duration_ms, t->attempt);
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_COMPLETED });
 	t->job->completed = true; /* counted when the outcome is durable: source_settled */
 	t->job->duration_s = (double)result->duration_ms / 1000.0;
@@ -345,7 +356,9 @@ static void describe_failure(const struct runner_result *r, struct failure *f, c
 		break;
 	case RUNNER_SIGNAL:
 		f->reason = "signal";
-		snprintf(message, len, "handler was killed by signal %d", r->signal);
+		/* By name too: SIGXCPU is rlimit_cpu, SIGKILL past it (or the OOM killer). */
+		snprintf(message, len, "handler was killed by signal %d (SIG%s)", r->signal,
+		         sigabbrev_np(r->signal) != NULL ? sigabbrev_np(r->signal) : "?");
 		break;
 	case RUNNER_TIMEOUT:
 		f->reason = "timeout";
@@ -443,8 +456,9 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 			counters_update(w, count_timed_out, 0);
 		if (w->drain == RUNNING && retry_allowed(w, t, result)) {
 			double delay = retry_delay_s(w, t->attempt);
-			log_info("job %s: attempt %d failed (%s); retrying in %.1f s", t->job->id, t->attempt,
-			         message, delay);
+			struct log_fields fields = task_fields(t, result->pid);
+			log_job(LOG_LEVEL_WARN, &fields, "attempt %d failed (%s); retrying in %.1f s", t->attempt,
+			        message, delay);
 			worker_publish_status(w, t, (struct job_status){ .state = JOB_RETRYING, .message = message,
 			                                                 .reason = failure.reason,
 			                                                 .delay_ms = (long long)(delay * 1000) });
@@ -542,8 +556,9 @@ static void task_begin_attempt(struct task *t)
 	t->attempt++;
 	if (t->board_index >= 0)
 		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
+	struct log_fields fields = task_fields(t, 0);
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
-		log_warnx("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
+		log_job(LOG_LEVEL_WARN, &fields, "could not record attempt %d in the queue", t->attempt);
 
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
@@ -556,6 +571,8 @@ static void task_begin_attempt(struct task *t)
 		.timeout_ms = w->cfg->timeout_ms,
 		.kill_grace_ms = w->cfg->kill_grace_ms,
 		.max_result_bytes = (size_t)w->cfg->max_result_bytes,
+		.job_id = t->job->id,
+		.attempt = t->attempt,
 	};
 	struct runner_callbacks callbacks = { .done = task_run_done, .progress = task_progress, .arg = t };
 	t->run = env != NULL ? runner_start(w->loop, &spec, &callbacks) : NULL;
@@ -577,7 +594,8 @@ static void task_begin_attempt(struct task *t)
 		counters_update(w, count_started, 0);
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, runner_pgid(t->run));
-	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)runner_pgid(t->run));
+	fields.handler_pid = runner_pgid(t->run);
+	log_job(LOG_LEVEL_DEBUG, &fields, "attempt %d started, pid %d", t->attempt, (int)runner_pgid(t->run));
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_STARTED });
 }
 
@@ -680,8 +698,9 @@ static void source_ready(void *arg)
 static void source_settled(struct job *job, bool durable, void *arg)
 {
 	struct worker *w = arg;
+	struct log_fields fields = { .job_id = job->id };
 	if (!durable)
-		log_warnx("job %s: outcome not recorded; it stays in the queue", job->id);
+		log_job(LOG_LEVEL_WARN, &fields, "outcome not recorded; it stays in the queue");
 	else if (job->completed)
 		counters_update(w, count_completed, job->duration_s);
 	else
@@ -880,6 +899,7 @@ int worker_main(const struct worker_params *params)
 
 	snprintf(name, sizeof(name), "worker %d", params->slot);
 	log_set_name(name);
+	log_set_worker(params->slot);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
 		return 70;
