@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/queue.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <sysexits.h>
@@ -44,7 +45,7 @@ struct task {
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	long long last_progress_event_ms;
-	struct task *prev, *next;
+	LIST_ENTRY(task) link;
 };
 
 enum drain_mode { RUNNING, DRAIN_GRACEFUL, DRAIN_FAST };
@@ -60,7 +61,7 @@ struct worker {
 	char host[256];
 	char **base_env;     /* environ minus secrets, plus env.* */
 	size_t base_env_count;
-	struct task *tasks;  /* doubly linked */
+	LIST_HEAD(task_list, task) tasks;
 	int task_count;
 	bool source_paused;
 	enum drain_mode drain;
@@ -232,12 +233,7 @@ static struct task *task_new(struct worker *w, struct job *job)
 	t->job = job;
 	t->attempt = job->attempts_done;
 	t->board_index = -1;
-	t->next = w->tasks;
-	/* The analyzer loses that task_free() unlinks through t->worker, which is this w,
-	 * and thinks a freed head is still on the list. */
-	if (w->tasks != NULL)
-		w->tasks->prev = t; // NOLINT(clang-analyzer-unix.Malloc)
-	w->tasks = t;
+	LIST_INSERT_HEAD(&w->tasks, t, link);
 	w->task_count++;
 	return t;
 }
@@ -249,12 +245,7 @@ static void task_free(struct task *t)
 	ev_timer_stop(w->loop, &t->retry_timer);
 	if (t->board_index >= 0)
 		scoreboard_job_remove(w->board, t->board_index);
-	if (t->prev != NULL)
-		t->prev->next = t->next;
-	else
-		w->tasks = t->next;
-	if (t->next != NULL)
-		t->next->prev = t->prev;
+	LIST_REMOVE(t, link);
 	w->task_count--;
 	free(t);
 }
@@ -298,7 +289,8 @@ static void task_fail(struct task *t, const struct failure *failure)
 	                         wall_ms());
 	if (doc == NULL) {
 		/* Cannot describe the outcome: keep the job in the queue rather than lose it. */
-		log_error("job %s: out of memory building the failed event; releasing it", t->job->id);
+		struct log_fields fields = task_fields(t, 0);
+		log_job(LOG_LEVEL_ERROR, &fields, "out of memory building the failed event; releasing it");
 		task_release(t);
 		return;
 	}
@@ -321,7 +313,8 @@ static void task_complete(struct task *t, const struct runner_result *result)
 	char *doc = event_complete(&w->origin, t->job->id, result->output, result->output_len, t->attempt,
 	                           result->duration_ms, wall_ms());
 	if (doc == NULL) {
-		log_error("job %s: out of memory building the complete event; releasing it", t->job->id);
+		struct log_fields fields = task_fields(t, 0);
+		log_job(LOG_LEVEL_ERROR, &fields, "out of memory building the complete event; releasing it");
 		task_release(t);
 		return;
 	}
@@ -395,7 +388,7 @@ static double retry_delay_s(const struct worker *w, int attempt)
 
 static bool attempt_running(const struct worker *w, unsigned long long serial)
 {
-	for (const struct task *t = w->tasks; t != NULL; t = t->next) {
+	for (const struct task *t = LIST_FIRST(&w->tasks); t != NULL; t = LIST_NEXT(t, link)) {
 		if (t->run != NULL && t->token_attempt == serial)
 			return true;
 	}
@@ -558,7 +551,8 @@ static void task_begin_attempt(struct task *t)
 		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
 	struct log_fields fields = task_fields(t, 0);
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
-		log_job(LOG_LEVEL_WARN, &fields, "could not record attempt %d in the queue", t->attempt);
+		log_job(LOG_LEVEL_WARN, &fields, "could not record attempt %d in the queue: %s", t->attempt,
+		        strerror(errno));
 
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
@@ -603,9 +597,9 @@ static void task_begin_attempt(struct task *t)
 static void worker_revoke_job(struct job *job, void *arg)
 {
 	struct worker *w = arg;
-	struct task *t = w->tasks;
+	struct task *t = LIST_FIRST(&w->tasks);
 	while (t != NULL && t->job != job)
-		t = t->next;
+		t = LIST_NEXT(t, link);
 	if (t == NULL)
 		return;
 	if (t->run != NULL) {
@@ -731,8 +725,8 @@ static void worker_drain(struct worker *w, enum drain_mode mode)
 	worker_update_flow(w);
 	if (mode == DRAIN_FAST && w->ops->hurry != NULL)
 		w->ops->hurry(w->source, w->cfg->kill_grace_ms);
-	for (struct task *t = w->tasks, *next; t != NULL; t = next) {
-		next = t->next;
+	for (struct task *t = LIST_FIRST(&w->tasks), *next; t != NULL; t = next) {
+		next = LIST_NEXT(t, link);
 		if (t->run == NULL)
 			task_release(t); /* waiting for a retry: the next worker retries it */
 		else if (mode == DRAIN_FAST)
@@ -902,17 +896,17 @@ int worker_main(const struct worker_params *params)
 	log_set_worker(params->slot);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	worker_crash_if_asked(w.slot);
 	worker_adopt_orphans(&w);
 	w.loop = ev_loop_new(EVFLAG_AUTO);
 	if (w.loop == NULL)
-		return 70;
+		return EX_SOFTWARE;
 	if (worker_build_base_env(&w) < 0) {
 		log_error("worker %d: out of memory at start", w.slot);
 		worker_teardown(&w);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	if (gethostname(w.host, sizeof(w.host) - 1) < 0)
 		snprintf(w.host, sizeof(w.host), "localhost");
@@ -958,5 +952,5 @@ int worker_main(const struct worker_params *params)
 
 	log_info("worker %d: stopped", w.slot);
 	worker_teardown(&w);
-	return 0;
+	return EX_OK;
 }
