@@ -18,6 +18,7 @@
 #define CONFIG_MAX_WORKERS 256
 #define CONFIG_MAX_CONCURRENT 256
 #define CONFIG_DEFAULT_FILE "/etc/drover/drover.ini"
+#define CONFIG_LIMIT_UNSET (-1LL)     /* an rlimit_* or nice key left empty: inherited */
 
 enum queue_backend { BACKEND_SPOOL, BACKEND_KAFKA };
 enum security_protocol { SECURITY_PLAINTEXT, SECURITY_SSL, SECURITY_SASL_PLAINTEXT, SECURITY_SASL_SSL };
@@ -65,6 +66,8 @@ struct config {
 	bool no_retry_exit[256]; /* no_retry_exit_codes as a set */
 	long long max_result_bytes;
 	char *working_dir;       /* "" = inherit */
+	/* Per-handler limits (runner.h), CONFIG_LIMIT_UNSET = inherited from drover. */
+	long long rlimit_nofile, rlimit_as, rlimit_core, rlimit_cpu, nice;
 	struct config_pair *handler_env; /* env.NAME = value, value unexpanded */
 	size_t handler_env_count;
 

@@ -92,6 +92,7 @@ struct child_plan {
 	const char *working_dir;
 	int stdio[STREAM_COUNT]; /* child ends, in fd order 0..3 */
 	pid_t worker_pid;
+	struct runner_limits limits;
 	int exec_errno;          /* written by the child, read once it is gone or has exec'd */
 };
 
@@ -151,6 +152,30 @@ static int child_arrange_fds(const struct child_plan *plan)
 	return 0;
 }
 
+static int child_set_limit(int resource, long long value, long long hard_extra)
+{
+	if (value == RUNNER_LIMIT_UNSET)
+		return 0;
+	struct rlimit lim = { .rlim_cur = (rlim_t)value, .rlim_max = (rlim_t)(value + hard_extra) };
+	return setrlimit(resource, &lim);
+}
+
+/*
+ * setrlimit and setpriority are plain system calls, safe on the worker's
+ * memory. Soft and hard limits are both set, so the handler cannot raise them
+ * again; only RLIMIT_CPU keeps a second between the two, so that the handler
+ * gets SIGXCPU (it may clean up) before the kernel's SIGKILL.
+ */
+static int child_apply_limits(const struct runner_limits *lim)
+{
+	if (child_set_limit(RLIMIT_NOFILE, lim->nofile, 0) < 0 || child_set_limit(RLIMIT_AS, lim->as, 0) < 0 ||
+	    child_set_limit(RLIMIT_CORE, lim->core, 0) < 0 || child_set_limit(RLIMIT_CPU, lim->cpu, 1) < 0)
+		return -1;
+	if (lim->nice != RUNNER_LIMIT_UNSET && setpriority(PRIO_PROCESS, 0, (int)lim->nice) < 0)
+		return -1;
+	return 0;
+}
+
 static int child_main(void *arg)
 {
 	struct child_plan *plan = arg;
@@ -167,6 +192,8 @@ static int child_main(void *arg)
 	if (child_arrange_fds(plan) < 0)
 		child_fail(plan);
 	if (plan->working_dir != NULL && plan->working_dir[0] != '\0' && chdir(plan->working_dir) < 0)
+		child_fail(plan);
+	if (child_apply_limits(&plan->limits) < 0)
 		child_fail(plan);
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
@@ -581,6 +608,11 @@ static pid_t spawn(const struct runner_spec *spec, const int child_fds[STREAM_CO
 		.exec_errno = 0,
 	};
 	memcpy(plan.stdio, child_fds, sizeof(plan.stdio));
+	if (spec->limits != NULL)
+		plan.limits = *spec->limits;
+	else
+		plan.limits = (struct runner_limits){ RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET,
+		                                      RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET };
 
 	sigfillset(&all);
 	int rc = pthread_sigmask(SIG_SETMASK, &all, &old);

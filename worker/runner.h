@@ -41,6 +41,16 @@ struct runner_result {
 	pid_t pid;      /* the handler's */
 };
 
+/* Set in the child before exec; RUNNER_LIMIT_UNSET (-1) leaves drover's own value. */
+#define RUNNER_LIMIT_UNSET (-1LL)
+struct runner_limits {
+	long long nofile;  /* RLIMIT_NOFILE */
+	long long as;      /* RLIMIT_AS, bytes */
+	long long core;    /* RLIMIT_CORE, bytes */
+	long long cpu;     /* RLIMIT_CPU, seconds: SIGXCPU there, SIGKILL a second later */
+	long long nice;    /* 0..19 */
+};
+
 struct runner_spec {
 	char *const *argv;    /* argv[0] is a path (resolved by the caller if it had no '/') */
 	char *const *envp;
@@ -50,6 +60,7 @@ struct runner_spec {
 	long long timeout_ms;
 	long long kill_grace_ms;
 	size_t max_result_bytes;
+	const struct runner_limits *limits; /* NULL = none */
 	const char *job_id;   /* for the log lines of the run (its stderr too); copied */
 	int attempt;
 };

@@ -556,6 +556,10 @@ static void task_begin_attempt(struct task *t)
 
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
+	const struct runner_limits limits = {
+		.nofile = w->cfg->rlimit_nofile, .as = w->cfg->rlimit_as, .core = w->cfg->rlimit_core,
+		.cpu = w->cfg->rlimit_cpu, .nice = w->cfg->nice,
+	};
 	struct runner_spec spec = {
 		.argv = w->cfg->handler_argv,
 		.envp = env,
@@ -565,6 +569,7 @@ static void task_begin_attempt(struct task *t)
 		.timeout_ms = w->cfg->timeout_ms,
 		.kill_grace_ms = w->cfg->kill_grace_ms,
 		.max_result_bytes = (size_t)w->cfg->max_result_bytes,
+		.limits = &limits,
 		.job_id = t->job->id,
 		.attempt = t->attempt,
 	};
