@@ -177,6 +177,15 @@ static const struct opt_spec option_table[] = {
 	  "CPU seconds per attempt (RLIMIT_CPU: SIGXCPU, then SIGKILL); empty = inherit", NULL, NULL },
 	{ "jobs", "nice", OPT_LIMIT, SCOPE_WORKERS, false, CFG(nice), 0, 19, "", NULL,
 	  "the handler's nice value 0..19; empty = inherit", NULL, NULL },
+	/* cgroup v2, where the host delegates a subtree (worker/cgroup.h). */
+	{ "jobs", "cgroup_root", OPT_PATH, SCOPE_START, false, CFG(cgroup_root), 0, 0, "", "a cgroup v2 directory, or empty",
+	  "delegated cgroup for the jobs' cgroups; empty = drover's own", NULL, NULL },
+	{ "jobs", "memory_max", OPT_LIMIT_BYTES, SCOPE_WORKERS, false, CFG(memory_max), 1 << 20, LIMIT_BYTES_MAX, "", NULL,
+	  "memory.max of each attempt's cgroup, K/M/G suffixes; empty = none", NULL, NULL },
+	{ "jobs", "cpu_max", OPT_LIMIT, SCOPE_WORKERS, false, CFG(cpu_max), 1, 100 * CONFIG_MAX_CONCURRENT, "", NULL,
+	  "cpu.max of each attempt's cgroup, in percent of one CPU; empty = none", NULL, NULL },
+	{ "jobs", "pids_max", OPT_LIMIT, SCOPE_WORKERS, false, CFG(pids_max), 1, 4194304, "", NULL,
+	  "pids.max of each attempt's cgroup (processes and threads); empty = none", NULL, NULL },
 
 	/* [queue] */
 	{ "queue", "backend", OPT_ENUM, SCOPE_BOTH, false, CFG(backend), 0, 0, "spool", NULL,

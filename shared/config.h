@@ -68,6 +68,8 @@ struct config {
 	char *working_dir;       /* "" = inherit */
 	/* Per-handler limits (runner.h), CONFIG_LIMIT_UNSET = inherited from drover. */
 	long long rlimit_nofile, rlimit_as, rlimit_core, rlimit_cpu, nice;
+	char *cgroup_root;       /* "" = drover's own cgroup (worker/cgroup.h) */
+	long long memory_max, cpu_max, pids_max; /* the attempt's cgroup; CONFIG_LIMIT_UNSET = none */
 	struct config_pair *handler_env; /* env.NAME = value, value unexpanded */
 	size_t handler_env_count;
 

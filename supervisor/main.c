@@ -15,6 +15,7 @@
 #include "queue/source.h"
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
+#include "worker/cgroup.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -348,6 +349,10 @@ int main(int argc, char **argv)
 	drop_privileges(&id);
 	protect_secrets();
 	prepare_queue(cfg);
+	/* Before the workers exist: they inherit the cgroup layout (and drover's move into its leaf). */
+	const struct cgroup_limits cgroup_wanted = { .memory_max = cfg->memory_max, .cpu_max = cfg->cpu_max,
+	                                             .pids_max = cfg->pids_max };
+	cgroup_prepare(cfg->cgroup_root, &cgroup_wanted);
 
 	sup.scoreboard = scoreboard_create();
 	if (sup.scoreboard == NULL)

@@ -93,6 +93,7 @@ struct child_plan {
 	int stdio[STREAM_COUNT]; /* child ends, in fd order 0..3 */
 	pid_t worker_pid;
 	struct runner_limits limits;
+	int cgroup_procs_fd;     /* -1 = none */
 	int exec_errno;          /* written by the child, read once it is gone or has exec'd */
 };
 
@@ -189,6 +190,10 @@ static int child_main(void *arg)
 		child_fail(plan);
 	if (getppid() != plan->worker_pid)
 		_exit(127); /* the worker died before the death signal was armed: nobody waits for us */
+	/* Into the attempt's cgroup before anything of the handler runs ("0" = the writer itself);
+	 * before the fds are arranged, which closes this one. */
+	if (plan->cgroup_procs_fd >= 0 && write(plan->cgroup_procs_fd, "0", 1) != 1)
+		child_fail(plan);
 	if (child_arrange_fds(plan) < 0)
 		child_fail(plan);
 	if (plan->working_dir != NULL && plan->working_dir[0] != '\0' && chdir(plan->working_dir) < 0)
@@ -608,6 +613,7 @@ static pid_t spawn(const struct runner_spec *spec, const int child_fds[STREAM_CO
 		.exec_errno = 0,
 	};
 	memcpy(plan.stdio, child_fds, sizeof(plan.stdio));
+	plan.cgroup_procs_fd = spec->join_cgroup ? spec->cgroup_procs_fd : -1;
 	if (spec->limits != NULL)
 		plan.limits = *spec->limits;
 	else

@@ -61,6 +61,8 @@ struct runner_spec {
 	long long kill_grace_ms;
 	size_t max_result_bytes;
 	const struct runner_limits *limits; /* NULL = none */
+	bool join_cgroup;     /* the child joins a cgroup before exec, writing "0" to its cgroup.procs: */
+	int cgroup_procs_fd;  /* this fd (worker/cgroup.h) */
 	const char *job_id;   /* for the log lines of the run (its stderr too); copied */
 	int attempt;
 };

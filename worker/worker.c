@@ -12,6 +12,7 @@
 #include "queue/events.h"
 #include "shared/log.h"
 #include "shared/orphans.h"
+#include "worker/cgroup.h"
 #include "worker/runner.h"
 #include "queue/source.h"
 #include "shared/util.h"
@@ -42,6 +43,7 @@ struct task {
 	int attempt;
 	int board_index;
 	struct run *run;
+	struct job_cgroup *cgroup;         /* the running attempt's, when drover has a delegated cgroup */
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	long long last_progress_event_ms;
@@ -407,6 +409,7 @@ static void worker_sweep_orphans(struct worker *w)
 {
 	const pid_t *pids;
 	size_t count;
+	cgroup_collect(); /* the cgroups of ended attempts, once their killed processes are gone */
 	if (w->children == NULL)
 		return;
 	if (children_list(w->children, &pids, &count) < 0) {
@@ -434,6 +437,9 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 	struct failure failure;
 
 	t->run = NULL;
+	/* Ends whatever of the attempt is left, wherever it went (setsid, a cleared environment). */
+	cgroup_attempt_end(t->cgroup);
+	t->cgroup = NULL;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	/* The runner killed the job's group; this gets what left it (setsid and the like). */
@@ -542,6 +548,21 @@ static void task_not_started(struct task *t, int err)
 	worker_enter_fault(w, why);
 }
 
+/* The attempt's cgroup, named after its token (unique among this supervisor's attempts); NULL when none. */
+static struct job_cgroup *attempt_cgroup(const struct worker *w, const struct task *t)
+{
+	if (!cgroup_enabled())
+		return NULL;
+	struct attempt_token token = w->token;
+	char name[96];
+	token.attempt = t->token_attempt;
+	if (attempt_token_format(name, sizeof(name), &token) < 0)
+		return NULL;
+	const struct cgroup_limits limits = { .memory_max = w->cfg->memory_max, .cpu_max = w->cfg->cpu_max,
+	                                      .pids_max = w->cfg->pids_max };
+	return cgroup_attempt_create(name, &limits);
+}
+
 static void task_begin_attempt(struct task *t)
 {
 	struct worker *w = t->worker;
@@ -556,6 +577,7 @@ static void task_begin_attempt(struct task *t)
 
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
+	t->cgroup = attempt_cgroup(w, t);
 	const struct runner_limits limits = {
 		.nofile = w->cfg->rlimit_nofile, .as = w->cfg->rlimit_as, .core = w->cfg->rlimit_core,
 		.cpu = w->cfg->rlimit_cpu, .nice = w->cfg->nice,
@@ -570,6 +592,8 @@ static void task_begin_attempt(struct task *t)
 		.kill_grace_ms = w->cfg->kill_grace_ms,
 		.max_result_bytes = (size_t)w->cfg->max_result_bytes,
 		.limits = &limits,
+		.join_cgroup = t->cgroup != NULL,
+		.cgroup_procs_fd = cgroup_attempt_procs_fd(t->cgroup),
 		.job_id = t->job->id,
 		.attempt = t->attempt,
 	};
@@ -578,6 +602,8 @@ static void task_begin_attempt(struct task *t)
 	int saved = errno;
 	task_env_free(w, env);
 	if (t->run == NULL) {
+		cgroup_attempt_end(t->cgroup);
+		t->cgroup = NULL;
 		task_not_started(t, saved);
 		return;
 	}

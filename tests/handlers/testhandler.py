@@ -33,8 +33,9 @@ scenario (a test reads what it did from the files it leaves behind):
   escapee          path: fork a child that leaves the process group (setsid) and execs
                    /bin/sleep with an empty environment (no DROVER_ATTEMPT_TOKEN); its pid
                    is written there. Only a cgroup can find it.
-  fork_bomb        path: fork children that sleep until forking fails; writes
-                   {"forked": N, "error": "..."} there, then exits 0 if forking failed
+  fork_bomb        path: fork children that sleep until forking fails or fork_cap (default 64)
+                   are running; writes {"forked": N, "error": "..."} there, then exits 0 if
+                   forking failed, else 1
 
 Every run writes a start record `<id>__<pid>.start.json` (id, attempt, pid,
 pgid, ppid, time) and, when it gets that far, `<id>__<pid>.end.json`; a message
@@ -155,7 +156,7 @@ def spawn_escapee(pid_path):
     os.execve("/bin/sleep", ["sleep", "300"], {})
 
 
-def fork_bomb(path, cap=10000):
+def fork_bomb(path, cap):
     """Forks sleepers until fork fails (pids_max) or cap; the children die with the attempt."""
     forked, error = 0, None
     while forked < cap:
@@ -242,7 +243,7 @@ def run(job, job_id, record_dir):
     if job.get("escapee"):
         spawn_escapee(job["escapee"])
     if job.get("fork_bomb"):
-        return fork_bomb(job["fork_bomb"])
+        return fork_bomb(job["fork_bomb"], int(job.get("fork_cap", 64)))
     if job.get("burn_cpu"):
         burn_cpu()
     if job.get("grandchild"):

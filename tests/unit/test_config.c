@@ -1199,7 +1199,7 @@ Test(config, env_for_every_table_option)
 		config_errors_clear(&errs);
 		names++;
 	}
-	cr_assert_eq(names, 45, "one DROVER_ name per table option");
+	cr_assert_eq(names, 49, "one DROVER_ name per table option");
 	free(ref);
 }
 
@@ -1582,4 +1582,21 @@ Test(config, limits_are_worker_settings_on_reload)
 	cr_assert_not(config_worker_equal(a, b), "a changed nice must replace the workers");
 	config_free(a);
 	config_free(b);
+}
+
+Test(config, cgroup_keys)
+{
+	struct config *cfg = load_ok(config_with("memory_max = 256M\ncpu_max = 150\npids_max = 64\n"));
+	cr_assert_str_eq(cfg->cgroup_root, "");
+	cr_assert_eq(cfg->memory_max, 256LL << 20);
+	cr_assert_eq(cfg->cpu_max, 150);
+	cr_assert_eq(cfg->pids_max, 64);
+	config_free(cfg);
+	cfg = load_ok(config_with(""));
+	cr_assert_eq(cfg->memory_max, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->cpu_max, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->pids_max, CONFIG_LIMIT_UNSET);
+	config_free(cfg);
+	expect_only_error(config_with("pids_max = 0\n"), "%s/drover.ini:3: [jobs] pids_max: \"0\" is out of range "
+	                  "(allowed: 1..4194304, or empty)", tmpdir);
 }
