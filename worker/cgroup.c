@@ -8,7 +8,9 @@
  * <base>/supervisor (its workers, forked later, follow it), and attempts get
  * <base>/jobs/<attempt token>. A configured cgroup_root that drover is not in
  * needs no move. The hierarchy's root cgroup is never taken over: it is
- * shared with the whole system, so drover running there is "not delegated".
+ * shared with the whole system, so drover running there is "not delegated"
+ * (a container's root cgroup, seen through a cgroup namespace, is not the
+ * hierarchy's: it is used).
  */
 #include "worker/cgroup.h"
 
@@ -158,12 +160,16 @@ static int own_dir(char *dir, size_t cap, char *why, size_t why_cap)
 	size_t root_len = strlen(mount_root);
 	if (strcmp(mount_root, "/") != 0 && strncmp(own, mount_root, root_len) == 0)
 		rel = own + root_len;
-	if (rel[0] == '\0' || strcmp(rel, "/") == 0) {
-		snprintf(why, why_cap, "drover runs in the root cgroup of %s, which is not delegated", mount);
+	bool at_top = rel[0] == '\0' || strcmp(rel, "/") == 0;
+	if (snprintf(dir, cap, "%s%s", mount, at_top ? "" : rel) >= (int)cap) {
+		snprintf(why, why_cap, "the path of drover's cgroup is too long");
 		return -1;
 	}
-	if (snprintf(dir, cap, "%s%s", mount, rel) >= (int)cap) {
-		snprintf(why, why_cap, "the path of drover's cgroup is too long");
+	/* Only the hierarchy's real root lacks cgroup.type; a container's root (cgroup namespace) has it. */
+	char type[PATH_MAX + 16];
+	snprintf(type, sizeof(type), "%s/cgroup.type", dir);
+	if (access(type, F_OK) < 0) {
+		snprintf(why, why_cap, "drover runs in the root cgroup of %s, which is not delegated", mount);
 		return -1;
 	}
 	return 0;

@@ -558,9 +558,10 @@ static struct job_cgroup *attempt_cgroup(const struct worker *w, const struct ta
 	token.attempt = t->token_attempt;
 	if (attempt_token_format(name, sizeof(name), &token) < 0)
 		return NULL;
+	const char *value = name + sizeof(ATTEMPT_TOKEN_VAR); /* past "DROVER_ATTEMPT_TOKEN=" */
 	const struct cgroup_limits limits = { .memory_max = w->cfg->memory_max, .cpu_max = w->cfg->cpu_max,
 	                                      .pids_max = w->cfg->pids_max };
-	return cgroup_attempt_create(name, &limits);
+	return cgroup_attempt_create(value, &limits);
 }
 
 static void task_begin_attempt(struct task *t)

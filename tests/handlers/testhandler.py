@@ -29,6 +29,7 @@ scenario (a test reads what it did from the files it leaves behind):
   env_dump         path ("{attempt}" expands): the environment as a JSON object
   record_dir       where to write a start record (also from env POOLTEST_RECORD_DIR)
   limits_dump      path: {"limits": text of /proc/self/limits, "nice": os.nice(0)} as JSON
+  cgroup_dump      path: the text of /proc/self/cgroup
   burn_cpu         spin on the CPU until killed (rlimit_cpu tests)
   escapee          path: fork a child that leaves the process group (setsid) and execs
                    /bin/sleep with an empty environment (no DROVER_ATTEMPT_TOKEN); its pid
@@ -240,6 +241,9 @@ def run(job, job_id, record_dir):
     if job.get("limits_dump"):
         with open("/proc/self/limits") as f:
             atomic_write(job["limits_dump"], json.dumps({"limits": f.read(), "nice": os.nice(0)}))
+    if job.get("cgroup_dump"):
+        with open("/proc/self/cgroup") as f:
+            atomic_write(job["cgroup_dump"], f.read())
     if job.get("escapee"):
         spawn_escapee(job["escapee"])
     if job.get("fork_bomb"):

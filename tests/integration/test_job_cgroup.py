@@ -14,7 +14,9 @@ memory or pids controller: those live on cgroup v1 there). Needs root.
 
 import json
 import os
+import re
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -120,3 +122,46 @@ def test_without_a_usable_cgroup_drover_falls_back_to_process_groups(drover):
     done, failed = d.wait_outcomes(ids, 30)
     assert set(done) == set(ids), failed
     assert d.log_text().count(not_a_cgroup) == 1, d.log_text()[-2000:]
+
+
+def test_own_delegated_cgroup_keeps_drover_in_a_leaf(cgroup_dir, drover, monkeypatch):
+    """drover started inside a writable cgroup (as under systemd's Delegate=yes) uses it: the supervisor
+    and its workers move into <own>/supervisor, the jobs go under <own>/jobs."""
+    real_popen = subprocess.Popen
+
+    def popen_in_cgroup(*args, **kwargs):
+        kwargs["preexec_fn"] = lambda: (cgroup_dir / "cgroup.procs").write_text("0")
+        return real_popen(*args, **kwargs)
+    monkeypatch.setattr(subprocess, "Popen", popen_in_cgroup)
+    d = drover(config={"supervisor": {"workers": 2}}, start=False)
+    d.start(wait=False)
+    monkeypatch.undo()
+    d.wait_ready()
+    d.wait_until(lambda: "each job attempt runs in its own cgroup under %s/jobs" % cgroup_dir in d.log_text(),
+                 10, "the cgroup layout in the log")
+    assert (cgroup_dir / "cgroup.procs").read_text().split() == [], "no process may stay in a cgroup with children"
+    leaf = set(int(p) for p in (cgroup_dir / "supervisor" / "cgroup.procs").read_text().split())
+    workers = d.wait_workers(2)
+    assert d.pid in leaf, (d.pid, leaf)
+    assert {w["pid"] for w in workers["workers"]} <= leaf, (workers, leaf)
+    record = d.tmp / "cgroup.txt"
+    d.submit([{"id": "inside", "cgroup_dump": str(record)}])
+    done, failed = d.wait_outcomes(["inside"], 20)
+    assert "inside" in done, failed
+    assert re.search(r"^0::/%s/jobs/%d\.\d+\.1$" % (re.escape(cgroup_dir.name), d.pid), record.read_text(), re.M), \
+        record.read_text()
+    d.wait_until(lambda: job_cgroups(cgroup_dir) == [], 10, "the attempt's cgroup to be removed")
+
+
+def test_root_cgroup_is_not_taken_over(drover):
+    with open("/proc/self/cgroup") as f:
+        own = [line.strip() for line in f if line.startswith("0::")]
+    if own != ["0::/"] or cgroup2_mount() is None:
+        pytest.skip("the test runner is not in the root cgroup of a cgroup2 mount")
+    d = drover(config={"supervisor": {"workers": 1}})
+    ids = d.submit([{"id": "at-root"}])
+    done, failed = d.wait_outcomes(ids, 20)
+    assert "at-root" in done, failed
+    note = "drover runs in the root cgroup of %s, which is not delegated; jobs are contained by process groups" \
+        % cgroup2_mount()
+    assert d.log_text().count(note) == 1, d.log_text()[-2000:]
