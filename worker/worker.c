@@ -309,11 +309,11 @@ static void task_fail(struct task *t, const struct failure *failure)
 	task_free(t);
 }
 
-static void task_complete(struct task *t, const struct runner_result *result)
+static void task_complete(struct task *t, const struct runner_result *result, long long peak_memory_bytes)
 {
 	struct worker *w = t->worker;
 	char *doc = event_complete(&w->origin, t->job->id, result->output, result->output_len, t->attempt,
-	                           result->duration_ms, wall_ms());
+	                           result->duration_ms, wall_ms(), peak_memory_bytes);
 	if (doc == NULL) {
 		struct log_fields fields = task_fields(t, 0);
 		log_job(LOG_LEVEL_ERROR, &fields, "out of memory building the complete event; releasing it");
@@ -438,7 +438,7 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 
 	t->run = NULL;
 	/* Ends whatever of the attempt is left, wherever it went (setsid, a cleared environment). */
-	cgroup_attempt_end(t->cgroup);
+	long long peak = cgroup_attempt_end(t->cgroup);
 	t->cgroup = NULL;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
@@ -448,9 +448,10 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 	if (result->status == RUNNER_KILLED) {
 		task_release(t);
 	} else if (result->status == RUNNER_COMPLETED) {
-		task_complete(t, result);
+		task_complete(t, result, peak > 0 ? peak : 0);
 	} else {
 		describe_failure(result, &failure, message, sizeof(message));
+		failure.peak_memory_bytes = peak > 0 ? peak : 0;
 		if (result->status == RUNNER_TIMEOUT)
 			counters_update(w, count_timed_out, 0);
 		if (w->drain == RUNNING && retry_allowed(w, t, result)) {
