@@ -15,6 +15,7 @@
 #include "queue/source.h"
 #include "shared/util.h"
 #include "worker/worker.h"
+#include "worker/cgroup.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -267,6 +268,7 @@ static void pool_sweep_orphans(struct pool *pool)
 		return;
 	}
 	long long self = getpid();
+	cgroup_collect(); /* dead workers' cgroups, once their killed processes are gone */
 	for (size_t i = 0; i < count; i++) {
 		struct attempt_token token;
 		if (pool_find(pool, pids[i]) != NULL || attempt_token_of(pids[i], &token) != 1)
@@ -296,6 +298,7 @@ static void pool_bury(struct slot *s, bool clean)
 
 	scoreboard_read_slot(board, &copy);
 	pool_kill_handler_groups(&copy);
+	cgroup_end_worker(getpid(), s->serial); /* what left the groups, wherever it went */
 	pool_sweep_orphans(s->pool);
 	if (!clean)
 		pool_record_crash(sup, &copy);

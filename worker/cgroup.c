@@ -17,6 +17,7 @@
 #include "shared/log.h"
 #include "shared/util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -371,23 +372,51 @@ static void remove_later(const char *path)
 	pending_removal = p;
 }
 
+/* Kills every process in path and removes it (later, while they are still exiting). */
+static void end_cgroup(const char *path)
+{
+	if (write_file(path, "cgroup.kill", "1") < 0) {
+		if (errno != ENOENT)
+			log_warn("cgroup: cannot write cgroup.kill of %s", path);
+		kill_listed(path);
+	}
+	if (rmdir(path) < 0 && errno != ENOENT)
+		remove_later(path);
+}
+
 long long cgroup_attempt_end(struct job_cgroup *cg)
 {
 	if (cg == NULL)
 		return -1;
 	long long peak = read_peak(cg->path);
-	if (write_file(cg->path, "cgroup.kill", "1") < 0) {
-		if (errno != ENOENT)
-			log_warn("cgroup: cannot write cgroup.kill of %s", cg->path);
-		kill_listed(cg->path);
-	}
 	close(cg->procs_fd);
-	/* The killed processes are still exiting: the directory goes once they have. */
-	if (rmdir(cg->path) < 0 && errno != ENOENT)
-		remove_later(cg->path);
+	end_cgroup(cg->path);
 	free(cg);
 	cgroup_collect();
 	return peak;
+}
+
+void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_serial)
+{
+	if (!cgroup_enabled())
+		return;
+	char prefix[64], path[PATH_MAX];
+	int len = snprintf(prefix, sizeof(prefix), "%lld.%llu.", supervisor_pid, worker_serial);
+	DIR *dir = opendir(jobs_dir);
+	if (dir == NULL) {
+		log_warn("cgroup: cannot list %s", jobs_dir);
+		return;
+	}
+	const struct dirent *de;
+	while ((de = readdir(dir)) != NULL) {
+		if (strncmp(de->d_name, prefix, (size_t)len) != 0 ||
+		    snprintf(path, sizeof(path), "%s/%s", jobs_dir, de->d_name) >= (int)sizeof(path))
+			continue;
+		log_info("cgroup: ending %s, left by a worker that is gone", path);
+		end_cgroup(path);
+	}
+	closedir(dir);
+	cgroup_collect();
 }
 
 void cgroup_collect(void)

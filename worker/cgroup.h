@@ -48,5 +48,11 @@ int cgroup_attempt_procs_fd(const struct job_cgroup *cg);
 long long cgroup_attempt_end(struct job_cgroup *cg);
 /* Removes the cgroups of ended attempts whose processes have all exited. */
 void cgroup_collect(void);
+/*
+ * In the supervisor, when a worker is gone: ends every process in the cgroups
+ * of its attempts (named "<supervisor pid>.<worker serial>.<attempt>", as its
+ * attempt tokens) and removes them, as cgroup_attempt_end would have.
+ */
+void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_serial);
 
 #endif

@@ -165,3 +165,17 @@ def test_root_cgroup_is_not_taken_over(drover):
     note = "drover runs in the root cgroup of %s, which is not delegated; jobs are contained by process groups" \
         % cgroup2_mount()
     assert d.log_text().count(note) == 1, d.log_text()[-2000:]
+
+
+def test_escapee_of_a_killed_worker_is_ended(cgroup_dir, drover):
+    """kill -9 of a worker: its handler dies with it (PDEATHSIG), and the supervisor ends the cgroups of
+    the worker's attempts, so an escapee with a cleared environment does not outlive it either."""
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"cgroup_root": str(cgroup_dir)}})
+    worker = d.wait_workers(1)["workers"][0]["pid"]
+    pid_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "orphaned", "escapee": str(pid_file), "sleep_ms": 30000}])
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its cgroup" % escapee)
+    d.wait_until(lambda: "left by a worker that is gone" in d.log_text(), 10, "the supervisor's note")
