@@ -191,7 +191,9 @@ static int child_main(void *arg)
 	if (getppid() != plan->worker_pid)
 		_exit(127); /* the worker died before the death signal was armed: nobody waits for us */
 	/* Into the attempt's cgroup before anything of the handler runs ("0" = the writer itself);
-	 * before the fds are arranged, which closes this one. */
+	 * before the fds are arranged, which closes this one. Not clone3's CLONE_INTO_CGROUP: clone3
+	 * takes no child function, and a child that returns from it onto the worker's own stack
+	 * (CLONE_VM) would corrupt the frame the worker resumes in; spawn() needs clone()'s own stack. */
 	if (plan->cgroup_procs_fd >= 0 && write(plan->cgroup_procs_fd, "0", 1) != 1)
 		child_fail(plan);
 	if (child_arrange_fds(plan) < 0)

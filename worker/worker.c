@@ -910,6 +910,7 @@ static void worker_teardown(struct worker *w)
 	if (w->signal_fd >= 0)
 		close(w->signal_fd);
 	children_close(w->children);
+	cgroup_collect(); /* a last try; what is still busy is the supervisor's to end (cgroup_end_worker) */
 	ev_loop_destroy(w->loop);
 }
 
