@@ -235,8 +235,9 @@ static void pool_kill_handler_groups(const struct scoreboard_slot *copy)
 {
 	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
 		const struct scoreboard_job *job = &copy->jobs[i];
+		struct log_fields fields = { .job_id = job->id, .attempt = job->attempt, .handler_pid = job->pgid };
 		if (job->used && job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
-			log_info("killed handler group %d of job %.100s", (int)job->pgid, job->id);
+			log_job(LOG_LEVEL_WARN, &fields, "killed the handler group of a dead worker's job");
 	}
 }
 

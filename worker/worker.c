@@ -678,7 +678,8 @@ static void worker_start_job(struct worker *w, struct job *job)
 {
 	struct task *t = task_new(w, job);
 	if (t == NULL) {
-		log_error("out of memory; giving job %.200s back", job->id);
+		struct log_fields fields = { .job_id = job->id };
+		log_job(LOG_LEVEL_ERROR, &fields, "out of memory; giving the job back");
 		w->ops->release(w->source, job);
 		return;
 	}

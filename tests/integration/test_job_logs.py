@@ -6,6 +6,8 @@ warnings, so log_level = warn still shows them.
 """
 
 import json
+import os
+import signal
 
 import pytest
 
@@ -81,3 +83,20 @@ def test_text_lines_carry_the_job_prefix(drover):
     lines = [l for l in d.log_text().splitlines() if "job=plain-1 attempt=1 " in l]
     assert any("stderr: hello from the handler" in l for l in lines), lines
     assert any("completed in" in l for l in lines), lines
+
+
+def test_supervisor_lines_about_a_dead_workers_job_carry_its_fields(drover):
+    d = drover(config={"supervisor": {"workers": 1, "log_format": "json", "log_level": "info"}})
+    worker = d.wait_workers(1)["workers"][0]["pid"]
+    hold = d.tmp / "never"
+    d.submit([{"id": "held-1", "hold_file": str(hold)}])
+    d.wait_until(lambda: d.starts("held-1"), 15, "the handler to start")
+    handler = d.starts("held-1")[0]["pid"]
+    os.kill(worker, signal.SIGKILL)
+    d.wait_until(lambda: [doc for doc in job_lines(d, "held-1") if doc["proc"] == "supervisor"], 15,
+                 "the supervisor's line about the dead worker's job")
+    line = [doc for doc in job_lines(d, "held-1") if doc["proc"] == "supervisor"][0]
+    assert line["attempt"] == 1 and line["handler_pid"] == handler and line["level"] == "warn", line
+    assert "worker" not in line, "the supervisor is no worker: %r" % line
+    hold.write_text("")
+    d.wait_outcomes(["held-1"], 30)
