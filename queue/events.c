@@ -168,7 +168,7 @@ char *event_status(const struct event_origin *origin, const char *id, const char
 }
 
 char *event_complete(const struct event_origin *origin, const char *id, const char *result, size_t result_len,
-                     int attempts, long long duration_ms, long long finished_ms)
+                     int attempts, long long duration_ms, long long finished_ms, long long peak_memory_bytes)
 {
 	json_t *doc = json_object();
 	int rc = 0;
@@ -179,6 +179,8 @@ char *event_complete(const struct event_origin *origin, const char *id, const ch
 	rc |= put(doc, "result", result == NULL ? json_string("") : json_embed(result, result_len));
 	rc |= put(doc, "attempts", json_integer(attempts));
 	rc |= put(doc, "duration_ms", json_integer(duration_ms));
+	if (peak_memory_bytes > 0)
+		rc |= put(doc, "peak_memory_bytes", json_integer(peak_memory_bytes));
 	rc |= put_origin(doc, origin);
 	rc |= put(doc, "finished_at", json_time(finished_ms));
 	return finish_doc(doc, rc, OUTCOME_DUMP_FLAGS);
@@ -218,6 +220,8 @@ char *event_failed(const struct event_origin *origin, const char *id, const stru
 	rc |= put(doc, "error", failure_object(failure));
 	rc |= put(doc, "attempts", json_integer(attempts));
 	rc |= put(doc, "job", json_embed(job, job_len));
+	if (failure->peak_memory_bytes > 0)
+		rc |= put(doc, "peak_memory_bytes", json_integer(failure->peak_memory_bytes));
 	rc |= put_origin(doc, origin);
 	rc |= put(doc, "failed_at", json_time(failed_ms));
 	return finish_doc(doc, rc, OUTCOME_DUMP_FLAGS);

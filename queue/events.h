@@ -23,14 +23,18 @@ struct failure {
 	const char *message;  /* human sentence, may be NULL */
 	const char *stderr_tail;
 	size_t stderr_len;
+	long long peak_memory_bytes; /* the attempt's cgroup peak; 0 = unknown (left out of the document) */
 };
 
 /* state: started | progress | retrying | completed | failed. progress < 0 and NULLs are omitted. */
 char *event_status(const struct event_origin *origin, const char *id, const char *state, int attempt,
                    long long ts_ms, double progress, const char *message, const char *error);
-/* result is the handler's stdout: embedded as JSON when it parses, else as a string. */
+/*
+ * result is the handler's stdout: embedded as JSON when it parses, else as a string.
+ * peak_memory_bytes: the attempt's cgroup peak, 0 = unknown (left out).
+ */
 char *event_complete(const struct event_origin *origin, const char *id, const char *result, size_t result_len,
-                     int attempts, long long duration_ms, long long finished_ms);
+                     int attempts, long long duration_ms, long long finished_ms, long long peak_memory_bytes);
 /* job is the original message: embedded as JSON when it parses, else as a string. */
 char *event_failed(const struct event_origin *origin, const char *id, const struct failure *failure, int attempts,
                    const char *job, size_t job_len, long long failed_ms);

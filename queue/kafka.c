@@ -614,8 +614,9 @@ static void outcome_shrink(struct kjob *kj)
 			return;
 		size_t len = strlen(text);
 		if (len <= limit || keeps[i] == 0) {
-			log_warnx("job %s: outcome event of %zu bytes is too large; sending %zu bytes (truncated)",
-			          kj->job->id, kj->doc_len, len);
+			struct log_fields fields = { .job_id = kj->job->id };
+			log_job(LOG_LEVEL_WARN, &fields, "outcome event of %zu bytes is too large; sending %zu bytes (truncated)",
+			        kj->doc_len, len);
 			free(kj->doc);
 			kj->doc = text;
 			kj->doc_len = len;
@@ -731,8 +732,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
 	/* Any error, a timeout too, means "maybe not written": never move the offset for it. */
 	if (src->closing || src->gave_up || !kjob_current(kj)) {
 		/* The job runs again where its partition lives now (or after restart). */
-		log_warnx("job %s: outcome not acknowledged (%s); the job stays in the queue", kj->job->id,
-		          rd_kafka_err2str(msg->err));
+		struct log_fields fields = { .job_id = kj->job->id };
+		log_job(LOG_LEVEL_WARN, &fields, "outcome not acknowledged (%s); the job stays in the queue",
+		        rd_kafka_err2str(msg->err));
 		kjob_settle(kj, false);
 		return;
 	}
@@ -882,8 +884,9 @@ static void revoke_kill(struct source *src)
 			if (kj->state != KJOB_RUNNING || kj->kill_requested || !kjob_current(kj) || !kj->part->revoking)
 				continue;
 			kj->kill_requested = true;
-			log_info("job %s: partition %d revoked; stopping it (it runs again on the new owner)",
-			         kj->job->id, (int)kj->part->partition);
+			struct log_fields fields = { .job_id = kj->job->id };
+			log_job(LOG_LEVEL_INFO, &fields, "partition %d revoked; stopping it (it runs again on the new owner)",
+			        (int)kj->part->partition);
 			src->cb.revoke(kj->job, src->cb.arg);
 			again = true;
 			break;
@@ -1438,7 +1441,8 @@ static void kafka_status(struct source *src, struct job *job, const struct job_s
 		return;
 	char *doc = status_document(src, job, status);
 	if (doc == NULL) {
-		log_warnx("job %s: out of memory building a %s event", job->id, job_state_name(status->state));
+		struct log_fields fields = { .job_id = job->id, .attempt = status->attempt };
+		log_job(LOG_LEVEL_WARN, &fields, "out of memory building a %s event", job_state_name(status->state));
 		return;
 	}
 	size_t len = strlen(doc);
@@ -1470,7 +1474,8 @@ static void kafka_finish(struct source *src, struct job *job, bool completed, co
 	kj->settling_since_ms = now_ms();
 	kj->doc = malloc(len + 1);
 	if (kj->doc == NULL) {
-		log_error("job %s: out of memory keeping its outcome; it stays in the queue", job->id);
+		struct log_fields fields = { .job_id = job->id };
+		log_job(LOG_LEVEL_ERROR, &fields, "out of memory keeping its outcome; it stays in the queue");
 		kjob_settle(kj, false);
 		return;
 	}

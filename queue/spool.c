@@ -1153,7 +1153,8 @@ static void spool_finish(struct source *src, struct job *job, bool completed, co
 	claim->doc_len = len;
 	claim->doc = malloc(len + 1);
 	if (claim->doc == NULL) {
-		log_error("spool: out of memory keeping the outcome of %s; it goes back to the queue", job->id);
+		struct log_fields fields = { .job_id = job->id };
+		log_job(LOG_LEVEL_ERROR, &fields, "spool: out of memory keeping the outcome; it goes back to the queue");
 		sp->cb.settled(job, false, sp->cb.arg);
 		give_back(sp, job);
 		return;
@@ -1343,7 +1344,8 @@ static void give_back_stuck(struct spool *sp)
 
 	while ((c = SLIST_FIRST(&sp->stuck)) != NULL) {
 		SLIST_REMOVE_HEAD(&sp->stuck, link);
-		log_warnx("spool: the outcome of %s was never written; the job goes back to the queue", c->job->id);
+		struct log_fields fields = { .job_id = c->job->id };
+		log_job(LOG_LEVEL_WARN, &fields, "spool: the outcome was never written; the job goes back to the queue");
 		sp->cb.settled(c->job, false, sp->cb.arg);
 		give_back(sp, c->job);
 	}

@@ -43,6 +43,7 @@ extern char **environ;
 #define JOB_MS_MAX (30 * DAY_MS)              /* bounds every job/supervisor duration */
 #define RETENTION_MS_MAX (100 * 365 * DAY_MS)
 #define RESULT_BYTES_MAX (1LL << 30)
+#define LIMIT_BYTES_MAX (1LL << 50)            /* 1 PiB: past any real address space */
 #define LINE_CHARS_MAX 4096                   /* longest accepted INI line */
 #define CONFIG_FILE_MAX (1 << 20)             /* longest accepted configuration file */
 #define TOPIC_NAME_MAX 249                    /* Kafka's own limit */
@@ -50,7 +51,9 @@ extern char **environ;
 
 enum opt_type {
 	OPT_INT,     /* int */
-	OPT_BYTES,   /* long long */
+	OPT_BYTES,   /* long long; a K, M or G suffix multiplies by 1024, 1024^2, 1024^3 */
+	OPT_LIMIT,   /* long long, a count; empty = not set (CONFIG_LIMIT_UNSET) */
+	OPT_LIMIT_BYTES, /* long long, bytes as OPT_BYTES; empty = not set */
 	OPT_MS,      /* long long, milliseconds */
 	OPT_BOOL,    /* bool */
 	OPT_STRING,  /* char * */
@@ -189,6 +192,26 @@ static const struct opt_spec option_table[] = {
 	  "persistent: recycle a process whose tree's RSS exceeds this; 0 = off", NULL, NULL },
 	{ "jobs", "handler_start_timeout_ms", OPT_MS, SCOPE_WORKERS, false, CFG(handler_start_timeout_ms), 1,
 	  JOB_MS_MAX, "60000", NULL, "persistent: how long a process may take to say ready", NULL, NULL },
+	/* Limits of each handler, set in the child before exec; empty = inherited from drover. */
+	{ "jobs", "rlimit_nofile", OPT_LIMIT, SCOPE_WORKERS, false, CFG(rlimit_nofile), 4, 1 << 30, "", NULL,
+	  "open files per handler (RLIMIT_NOFILE); empty = inherit", NULL, NULL },
+	{ "jobs", "rlimit_as", OPT_LIMIT_BYTES, SCOPE_WORKERS, false, CFG(rlimit_as), 1 << 20, LIMIT_BYTES_MAX, "", NULL,
+	  "address space per handler in bytes, K/M/G suffixes (RLIMIT_AS); empty = inherit", NULL, NULL },
+	{ "jobs", "rlimit_core", OPT_LIMIT_BYTES, SCOPE_WORKERS, false, CFG(rlimit_core), 0, LIMIT_BYTES_MAX, "", NULL,
+	  "core file size per handler in bytes, K/M/G suffixes (RLIMIT_CORE); empty = inherit", NULL, NULL },
+	{ "jobs", "rlimit_cpu", OPT_LIMIT, SCOPE_WORKERS, false, CFG(rlimit_cpu), 1, 1LL << 32, "", NULL,
+	  "CPU seconds per attempt (RLIMIT_CPU: SIGXCPU, then SIGKILL); empty = inherit", NULL, NULL },
+	{ "jobs", "nice", OPT_LIMIT, SCOPE_WORKERS, false, CFG(nice), 0, 19, "", NULL,
+	  "the handler's nice value 0..19; empty = inherit", NULL, NULL },
+	/* cgroup v2, where the host delegates a subtree (worker/cgroup.h). */
+	{ "jobs", "cgroup_root", OPT_PATH, SCOPE_START, false, CFG(cgroup_root), 0, 0, "", "a cgroup v2 directory, or empty",
+	  "delegated cgroup for the jobs' cgroups; empty = drover's own", NULL, NULL },
+	{ "jobs", "memory_max", OPT_LIMIT_BYTES, SCOPE_WORKERS, false, CFG(memory_max), 1 << 20, LIMIT_BYTES_MAX, "", NULL,
+	  "memory.max of each attempt's cgroup, K/M/G suffixes; empty = none", NULL, NULL },
+	{ "jobs", "cpu_max", OPT_LIMIT, SCOPE_WORKERS, false, CFG(cpu_max), 1, 100 * CONFIG_MAX_CONCURRENT, "", NULL,
+	  "cpu.max of each attempt's cgroup, in percent of one CPU; empty = none", NULL, NULL },
+	{ "jobs", "pids_max", OPT_LIMIT, SCOPE_WORKERS, false, CFG(pids_max), 1, 4194304, "", NULL,
+	  "pids.max of each attempt's cgroup (processes and threads); empty = none", NULL, NULL },
 
 	/* [queue] */
 	{ "queue", "backend", OPT_ENUM, SCOPE_BOTH, false, CFG(backend), 0, 0, "spool", NULL,
@@ -438,7 +461,13 @@ static void describe_allowed(const struct opt_spec *opt, char *buf, size_t len)
 		snprintf(buf, len, "%lld..%lld", opt->min, opt->max);
 		break;
 	case OPT_BYTES:
-		snprintf(buf, len, "%lld..%lld bytes", opt->min, opt->max);
+		snprintf(buf, len, "%lld..%lld bytes, K/M/G suffixes", opt->min, opt->max);
+		break;
+	case OPT_LIMIT:
+		snprintf(buf, len, "%lld..%lld, or empty", opt->min, opt->max);
+		break;
+	case OPT_LIMIT_BYTES:
+		snprintf(buf, len, "%lld..%lld bytes, K/M/G suffixes, or empty", opt->min, opt->max);
 		break;
 	case OPT_MS:
 		snprintf(buf, len, "%lld..%lld milliseconds", opt->min, opt->max);
@@ -481,6 +510,30 @@ static enum number_status parse_number(const char *text, long long min, long lon
 	if (errno == ERANGE || value < min || value > max)
 		return NUMBER_RANGE;
 	*out = value;
+	return NUMBER_OK;
+}
+
+/* A number of bytes: digits and an optional K, M or G (powers of 1024, either case). */
+static enum number_status parse_size(const char *text, long long min, long long max, long long *out)
+{
+	static const char units[] = "KMG";
+	char digits[32];
+	size_t len = strlen(text);
+	const char *unit = len > 0 ? strchr(units, toupper((unsigned char)text[len - 1])) : NULL;
+	if (unit == NULL)
+		return parse_number(text, min, max, out);
+	if (len - 1 >= sizeof(digits))
+		return NUMBER_JUNK;
+	memcpy(digits, text, len - 1);
+	digits[len - 1] = '\0';
+	long long value;
+	enum number_status status = parse_number(digits, 0, LLONG_MAX, &value);
+	if (status != NUMBER_OK)
+		return status == NUMBER_EMPTY ? NUMBER_NOT_A_NUMBER : status;
+	int shift = 10 * (int)(unit - units + 1);
+	if (value > (max >> shift) || (value << shift) < min)
+		return NUMBER_RANGE;
+	*out = value << shift;
 	return NUMBER_OK;
 }
 
@@ -609,10 +662,19 @@ static bool set_value(struct loader *ld, const struct opt_spec *opt, void *base,
 
 	describe_allowed(opt, allowed, sizeof(allowed));
 	switch (opt->type) {
+	case OPT_LIMIT:
+	case OPT_LIMIT_BYTES:
+		if (value[0] == '\0') {
+			*(long long *)field = CONFIG_LIMIT_UNSET;
+			return true;
+		}
+		/* fall through */
 	case OPT_INT:
 	case OPT_BYTES:
 	case OPT_MS:
-		status = parse_number(value, opt->min, opt->max, &number);
+		status = opt->type == OPT_BYTES || opt->type == OPT_LIMIT_BYTES
+		                 ? parse_size(value, opt->min, opt->max, &number)
+		                 : parse_number(value, opt->min, opt->max, &number);
 		if (status != NUMBER_OK) {
 			report(ld, o, section, opt->key, "\"%s\" %s (allowed: %s)", value, number_problem(status),
 			       allowed);
@@ -1783,6 +1845,8 @@ static bool option_equal(const struct opt_spec *opt, const void *a, const void *
 		return *(const int *)fa == *(const int *)fb;
 	case OPT_BYTES:
 	case OPT_MS:
+	case OPT_LIMIT:
+	case OPT_LIMIT_BYTES:
 		return *(const long long *)fa == *(const long long *)fb;
 	case OPT_BOOL:
 		return *(const bool *)fa == *(const bool *)fb;

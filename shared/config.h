@@ -18,6 +18,7 @@
 #define CONFIG_MAX_WORKERS 256
 #define CONFIG_MAX_CONCURRENT 256
 #define CONFIG_DEFAULT_FILE "/etc/drover/drover.ini"
+#define CONFIG_LIMIT_UNSET (-1LL)     /* an rlimit_* or nice key left empty: inherited */
 
 enum queue_backend { BACKEND_SPOOL, BACKEND_KAFKA };
 enum handler_mode { HANDLER_MODE_EXEC, HANDLER_MODE_PERSISTENT };
@@ -69,6 +70,10 @@ struct config {
 	long long max_result_bytes;
 	char *working_dir;       /* "" = inherit */
 	long long slow_job_ms;   /* 0 = off */
+	/* Per-handler limits (runner.h), CONFIG_LIMIT_UNSET = inherited from drover. */
+	long long rlimit_nofile, rlimit_as, rlimit_core, rlimit_cpu, nice;
+	char *cgroup_root;       /* "" = drover's own cgroup (worker/cgroup.h) */
+	long long memory_max, cpu_max, pids_max; /* the attempt's cgroup; CONFIG_LIMIT_UNSET = none */
 	struct config_pair *handler_env; /* env.NAME = value, value unexpanded */
 	size_t handler_env_count;
 	enum handler_mode handler_mode;  /* exec: a process per attempt; persistent: long-lived ones (worker/warm.h) */

@@ -20,6 +20,7 @@ static enum log_level log_min = LOG_LEVEL_INFO;
 static enum log_format log_fmt = LOG_FORMAT_TEXT;
 static int log_target = STDERR_FILENO;
 static char log_path[4096];
+static int log_worker = -1;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
@@ -36,6 +37,7 @@ void log_set_name(const char *name)
 }
 
 void log_set_level(enum log_level level) { log_min = level; }
+void log_set_worker(int slot) { log_worker = slot; }
 void log_set_format(enum log_format format) { log_fmt = format; }
 int log_fd(void) { return log_target; }
 
@@ -153,31 +155,82 @@ static void text_escape(char *out, size_t cap, const char *in)
 	out[n] = '\0';
 }
 
-static void log_emit(enum log_level level, const char *msg)
+/*
+ * The fields of a job line. A job id is bounded here (ids past 1024 bytes are
+ * refused before any handler runs, but their refusal is logged too), escaped
+ * like the message: quotes, backslashes and control characters cannot break
+ * the JSON object or forge a text line.
+ */
+size_t log_render_fields(char *out, size_t cap, const struct log_fields *fields, enum log_format format)
 {
-	char line[8192];
-	char stamp[40];
+	char esc_id[1100];
+	size_t n = 0;
+	int k;
+
+	out[0] = '\0';
+	if (fields == NULL || cap == 0)
+		return 0;
+	if (fields->job_id != NULL) {
+		if (format == LOG_FORMAT_JSON)
+			json_escape(esc_id, sizeof(esc_id), fields->job_id);
+		else
+			text_escape(esc_id, sizeof(esc_id), fields->job_id);
+		k = snprintf(out, cap, format == LOG_FORMAT_JSON ? ",\"job_id\":\"%s\"" : "job=%s ", esc_id);
+		n = k < 0 ? 0 : (size_t)k < cap ? (size_t)k : cap - 1;
+	}
+	if (fields->attempt > 0 && n < cap) {
+		k = snprintf(out + n, cap - n, format == LOG_FORMAT_JSON ? ",\"attempt\":%d" : "attempt=%d ",
+		             fields->attempt);
+		n += k < 0 ? 0 : (size_t)k < cap - n ? (size_t)k : cap - n - 1;
+	}
+	if (fields->handler_pid > 0 && n < cap) {
+		k = snprintf(out + n, cap - n, format == LOG_FORMAT_JSON ? ",\"handler_pid\":%d" : "handler=%d ",
+		             (int)fields->handler_pid);
+		n += k < 0 ? 0 : (size_t)k < cap - n ? (size_t)k : cap - n - 1;
+	}
+	return n;
+}
+
+static void log_stamp(char *stamp, size_t cap)
+{
 	struct timespec ts;
 	struct tm tm;
-	int n;
-
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	n = (int)strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(stamp + n, sizeof(stamp) - (size_t)n, ".%03ldZ", ts.tv_nsec / 1000000);
+	size_t n = strftime(stamp, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(stamp + n, cap - n, ".%03ldZ", ts.tv_nsec / 1000000);
+}
 
-	if (log_fmt == LOG_FORMAT_JSON) {
-		char esc_msg[6144], esc_name[160];
-		json_escape(esc_msg, sizeof(esc_msg), msg);
-		json_escape(esc_name, sizeof(esc_name), log_name);
-		n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"proc\":\"%s\",\"pid\":%d,\"msg\":\"%s\"}\n",
-		             stamp, level_names[level], esc_name, (int)getpid(), esc_msg);
-	} else {
-		char esc_msg[6144];
-		text_escape(esc_msg, sizeof(esc_msg), msg);
-		n = snprintf(line, sizeof(line), "%s %s[%d] %s: %s\n", stamp, log_name, (int)getpid(),
-		             level_names[level], esc_msg);
-	}
+static int format_json(char *line, size_t cap, enum log_level level, const struct log_fields *fields,
+                       const char *msg)
+{
+	char stamp[40], esc_msg[6144], esc_name[160], extra[1400], worker[32] = "";
+	log_stamp(stamp, sizeof(stamp));
+	json_escape(esc_msg, sizeof(esc_msg), msg);
+	json_escape(esc_name, sizeof(esc_name), log_name);
+	log_render_fields(extra, sizeof(extra), fields, LOG_FORMAT_JSON);
+	if (log_worker >= 0)
+		snprintf(worker, sizeof(worker), ",\"worker\":%d", log_worker);
+	return snprintf(line, cap, "{\"ts\":\"%s\",\"level\":\"%s\",\"proc\":\"%s\",\"pid\":%d%s%s,\"msg\":\"%s\"}\n",
+	                stamp, level_names[level], esc_name, (int)getpid(), worker, extra, esc_msg);
+}
+
+static int format_text(char *line, size_t cap, enum log_level level, const struct log_fields *fields,
+                       const char *msg)
+{
+	char stamp[40], esc_msg[6144], prefix[1400];
+	log_stamp(stamp, sizeof(stamp));
+	text_escape(esc_msg, sizeof(esc_msg), msg);
+	log_render_fields(prefix, sizeof(prefix), fields, LOG_FORMAT_TEXT);
+	return snprintf(line, cap, "%s %s[%d] %s: %s%s\n", stamp, log_name, (int)getpid(), level_names[level],
+	                prefix, esc_msg);
+}
+
+static void log_emit(enum log_level level, const struct log_fields *fields, const char *msg)
+{
+	char line[16384];
+	int n = log_fmt == LOG_FORMAT_JSON ? format_json(line, sizeof(line), level, fields, msg)
+	                                   : format_text(line, sizeof(line), level, fields, msg);
 	if (n < 0)
 		return;
 	if ((size_t)n >= sizeof(line)) {
@@ -187,7 +240,8 @@ static void log_emit(enum log_level level, const char *msg)
 	(void)write_all(log_target, line, (size_t)n);
 }
 
-static void log_vlog(enum log_level level, int with_errno, const char *fmt, va_list ap)
+static void log_vlog_fields(enum log_level level, const struct log_fields *fields, int with_errno,
+                            const char *fmt, va_list ap)
 {
 	char msg[4096];
 	int saved = errno;
@@ -198,8 +252,21 @@ static void log_vlog(enum log_level level, int with_errno, const char *fmt, va_l
 	n = vsnprintf(msg, sizeof(msg), fmt, ap);
 	if (with_errno && n >= 0 && (size_t)n < sizeof(msg))
 		snprintf(msg + n, sizeof(msg) - (size_t)n, ": %s", strerror(saved));
-	log_emit(level, msg);
+	log_emit(level, fields, msg);
 	errno = saved;
+}
+
+static void log_vlog(enum log_level level, int with_errno, const char *fmt, va_list ap)
+{
+	log_vlog_fields(level, NULL, with_errno, fmt, ap);
+}
+
+void log_job(enum log_level level, const struct log_fields *fields, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vlog_fields(level, fields, 0, fmt, ap);
+	va_end(ap);
 }
 
 #define LOG_FN(fn, level, with_errno)                                                                \

@@ -7,6 +7,7 @@
 #define DROVER_LOG_H
 
 #include <stdarg.h>
+#include <sys/types.h>
 
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
 enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
@@ -26,6 +27,29 @@ int log_reopen(void);
  */
 void log_adopt(int fd, const char *path);
 int log_fd(void);
+
+/*
+ * What a line is about, beside its message: JSON lines carry these as fields
+ * ("job_id", "attempt", "handler_pid"), text lines as a "job=ID attempt=N "
+ * prefix, so that an operator can join every line of one job. Unset members
+ * (NULL, 0) are left out.
+ */
+struct log_fields {
+	const char *job_id;
+	int attempt;
+	pid_t handler_pid; /* the handler process of the attempt, when one runs */
+};
+
+/* The worker slot this process is (-1: none); every JSON line then has "worker". */
+void log_set_worker(int slot);
+/* Like log_info and friends, about one job. */
+void log_job(enum log_level level, const struct log_fields *fields, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/*
+ * Renders the fields as JSON members (",\"job_id\":\"...\",...") or as the text
+ * prefix into out; exposed for the unit tests. Returns the length written.
+ */
+size_t log_render_fields(char *out, size_t cap, const struct log_fields *fields, enum log_format format);
 
 /* *_warn variants append ": strerror(errno)". */
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -21,6 +21,7 @@
 #include "supervisor/supervisor.h"
 #include "supervisor/upgrade.h"
 #include "shared/util.h"
+#include "worker/cgroup.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -549,6 +550,10 @@ int main(int argc, char **argv)
 	}
 	protect_secrets();
 	prepare_queue(cfg);
+	/* Before the workers exist: they inherit the cgroup layout (and drover's move into its leaf). */
+	const struct cgroup_limits cgroup_wanted = { .memory_max = cfg->memory_max, .cpu_max = cfg->cpu_max,
+	                                             .pids_max = cfg->pids_max };
+	cgroup_prepare(cfg->cgroup_root, &cgroup_wanted);
 
 	if (!upgraded)
 		sup.scoreboard = scoreboard_create();

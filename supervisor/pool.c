@@ -15,6 +15,7 @@
 #include "queue/source.h"
 #include "shared/util.h"
 #include "worker/worker.h"
+#include "worker/cgroup.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -235,8 +236,9 @@ static void pool_kill_handler_groups(const struct scoreboard_slot *copy)
 {
 	for (int i = 0; i < CONFIG_MAX_CONCURRENT; i++) {
 		const struct scoreboard_job *job = &copy->jobs[i];
+		struct log_fields fields = { .job_id = job->id, .attempt = job->attempt, .handler_pid = job->pgid };
 		if (job->used && job->pgid > 0 && kill(-job->pgid, SIGKILL) == 0)
-			log_info("killed handler group %d of job %.100s", (int)job->pgid, job->id);
+			log_job(LOG_LEVEL_WARN, &fields, "killed the handler group of a dead worker's job");
 	}
 	/* Persistent handler processes, busy or idle: each leads its own group. */
 	int count = copy->handler_count < CONFIG_MAX_CONCURRENT ? copy->handler_count : CONFIG_MAX_CONCURRENT;
@@ -275,6 +277,7 @@ static void pool_sweep_orphans(struct pool *pool)
 		return;
 	}
 	long long self = getpid();
+	cgroup_collect(); /* dead workers' cgroups, once their killed processes are gone */
 	for (size_t i = 0; i < count; i++) {
 		struct attempt_token token;
 		if (pool_find(pool, pids[i]) != NULL || attempt_token_of(pids[i], &token) != 1)
@@ -304,6 +307,7 @@ static void pool_bury(struct slot *s, bool clean)
 
 	scoreboard_read_slot(board, &copy);
 	pool_kill_handler_groups(&copy);
+	cgroup_end_worker(getpid(), s->serial); /* what left the groups, wherever it went */
 	pool_sweep_orphans(s->pool);
 	if (!clean)
 		pool_record_crash(sup, &copy);

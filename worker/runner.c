@@ -70,6 +70,8 @@ struct run {
 	long long kill_grace_ms;
 	long long started_ms;
 	bool timed_out, too_large, killed;
+	char *job_id; /* log fields of every line about this run */
+	int attempt;
 };
 
 static struct run *runs;
@@ -91,6 +93,8 @@ struct child_plan {
 	int stdio[STREAM_COUNT]; /* child ends, in fd order 0..nfds-1 */
 	int nfds;
 	pid_t worker_pid;
+	struct runner_limits limits;
+	int cgroup_procs_fd;     /* -1 = none */
 	int exec_errno;          /* written by the child, read once it is gone or has exec'd */
 };
 
@@ -151,6 +155,30 @@ static int child_arrange_fds(const struct child_plan *plan)
 	return 0;
 }
 
+static int child_set_limit(int resource, long long value, long long hard_extra)
+{
+	if (value == RUNNER_LIMIT_UNSET)
+		return 0;
+	struct rlimit lim = { .rlim_cur = (rlim_t)value, .rlim_max = (rlim_t)(value + hard_extra) };
+	return setrlimit(resource, &lim);
+}
+
+/*
+ * setrlimit and setpriority are plain system calls, safe on the worker's
+ * memory. Soft and hard limits are both set, so the handler cannot raise them
+ * again; only RLIMIT_CPU keeps a second between the two, so that the handler
+ * gets SIGXCPU (it may clean up) before the kernel's SIGKILL.
+ */
+static int child_apply_limits(const struct runner_limits *lim)
+{
+	if (child_set_limit(RLIMIT_NOFILE, lim->nofile, 0) < 0 || child_set_limit(RLIMIT_AS, lim->as, 0) < 0 ||
+	    child_set_limit(RLIMIT_CORE, lim->core, 0) < 0 || child_set_limit(RLIMIT_CPU, lim->cpu, 1) < 0)
+		return -1;
+	if (lim->nice != RUNNER_LIMIT_UNSET && setpriority(PRIO_PROCESS, 0, (int)lim->nice) < 0)
+		return -1;
+	return 0;
+}
+
 static int child_main(void *arg)
 {
 	struct child_plan *plan = arg;
@@ -164,9 +192,17 @@ static int child_main(void *arg)
 		child_fail(plan);
 	if (getppid() != plan->worker_pid)
 		_exit(127); /* the worker died before the death signal was armed: nobody waits for us */
+	/* Into the attempt's cgroup before anything of the handler runs ("0" = the writer itself);
+	 * before the fds are arranged, which closes this one. Not clone3's CLONE_INTO_CGROUP: clone3
+	 * takes no child function, and a child that returns from it onto the worker's own stack
+	 * (CLONE_VM) would corrupt the frame the worker resumes in; spawn() needs clone()'s own stack. */
+	if (plan->cgroup_procs_fd >= 0 && write(plan->cgroup_procs_fd, "0", 1) != 1)
+		child_fail(plan);
 	if (child_arrange_fds(plan) < 0)
 		child_fail(plan);
 	if (plan->working_dir != NULL && plan->working_dir[0] != '\0' && chdir(plan->working_dir) < 0)
+		child_fail(plan);
+	if (child_apply_limits(&plan->limits) < 0)
 		child_fail(plan);
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
@@ -196,6 +232,11 @@ static void registry_remove(struct run *run)
 		run->next->prev = run->prev;
 	run->prev = run->next = NULL;
 	run_count--;
+}
+
+static struct log_fields run_fields(const struct run *run)
+{
+	return (struct log_fields){ .job_id = run->job_id, .attempt = run->attempt, .handler_pid = run->pid };
 }
 
 static void signal_group(struct run *run, int sig)
@@ -283,7 +324,8 @@ static size_t stdout_room(struct run *run, char **dst)
 
 static void stderr_line(struct run *run, const char *line, size_t len, bool cut)
 {
-	log_debug("handler %d: stderr: %.*s%s", (int)run->pid, (int)len, line, cut ? " [...]" : "");
+	struct log_fields fields = run_fields(run);
+	log_job(LOG_LEVEL_DEBUG, &fields, "stderr: %.*s%s", (int)len, line, cut ? " [...]" : "");
 }
 
 static bool parse_progress_object(const char *line, size_t len, double *progress, json_t **root)
@@ -466,7 +508,8 @@ static void grace_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 static void timeout_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
 	struct run *run = timer->data;
-	log_debug("handler %d: timed out; sending SIGTERM to its group", (int)run->pid);
+	struct log_fields fields = run_fields(run);
+	log_job(LOG_LEVEL_WARN, &fields, "handler %d timed out; sending SIGTERM to its group", (int)run->pid);
 	run->timed_out = true;
 	signal_group(run, SIGTERM);
 	ev_timer_start(loop, &run->grace_timer);
@@ -497,6 +540,12 @@ static struct run *run_new(struct ev_loop *loop, const struct runner_spec *spec,
 	run->cb = *cb;
 	run->max_out = spec->max_result_bytes < SIZE_MAX / 2 ? spec->max_result_bytes : SIZE_MAX / 2;
 	run->kill_grace_ms = spec->kill_grace_ms;
+	run->attempt = spec->attempt;
+	if (spec->job_id != NULL && (run->job_id = strdup(spec->job_id)) == NULL) {
+		free(run->input);
+		free(run);
+		return NULL;
+	}
 	for (int i = 0; i < STREAM_COUNT; i++)
 		run->fd[i] = -1;
 	return run;
@@ -506,6 +555,7 @@ static void run_free(struct run *run)
 {
 	free(run->input);
 	free(run->out);
+	free(run->job_id);
 	free(run);
 }
 
@@ -554,7 +604,8 @@ static int make_pipes(int parent[STREAM_COUNT], int child[STREAM_COUNT])
  * failed is reaped here: the worker never sees a stranger. Returns the pid, or
  * -1 with errno (the clone's, or the child's set-up or exec error).
  */
-pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds)
+pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds,
+                   const struct runner_limits *limits, int cgroup_procs_fd)
 {
 	/* A char array, so the child's frames may use it; aligned as any ABI wants a stack. */
 	char stack[CHILD_STACK_BYTES] __attribute__((aligned(64)));
@@ -572,6 +623,12 @@ pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir
 		return -1;
 	}
 	memcpy(plan.stdio, child_fds, (size_t)nfds * sizeof(int));
+	plan.cgroup_procs_fd = cgroup_procs_fd;
+	if (limits != NULL)
+		plan.limits = *limits;
+	else
+		plan.limits = (struct runner_limits){ RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET,
+		                                      RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET };
 
 	sigfillset(&all);
 	int rc = pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -631,7 +688,8 @@ struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, c
 	if (make_pipes(run->fd, child_fds) < 0)
 		goto fail;
 	run->started_ms = now_ms();
-	run->pid = runner_spawn(spec->argv, spec->envp, spec->working_dir, child_fds, STREAM_COUNT);
+	run->pid = runner_spawn(spec->argv, spec->envp, spec->working_dir, child_fds, STREAM_COUNT, spec->limits,
+	                        spec->join_cgroup ? spec->cgroup_procs_fd : -1);
 	saved = errno;
 	close_fds(child_fds, STREAM_COUNT);
 	errno = saved;
@@ -709,6 +767,7 @@ static void build_result(struct run *run, int wait_status, struct runner_result 
 	}
 	stderr_tail(run, result);
 	result->duration_ms = now_ms() - run->started_ms;
+	result->pid = run->pid;
 }
 
 void runner_child_exited(struct run *run, int wait_status)

@@ -46,6 +46,17 @@ struct runner_result {
 	long long duration_ms;
 	const char *detail;  /* persistent: the sentence of a HANDLER_ERROR or HANDLER_LOST, else NULL */
 	bool no_retry;       /* persistent: the handler said this job must not be retried */
+	pid_t pid;           /* the handler's */
+};
+
+/* Set in the child before exec; RUNNER_LIMIT_UNSET (-1) leaves drover's own value. */
+#define RUNNER_LIMIT_UNSET (-1LL)
+struct runner_limits {
+	long long nofile;  /* RLIMIT_NOFILE */
+	long long as;      /* RLIMIT_AS, bytes */
+	long long core;    /* RLIMIT_CORE, bytes */
+	long long cpu;     /* RLIMIT_CPU, seconds: SIGXCPU there, SIGKILL a second later */
+	long long nice;    /* 0..19 */
 };
 
 struct runner_spec {
@@ -57,6 +68,11 @@ struct runner_spec {
 	long long timeout_ms;
 	long long kill_grace_ms;
 	size_t max_result_bytes;
+	const struct runner_limits *limits; /* NULL = none */
+	bool join_cgroup;     /* the child joins a cgroup before exec, writing "0" to its cgroup.procs: */
+	int cgroup_procs_fd;  /* this fd (worker/cgroup.h) */
+	const char *job_id;   /* for the log lines of the run (its stderr too); copied */
+	int attempt;
 };
 
 struct run;
@@ -90,12 +106,15 @@ struct run *runner_find(pid_t pid);
 /* Hands the reaped handler's wait status to its run. */
 void runner_child_exited(struct run *run, int wait_status);
 /*
- * The runner's spawn for other long-lived children (warm.h): argv in its own
- * process group, killed when the worker dies, signals reset, child_fds[i]
- * moved to fd i (nfds <= 4), every other fd closed. The pid, or -1 with the
- * clone's or the child's set-up/exec errno. The caller reaps it.
+ * The runner's spawn, also for other long-lived children (warm.h): argv in
+ * its own process group, killed when the worker dies, signals reset,
+ * child_fds[i] moved to fd i (nfds <= 4), every other fd closed, limits set
+ * (NULL = none) and, when cgroup_procs_fd >= 0, that cgroup joined before
+ * exec. The pid, or -1 with the clone's or the child's set-up/exec errno.
+ * The caller reaps it.
  */
-pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds);
+pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds,
+                   const struct runner_limits *limits, int cgroup_procs_fd);
 /* Runs not yet done. */
 size_t runner_active(void);
 

@@ -609,10 +609,11 @@ static void out_cb(struct ev_loop *loop, ev_io *io, int revents)
 static void stderr_emit(struct hproc *p, bool cut)
 {
 	p->err_line[p->err_len] = '\0';
-	if (p->job_count == 1)
-		log_info("handler process %d (job %.200s): %s%s", (int)p->pid, LIST_FIRST(&p->jobs)->id, p->err_line,
-		         cut ? " [...]" : "");
-	else
+	if (p->job_count == 1) {
+		const struct warm_job *job = LIST_FIRST(&p->jobs);
+		struct log_fields fields = { .job_id = job->id, .handler_pid = p->pid };
+		log_job(LOG_LEVEL_INFO, &fields, "handler process %d: %s%s", (int)p->pid, p->err_line, cut ? " [...]" : "");
+	} else
 		log_info("handler process %d: %s%s", (int)p->pid, p->err_line, cut ? " [...]" : "");
 	p->err_len = 0;
 }
@@ -718,7 +719,7 @@ static pid_t spawn_with_env(struct warm_pool *pool, const int child[3], unsigned
 		errno = ENOMEM;
 		return -1;
 	}
-	pid_t pid = runner_spawn(pool->set.argv, env, pool->set.working_dir, child, 3);
+	pid_t pid = runner_spawn(pool->set.argv, env, pool->set.working_dir, child, 3, &pool->set.limits, -1);
 	int saved = errno;
 	pool->cb.env_free(pool->cb.arg, env);
 	errno = saved;

@@ -32,6 +32,7 @@ struct warm_settings {
 	int max_jobs, max_jobs_jitter, max_rss_mb;
 	long long start_timeout_ms, timeout_ms, kill_grace_ms;
 	size_t max_result_bytes;
+	struct runner_limits limits; /* set on each process (rlimit_cpu counts its whole life, so it is left unset) */
 };
 
 struct warm_callbacks {

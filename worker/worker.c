@@ -16,6 +16,7 @@
 #include "shared/log.h"
 #include "shared/proctitle.h"
 #include "shared/orphans.h"
+#include "worker/cgroup.h"
 #include "worker/runner.h"
 #include "worker/frame.h"
 #include "worker/warm.h"
@@ -50,6 +51,7 @@ struct task {
 	struct run *run;         /* exec mode: the attempt's handler */
 	struct warm_job *warm;   /* persistent mode: the attempt in a handler process */
 	bool awaiting_handler;   /* persistent mode: due to run, no handler process has room yet */
+	struct job_cgroup *cgroup; /* the running attempt's, when drover has a delegated cgroup */
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	ev_timer slow_timer; /* slow_job_ms: fires once per attempt that runs that long */
@@ -340,10 +342,17 @@ static void count_completed(struct scoreboard_counters *c, double seconds)
 	scoreboard_record_duration(c, seconds);
 }
 
+/* What the lines about a task carry as fields (see log.h). */
+static struct log_fields task_fields(const struct task *t, pid_t handler_pid)
+{
+	return (struct log_fields){ .job_id = t->job->id, .attempt = t->attempt, .handler_pid = handler_pid };
+}
+
 static void task_release(struct task *t)
 {
 	struct worker *w = t->worker;
-	log_info("job %s: given back to the queue after attempt %d", t->job->id, t->attempt);
+	struct log_fields fields = task_fields(t, 0);
+	log_job(LOG_LEVEL_INFO, &fields, "given back to the queue after attempt %d", t->attempt);
 	w->ops->release(w->source, t->job);
 	task_free(t);
 }
@@ -355,12 +364,16 @@ static void task_fail(struct task *t, const struct failure *failure)
 	                         wall_ms());
 	if (doc == NULL) {
 		/* Cannot describe the outcome: keep the job in the queue rather than lose it. */
-		log_error("job %s: out of memory building the failed event; releasing it", t->job->id);
+		struct log_fields fields = task_fields(t, 0);
+		log_job(LOG_LEVEL_ERROR, &fields, "out of memory building the failed event; releasing it");
 		task_release(t);
 		return;
 	}
-	/* Bounded: this is also the path of ids too long or too strange to log whole. */
-	log_info("job %.200s: failed after %d attempt(s): %s", t->job->id, t->attempt, failure->reason);
+	/* A warning: with log_level = warn an operator still sees every job that failed. log_job bounds the id
+	 * (this is also the path of ids too long or too strange to log whole). */
+	struct log_fields fields = task_fields(t, 0);
+	log_job(LOG_LEVEL_WARN, &fields, "failed after %d attempt(s): %s (%s)", t->attempt, failure->reason,
+	        failure->message != NULL ? failure->message : "");
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_FAILED, .message = failure->message,
 	                                                 .reason = failure->reason });
 	t->job->completed = false; /* counted when the outcome is durable: source_settled */
@@ -369,17 +382,19 @@ static void task_fail(struct task *t, const struct failure *failure)
 	task_free(t);
 }
 
-static void task_complete(struct task *t, const struct runner_result *result)
+static void task_complete(struct task *t, const struct runner_result *result, long long peak_memory_bytes)
 {
 	struct worker *w = t->worker;
 	char *doc = event_complete(&w->origin, t->job->id, result->output, result->output_len, t->attempt,
-	                           result->duration_ms, wall_ms());
+	                           result->duration_ms, wall_ms(), peak_memory_bytes);
 	if (doc == NULL) {
-		log_error("job %s: out of memory building the complete event; releasing it", t->job->id);
+		struct log_fields fields = task_fields(t, 0);
+		log_job(LOG_LEVEL_ERROR, &fields, "out of memory building the complete event; releasing it");
 		task_release(t);
 		return;
 	}
-	log_info("job %s: completed in %lld ms (attempt %d)", t->job->id, result->duration_ms, t->attempt);
+	struct log_fields fields = task_fields(t, result->pid);
+	log_job(LOG_LEVEL_INFO, &fields, "completed in %lld ms (attempt %d)", result->duration_ms, t->attempt);
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_COMPLETED });
 	t->job->completed = true; /* counted when the outcome is durable: source_settled */
 	t->job->duration_s = (double)result->duration_ms / 1000.0;
@@ -409,7 +424,9 @@ static void describe_failure(const struct runner_result *r, struct failure *f, c
 		break;
 	case RUNNER_SIGNAL:
 		f->reason = "signal";
-		snprintf(message, len, "handler was killed by signal %d", r->signal);
+		/* By name too: SIGXCPU is rlimit_cpu, SIGKILL past it (or the OOM killer). */
+		snprintf(message, len, "handler was killed by signal %d (SIG%s)", r->signal,
+		         sigabbrev_np(r->signal) != NULL ? sigabbrev_np(r->signal) : "?");
 		break;
 	case RUNNER_TIMEOUT:
 		f->reason = "timeout";
@@ -475,6 +492,7 @@ static void worker_sweep_orphans(struct worker *w)
 {
 	const pid_t *pids;
 	size_t count;
+	cgroup_collect(); /* the cgroups of ended attempts, once their killed processes are gone */
 	if (w->children == NULL)
 		return;
 	if (children_list(w->children, &pids, &count) < 0) {
@@ -519,20 +537,25 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 	struct failure failure;
 
 	ev_timer_stop(w->loop, &t->slow_timer);
+	/* Ends whatever of the attempt is left, wherever it went (setsid, a cleared environment). */
+	long long peak = cgroup_attempt_end(t->cgroup);
+	t->cgroup = NULL;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	if (result->status == RUNNER_KILLED) {
 		task_release(t);
 	} else if (result->status == RUNNER_COMPLETED) {
-		task_complete(t, result);
+		task_complete(t, result, peak > 0 ? peak : 0);
 	} else {
 		describe_failure(result, &failure, message, sizeof(message));
+		failure.peak_memory_bytes = peak > 0 ? peak : 0;
 		if (result->status == RUNNER_TIMEOUT)
 			counters_update(w, count_timed_out, 0);
 		if (w->drain == RUNNING && retry_allowed(w, t, result)) {
 			double delay = retry_delay_s(w, t->attempt);
-			log_info("job %s: attempt %d failed (%s); retrying in %.1f s", t->job->id, t->attempt,
-			         message, delay);
+			struct log_fields fields = task_fields(t, result->pid);
+			log_job(LOG_LEVEL_WARN, &fields, "attempt %d failed (%s); retrying in %.1f s", t->attempt,
+			        message, delay);
 			worker_publish_status(w, t, (struct job_status){ .state = JOB_RETRYING, .message = message,
 			                                                 .reason = failure.reason,
 			                                                 .delay_ms = (long long)(delay * 1000) });
@@ -628,9 +651,9 @@ static void task_slow_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
 	struct task *t = timer->data;
 	struct worker *w = t->worker;
-	log_warnx("job %.200s: attempt %d has run longer than slow_job_ms (%lld ms), pid %d", t->job->id, t->attempt,
-	          w->cfg->slow_job_ms,
-	          t->run != NULL ? (int)runner_pgid(t->run) : t->warm != NULL ? (int)warm_job_pid(t->warm) : 0);
+	pid_t pid = t->run != NULL ? runner_pgid(t->run) : t->warm != NULL ? warm_job_pid(t->warm) : 0;
+	struct log_fields fields = task_fields(t, pid);
+	log_job(LOG_LEVEL_WARN, &fields, "has run longer than slow_job_ms (%lld ms)", w->cfg->slow_job_ms);
 	counters_update(w, count_slow, 0);
 }
 
@@ -649,6 +672,22 @@ static void task_warm_progress(void *arg, double progress, const char *message)
 	task_progress(NULL, progress, message, arg);
 }
 
+/* The attempt's cgroup, named after its token (unique among this supervisor's attempts); NULL when none. */
+static struct job_cgroup *attempt_cgroup(const struct worker *w, const struct task *t)
+{
+	if (!cgroup_enabled())
+		return NULL;
+	struct attempt_token token = w->token;
+	char name[96];
+	token.attempt = t->token_attempt;
+	if (attempt_token_format(name, sizeof(name), &token) < 0)
+		return NULL;
+	const char *value = name + sizeof(ATTEMPT_TOKEN_VAR); /* past "DROVER_ATTEMPT_TOKEN=" */
+	const struct cgroup_limits limits = { .memory_max = w->cfg->memory_max, .cpu_max = w->cfg->cpu_max,
+	                                      .pids_max = w->cfg->pids_max };
+	return cgroup_attempt_create(value, &limits);
+}
+
 /* The attempt runs (exec or persistent alike): counted, shown, announced. */
 static void task_attempt_started(struct task *t, pid_t pgid)
 {
@@ -657,7 +696,8 @@ static void task_attempt_started(struct task *t, pid_t pgid)
 		counters_update(w, count_started, 0);
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, pgid);
-	log_debug("job %s: attempt %d started, pid %d", t->job->id, t->attempt, (int)pgid);
+	struct log_fields fields = task_fields(t, pgid);
+	log_job(LOG_LEVEL_DEBUG, &fields, "attempt %d started, pid %d", t->attempt, (int)pgid);
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_STARTED });
 	task_watch_slow(t);
 }
@@ -668,8 +708,10 @@ static void task_count_attempt(struct task *t)
 	t->attempt++;
 	if (t->board_index >= 0)
 		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
+	struct log_fields fields = task_fields(t, 0);
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
-		log_warn("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
+		log_job(LOG_LEVEL_WARN, &fields, "could not record attempt %d in the queue: %s", t->attempt,
+		        strerror(errno));
 }
 
 /*
@@ -712,6 +754,11 @@ static void task_begin_attempt(struct task *t)
 	task_count_attempt(t);
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
+	t->cgroup = attempt_cgroup(w, t);
+	const struct runner_limits limits = {
+		.nofile = w->cfg->rlimit_nofile, .as = w->cfg->rlimit_as, .core = w->cfg->rlimit_core,
+		.cpu = w->cfg->rlimit_cpu, .nice = w->cfg->nice,
+	};
 	struct runner_spec spec = {
 		.argv = w->cfg->handler_argv,
 		.envp = env,
@@ -721,12 +768,19 @@ static void task_begin_attempt(struct task *t)
 		.timeout_ms = w->cfg->timeout_ms,
 		.kill_grace_ms = w->cfg->kill_grace_ms,
 		.max_result_bytes = (size_t)w->cfg->max_result_bytes,
+		.limits = &limits,
+		.join_cgroup = t->cgroup != NULL,
+		.cgroup_procs_fd = cgroup_attempt_procs_fd(t->cgroup),
+		.job_id = t->job->id,
+		.attempt = t->attempt,
 	};
 	struct runner_callbacks callbacks = { .done = task_run_done, .progress = task_progress, .arg = t };
 	t->run = env != NULL ? runner_start(w->loop, &spec, &callbacks) : NULL;
 	int saved = errno;
 	task_env_free(w, env);
 	if (t->run == NULL) {
+		cgroup_attempt_end(t->cgroup);
+		t->cgroup = NULL;
 		task_not_started(t, saved);
 		return;
 	}
@@ -797,7 +851,8 @@ static void worker_start_job(struct worker *w, struct job *job)
 {
 	struct task *t = task_new(w, job);
 	if (t == NULL) {
-		log_error("out of memory; giving job %.200s back", job->id);
+		struct log_fields fields = { .job_id = job->id };
+		log_job(LOG_LEVEL_ERROR, &fields, "out of memory; giving the job back");
 		w->ops->release(w->source, job);
 		return;
 	}
@@ -890,8 +945,9 @@ static void source_ready(void *arg)
 static void source_settled(struct job *job, bool durable, void *arg)
 {
 	struct worker *w = arg;
+	struct log_fields fields = { .job_id = job->id };
 	if (!durable)
-		log_warnx("job %s: outcome not recorded; it stays in the queue", job->id);
+		log_job(LOG_LEVEL_WARN, &fields, "outcome not recorded; it stays in the queue");
 	else if (job->completed)
 		counters_update(w, count_completed, job->duration_s);
 	else
@@ -1075,6 +1131,9 @@ static int worker_start_handlers(struct worker *w)
 		.timeout_ms = cfg->timeout_ms,
 		.kill_grace_ms = cfg->kill_grace_ms,
 		.max_result_bytes = (size_t)cfg->max_result_bytes,
+		/* Per process: a CPU limit would count every job the process ever served. */
+		.limits = { .nofile = cfg->rlimit_nofile, .as = cfg->rlimit_as, .core = cfg->rlimit_core,
+		            .cpu = RUNNER_LIMIT_UNSET, .nice = cfg->nice },
 	};
 	struct warm_callbacks callbacks = {
 		.done = task_warm_done,
@@ -1164,6 +1223,7 @@ static void worker_teardown(struct worker *w)
 	if (w->signal_fd >= 0)
 		close(w->signal_fd);
 	children_close(w->children);
+	cgroup_collect(); /* a last try; what is still busy is the supervisor's to end (cgroup_end_worker) */
 	ev_loop_destroy(w->loop);
 }
 
@@ -1200,6 +1260,7 @@ int worker_main(const struct worker_params *params)
 	snprintf(name, sizeof(name), "worker %d", params->slot);
 	log_set_name(name);
 	worker_set_title(&w);
+	log_set_worker(params->slot);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
 		return EX_SOFTWARE;

@@ -28,6 +28,15 @@ scenario (a test reads what it did from the files it leaves behind):
   concurrency_dir  lock-protected counter (fcntl.flock): +1 at start, max recorded, -1 at end
   env_dump         path ("{attempt}" expands): the environment as a JSON object
   record_dir       where to write a start record (also from env POOLTEST_RECORD_DIR)
+  limits_dump      path: {"limits": text of /proc/self/limits, "nice": os.nice(0)} as JSON
+  cgroup_dump      path: the text of /proc/self/cgroup
+  burn_cpu         spin on the CPU until killed (rlimit_cpu tests)
+  escapee          path: fork a child that leaves the process group (setsid) and execs
+                   /bin/sleep with an empty environment (no DROVER_ATTEMPT_TOKEN); its pid
+                   is written there. Only a cgroup can find it.
+  fork_bomb        path: fork children that sleep until forking fails or fork_cap (default 64)
+                   are running; writes {"forked": N, "error": "..."} there, then exits 0 if
+                   forking failed, else 1
 
 Every run writes a start record `<id>__<pid>.start.json` (id, attempt, pid,
 pgid, ppid, time) and, when it gets that far, `<id>__<pid>.end.json`; a message
@@ -139,6 +148,38 @@ def spawn_grandchild(pid_path, sleep_ms, ignore_term, setsid=False):
     os._exit(0)
 
 
+def spawn_escapee(pid_path):
+    pid = os.fork()
+    if pid != 0:
+        return
+    os.setsid()
+    atomic_write(pid_path, str(os.getpid()))
+    os.execve("/bin/sleep", ["sleep", "300"], {})
+
+
+def fork_bomb(path, cap):
+    """Forks sleepers until fork fails (pids_max) or cap; the children die with the attempt."""
+    forked, error = 0, None
+    while forked < cap:
+        try:
+            pid = os.fork()
+        except OSError as e:
+            error = str(e)
+            break
+        if pid == 0:
+            time.sleep(300)
+            os._exit(0)
+        forked += 1
+    atomic_write(path, json.dumps({"forked": forked, "error": error}))
+    return 0 if error else 1
+
+
+def burn_cpu():
+    x = 0
+    while True:
+        x += 1
+
+
 def wait_for_file(path, max_ms):
     deadline = time.monotonic() + max_ms / 1000.0
     while not os.path.exists(path):
@@ -197,6 +238,18 @@ def run(job, job_id, record_dir):
     attempt = os.environ.get("DROVER_ATTEMPT", "0")
     if job.get("env_dump"):
         atomic_write(job["env_dump"].replace("{attempt}", attempt), json.dumps(dict(os.environ)))
+    if job.get("limits_dump"):
+        with open("/proc/self/limits") as f:
+            atomic_write(job["limits_dump"], json.dumps({"limits": f.read(), "nice": os.nice(0)}))
+    if job.get("cgroup_dump"):
+        with open("/proc/self/cgroup") as f:
+            atomic_write(job["cgroup_dump"], f.read())
+    if job.get("escapee"):
+        spawn_escapee(job["escapee"])
+    if job.get("fork_bomb"):
+        return fork_bomb(job["fork_bomb"], int(job.get("fork_cap", 64)))
+    if job.get("burn_cpu"):
+        burn_cpu()
     if job.get("grandchild"):
         spawn_grandchild(job["grandchild"], job.get("grandchild_ms", 30000), job.get("grandchild_ignore_term"),
                          job.get("grandchild_setsid", False))

@@ -66,9 +66,9 @@ def test_a_slow_persistent_job_is_logged_with_its_process_and_counted(drover):
     d.submit([{"id": "slowpoke", "do": "slow"}, {"id": "quick", "do": "echo"}])
     done, _ = d.wait_outcomes(["quick"], 30)
     pid = done["quick"]["result"]["pid"]
-    d.wait_until(lambda: "job slowpoke: attempt 1 has run longer than slow_job_ms (300 ms), pid %d" % pid
+    d.wait_until(lambda: "job=slowpoke attempt=1 handler=%d has run longer than slow_job_ms (300 ms)" % pid
                  in d.log_text(), 10, "the slow-job warning")
     d.wait_outcomes(["slowpoke"], 30)
     assert d.stats()["saturation"]["slow_total"] == 1
-    assert "job quick: attempt 1 has run longer" not in d.log_text()
+    assert not [l for l in d.log_text().splitlines() if "job=quick " in l and "has run longer" in l]
     assert d.log_text().count("has run longer than slow_job_ms") == 1, "one warning per attempt"

@@ -347,7 +347,7 @@ def test_slow_jobs_are_logged_at_warn_and_counted(drover, workdir):
     d.wait_workers(1)
     d.submit([{"id": "slowpoke", "hold_file": str(release)}, {"id": "quick"}])
     d.wait_outcomes(["quick"], 10)
-    d.wait_until(lambda: "job slowpoke: attempt 1 has run longer than slow_job_ms (300 ms)" in d.log_text(), 10,
+    d.wait_until(lambda: "job=slowpoke attempt=1 handler=" in d.log_text() and "has run longer than slow_job_ms (300 ms)" in d.log_text(), 10,
                  "the slow-job warning")
     assert "job quick" not in d.log_text()
     d.wait_until(lambda: metric(d, "drover_jobs_slow") == 1, 5, "one slow job running")

@@ -149,7 +149,7 @@ def test_timeout_cancel_ignored_kills_the_process_and_retries_its_siblings(drove
     log = d.log_text()
     assert "job stubborn did not answer its cancel within 3000 ms" in log, log[-3000:]
     for i in sib:
-        assert "job %s: attempt 1 failed (handler process %d was killed by drover" % (i, first_pid) in log
+        assert "job=%s attempt=1 attempt 1 failed (handler process %d was killed by drover" % (i, first_pid) in log
     wait_until(lambda: process_gone(first_pid) and process_gone(gc_pid), 10,
                "the killed process and its grandchild to be gone")
     assert not pgid_alive(first_pid)
@@ -253,7 +253,7 @@ def test_progress_and_stderr_of_a_job(drover):
     hold.write_text("go")
     all_complete(d, ["talky"])
     pid = job_records(d, "start", "talky")[0]["pid"]
-    assert "handler process %d (job talky): marker-from-handler" % pid in d.log_text()
+    assert "job=talky handler=%d handler process %d: marker-from-handler" % (pid, pid) in d.log_text()
 
 
 def test_handler_that_never_gets_ready_is_a_worker_fault(drover):

@@ -536,7 +536,8 @@ Test(config, number_errors)
 		     path);
 	expect_error(&errs, "%s:7: [jobs] retry_delay_ms: \"10s\" has junk after the number (allowed: "
 		     "0..2592000000 milliseconds)", path);
-	expect_error(&errs, "%s:8: [jobs] max_result_bytes: \"lots\" is not a number (allowed: 1..1073741824 bytes)",
+	expect_error(&errs, "%s:8: [jobs] max_result_bytes: \"lots\" is not a number (allowed: 1..1073741824 bytes, "
+		     "K/M/G suffixes)",
 		     path);
 	expect_error(&errs, "%s:10: [supervisor] workers: \"99999999999999999999999\" is out of range (allowed: "
 		     "1..256)", path);
@@ -1247,7 +1248,7 @@ Test(config, env_for_every_table_option)
 		config_errors_clear(&errs);
 		names++;
 	}
-	cr_assert_eq(names, 49, "one DROVER_ name per table option");
+	cr_assert_eq(names, 58, "one DROVER_ name per table option");
 	free(ref);
 }
 
@@ -1619,4 +1620,81 @@ Test(config, http_listen_needs_a_restart_and_slow_job_ms_replaces_workers)
 	cr_assert_eq(config_changed_scopes(a, b), CONFIG_SCOPE_SUPERVISOR);
 	config_free(b);
 	config_free(a);
+}
+
+/* ---- per-handler limits -------------------------------------------------- */
+
+Test(config, limits_default_to_inherit)
+{
+	struct config *cfg = load_ok(config_with(""));
+	cr_assert_eq(cfg->rlimit_nofile, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->rlimit_as, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->rlimit_core, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->rlimit_cpu, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->nice, CONFIG_LIMIT_UNSET);
+	config_free(cfg);
+}
+
+Test(config, limits_with_size_suffixes)
+{
+	struct config *cfg = load_ok(config_with("rlimit_nofile = 256\nrlimit_as = 2G\nrlimit_core = 0\n"
+	                                         "rlimit_cpu = 30\nnice = 19\nmax_result_bytes = 64k\n"));
+	cr_assert_eq(cfg->rlimit_nofile, 256);
+	cr_assert_eq(cfg->rlimit_as, 2LL << 30);
+	cr_assert_eq(cfg->rlimit_core, 0);
+	cr_assert_eq(cfg->rlimit_cpu, 30);
+	cr_assert_eq(cfg->nice, 19);
+	cr_assert_eq(cfg->max_result_bytes, 64 * 1024);
+	config_free(cfg);
+	cfg = load_ok(config_with("rlimit_as = 512M\nrlimit_core = 1024K\n"));
+	cr_assert_eq(cfg->rlimit_as, 512LL << 20);
+	cr_assert_eq(cfg->rlimit_core, 1LL << 20);
+	config_free(cfg);
+}
+
+Test(config, limit_errors_name_file_line_and_key)
+{
+	const char *path = config_with("nice = 20\nrlimit_as = 12X\nrlimit_cpu = 0\nrlimit_core = G\n"
+	                               "rlimit_nofile = -5\n");
+	struct config_errors errs = { NULL, 0 };
+	load_fails(path, &errs);
+	expect_error(&errs, "%s:3: [jobs] nice: \"20\" is out of range (allowed: 0..19, or empty)", path);
+	expect_error(&errs, "%s:4: [jobs] rlimit_as: \"12X\" has junk after the number (allowed: "
+	             "1048576..1125899906842624 bytes, K/M/G suffixes, or empty)", path);
+	expect_error(&errs, "%s:5: [jobs] rlimit_cpu: \"0\" is out of range (allowed: 1..4294967296, or empty)", path);
+	expect_error(&errs, "%s:6: [jobs] rlimit_core: \"G\" is not a number (allowed: 0..1125899906842624 bytes, "
+	             "K/M/G suffixes, or empty)", path);
+	expect_error(&errs, "%s:7: [jobs] rlimit_nofile: \"-5\" is out of range (allowed: 4..1073741824, or empty)",
+	             path);
+	config_errors_clear(&errs);
+	/* a suffix that would overflow is out of range, not wrapped */
+	expect_only_error(config_with("rlimit_as = 2000000000G\n"), "%s/drover.ini:3: [jobs] rlimit_as: "
+	                  "\"2000000000G\" is out of range (allowed: 1048576..1125899906842624 bytes, K/M/G suffixes, "
+	                  "or empty)", tmpdir);
+}
+
+Test(config, limits_are_worker_settings_on_reload)
+{
+	struct config *a = load_ok(config_with(""));
+	struct config *b = load_ok(config_with("nice = 5\n"));
+	cr_assert_not(config_worker_equal(a, b), "a changed nice must replace the workers");
+	config_free(a);
+	config_free(b);
+}
+
+Test(config, cgroup_keys)
+{
+	struct config *cfg = load_ok(config_with("memory_max = 256M\ncpu_max = 150\npids_max = 64\n"));
+	cr_assert_str_eq(cfg->cgroup_root, "");
+	cr_assert_eq(cfg->memory_max, 256LL << 20);
+	cr_assert_eq(cfg->cpu_max, 150);
+	cr_assert_eq(cfg->pids_max, 64);
+	config_free(cfg);
+	cfg = load_ok(config_with(""));
+	cr_assert_eq(cfg->memory_max, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->cpu_max, CONFIG_LIMIT_UNSET);
+	cr_assert_eq(cfg->pids_max, CONFIG_LIMIT_UNSET);
+	config_free(cfg);
+	expect_only_error(config_with("pids_max = 0\n"), "%s/drover.ini:3: [jobs] pids_max: \"0\" is out of range "
+	                  "(allowed: 1..4194304, or empty)", tmpdir);
 }

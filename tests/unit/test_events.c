@@ -108,7 +108,7 @@ static const char *const complete_keys[] = { "id", "result", "attempts", "durati
 Test(events, complete_embeds_a_json_result)
 {
 	static const char result[] = "{\"image\":\"/out/a.ppm\",\"width\":256,\"height\":256}\n";
-	json_t *doc = parse_doc(event_complete(&origin, "job-9", result, strlen(result), 2, 1534, T_MS),
+	json_t *doc = parse_doc(event_complete(&origin, "job-9", result, strlen(result), 2, 1534, T_MS, 0),
 	                        complete_keys, 7);
 	json_t *res = json_object_get(doc, "result");
 
@@ -125,11 +125,11 @@ Test(events, complete_embeds_a_json_result)
 
 Test(events, complete_embeds_any_json_value)
 {
-	json_t *doc = parse_doc(event_complete(&origin, "n", "42", 2, 1, 5, T_MS), complete_keys, 7);
+	json_t *doc = parse_doc(event_complete(&origin, "n", "42", 2, 1, 5, T_MS, 0), complete_keys, 7);
 	cr_assert_eq(num(doc, "result"), 42);
 	json_decref(doc);
 
-	doc = parse_doc(event_complete(&origin, "s", "\"done\"", 6, 1, 5, T_MS), complete_keys, 7);
+	doc = parse_doc(event_complete(&origin, "s", "\"done\"", 6, 1, 5, T_MS, 0), complete_keys, 7);
 	cr_assert_str_eq(str(doc, "result"), "done");
 	json_decref(doc);
 }
@@ -137,16 +137,16 @@ Test(events, complete_embeds_any_json_value)
 Test(events, complete_keeps_text_that_is_not_json_as_a_string)
 {
 	static const char result[] = "wrote /out/a.png\n";
-	json_t *doc = parse_doc(event_complete(&origin, "t", result, strlen(result), 1, 5, T_MS), complete_keys, 7);
+	json_t *doc = parse_doc(event_complete(&origin, "t", result, strlen(result), 1, 5, T_MS, 0), complete_keys, 7);
 	cr_assert_str_eq(str(doc, "result"), result);
 	json_decref(doc);
 
 	/* Only result_len bytes count: the rest of the buffer is not the result. */
-	doc = parse_doc(event_complete(&origin, "t", "{\"a\":1}garbage", 7, 1, 5, T_MS), complete_keys, 7);
+	doc = parse_doc(event_complete(&origin, "t", "{\"a\":1}garbage", 7, 1, 5, T_MS, 0), complete_keys, 7);
 	cr_assert(json_is_object(json_object_get(doc, "result")));
 	json_decref(doc);
 
-	doc = parse_doc(event_complete(&origin, "e", "", 0, 1, 5, T_MS), complete_keys, 7);
+	doc = parse_doc(event_complete(&origin, "e", "", 0, 1, 5, T_MS, 0), complete_keys, 7);
 	cr_assert_str_eq(str(doc, "result"), "");
 	json_decref(doc);
 }
@@ -154,7 +154,7 @@ Test(events, complete_keeps_text_that_is_not_json_as_a_string)
 Test(events, complete_survives_invalid_utf8_output)
 {
 	static const char result[] = "bad \xff\xfe bytes \xc3";
-	json_t *doc = parse_doc(event_complete(&origin, "u", result, strlen(result), 1, 5, T_MS), complete_keys, 7);
+	json_t *doc = parse_doc(event_complete(&origin, "u", result, strlen(result), 1, 5, T_MS, 0), complete_keys, 7);
 	cr_assert_str_eq(str(doc, "result"), "bad \xef\xbf\xbd\xef\xbf\xbd bytes \xef\xbf\xbd");
 	json_decref(doc);
 }
@@ -334,7 +334,7 @@ Test(events, null_strings_do_not_crash)
 	text = event_failed(&no_host, "j", &failure, 1, NULL, 0, T_MS);
 	cr_assert_not_null(text);
 	free(text);
-	text = event_complete(&no_host, "j", NULL, 0, 1, 0, T_MS);
+	text = event_complete(&no_host, "j", NULL, 0, 1, 0, T_MS, 0);
 	cr_assert_not_null(text);
 	free(text);
 }
@@ -353,4 +353,30 @@ Test(events, job_id_problem)
 	cr_expect_not_null(event_job_id_problem("a\nb", 3));
 	cr_expect_not_null(event_job_id_problem("a\x7f", 2));
 	cr_expect_null(event_job_id_problem("caf\xc3\xa9", 5));
+}
+
+/* ---- peak memory of the attempt's cgroup ------------------------------------------ */
+
+Test(events, peak_memory_is_recorded_when_known)
+{
+	static const char *const with_peak[] = { "id", "result", "attempts", "duration_ms", "peak_memory_bytes",
+		                                  "worker", "host", "finished_at" };
+	json_t *doc = parse_doc(event_complete(&origin, "p", "{}", 2, 1, 5, T_MS, 123456789), with_peak, 8);
+	cr_assert_eq(num(doc, "peak_memory_bytes"), 123456789);
+	json_decref(doc);
+
+	static const char *const failed_peak[] = { "id", "error", "attempts", "job", "peak_memory_bytes", "worker",
+		                                   "host", "failed_at" };
+	struct failure failure = { .reason = "signal", .exit_code = -1, .signal = 9, .message = "killed",
+		                   .peak_memory_bytes = 64 << 20 };
+	doc = parse_doc(event_failed(&origin, "p", &failure, 1, "{}", 2, T_MS), failed_peak, 8);
+	cr_assert_eq(num(doc, "peak_memory_bytes"), 64 << 20);
+	json_decref(doc);
+}
+
+Test(events, unknown_peak_memory_is_left_out)
+{
+	json_t *doc = parse_doc(event_complete(&origin, "p", "{}", 2, 1, 5, T_MS, 0), complete_keys, 7);
+	cr_assert_null(json_object_get(doc, "peak_memory_bytes"));
+	json_decref(doc);
 }

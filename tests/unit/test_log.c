@@ -67,3 +67,67 @@ Test(log, json_lines_are_valid_utf8)
 			      "\xef\xbf\xbd\xef\xbf\xbd ok \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \n\x01");
 	json_decref(line);
 }
+
+/* A hostile id (refused before any handler runs, but its refusal is logged too) cannot break the object. */
+Test(log, job_fields_are_json_members_escaped)
+{
+	const char *id = "q\"uo\\te\n\x01}{\"job_id\":\"forged";
+	open_log(LOG_FORMAT_JSON);
+	log_set_worker(3);
+	struct log_fields fields = { .job_id = id, .attempt = 2, .handler_pid = 4242 };
+	log_job(LOG_LEVEL_WARN, &fields, "attempt %d failed", 2);
+	log_set_worker(-1);
+	char *text = read_log();
+	cr_assert_eq(count_lines(text), 1, "%s", text);
+	json_error_t error;
+	json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, &error);
+	cr_assert_not_null(doc, "not one JSON object without duplicate keys: %s (%s)", text, error.text);
+	cr_assert_str_eq(json_string_value(json_object_get(doc, "job_id")), id);
+	cr_assert_eq(json_integer_value(json_object_get(doc, "attempt")), 2);
+	cr_assert_eq(json_integer_value(json_object_get(doc, "handler_pid")), 4242);
+	cr_assert_eq(json_integer_value(json_object_get(doc, "worker")), 3);
+	cr_assert_eq(json_integer_value(json_object_get(doc, "pid")), getpid());
+	cr_assert_str_eq(json_string_value(json_object_get(doc, "level")), "warn");
+	cr_assert_str_eq(json_string_value(json_object_get(doc, "msg")), "attempt 2 failed");
+	json_decref(doc);
+}
+
+Test(log, job_fields_render_as_a_text_prefix)
+{
+	char out[256];
+	struct log_fields fields = { .job_id = "a b\n", .attempt = 7 };
+	log_render_fields(out, sizeof(out), &fields, LOG_FORMAT_TEXT);
+	cr_assert_str_eq(out, "job=a b\\n attempt=7 ");
+	open_log(LOG_FORMAT_TEXT);
+	log_job(LOG_LEVEL_INFO, &fields, "completed");
+	char *text = read_log();
+	cr_assert_eq(count_lines(text), 1, "%s", text);
+	cr_assert_not_null(strstr(text, " info: job=a b\\n attempt=7 completed\n"), "%s", text);
+}
+
+Test(log, unset_fields_are_left_out_and_output_is_bounded)
+{
+	char out[24];
+	struct log_fields none = { 0 };
+	cr_assert_eq(log_render_fields(out, sizeof(out), &none, LOG_FORMAT_JSON), 0);
+	cr_assert_str_eq(out, "");
+	static char long_id[4000];
+	memset(long_id, '"', sizeof(long_id) - 1);
+	struct log_fields big = { .job_id = long_id, .attempt = 1 };
+	size_t n = log_render_fields(out, sizeof(out), &big, LOG_FORMAT_JSON);
+	cr_assert_lt(n, sizeof(out));
+	cr_assert_eq(strlen(out), n);
+}
+
+/* Below the level, a job line is dropped like any other. */
+Test(log, job_lines_obey_the_level)
+{
+	open_log(LOG_FORMAT_JSON);
+	log_set_level(LOG_LEVEL_WARN);
+	struct log_fields fields = { .job_id = "j", .attempt = 1 };
+	log_job(LOG_LEVEL_INFO, &fields, "dropped");
+	log_job(LOG_LEVEL_WARN, &fields, "kept");
+	char *text = read_log();
+	cr_assert_eq(count_lines(text), 1, "%s", text);
+	cr_assert_not_null(strstr(text, "\"kept\""), "%s", text);
+}

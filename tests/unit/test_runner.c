@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -114,6 +115,7 @@ struct run_opts {
 	size_t max_result_bytes;
 	char *const *envp;
 	const char *working_dir;
+	const struct runner_limits *limits;
 };
 
 static struct run *start_argv(struct outcome *o, char *const *argv, const struct run_opts *opts)
@@ -127,6 +129,7 @@ static struct run *start_argv(struct outcome *o, char *const *argv, const struct
 		.timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 20000,
 		.kill_grace_ms = opts->kill_grace_ms > 0 ? opts->kill_grace_ms : 1000,
 		.max_result_bytes = opts->max_result_bytes > 0 ? opts->max_result_bytes : 65536,
+		.limits = opts->limits,
 	};
 	struct runner_callbacks cb = { .done = on_done, .progress = on_progress, .arg = o };
 	memset(o, 0, sizeof(*o));
@@ -671,4 +674,42 @@ Test(runner, handler_dies_with_the_worker)
 	}
 	cr_assert_eq(got, handler, "the handler outlived its worker");
 	cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+/* ---- per-handler limits -------------------------------------------------- */
+
+Test(runner, limits_are_set_before_exec)
+{
+	const struct runner_limits limits = { .nofile = 64, .as = 1LL << 31, .core = 0, .cpu = 7, .nice = 5 };
+	const struct run_opts opts = { .limits = &limits };
+	struct outcome *o = run_sh("ulimit -n; ulimit -Hn; ulimit -v; ulimit -c; ulimit -t; ulimit -Ht; "
+	                           "cut -d' ' -f19 /proc/self/stat", &opts);
+	cr_assert_eq(o->result.status, RUNNER_COMPLETED, "stderr: %s", o->result.stderr_tail);
+	/* soft = hard, except CPU: SIGXCPU at 7 s, SIGKILL at 8 s; -v is in KiB */
+	cr_assert_str_eq(o->output, "64\n64\n2097152\n0\n7\n8\n5\n");
+}
+
+Test(runner, unset_limits_are_inherited)
+{
+	const struct runner_limits limits = { RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET,
+		                              RUNNER_LIMIT_UNSET, RUNNER_LIMIT_UNSET };
+	const struct run_opts opts = { .limits = &limits };
+	struct rlimit own;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &own), 0);
+	char want[64];
+	snprintf(want, sizeof(want), "%llu\n", (unsigned long long)own.rlim_cur);
+	struct outcome *o = run_sh("ulimit -n", &opts);
+	cr_assert_str_eq(o->output, want);
+}
+
+/* A limit the handler may not have (nice below drover's own needs privilege) is a start failure, not a job's. */
+Test(runner, a_refused_limit_fails_the_start)
+{
+	const struct runner_limits limits = { .nofile = 1LL << 40, .as = RUNNER_LIMIT_UNSET, .core = RUNNER_LIMIT_UNSET,
+		                              .cpu = RUNNER_LIMIT_UNSET, .nice = RUNNER_LIMIT_UNSET };
+	const struct run_opts opts = { .limits = &limits };
+	char *argv[] = { "/bin/true", NULL };
+	struct outcome o;
+	cr_assert_null(start_argv(&o, argv, &opts));
+	cr_assert(errno == EPERM || errno == EINVAL, "errno %d", errno);
 }

@@ -1,0 +1,438 @@
+/*
+ * cgroup: per-attempt cgroups under a delegated subtree (see cgroup.h).
+ *
+ * Layout, after the "no internal processes" rule of cgroup v2 (a cgroup with
+ * controllers enabled for its children holds no processes itself; systemd's
+ * Delegate= documentation and runc/crun do the same): when drover's own
+ * cgroup is the delegated one, the supervisor first moves itself into
+ * <base>/supervisor (its workers, forked later, follow it), and attempts get
+ * <base>/jobs/<attempt token>. A configured cgroup_root that drover is not in
+ * needs no move. The hierarchy's root cgroup is never taken over: it is
+ * shared with the whole system, so drover running there is "not delegated"
+ * (a container's root cgroup, seen through a cgroup namespace, is not the
+ * hierarchy's: it is used).
+ */
+#include "worker/cgroup.h"
+
+#include "shared/log.h"
+#include "shared/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#ifndef CGROUP2_SUPER_MAGIC
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#endif
+
+#define CONTROLLER_COUNT 3
+static const char *const controller_names[CONTROLLER_COUNT] = { "memory", "cpu", "pids" };
+enum { CTL_MEMORY, CTL_CPU, CTL_PIDS };
+
+struct job_cgroup {
+	char path[PATH_MAX];
+	int procs_fd;
+};
+
+struct pending {
+	struct pending *next;
+	char path[];
+};
+
+static char jobs_dir[PATH_MAX]; /* "" = disabled */
+static bool controller_on[CONTROLLER_COUNT];
+static struct pending *pending_removal;
+
+bool cgroup_enabled(void)
+{
+	return jobs_dir[0] != '\0';
+}
+
+/* ---- small file helpers --------------------------------------------------- */
+
+static int write_file(const char *dir, const char *name, const char *text)
+{
+	char path[PATH_MAX];
+	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = write_all(fd, text, strlen(text)) < 0 ? -1 : 0;
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return rc;
+}
+
+/* The first line of dir/name, without its newline; -1 when it cannot be read. */
+static int read_line(const char *dir, const char *name, char *buf, size_t cap)
+{
+	char path[PATH_MAX];
+	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
+		return -1;
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return -1;
+	char *got = fgets(buf, (int)cap, f);
+	fclose(f);
+	if (got == NULL)
+		return -1;
+	buf[strcspn(buf, "\n")] = '\0';
+	return 0;
+}
+
+static bool has_word(const char *list, const char *word)
+{
+	size_t len = strlen(word);
+	for (const char *p = list; (p = strstr(p, word)) != NULL; p += len) {
+		if ((p == list || p[-1] == ' ') && (p[len] == ' ' || p[len] == '\0'))
+			return true;
+	}
+	return false;
+}
+
+/* ---- finding the hierarchy ------------------------------------------------- */
+
+/* The cgroup2 mount point (and the cgroup path its root shows) from /proc/self/mountinfo. */
+static int find_mount(char *mount, size_t cap, char *mount_root, size_t root_cap)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (f == NULL)
+		return -1;
+	char line[4096];
+	int rc = -1;
+	while (rc < 0 && fgets(line, sizeof(line), f) != NULL) {
+		char root[PATH_MAX], point[PATH_MAX];
+		const char *sep = strstr(line, " - cgroup2 ");
+		if (sep == NULL || sscanf(line, "%*s %*s %*s %4095s %4095s", root, point) != 2)
+			continue;
+		snprintf(mount, cap, "%s", point);
+		snprintf(mount_root, root_cap, "%s", root);
+		rc = 0;
+	}
+	fclose(f);
+	return rc;
+}
+
+/* drover's own cgroup v2 path ("0::/path" in /proc/self/cgroup). */
+static int own_cgroup(char *path, size_t cap)
+{
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	if (f == NULL)
+		return -1;
+	char line[PATH_MAX + 16];
+	int rc = -1;
+	while (rc < 0 && fgets(line, sizeof(line), f) != NULL) {
+		if (strncmp(line, "0::", 3) != 0)
+			continue;
+		line[strcspn(line, "\n")] = '\0';
+		rc = snprintf(path, cap, "%s", line + 3) < (int)cap ? 0 : -1;
+		break;
+	}
+	fclose(f);
+	return rc;
+}
+
+/* Our own cgroup as a directory, or "" when it is the hierarchy's root (never delegated). */
+static int own_dir(char *dir, size_t cap, char *why, size_t why_cap)
+{
+	char mount[PATH_MAX], mount_root[PATH_MAX], own[PATH_MAX];
+	if (find_mount(mount, sizeof(mount), mount_root, sizeof(mount_root)) < 0) {
+		snprintf(why, why_cap, "no cgroup2 file system is mounted");
+		return -1;
+	}
+	if (own_cgroup(own, sizeof(own)) < 0) {
+		snprintf(why, why_cap, "/proc/self/cgroup names no cgroup v2");
+		return -1;
+	}
+	/* A bind mount of a sub-cgroup shows paths from the hierarchy's root: strip its own root. */
+	const char *rel = own;
+	size_t root_len = strlen(mount_root);
+	if (strcmp(mount_root, "/") != 0 && strncmp(own, mount_root, root_len) == 0)
+		rel = own + root_len;
+	bool at_top = rel[0] == '\0' || strcmp(rel, "/") == 0;
+	if (snprintf(dir, cap, "%s%s", mount, at_top ? "" : rel) >= (int)cap) {
+		snprintf(why, why_cap, "the path of drover's cgroup is too long");
+		return -1;
+	}
+	/* Only the hierarchy's real root lacks cgroup.type; a container's root (cgroup namespace) has it. */
+	char type[PATH_MAX + 16];
+	snprintf(type, sizeof(type), "%s/cgroup.type", dir);
+	if (access(type, F_OK) < 0) {
+		snprintf(why, why_cap, "drover runs in the root cgroup of %s, which is not delegated", mount);
+		return -1;
+	}
+	return 0;
+}
+
+static bool writable_cgroup2(const char *dir, char *why, size_t why_cap)
+{
+	struct statfs fs;
+	if (statfs(dir, &fs) < 0 || fs.f_type != CGROUP2_SUPER_MAGIC) {
+		snprintf(why, why_cap, "%s is not a cgroup v2 directory", dir);
+		return false;
+	}
+	char procs[PATH_MAX + 16];
+	snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
+	if (access(dir, W_OK) < 0 || access(procs, W_OK) < 0) {
+		snprintf(why, why_cap, "%s is not writable (delegate it: systemd Delegate=yes)", dir);
+		return false;
+	}
+	return true;
+}
+
+/* ---- start-up --------------------------------------------------------------- */
+
+/* The supervisor leaves base for base/supervisor, so that base may enable controllers for its children. */
+static int move_into_leaf(const char *base)
+{
+	char leaf[PATH_MAX], pid[32];
+	if (snprintf(leaf, sizeof(leaf), "%s/supervisor", base) >= (int)sizeof(leaf)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	if (mkdir(leaf, 0755) < 0 && errno != EEXIST)
+		return -1;
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	return write_file(leaf, "cgroup.procs", pid);
+}
+
+/* Enables what base offers of memory, cpu, pids for base's and jobs' children; records what jobs got. */
+static void enable_controllers(const char *base)
+{
+	char offered[512] = "";
+	(void)read_line(base, "cgroup.controllers", offered, sizeof(offered));
+	for (int i = 0; i < CONTROLLER_COUNT; i++) {
+		char plus[32];
+		snprintf(plus, sizeof(plus), "+%s", controller_names[i]);
+		controller_on[i] = has_word(offered, controller_names[i]) &&
+		                   write_file(base, "cgroup.subtree_control", plus) == 0 &&
+		                   write_file(jobs_dir, "cgroup.subtree_control", plus) == 0;
+	}
+}
+
+static bool is_own_dir(const char *base)
+{
+	char own[PATH_MAX], why[256];
+	return own_dir(own, sizeof(own), why, sizeof(why)) == 0 && strcmp(own, base) == 0;
+}
+
+static void report(const char *base, const struct cgroup_limits *wanted)
+{
+	char missing[128] = "";
+	const long long limit[CONTROLLER_COUNT] = { wanted->memory_max, wanted->cpu_max, wanted->pids_max };
+	static const char *const key[CONTROLLER_COUNT] = { "memory_max", "cpu_max", "pids_max" };
+	for (int i = 0; i < CONTROLLER_COUNT; i++) {
+		if (controller_on[i])
+			continue;
+		size_t n = strlen(missing);
+		snprintf(missing + n, sizeof(missing) - n, "%s%s", n > 0 ? ", " : "", controller_names[i]);
+		if (limit[i] >= 0)
+			log_warnx("cgroup: [jobs] %s is set but the %s controller is not available under %s: not enforced",
+			          key[i], controller_names[i], base);
+	}
+	log_info("cgroup: each job attempt runs in its own cgroup under %s%s%s", jobs_dir,
+	         missing[0] != '\0' ? "; controllers not available: " : "", missing);
+}
+
+bool cgroup_prepare(const char *root, const struct cgroup_limits *wanted)
+{
+	char base[PATH_MAX], why[PATH_MAX + 128];
+	jobs_dir[0] = '\0';
+	if (root != NULL && root[0] != '\0')
+		snprintf(base, sizeof(base), "%s", root);
+	else if (own_dir(base, sizeof(base), why, sizeof(why)) < 0)
+		goto fallback;
+	if (!writable_cgroup2(base, why, sizeof(why)))
+		goto fallback;
+	if (is_own_dir(base) && move_into_leaf(base) < 0) {
+		snprintf(why, sizeof(why), "cannot move drover into %s/supervisor: %s", base, strerror(errno));
+		goto fallback;
+	}
+	if (snprintf(jobs_dir, sizeof(jobs_dir), "%s/jobs", base) >= (int)sizeof(jobs_dir) ||
+	    (mkdir(jobs_dir, 0755) < 0 && errno != EEXIST)) {
+		snprintf(why, sizeof(why), "cannot create %s/jobs: %s", base, strerror(errno));
+		jobs_dir[0] = '\0';
+		goto fallback;
+	}
+	enable_controllers(base);
+	report(base, wanted);
+	return true;
+
+fallback:
+	log_info("cgroup: %s; jobs are contained by process groups only", why);
+	return false;
+}
+
+/* ---- one attempt -------------------------------------------------------------- */
+
+static void write_limit(struct job_cgroup *cg, int controller, const char *file, long long value, const char *text)
+{
+	char buf[64];
+	if (value < 0 || !controller_on[controller])
+		return;
+	if (text == NULL) {
+		snprintf(buf, sizeof(buf), "%lld", value);
+		text = buf;
+	}
+	if (write_file(cg->path, file, text) < 0)
+		log_warn("cgroup: cannot write %s of %s", file, cg->path);
+}
+
+struct job_cgroup *cgroup_attempt_create(const char *name, const struct cgroup_limits *limits)
+{
+	if (!cgroup_enabled())
+		return NULL;
+	struct job_cgroup *cg = calloc(1, sizeof(*cg));
+	if (cg == NULL)
+		return NULL;
+	cg->procs_fd = -1;
+	if (snprintf(cg->path, sizeof(cg->path), "%s/%s", jobs_dir, name) >= (int)sizeof(cg->path) ||
+	    mkdir(cg->path, 0755) < 0) {
+		log_warn("cgroup: cannot create %s/%s; the attempt runs without", jobs_dir, name);
+		free(cg);
+		return NULL;
+	}
+	char cpu[64];
+	/* cpu.max is "quota period": percent of one CPU over a 100 ms period. */
+	snprintf(cpu, sizeof(cpu), "%lld 100000", limits->cpu_max * 1000);
+	write_limit(cg, CTL_MEMORY, "memory.max", limits->memory_max, NULL);
+	write_limit(cg, CTL_CPU, "cpu.max", limits->cpu_max, cpu);
+	write_limit(cg, CTL_PIDS, "pids.max", limits->pids_max, NULL);
+	char procs[PATH_MAX + 16];
+	snprintf(procs, sizeof(procs), "%s/cgroup.procs", cg->path);
+	cg->procs_fd = open(procs, O_WRONLY | O_CLOEXEC);
+	if (cg->procs_fd < 0) {
+		log_warn("cgroup: cannot open %s; the attempt runs without", procs);
+		if (rmdir(cg->path) < 0)
+			log_warn("cgroup: cannot remove %s", cg->path);
+		free(cg);
+		return NULL;
+	}
+	return cg;
+}
+
+int cgroup_attempt_procs_fd(const struct job_cgroup *cg)
+{
+	return cg != NULL ? cg->procs_fd : -1;
+}
+
+/* Kernels before 5.14 have no cgroup.kill: SIGKILL each process listed (forks racing it get the next pass). */
+static void kill_listed(const char *path)
+{
+	char procs[PATH_MAX + 16];
+	snprintf(procs, sizeof(procs), "%s/cgroup.procs", path);
+	for (int pass = 0; pass < 3; pass++) {
+		FILE *f = fopen(procs, "re");
+		if (f == NULL)
+			return;
+		int pid, found = 0;
+		while (fscanf(f, "%d", &pid) == 1) {
+			found++;
+			if (kill(pid, SIGKILL) < 0 && errno != ESRCH)
+				log_warn("cgroup: cannot kill pid %d of %s", pid, path);
+		}
+		fclose(f);
+		if (found == 0)
+			return;
+	}
+}
+
+static long long read_peak(const char *path)
+{
+	char line[64];
+	if (!controller_on[CTL_MEMORY] || read_line(path, "memory.peak", line, sizeof(line)) < 0)
+		return -1;
+	char *end;
+	long long peak = strtoll(line, &end, 10);
+	return end != line ? peak : -1;
+}
+
+static void remove_later(const char *path)
+{
+	size_t len = strlen(path) + 1;
+	struct pending *p = malloc(sizeof(*p) + len);
+	if (p == NULL) {
+		log_error("cgroup: out of memory; %s is left behind", path);
+		return;
+	}
+	memcpy(p->path, path, len);
+	p->next = pending_removal;
+	pending_removal = p;
+}
+
+/* Kills every process in path and removes it (later, while they are still exiting). */
+static void end_cgroup(const char *path)
+{
+	if (write_file(path, "cgroup.kill", "1") < 0) {
+		if (errno != ENOENT)
+			log_warn("cgroup: cannot write cgroup.kill of %s", path);
+		kill_listed(path);
+	}
+	if (rmdir(path) < 0 && errno != ENOENT)
+		remove_later(path);
+}
+
+long long cgroup_attempt_end(struct job_cgroup *cg)
+{
+	if (cg == NULL)
+		return -1;
+	long long peak = read_peak(cg->path);
+	close(cg->procs_fd);
+	end_cgroup(cg->path);
+	free(cg);
+	cgroup_collect();
+	return peak;
+}
+
+void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_serial)
+{
+	if (!cgroup_enabled())
+		return;
+	char prefix[64], path[PATH_MAX];
+	int len = snprintf(prefix, sizeof(prefix), "%lld.%llu.", supervisor_pid, worker_serial);
+	DIR *dir = opendir(jobs_dir);
+	if (dir == NULL) {
+		log_warn("cgroup: cannot list %s", jobs_dir);
+		return;
+	}
+	const struct dirent *de;
+	while ((de = readdir(dir)) != NULL) {
+		if (strncmp(de->d_name, prefix, (size_t)len) != 0 ||
+		    snprintf(path, sizeof(path), "%s/%s", jobs_dir, de->d_name) >= (int)sizeof(path))
+			continue;
+		log_info("cgroup: ending %s, left by a worker that is gone", path);
+		end_cgroup(path);
+	}
+	closedir(dir);
+	cgroup_collect();
+}
+
+void cgroup_collect(void)
+{
+	struct pending **link = &pending_removal;
+	while (*link != NULL) {
+		struct pending *p = *link;
+		if (rmdir(p->path) == 0 || errno == ENOENT) {
+			*link = p->next;
+			free(p);
+		} else if (errno != EBUSY) {
+			log_warn("cgroup: cannot remove %s (left behind)", p->path);
+			*link = p->next;
+			free(p);
+		} else {
+			link = &p->next;
+		}
+	}
+}
