@@ -27,6 +27,7 @@
 #define DROVER_SOURCE_H
 
 #include <ev.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -101,6 +102,14 @@ enum source_take {
 
 struct source;
 
+/* What a per-job command (droverctl cancel, retry) found in the queue. */
+enum queue_job_result {
+	QUEUE_JOB_DONE,    /* done, and durable */
+	QUEUE_JOB_UNKNOWN, /* no such job where the command looks */
+	QUEUE_JOB_BUSY,    /* a worker is claiming it right now: the caller may look again */
+	QUEUE_JOB_ERROR,   /* the queue refused (why says so) */
+};
+
 struct source_ops {
 	const char *name;
 	/*
@@ -167,6 +176,25 @@ struct queue_ops {
 	 * "FILE:LINE: [section] key: what is wrong". 0, or -1 when errs grew.
 	 */
 	int (*check)(const struct config *cfg, struct config_errors *errs);
+	/*
+	 * droverctl jobs, run by the supervisor: {"queued": {"count", "jobs"},
+	 * "failed": {"count", "jobs"}}, jobs bounded by queued_max (oldest first)
+	 * and failed_max (newest first). NULL and why on failure. NULL op: the
+	 * backend cannot list (Kafka: the supervisor shows lag per partition and
+	 * the failures its workers saw).
+	 */
+	json_t *(*jobs)(const struct config *cfg, size_t queued_max, size_t failed_max, char *why, size_t len);
+	/*
+	 * droverctl cancel of a job still waiting: its failed outcome (reason
+	 * cancelled, from origin) is durable before the job leaves the queue.
+	 */
+	enum queue_job_result (*cancel_queued)(const struct config *cfg, const char *id,
+	                                       const struct event_origin *origin, char *why, size_t len);
+	/*
+	 * droverctl retry: a failed job goes back to the queue with its attempts
+	 * reset; its failed record is removed only once the new entry is durable.
+	 */
+	enum queue_job_result (*retry_failed)(const struct config *cfg, const char *id, char *why, size_t len);
 };
 
 /* The backend cfg names. */

@@ -660,6 +660,66 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 	return fsync_dir(incoming);
 }
 
+/* ---- what spool_jobs.c needs of the names (spool.h) ------------------------- */
+
+char *spool_job_id(const char *name, const char *payload, size_t len)
+{
+	char *id = NULL;
+	size_t base_len;
+
+	if (payload_verdict(payload, len, &id) != NULL) {
+		free(id);
+		id = NULL;
+	}
+	if (id != NULL)
+		return id;
+	(void)name_attempts(name, &base_len);
+	return id_from_name(name, base_len);
+}
+
+int spool_name_attempts(const char *name)
+{
+	size_t base_len;
+	return name_attempts(name, &base_len);
+}
+
+void spool_outcome_file(const char *id, char *buf, size_t len)
+{
+	outcome_name(id, buf, len);
+}
+
+int spool_write_new(const char *dir, const char *sub, const char *name, const void *data, size_t len, bool replace)
+{
+	char tmp_name[96], tmp_path[PATH_MAX], final_path[PATH_MAX], final_dir[PATH_MAX];
+	struct stat owner;
+
+	unique_name(tmp_name, sizeof(tmp_name), getpid(), JSON_SUFFIX);
+	if (join_path(tmp_path, sizeof(tmp_path), dir, "tmp", tmp_name) < 0 ||
+	    join_path(final_path, sizeof(final_path), dir, sub, name) < 0 ||
+	    join_path(final_dir, sizeof(final_dir), dir, sub, NULL) < 0)
+		return -1;
+	const struct stat *foreign = foreign_owner(geteuid(), final_dir, &owner);
+	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, SPOOL_FILE_MODE);
+	if (fd < 0)
+		return -1;
+	int rc = write_all(fd, data, len);
+	if (rc == 0 && foreign != NULL && fchown(fd, foreign->st_uid, foreign->st_gid) < 0)
+		log_debug("spool: chown %s", tmp_path);
+	if (rc == 0)
+		rc = fsync_retry(fd);
+	if (close(fd) < 0 && rc == 0)
+		rc = -1;
+	if (rc == 0)
+		rc = replace ? rename(tmp_path, final_path) : move_noreplace(tmp_path, final_path);
+	if (rc < 0) {
+		int saved = errno;
+		unlink(tmp_path);
+		errno = saved;
+		return -1;
+	}
+	return fsync_dir(final_dir);
+}
+
 enum reclaim_result {
 	RECLAIM_MOVED, /* the claim was dead: back in incoming/ */
 	RECLAIM_LEFT,  /* live (locked) or gone */

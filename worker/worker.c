@@ -44,6 +44,7 @@ struct task {
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	long long last_progress_event_ms;
+	bool cancelled;   /* droverctl cancel: the run is being stopped; the job fails with reason cancelled */
 	struct task *prev, *next;
 };
 
@@ -63,6 +64,8 @@ struct worker {
 	struct task *tasks;  /* doubly linked */
 	int task_count;
 	bool source_paused;
+	bool intake_paused;  /* droverctl pause, as last read from the scoreboard's requests */
+	uint64_t requests_seen; /* the newest scoreboard request already acted on */
 	enum drain_mode drain;
 	bool fault;          /* the handler could not be started: take nothing until the retry */
 	double fault_delay_s;
@@ -305,6 +308,14 @@ static void task_fail(struct task *t, const struct failure *failure)
 	task_free(t);
 }
 
+/* droverctl cancel: the job fails for good with the attempts it ran; no retry. */
+static void task_fail_cancelled(struct task *t)
+{
+	struct failure failure = { .reason = "cancelled", .exit_code = -1,
+	                           .message = "cancelled by the operator (droverctl cancel)" };
+	task_fail(t, &failure);
+}
+
 static void task_complete(struct task *t, const struct runner_result *result)
 {
 	struct worker *w = t->worker;
@@ -433,7 +444,9 @@ static void task_run_done(struct run *run, const struct runner_result *result, v
 	/* The runner killed the job's group; this gets what left it (setsid and the like). */
 	worker_sweep_orphans(w);
 
-	if (result->status == RUNNER_KILLED) {
+	if (result->status == RUNNER_KILLED && t->cancelled) {
+		task_fail_cancelled(t);
+	} else if (result->status == RUNNER_KILLED) {
 		task_release(t);
 	} else if (result->status == RUNNER_COMPLETED) {
 		task_complete(t, result);
@@ -467,8 +480,11 @@ static void task_progress(struct run *run, double progress, const char *message,
 	struct task *t = arg;
 	struct worker *w = t->worker;
 	long long now = now_ms();
-	if (t->board_index >= 0)
+	if (t->board_index >= 0) {
 		scoreboard_job_set_progress(w->board, t->board_index, (float)progress);
+		if (message != NULL)
+			scoreboard_job_set_message(w->board, t->board_index, message);
+	}
 	if (now - t->last_progress_event_ms < PROGRESS_EVENT_INTERVAL_MS)
 		return;
 	t->last_progress_event_ms = now;
@@ -645,9 +661,20 @@ static void worker_start_job(struct worker *w, struct job *job)
 	task_begin_attempt(t);
 }
 
+/* Intake is paused by droverctl pause: running jobs go on, no new one is taken. */
+static bool worker_intake_paused(struct worker *w)
+{
+	bool paused = scoreboard_intake_paused();
+	if (paused != w->intake_paused)
+		log_info("worker %d: intake %s", w->slot, paused ? "paused" : "resumed");
+	w->intake_paused = paused;
+	return paused;
+}
+
 static void worker_update_flow(struct worker *w)
 {
-	bool full = w->task_count >= w->cfg->max_concurrent || w->drain != RUNNING || w->fault;
+	bool full = w->task_count >= w->cfg->max_concurrent || w->drain != RUNNING || w->fault ||
+	            worker_intake_paused(w);
 	if (full && !w->source_paused) {
 		w->ops->pause(w->source);
 		w->source_paused = true;
@@ -659,7 +686,8 @@ static void worker_update_flow(struct worker *w)
 
 static void worker_fill(struct worker *w)
 {
-	while (w->drain == RUNNING && !w->fault && w->task_count < w->cfg->max_concurrent) {
+	while (w->drain == RUNNING && !w->fault && !worker_intake_paused(w) &&
+	       w->task_count < w->cfg->max_concurrent) {
 		struct job *job = NULL;
 		if (w->source_paused) {
 			w->ops->resume(w->source);
@@ -687,6 +715,37 @@ static void source_settled(struct job *job, bool durable, void *arg)
 	else
 		counters_update(w, count_failed, 0);
 	worker_maybe_exit(w);
+}
+
+/* ---- requests from the supervisor ------------------------------------------ */
+
+/* One cancel request: the task holding job id stops (running) or fails now (waiting for a retry). */
+static void worker_cancel_job(const char *id, void *arg)
+{
+	struct worker *w = arg;
+	struct task *t = w->tasks;
+	while (t != NULL && strcmp(t->job->id, id) != 0)
+		t = t->next;
+	if (t == NULL) {
+		log_info("worker %d: cancel of job %.200s: it is no longer here", w->slot, id);
+		return;
+	}
+	log_warnx("job %.200s: cancelled during attempt %d", id, t->attempt);
+	if (t->run != NULL) {
+		t->cancelled = true;
+		runner_cancel(t->run); /* task_run_done fails it once the handler is reaped */
+		return;
+	}
+	task_fail_cancelled(t);
+	worker_fill(w);
+	worker_maybe_exit(w);
+}
+
+/* After a poke (SCOREBOARD_POKE_SIGNAL) and on every heartbeat: cancels, then the pause flag. */
+static void worker_read_requests(struct worker *w)
+{
+	scoreboard_each_cancel(w->slot, &w->requests_seen, worker_cancel_job, w);
+	worker_fill(w);
 }
 
 /* ---- draining and exit -------------------------------------------------- */
@@ -762,6 +821,9 @@ static void worker_signal_cb(struct ev_loop *loop, ev_io *io, int revents)
 			if (log_reopen() < 0)
 				log_warn("cannot reopen the log file");
 			break;
+		case SCOREBOARD_POKE_SIGNAL:
+			worker_read_requests(w);
+			break;
 		default:
 			break;
 		}
@@ -797,8 +859,8 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
 	scoreboard_write_begin(w->board);
 	w->board->heartbeat_ms = now_ms();
 	scoreboard_write_end(w->board);
-	/* A safety net for a missed wake-up; cheap when the source has nothing. */
-	worker_fill(w);
+	/* A safety net for a missed wake-up or poke; cheap when the source has nothing. */
+	worker_read_requests(w);
 }
 
 /* ---- set-up ------------------------------------------------------------- */
@@ -807,7 +869,8 @@ static int worker_setup_signals(struct worker *w)
 {
 	sigset_t set;
 	sigemptyset(&set);
-	int signals[] = { SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU };
+	int signals[] = { SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU,
+	                  SCOREBOARD_POKE_SIGNAL };
 	for (size_t i = 0; i < ARRAY_LEN(signals); i++)
 		sigaddset(&set, signals[i]);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
@@ -875,6 +938,7 @@ int worker_main(const struct worker_params *params)
 		.board = params->board,
 		.signal_fd = -1,
 		.token = { .supervisor = params->supervisor_pid, .worker = params->serial },
+		.requests_seen = scoreboard_request_serial(),
 	};
 	char name[32], err[512];
 
