@@ -42,7 +42,7 @@ CPPFLAGS  += -D_GNU_SOURCE -DDROVER_VERSION='"$(VERSION)"' -I. $(PKG_CFLAGS)
 CFLAGS    ?= -O2 -g
 # Kept apart from CFLAGS so that a CFLAGS given on the command line (the sanitizer tree,
 # debian/rules) keeps the warnings.
-WARNINGS  := -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -fno-strict-aliasing
+WARNINGS  := -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wmissing-prototypes -Wno-unused-parameter -fno-strict-aliasing
 LDLIBS    += $(PKG_LIBS) $(NOPC_LIBS:%=-l%) -lm
 
 LIB_SRC   := $(sort $(wildcard shared/*.c queue/*.c worker/*.c))

@@ -1,5 +1,6 @@
 /*
- * droverctl: the operator's client (spec section 1).
+ * droverctl: the operator's client (README: Operations, droverctl;
+ * droverctl(8)).
  *
  *   droverctl [-c FILE] [-s SOCKET] COMMAND [ARG]
  *
@@ -18,23 +19,21 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sysexits.h>
 #include <unistd.h>
 
 #ifndef DROVER_VERSION
 #define DROVER_VERSION "unknown"
 #endif
 
-#define EXIT_OK 0
-#define EXIT_FAILED 1
-#define EXIT_USAGE 64
-#define EXIT_UNREACHABLE 69
-#define EXIT_CONFIG 78
+/* sysexits(3), plus 1 (EXIT_FAILURE) for a command that ran and failed. */
 
 #define IO_TIMEOUT_MS 10000
 #define ANSWER_MAX (64u << 20)
@@ -355,7 +354,7 @@ static int print_status(const char *answer)
 	if (!json_is_object(stats)) {
 		fprintf(stderr, "droverctl: error: stats answer is not a JSON object: %s\n", error.text);
 		json_decref(stats);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	print_status_header(stats);
 	printf("%-4s %-8s %-9s %-8s %6s %6s %8s  %s\n", "SLOT", "PID", "STATE", "UPTIME", "DONE", "FAILED", "RESTARTS",
@@ -364,7 +363,7 @@ static int print_status(const char *answer)
 	for (size_t i = 0; i < json_array_size(workers); i++)
 		print_status_row(json_array_get(workers, i));
 	json_decref(stats);
-	return EXIT_OK;
+	return EX_OK;
 }
 
 static int print_pretty_json(const char *answer)
@@ -373,9 +372,9 @@ static int print_pretty_json(const char *answer)
 	json_t *stats = json_loads(answer, 0, &error);
 	if (stats == NULL) {
 		fputs(answer, stdout);
-		return EXIT_OK;
+		return EX_OK;
 	}
-	int rc = json_dumpf(stats, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? EXIT_OK : EXIT_FAILED;
+	int rc = json_dumpf(stats, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? EX_OK : EXIT_FAILURE;
 	putchar('\n');
 	json_decref(stats);
 	return rc;
@@ -392,27 +391,27 @@ static int control_command(const struct options *opts, const char *name, const c
 		snprintf(command, sizeof(command), "%s", name);
 	char *path = socket_path(opts);
 	if (path == NULL)
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	const char *wire = strcmp(name, "status") == 0 ? "stats" : command;
 	char *answer = request(path, wire);
 	free(path);
 	if (answer == NULL)
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	int rc;
 	if (is_error_answer(answer)) {
 		fprintf(stderr, "droverctl: %s", answer);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else if (strcmp(name, "status") == 0) {
 		rc = print_status(answer);
 	} else if (strcmp(name, "stats") == 0) {
 		rc = print_pretty_json(answer);
 	} else {
 		fputs(answer, stdout);
-		rc = EXIT_OK;
+		rc = EX_OK;
 	}
 	free(answer);
-	if (fflush(stdout) != 0 && rc == EXIT_OK)
-		rc = EXIT_FAILED;
+	if (fflush(stdout) != 0 && rc == EX_OK)
+		rc = EXIT_FAILURE;
 	return rc;
 }
 
@@ -422,7 +421,7 @@ static int submit_with_config(const struct options *opts, FILE *in)
 {
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL)
-		return EXIT_CONFIG;
+		return EX_CONFIG;
 	int rc = queue_ops_for(cfg)->submit(cfg, in, stdout);
 	config_free(cfg);
 	return rc;
@@ -434,7 +433,7 @@ static int submit_to_spool_dir(const char *backend, const char *dir, FILE *in)
 	struct config at = { .spool_dir = strdup(dir) }; /* all the spool's submit reads */
 	if (at.spool_dir == NULL) {
 		fprintf(stderr, "droverctl: error: out of memory\n");
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	int rc = queue_ops_named(backend)->submit(&at, in, stdout);
 	free(at.spool_dir);
@@ -454,7 +453,7 @@ static int submit_through_daemon(const struct options *opts, FILE *in)
 	if (answer == NULL) {
 		fprintf(stderr, "droverctl: error: submit -s: cannot learn the queue of the drover at %s "
 			"(give -c FILE to submit while it is down)\n", opts->socket_path);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
 	json_t *stats = is_error_answer(answer) ? NULL : json_loads(answer, 0, NULL);
 	const char *backend = json_string_value(json_object_get(stats, "backend"));
@@ -463,17 +462,17 @@ static int submit_through_daemon(const struct options *opts, FILE *in)
 	if (backend == NULL) {
 		fprintf(stderr, "droverctl: error: submit -s: the drover at %s did not tell its queue: %s",
 			opts->socket_path, answer);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else if (spool_dir != NULL && queue_ops_named(backend) != NULL) {
 		rc = submit_to_spool_dir(backend, spool_dir, in);
 	} else {
 		struct config *cfg = load_config(opts);
 		if (cfg == NULL) {
-			rc = EXIT_CONFIG;
+			rc = EX_CONFIG;
 		} else if (strcmp(config_backend_name(cfg->backend), backend) != 0) {
 			fprintf(stderr, "droverctl: error: submit -s: the drover at %s uses the %s queue, the configuration "
 				"the %s queue\n", opts->socket_path, backend, config_backend_name(cfg->backend));
-			rc = EXIT_FAILED;
+			rc = EXIT_FAILURE;
 		} else {
 			rc = queue_ops_for(cfg)->submit(cfg, in, stdout);
 		}
@@ -490,7 +489,7 @@ static int submit_command(const struct options *opts, const char *file)
 	FILE *in = use_stdin ? stdin : fopen(file, "r");
 	if (in == NULL) {
 		fprintf(stderr, "droverctl: error: %s: %s\n", file, strerror(errno));
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	int rc = opts->socket_path != NULL ? submit_through_daemon(opts, in) : submit_with_config(opts, in);
 	if (!use_stdin)
@@ -500,7 +499,7 @@ static int submit_command(const struct options *opts, const char *file)
 
 /*
  * The daemon's verdict, when one listens: its pool can make progress and its
- * spool takes a write. EXIT_OK also when no daemon answers (the queue check
+ * spool takes a write. EX_OK also when no daemon answers (the queue check
  * alone then decides); *reached says which.
  */
 static int daemon_health(const struct options *opts, bool *reached)
@@ -508,16 +507,16 @@ static int daemon_health(const struct options *opts, bool *reached)
 	*reached = false;
 	char *path = socket_path(opts);
 	if (path == NULL)
-		return EXIT_OK;
+		return EX_OK;
 	char *answer = request_quietly(path, "health", true);
 	free(path);
 	if (answer == NULL)
-		return EXIT_OK;
+		return EX_OK;
 	*reached = true;
-	int rc = EXIT_OK;
+	int rc = EX_OK;
 	if (is_error_answer(answer)) {
 		fprintf(stderr, "droverctl: %s", answer);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	}
 	free(answer);
 	return rc;
@@ -526,8 +525,8 @@ static int daemon_health(const struct options *opts, bool *reached)
 static int health_command(const struct config *cfg)
 {
 	int rc = queue_ops_for(cfg)->health(cfg, stdout);
-	if (fflush(stdout) != 0 && rc == EXIT_OK)
-		rc = EXIT_FAILED;
+	if (fflush(stdout) != 0 && rc == EX_OK)
+		rc = EXIT_FAILURE;
 	return rc;
 }
 
@@ -537,7 +536,7 @@ static int topics_command(const struct config *cfg, const char *action)
 	if (queue->topics_create == NULL || queue->topics_list == NULL) {
 		fprintf(stderr, "droverctl: error: topics: the queue backend is %s; topics exist only with kafka\n",
 			queue->name);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	return action != NULL && strcmp(action, "create") == 0 ? queue->topics_create(cfg) : queue->topics_list(cfg);
 }
@@ -547,15 +546,15 @@ static int health_flow(const struct options *opts)
 {
 	bool reached;
 	int rc = daemon_health(opts, &reached);
-	if (rc != EXIT_OK)
+	if (rc != EX_OK)
 		return rc;
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL) {
 		if (!reached)
-			return EXIT_CONFIG;
+			return EX_CONFIG;
 		fprintf(stderr, "droverctl: the queue was not checked (configuration errors); the daemon is healthy\n");
 		printf("ok: daemon\n");
-		return EXIT_OK;
+		return EX_OK;
 	}
 	rc = health_command(cfg);
 	config_free(cfg);
@@ -571,7 +570,7 @@ static int queue_command(const struct options *opts, const char *name, const cha
 		return submit_command(opts, arg);
 	struct config *cfg = load_config(opts);
 	if (cfg == NULL)
-		return EXIT_CONFIG;
+		return EX_CONFIG;
 	int rc = topics_command(cfg, arg);
 	config_free(cfg);
 	return rc;
@@ -616,13 +615,18 @@ static bool valid_argument(const char *name, const char *arg)
 	return true;
 }
 
-static int usage_error(const char *fmt, const char *what)
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
 {
+	va_list ap;
+
 	fputs("droverctl: ", stderr);
-	fprintf(stderr, fmt, what);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
 	fputc('\n', stderr);
 	usage(stderr);
-	return EXIT_USAGE;
+	return EX_USAGE;
 }
 
 int main(int argc, char **argv)
@@ -640,13 +644,13 @@ int main(int argc, char **argv)
 			break;
 		case 'h':
 			usage(stdout);
-			return EXIT_OK;
+			return EX_OK;
 		case 'V':
 			printf("droverctl %s\n", DROVER_VERSION);
-			return EXIT_OK;
+			return EX_OK;
 		default:
 			usage(stderr);
-			return EXIT_USAGE;
+			return EX_USAGE;
 		}
 	}
 	if (optind >= argc)

@@ -1,5 +1,6 @@
 /*
- * events: builds the outcome documents of spec section 4 with jansson, so
+ * events: builds the outcome documents (README: The spool, Kafka >
+ * Events) with jansson, so
  * the spool's files and Kafka's topics carry byte-for-byte the same shape.
  * Handler output is untrusted: it is embedded as JSON only when it parses,
  * and any string taken from it is first made valid UTF-8 (jansson refuses

@@ -1,5 +1,5 @@
 /*
- * events: the outcome documents of spec section 4, built with jansson, shared
+ * events: the outcome documents (README: The spool, Kafka > Events), built with jansson, shared
  * by every backend (Kafka topics, spool files) so that they match exactly.
  * Each builder returns a malloc'd compact JSON string (free()), or NULL on
  * memory exhaustion. Times are ISO 8601 UTC with milliseconds.
@@ -46,7 +46,7 @@ char *event_job_id(const char *payload, size_t len);
 #define EVENT_JOB_ID_MAX 1024
 /* NULL when id (len bytes) is acceptable, else a static sentence saying why not. */
 const char *event_job_id_problem(const char *id, size_t len);
-/* True when payload parses as a JSON object (spec: anything else is invalid_job). */
+/* True when payload parses as a JSON object (README, The handler protocol: anything else is invalid_job). */
 bool event_payload_is_object(const char *payload, size_t len);
 /* "2026-11-27T17:40:00.123Z" */
 void event_format_time(long long unix_ms, char *buf, size_t len);

@@ -1,5 +1,5 @@
 /*
- * kafka: the Kafka backend (spec sections 2-5). Each worker is one member of
+ * kafka: the Kafka backend (README: Kafka). Each worker is one member of
  * the consumer group, with its own consumer and producer, created after fork
  * in open(). librdkafka wakes the worker's libev loop through a pipe
  * (rd_kafka_queue_io_event_enable on the consumer queue, which also carries
@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <unistd.h>
 
 #define BUSY_POLL_S 1.0
@@ -61,14 +62,15 @@
 
 struct kjob;
 
+TAILQ_HEAD(kjob_tailq, kjob);
 struct kjob_list {
-	struct kjob *head, *tail;
+	struct kjob_tailq jobs;
 	size_t count;
 };
 
 /* One partition of the requests topic, kept for the worker's life. */
 struct kpart {
-	struct kpart *next;
+	SLIST_ENTRY(kpart) link;
 	int32_t partition;
 	bool assigned;
 	bool revoking;
@@ -90,7 +92,7 @@ struct kpart {
 enum kjob_state { KJOB_BUFFERED, KJOB_RUNNING, KJOB_SETTLING };
 
 struct kjob {
-	struct kjob *prev, *next;
+	TAILQ_ENTRY(kjob) link;
 	struct source *src;
 	struct job *job;
 	struct kpart *part;
@@ -131,7 +133,7 @@ struct source {
 	ev_timer poll_timer;
 	ev_prepare flow_watcher;
 
-	struct kpart *parts;
+	SLIST_HEAD(kpart_list, kpart) parts;
 	size_t buffered;         /* messages in the partitions' queues */
 	struct kjob_list out;    /* taken: running or settling */
 	size_t buffer_cap;       /* the worker's share of prefetched messages, spread over its partitions */
@@ -186,51 +188,37 @@ static void outcome_produce(struct kjob *kj);
 
 /* ---- small helpers ------------------------------------------------------ */
 
+static void list_init(struct kjob_list *list)
+{
+	TAILQ_INIT(&list->jobs);
+	list->count = 0;
+}
+
 static void list_push_tail(struct kjob_list *list, struct kjob *kj)
 {
-	kj->prev = list->tail;
-	kj->next = NULL;
-	if (list->tail != NULL)
-		list->tail->next = kj;
-	else
-		list->head = kj;
-	list->tail = kj;
+	TAILQ_INSERT_TAIL(&list->jobs, kj, link);
 	list->count++;
 }
 
 static void list_push_head(struct kjob_list *list, struct kjob *kj)
 {
-	kj->next = list->head;
-	kj->prev = NULL;
-	if (list->head != NULL)
-		list->head->prev = kj;
-	else
-		list->tail = kj;
-	list->head = kj;
+	TAILQ_INSERT_HEAD(&list->jobs, kj, link);
 	list->count++;
 }
 
 static void list_remove(struct kjob_list *list, struct kjob *kj)
 {
-	if (kj->prev != NULL)
-		kj->prev->next = kj->next;
-	else
-		list->head = kj->next;
-	if (kj->next != NULL)
-		kj->next->prev = kj->prev;
-	else
-		list->tail = kj->prev;
-	kj->prev = kj->next = NULL;
+	TAILQ_REMOVE(&list->jobs, kj, link);
 	list->count--;
 }
 
 /*
  * Removes and returns the first entry, or NULL. (The analyzer cannot see that
- * list_remove moved head past an entry freed after the previous pop.)
+ * kjob_free unlinked the entry freed after the previous pop.)
  */
 static struct kjob *list_pop_head(struct kjob_list *list)
 {
-	struct kjob *kj = list->head;
+	struct kjob *kj = TAILQ_FIRST(&list->jobs);
 	if (kj != NULL)
 		list_remove(list, kj); // NOLINT(clang-analyzer-unix.Malloc)
 	return kj;
@@ -265,7 +253,7 @@ static void log_error_throttled(struct source *src, const char *what, const char
 
 static struct kpart *part_find(struct source *src, int32_t partition)
 {
-	for (struct kpart *p = src->parts; p != NULL; p = p->next)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->partition == partition)
 			return p;
 	return NULL;
@@ -282,8 +270,8 @@ static struct kpart *part_get(struct source *src, int32_t partition)
 	p->partition = partition;
 	p->stored = -1;
 	p->lag = -1;
-	p->next = src->parts;
-	src->parts = p;
+	list_init(&p->queue);
+	SLIST_INSERT_HEAD(&src->parts, p, link);
 	return p;
 }
 
@@ -364,7 +352,7 @@ static void part_ack(struct source *src, struct kpart *p, int64_t offset)
 	memmove(p->done, p->done + prefix, (p->count - prefix) * sizeof(*p->done));
 	p->count -= prefix;
 	store_offset(src, p);
-	if (p->queue.head != NULL)
+	if (!TAILQ_EMPTY(&p->queue.jobs))
 		src->wake_worker = true; /* the window moved: the partition may hand out jobs again */
 }
 
@@ -377,7 +365,7 @@ static void part_ack(struct source *src, struct kpart *p, int64_t offset)
  */
 static bool part_in_window(const struct source *src, const struct kpart *p)
 {
-	const struct kjob *next = p->queue.head;
+	const struct kjob *next = TAILQ_FIRST(&p->queue.jobs);
 	return next == NULL || p->count == 0 || next->offset - p->offsets[0] < src->window;
 }
 
@@ -395,7 +383,9 @@ static void publish_partitions(struct source *src)
 		return;
 	scoreboard_write_begin(src->board);
 	int n = 0;
-	for (struct kpart *p = src->parts; p != NULL && n < SCOREBOARD_PARTITIONS; p = p->next) {
+	for (const struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
+		if (n >= SCOREBOARD_PARTITIONS)
+			break;
 		if (!p->assigned)
 			continue;
 		struct scoreboard_partition *sp = &src->board->partitions[n++];
@@ -527,7 +517,7 @@ static void apply_pause(struct source *src, rd_kafka_topic_partition_list_t *lis
 static size_t partition_cap(struct source *src)
 {
 	size_t assigned = 0;
-	for (struct kpart *p = src->parts; p != NULL; p = p->next)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->assigned && !p->revoking)
 			assigned++;
 	size_t cap = assigned > 0 ? (src->buffer_cap + assigned - 1) / assigned : src->buffer_cap;
@@ -548,7 +538,7 @@ static void flow_cb(struct ev_loop *loop, ev_prepare *watcher, int revents)
 	size_t cap = partition_cap(src);
 	rd_kafka_topic_partition_list_t *pause = rd_kafka_topic_partition_list_new(8);
 	rd_kafka_topic_partition_list_t *resume = rd_kafka_topic_partition_list_new(8);
-	for (struct kpart *p = src->parts; p != NULL; p = p->next) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		if (!p->assigned || p->revoking)
 			continue;
 		bool want = p->rk_paused ? p->queue.count > cap / 2 : p->queue.count >= cap;
@@ -795,7 +785,7 @@ static bool is_revoking(struct source *src, int32_t partition)
 /* Drops the queued messages of revoked partitions: not started, so the new owner simply gets them. */
 static void drop_buffered(struct source *src)
 {
-	for (struct kpart *p = src->parts; p != NULL; p = p->next) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		if (!p->revoking)
 			continue;
 		struct kjob *kj;
@@ -811,7 +801,7 @@ static void drop_buffered(struct source *src)
 static size_t revoking_outstanding(struct source *src)
 {
 	size_t n = 0;
-	for (struct kpart *p = src->parts; p != NULL; p = p->next)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->revoking)
 			n += p->outstanding;
 	return n;
@@ -888,7 +878,7 @@ static void revoke_kill(struct source *src)
 	/* The hook may release jobs at once (changing the list): start over after each call. */
 	for (bool again = true; again && src->revoking != NULL;) {
 		again = false;
-		for (struct kjob *kj = src->out.head; kj != NULL; kj = kj->next) {
+		for (struct kjob *kj = TAILQ_FIRST(&src->out.jobs); kj != NULL; kj = TAILQ_NEXT(kj, link)) {
 			if (kj->state != KJOB_RUNNING || kj->kill_requested || !kjob_current(kj) || !kj->part->revoking)
 				continue;
 			kj->kill_requested = true;
@@ -1020,7 +1010,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 		}
 		if (current != NULL)
 			rd_kafka_topic_partition_list_destroy(current);
-		for (struct kpart *p = src->parts; p != NULL; p = p->next) {
+		for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 			if (p->assigned) {
 				p->assigned = false;
 				part_reset(p);
@@ -1120,7 +1110,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 	}
 	json_t *partitions = json_object_get(json_object_get(json_object_get(root, "topics"), src->cfg->requests_topic),
 	                                     "partitions");
-	for (struct kpart *p = src->parts; p != NULL; p = p->next) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		char key[16];
 		snprintf(key, sizeof(key), "%d", (int)p->partition);
 		json_t *lag = json_object_get(json_object_get(partitions, key), "consumer_lag");
@@ -1189,7 +1179,7 @@ static void publish_fault(struct source *src)
 /* Nothing in flight and no fault shown or about to be: nothing whose age matters. */
 static bool source_idle(const struct source *src)
 {
-	return src->out.head == NULL && src->buffered == 0 && src->revoking == NULL && src->fault_text[0] == '\0' &&
+	return TAILQ_EMPTY(&src->out.jobs) && src->buffered == 0 && src->revoking == NULL && src->fault_text[0] == '\0' &&
 	       src->fatal[0] == '\0' && !src->brokers_down && !src->topic_missing && src->outcomes_retrying == 0;
 }
 
@@ -1360,6 +1350,8 @@ static struct source *kafka_open(const struct source_params *params, char *err, 
 	}
 	keep_params(src, params);
 	src->wake_fd[0] = src->wake_fd[1] = -1;
+	SLIST_INIT(&src->parts);
+	list_init(&src->out);
 	size_t cap = cfg->max_concurrent > 0 ? (size_t)cfg->max_concurrent : 1;
 	src->buffer_cap = cap < 2 ? 2 : cap > BUFFER_MAX ? BUFFER_MAX : cap;
 	src->uncommitted_max = (int64_t)src->buffer_cap;
@@ -1403,14 +1395,14 @@ static enum source_take kafka_take(struct source *src, struct job **job)
 	if (src->closing || src->fatal[0] != '\0' || src->buffered == 0)
 		return SOURCE_EMPTY;
 	struct kpart *next = NULL;
-	for (struct kpart *p = src->parts; p != NULL; p = p->next)
-		if (p->queue.head != NULL && !part_held_back(src, p) && part_in_window(src, p) &&
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
+		if (!TAILQ_EMPTY(&p->queue.jobs) && !part_held_back(src, p) && part_in_window(src, p) &&
 		    (next == NULL || p->taken_seq < next->taken_seq))
 			next = p;
 	if (next == NULL)
 		return SOURCE_EMPTY;
 	next->taken_seq = ++src->take_seq;
-	struct kjob *kj = next->queue.head;
+	struct kjob *kj = TAILQ_FIRST(&next->queue.jobs);
 	list_remove(&next->queue, kj);
 	src->buffered--;
 	kj->state = KJOB_RUNNING;
@@ -1529,7 +1521,7 @@ static size_t kafka_pending(struct source *src)
 	if (src->gave_up)
 		return 0; /* a fast stop no longer waits: close() abandons what is left */
 	size_t n = 0;
-	for (struct kjob *kj = src->out.head; kj != NULL; kj = kj->next)
+	for (struct kjob *kj = TAILQ_FIRST(&src->out.jobs); kj != NULL; kj = TAILQ_NEXT(kj, link))
 		if (kj->state == KJOB_SETTLING)
 			n++;
 	return n;
@@ -1538,7 +1530,7 @@ static size_t kafka_pending(struct source *src)
 static long long oldest_settling_ms(struct source *src)
 {
 	long long oldest = 0, now = now_ms();
-	for (struct kjob *kj = src->out.head; kj != NULL; kj = kj->next)
+	for (struct kjob *kj = TAILQ_FIRST(&src->out.jobs); kj != NULL; kj = TAILQ_NEXT(kj, link))
 		if (kj->state == KJOB_SETTLING && now - kj->settling_since_ms > oldest)
 			oldest = now - kj->settling_since_ms;
 	return oldest;
@@ -1574,9 +1566,9 @@ static const char *kafka_fault(struct source *src)
  */
 static bool settle_one_retrying(struct source *src)
 {
-	struct kjob *kj = src->out.head;
+	struct kjob *kj = TAILQ_FIRST(&src->out.jobs);
 	while (kj != NULL && (kj->state != KJOB_SETTLING || kj->in_flight)) // NOLINT(clang-analyzer-unix.Malloc)
-		kj = kj->next;
+		kj = TAILQ_NEXT(kj, link);
 	if (kj == NULL)
 		return false;
 	kjob_settle(kj, false);
@@ -1730,13 +1722,13 @@ static void kafka_close(struct source *src)
 	    rd_kafka_flush(src->producer, hurry ? hurry_left_ms(src) / 2 : CLOSE_FLUSH_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		log_warnx("kafka: %d event(s) not delivered at shutdown", rd_kafka_outq_len(src->producer));
 	abandon_unsettled(src);
-	for (struct kpart *p = src->parts; p != NULL; p = p->next) {
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link)) {
 		struct kjob *kj;
 		while ((kj = list_pop_head(&p->queue)) != NULL)
 			kjob_free(kj);
 	}
 	src->buffered = 0;
-	for (struct kpart *p = src->parts; p != NULL; p = p->next)
+	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
 		if (p->assigned && p->stored >= 0)
 			store_offset(src, p);
 	/*
@@ -1761,9 +1753,9 @@ static void kafka_close(struct source *src)
 	if (src->revoking != NULL)
 		rd_kafka_topic_partition_list_destroy(src->revoking);
 	destroy_handles(src);
-	while (src->parts != NULL) {
-		struct kpart *p = src->parts;
-		src->parts = p->next;
+	while (!SLIST_EMPTY(&src->parts)) {
+		struct kpart *p = SLIST_FIRST(&src->parts);
+		SLIST_REMOVE_HEAD(&src->parts, link);
 		free(p->offsets);
 		free(p->done);
 		free(p);

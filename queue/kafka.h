@@ -1,5 +1,5 @@
 /*
- * kafka: the Kafka backend (spec sections 2-5). Every worker is one member of
+ * kafka: the Kafka backend (README: Kafka). Every worker is one member of
  * the consumer group, with its own consumer and producer created after fork.
  * Offsets are stored only as the contiguous low watermark of offsets whose
  * outcome event the broker acknowledged.

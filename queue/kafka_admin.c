@@ -27,9 +27,6 @@
 
 #include <librdkafka/rdkafka.h>
 
-#define EXIT_OK 0
-#define EXIT_FAILED 1
-#define EXIT_UNREACHABLE EX_UNAVAILABLE
 
 #define METADATA_TIMEOUT_MS 5000
 #define ADMIN_TIMEOUT_MS 10000 /* or socket.timeout.ms of [librdkafka] when shorter */
@@ -105,17 +102,17 @@ static int kafka_ops_health(const struct config *cfg, FILE *out)
 {
 	rd_kafka_t *rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
 	if (rk == NULL)
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	const struct rd_kafka_metadata *md = cluster_metadata(rk, cfg);
 	if (md == NULL) {
 		rd_kafka_destroy(rk);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
-	int rc = EXIT_OK;
+	int rc = EX_OK;
 	const struct rd_kafka_metadata_topic *topic = find_topic(md, cfg->requests_topic);
 	if (topic == NULL || topic->partition_cnt == 0) {
 		say_error("requests topic %s does not exist (droverctl topics create)", cfg->requests_topic);
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else {
 		fprintf(out, "ok: %d broker(s), topic %s with %d partition(s)\n", md->broker_cnt, topic->topic,
 		        topic->partition_cnt);
@@ -189,7 +186,7 @@ static void on_submit_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, vo
 	}
 }
 
-/* A job without an "id" gets one as its key (spec: the key is the id then). */
+/* A job without an "id" gets one as its key (README, The handler protocol: the key is the id then). */
 static char *new_job_id(void)
 {
 	unsigned char raw[ID_BYTES];
@@ -281,7 +278,7 @@ static int kafka_ops_submit(const struct config *cfg, FILE *in, FILE *out)
 	rd_kafka_conf_t *conf = kafka_conf_new(cfg, KAFKA_ROLE_PRODUCER, -1, err, sizeof(err));
 	if (conf == NULL) {
 		say_error("%s", err);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	rd_kafka_conf_set_dr_msg_cb(conf, on_submit_delivery);
 	rd_kafka_conf_set_opaque(conf, &s);
@@ -289,19 +286,19 @@ static int kafka_ops_submit(const struct config *cfg, FILE *in, FILE *out)
 	if (rk == NULL) {
 		say_error("cannot create a Kafka producer: %s", err);
 		rd_kafka_conf_destroy(conf);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 	const struct rd_kafka_metadata *md = cluster_metadata(rk, cfg);
 	if (md == NULL) {
 		rd_kafka_destroy(rk);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
 	bool exists = find_topic(md, cfg->requests_topic) != NULL;
 	rd_kafka_metadata_destroy(md);
 	if (!exists) {
 		say_error("requests topic %s does not exist (droverctl topics create)", cfg->requests_topic);
 		rd_kafka_destroy(rk);
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	}
 
 	int bad = submit_lines(rk, cfg, in, &s);
@@ -313,17 +310,17 @@ static int kafka_ops_submit(const struct config *cfg, FILE *in, FILE *out)
 		rd_kafka_poll(rk, 0);
 	}
 
-	int rc = bad != 0 ? EXIT_FAILED : EXIT_OK;
+	int rc = bad != 0 ? EXIT_FAILURE : EX_OK;
 	for (size_t i = 0; i < s.count; i++) {
 		if (s.acked[i]) {
 			fprintf(out, "%s\n", s.ids[i]);
 		} else {
 			say_error("job %s not acknowledged: %s", s.ids[i], rd_kafka_err2str(s.errs[i]));
-			rc = EXIT_FAILED;
+			rc = EXIT_FAILURE;
 		}
 	}
 	if (fflush(out) != 0)
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	submitted_free(&s);
 	rd_kafka_destroy(rk);
 	return rc;
@@ -393,12 +390,12 @@ static int create_missing(rd_kafka_t *rk, rd_kafka_NewTopic_t **topics, size_t c
 	rd_kafka_AdminOptions_t *options = admin_options(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
 	rd_kafka_CreateTopics(rk, topics, count, options, queue);
 	rd_kafka_event_t *ev = admin_wait(queue, "creating topics");
-	int rc = EXIT_FAILED;
+	int rc = EXIT_FAILURE;
 	if (ev != NULL) {
 		size_t n;
 		const rd_kafka_topic_result_t **results =
 			rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-		rc = EXIT_OK;
+		rc = EX_OK;
 		for (size_t i = 0; i < n; i++) {
 			const char *name = rd_kafka_topic_result_name(results[i]);
 			rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[i]);
@@ -409,7 +406,7 @@ static int create_missing(rd_kafka_t *rk, rd_kafka_NewTopic_t **topics, size_t c
 			} else {
 				const char *why = rd_kafka_topic_result_error_string(results[i]);
 				say_error("%s: %s", name, why != NULL ? why : rd_kafka_err2str(err));
-				rc = EXIT_FAILED;
+				rc = EXIT_FAILURE;
 			}
 		}
 		rd_kafka_event_destroy(ev);
@@ -425,13 +422,13 @@ static int open_admin(const struct config *cfg, rd_kafka_t **rk, const struct rd
 	admin_timeout_from(cfg);
 	*rk = ctl_handle(cfg, KAFKA_ROLE_ADMIN);
 	if (*rk == NULL)
-		return EXIT_FAILED;
+		return EXIT_FAILURE;
 	*md = cluster_metadata(*rk, cfg);
 	if (*md == NULL) {
 		rd_kafka_destroy(*rk);
-		return EXIT_UNREACHABLE;
+		return EX_UNAVAILABLE;
 	}
-	return EXIT_OK;
+	return EX_OK;
 }
 
 static int kafka_ops_topics_create(const struct config *cfg)
@@ -439,9 +436,9 @@ static int kafka_ops_topics_create(const struct config *cfg)
 	rd_kafka_t *rk;
 	const struct rd_kafka_metadata *md;
 	int opened = open_admin(cfg, &rk, &md);
-	if (opened != EXIT_OK)
+	if (opened != EX_OK)
 		return opened;
-	int rc = EXIT_OK;
+	int rc = EX_OK;
 	rd_kafka_NewTopic_t **missing = calloc(cfg->topic_count ? cfg->topic_count : 1, sizeof(void *));
 	size_t count = 0;
 	for (size_t i = 0; missing != NULL && i < cfg->topic_count; i++) {
@@ -454,17 +451,17 @@ static int kafka_ops_topics_create(const struct config *cfg)
 		}
 		rd_kafka_NewTopic_t *nt = new_topic(t);
 		if (nt == NULL)
-			rc = EXIT_FAILED;
+			rc = EXIT_FAILURE;
 		else
 			missing[count++] = nt;
 	}
 	rd_kafka_metadata_destroy(md);
 	if (missing == NULL) {
 		say_error("out of memory");
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	} else if (count > 0) {
 		int created = create_missing(rk, missing, count);
-		if (created != EXIT_OK)
+		if (created != EX_OK)
 			rc = created;
 	}
 	for (size_t i = 0; i < count; i++)
@@ -542,7 +539,7 @@ static int kafka_ops_topics_list(const struct config *cfg)
 	rd_kafka_t *rk;
 	const struct rd_kafka_metadata *md;
 	int opened = open_admin(cfg, &rk, &md);
-	if (opened != EXIT_OK)
+	if (opened != EX_OK)
 		return opened;
 	const char **present = calloc(cfg->topic_count ? cfg->topic_count : 1, sizeof(*present));
 	size_t count = 0;
@@ -565,7 +562,7 @@ static int kafka_ops_topics_list(const struct config *cfg)
 	free(present);
 	rd_kafka_metadata_destroy(md);
 	rd_kafka_destroy(rk);
-	return EXIT_OK;
+	return EX_OK;
 }
 
 const struct queue_ops kafka_queue_ops = {

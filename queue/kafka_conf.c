@@ -14,7 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define PASSWORD_FILE_MAX 4096
 #define MAX_SECRETS 32
 
 /* Defaults a worker's consumer starts from; [librdkafka] may change each. */
@@ -135,18 +134,6 @@ static const char *security_value(enum security_protocol protocol)
 	return "plaintext";
 }
 
-char *kafka_read_password_file(const char *path, char *err, size_t errlen)
-{
-	size_t len;
-	char *text = read_file(path, PASSWORD_FILE_MAX, &len);
-	if (text == NULL) {
-		snprintf(err, errlen, "cannot read sasl_password_file %s: %s", path, strerror(errno));
-		return NULL;
-	}
-	text[strcspn(text, "\r\n")] = '\0';
-	return text;
-}
-
 static int map_security(const struct config *cfg, struct kafka_props *props, char *err, size_t errlen)
 {
 	enum security_protocol protocol = cfg->security_protocol;
@@ -164,12 +151,14 @@ static int map_security(const struct config *cfg, struct kafka_props *props, cha
 			if (props_set(props, "sasl.password", cfg->sasl_password) < 0)
 				return -1;
 		} else if (is_set(cfg->sasl_password_file)) {
-			char *password = kafka_read_password_file(cfg->sasl_password_file, err, errlen);
-			if (password == NULL)
+			char why[512];
+			char *password = read_secret_file(cfg->sasl_password_file, why, sizeof(why));
+			if (password == NULL) {
+				snprintf(err, errlen, "sasl_password_file: %s", why);
 				return -1;
+			}
 			int rc = props_set(props, "sasl.password", password);
-			explicit_bzero(password, strlen(password));
-			free(password);
+			secret_free(password);
 			if (rc < 0)
 				return -1;
 		}

@@ -85,7 +85,5 @@ void kafka_redact_reset(void);
 /* Copies text into out (always NUL-terminated, truncated to outlen), each registered secret replaced by [redacted]. */
 void kafka_redact(const char *text, char *out, size_t outlen);
 
-/* Reads a password file: its first line, without the line end. malloc'd, or NULL and err. */
-char *kafka_read_password_file(const char *path, char *err, size_t errlen);
 
 #endif

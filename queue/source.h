@@ -38,7 +38,7 @@
 #include "shared/scoreboard.h"
 
 struct job {
-	char *id;            /* events.h rules; never NULL */
+	char *id;            /* rules: README, The handler protocol; never NULL */
 	char *payload;       /* the message bytes, NUL-terminated for convenience */
 	size_t payload_len;
 	int attempts_done;   /* attempts already made before this delivery (crashed workers' included) */

@@ -1,11 +1,11 @@
 /*
- * spool: the embedded durable queue of spec section 6, a maildir-style
+ * spool: the embedded durable queue of README "The spool", a maildir-style
  * directory shared by any number of workers and supervisors on one host.
  *
  *   tmp/         files being written (by producers, and our outcome files)
  *   incoming/    jobs waiting; names starting with '.' are ignored
  *   processing/  jobs claimed by a live worker
- *   complete/    <id>.json outcome documents (spec section 4)
+ *   complete/    <id>.json outcome documents (README: The spool)
  *   failed/      <id>.json outcome documents
  *
  * Names. spool_enqueue names a job "<unix ms, 13 digits>-<pid>-<counter>.json";
@@ -75,6 +75,7 @@
  */
 #include "queue/spool.h"
 #include "queue/events.h"
+#include "shared/durable.h"
 #include "shared/log.h"
 #include "shared/scoreboard.h"
 #include "shared/util.h"
@@ -90,6 +91,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/queue.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -137,8 +139,10 @@ struct spool_claim {
 	bool completed;
 	char *doc;
 	size_t doc_len;
-	struct spool_claim *next; /* in written or stuck */
+	SLIST_ENTRY(spool_claim) link; /* in written or stuck */
 };
+
+SLIST_HEAD(claim_list, spool_claim);
 
 /* A finished job's file kept in tmp/<name> (locked through fd) to hold a later outcome. */
 struct spare {
@@ -177,9 +181,9 @@ struct spool {
 
 	bool paused;
 	size_t out; /* jobs handed out, not yet settled or released */
-	struct spool_claim *written; /* outcomes renamed into place, their directory not yet fsynced */
+	struct claim_list written;   /* outcomes renamed into place, their directory not yet fsynced */
 	size_t written_count;
-	struct spool_claim *stuck;   /* outcomes that could not be written yet */
+	struct claim_list stuck;     /* outcomes that could not be written yet */
 	struct spare *fresh;         /* spares whose removal from processing/ is not yet durable */
 	struct spare *ready;         /* spares that may be overwritten */
 	size_t fresh_count, ready_count, spares_max;
@@ -196,16 +200,6 @@ struct spool {
 static unsigned long name_counter;
 
 /* ---- names --------------------------------------------------------------- */
-
-static int join_path(char *buf, size_t len, const char *dir, const char *sub, const char *name)
-{
-	int n = name == NULL ? snprintf(buf, len, "%s/%s", dir, sub) : snprintf(buf, len, "%s/%s/%s", dir, sub, name);
-	if (n < 0 || (size_t)n >= len) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	return 0;
-}
 
 /* Attempts recorded in name (its ";a=N" suffix), and the length of the name without it. */
 static int name_attempts(const char *name, size_t *base_len)
@@ -342,67 +336,6 @@ static int move_noreplace(const char *from, const char *to)
 	if (errno != EINVAL && errno != ENOSYS)
 		return -1;
 	return rename(from, to);
-}
-
-static int fsync_retry(int fd)
-{
-	int rc;
-
-	do
-		rc = fsync(fd);
-	while (rc < 0 && errno == EINTR);
-	return rc;
-}
-
-static int flock_retry(int fd, int op)
-{
-	int rc;
-
-	do
-		rc = flock(fd, op);
-	while (rc < 0 && errno == EINTR);
-	return rc;
-}
-
-/*
- * Writes data to tmp_path, fsyncs it and renames it over final_path; the
- * caller fsyncs final's directory. An outcome file (locked) is locked from
- * just after its creation until after its rename, so that a sweep of tmp/
- * never takes it for a dead writer's (see tmp/ above); a job file is closed
- * before its rename, so that a watcher of incoming/ sees the name once. When
- * root writes into a spool owned by someone else (droverctl submit run by
- * root), the file is given the directory's owner so that workers running as
- * that user can read it. On failure nothing is left in tmp/.
- */
-static int write_and_rename(const char *tmp_path, const char *final_path, const struct stat *owner, bool locked,
-                            const void *data, size_t len)
-{
-	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, SPOOL_FILE_MODE);
-	int rc = 0;
-
-	if (fd < 0)
-		return -1;
-	if (locked)
-		rc = flock_retry(fd, LOCK_EX);
-	if (rc == 0)
-		rc = write_all(fd, data, len);
-	if (rc == 0 && owner != NULL && fchown(fd, owner->st_uid, owner->st_gid) < 0)
-		log_debug("spool: chown %s", tmp_path);
-	if (rc == 0)
-		rc = fsync_retry(fd);
-	if (!locked && close(fd) < 0 && rc == 0)
-		rc = -1;
-	if (rc == 0)
-		rc = rename(tmp_path, final_path);
-	if (rc < 0) {
-		int saved = errno;
-		unlink(tmp_path);
-		if (locked)
-			close(fd);
-		errno = saved;
-		return -1;
-	}
-	return locked ? close(fd) : 0;
 }
 
 /* Who should own the files written into dir: NULL unless root writes into someone else's spool. */
@@ -655,9 +588,9 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 	}
 	memcpy(id_out, id, strlen(id) + 1);
 	free(id);
-	if (write_and_rename(tmp_path, final_path, foreign_owner(geteuid(), incoming, &owner), false, payload, len) < 0)
-		return -1;
-	return fsync_dir(incoming);
+	/* Closed before its rename: a watcher of incoming/ sees the name once, complete. */
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = foreign_owner(geteuid(), incoming, &owner) };
+	return durable_write(tmp_path, final_path, payload, len, &how);
 }
 
 /* ---- what spool_jobs.c needs of the names (spool.h) ------------------------- */
@@ -691,33 +624,20 @@ void spool_outcome_file(const char *id, char *buf, size_t len)
 int spool_write_new(const char *dir, const char *sub, const char *name, const void *data, size_t len, bool replace)
 {
 	char tmp_name[96], tmp_path[PATH_MAX], final_path[PATH_MAX], final_dir[PATH_MAX];
-	struct stat owner;
+	struct stat owner, st;
 
 	unique_name(tmp_name, sizeof(tmp_name), getpid(), JSON_SUFFIX);
 	if (join_path(tmp_path, sizeof(tmp_path), dir, "tmp", tmp_name) < 0 ||
 	    join_path(final_path, sizeof(final_path), dir, sub, name) < 0 ||
 	    join_path(final_dir, sizeof(final_dir), dir, sub, NULL) < 0)
 		return -1;
-	const struct stat *foreign = foreign_owner(geteuid(), final_dir, &owner);
-	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, SPOOL_FILE_MODE);
-	if (fd < 0)
-		return -1;
-	int rc = write_all(fd, data, len);
-	if (rc == 0 && foreign != NULL && fchown(fd, foreign->st_uid, foreign->st_gid) < 0)
-		log_debug("spool: chown %s", tmp_path);
-	if (rc == 0)
-		rc = fsync_retry(fd);
-	if (close(fd) < 0 && rc == 0)
-		rc = -1;
-	if (rc == 0)
-		rc = replace ? rename(tmp_path, final_path) : move_noreplace(tmp_path, final_path);
-	if (rc < 0) {
-		int saved = errno;
-		unlink(tmp_path);
-		errno = saved;
+	/* Only a retried job's "<id>.json" can be taken, by a job of the same id waiting already. */
+	if (!replace && lstat(final_path, &st) == 0) {
+		errno = EEXIST;
 		return -1;
 	}
-	return fsync_dir(final_dir);
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = foreign_owner(geteuid(), final_dir, &owner) };
+	return durable_write(tmp_path, final_path, data, len, &how);
 }
 
 enum reclaim_result {
@@ -734,8 +654,8 @@ static enum reclaim_result reclaim_one(const char *processing, const char *incom
 	enum reclaim_result rc = RECLAIM_LEFT;
 	int fd;
 
-	if (snprintf(from, sizeof(from), "%s/%s", processing, name) >= (int)sizeof(from) ||
-	    snprintf(to, sizeof(to), "%s/%s", incoming, name) >= (int)sizeof(to))
+	if (join_path(from, sizeof(from), processing, name, NULL) < 0 ||
+	    join_path(to, sizeof(to), incoming, name, NULL) < 0)
 		return RECLAIM_ERROR;
 	fd = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
@@ -1155,7 +1075,7 @@ static void discard_spares(struct spool *sp)
 		discard_spare(sp, &sp->ready[--sp->ready_count]);
 }
 
-/* What an outcome file of ours is (see write_and_rename): learnt once, compared per job. */
+/* What an outcome file of ours is (see write_outcome): learnt once, compared per job. */
 static void spares_init(struct spool *sp, const struct config *cfg)
 {
 	char tmp[PATH_MAX];
@@ -1302,6 +1222,8 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 {
 	const char *sub = claim->completed ? "complete" : "failed";
 	char tmp_name[96], file[SPOOL_OUTCOME_ID_MAX + 32], tmp_path[PATH_MAX], final_path[PATH_MAX];
+	/* Locked until renamed, so that a sweep of tmp/ never takes it for a dead writer's; commit_written syncs. */
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = sp->owner, .hold_lock = true, .defer_dir_sync = true };
 
 	unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
 	outcome_name(claim->job->id, file, sizeof(file));
@@ -1311,7 +1233,7 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 		return 0;
 	if (join_path(tmp_path, sizeof(tmp_path), sp->dir, "tmp", tmp_name) == 0 &&
 	    join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 &&
-	    write_and_rename(tmp_path, final_path, sp->owner, true, claim->doc, claim->doc_len) == 0)
+	    durable_write(tmp_path, final_path, claim->doc, claim->doc_len, &how) == 0)
 		return 0;
 	snprintf(sp->write_error, sizeof(sp->write_error), "spool: cannot write the outcome of %.100s into %.80s/: %s",
 	         claim->job->id, sub, strerror(errno));
@@ -1326,16 +1248,14 @@ static void commit_arm(struct spool *sp)
 
 static void push_written(struct spool *sp, struct spool_claim *claim)
 {
-	claim->next = sp->written;
-	sp->written = claim;
+	SLIST_INSERT_HEAD(&sp->written, claim, link);
 	sp->written_count++;
 	commit_arm(sp);
 }
 
 static void push_stuck(struct spool *sp, struct spool_claim *claim)
 {
-	claim->next = sp->stuck;
-	sp->stuck = claim;
+	SLIST_INSERT_HEAD(&sp->stuck, claim, link);
 }
 
 /*
@@ -1376,21 +1296,21 @@ static int sync_outcome_dir(struct spool *sp, const char *sub)
  */
 static void commit_written(struct spool *sp)
 {
-	struct spool_claim *batch = sp->written;
+	struct claim_list batch = sp->written;
+	struct spool_claim *c;
 	bool need_complete = false, need_failed = false;
 
 	ev_prepare_stop(sp->loop, &sp->commit_watcher);
-	sp->written = NULL;
+	SLIST_INIT(&sp->written);
 	sp->written_count = 0;
-	for (struct spool_claim *c = batch; c != NULL; c = c->next) {
+	for (c = SLIST_FIRST(&batch); c != NULL; c = SLIST_NEXT(c, link)) {
 		need_complete |= c->completed;
 		need_failed |= !c->completed;
 	}
 	int complete_rc = need_complete ? sync_outcome_dir(sp, "complete") : 0;
 	int failed_rc = need_failed ? sync_outcome_dir(sp, "failed") : 0;
-	while (batch != NULL) {
-		struct spool_claim *c = batch;
-		batch = c->next;
+	while ((c = SLIST_FIRST(&batch)) != NULL) {
+		SLIST_REMOVE_HEAD(&batch, link);
 		if ((c->completed ? complete_rc : failed_rc) == 0) {
 			settle(sp, c);
 		} else {
@@ -1410,12 +1330,12 @@ static void commit_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 /* Writes the outcomes that could not be written before; the fault stays while one remains. */
 static void retry_stuck(struct spool *sp)
 {
-	struct spool_claim *pending = sp->stuck;
+	struct claim_list pending = sp->stuck;
+	struct spool_claim *c;
 
-	sp->stuck = NULL;
-	while (pending != NULL) {
-		struct spool_claim *c = pending;
-		pending = c->next;
+	SLIST_INIT(&sp->stuck);
+	while ((c = SLIST_FIRST(&pending)) != NULL) {
+		SLIST_REMOVE_HEAD(&pending, link);
 		if (write_outcome(sp, c) == 0)
 			push_written(sp, c);
 		else
@@ -1445,7 +1365,7 @@ static void ensure_watch(struct spool *sp)
 /* Healthy, the backstop fires rarely (take() usually runs the pass first); else every second. */
 static void safety_rearm(struct spool *sp)
 {
-	bool healthy = sp->watching && !fault_active(sp) && sp->stuck == NULL;
+	bool healthy = sp->watching && !fault_active(sp) && SLIST_EMPTY(&sp->stuck);
 
 	sp->safety_timer.repeat = healthy ? SPOOL_BACKSTOP_S : SPOOL_SAFETY_S;
 	ev_timer_again(sp->loop, &sp->safety_timer);
@@ -1479,7 +1399,7 @@ static bool safety_pass(struct spool *sp)
 		sp->wrote_outcome = false;
 		sweep_tmp(sp->dir);
 		retry_stuck(sp);
-		if (sp->stuck != NULL)
+		if (!SLIST_EMPTY(&sp->stuck))
 			snprintf(err, sizeof(err), "%s", sp->write_error);
 		else
 			check_space(sp->dir, sp->euid, err, sizeof(err));
@@ -1549,10 +1469,8 @@ static int spool_attempt(struct source *src, struct job *job, int attempt)
 	    join_path(to, sizeof(to), sp->dir, "processing", name) < 0)
 		return -1;
 	/* No fsync: a count lost to a power cut only allows an attempt more. */
-	if (move_noreplace(from, to) < 0) {
-		log_warn("spool: record attempt %d of %s", attempt, job->id);
-		return -1;
-	}
+	if (move_noreplace(from, to) < 0)
+		return -1; /* the worker logs it */
 	memcpy(claim->name, name, strlen(name) + 1);
 	claim->name_attempt = attempt;
 	return 0;
@@ -1699,6 +1617,8 @@ static struct source *spool_open(const struct source_params *params, char *err, 
 		return NULL;
 	}
 	sp->inotify_fd = -1;
+	SLIST_INIT(&sp->written);
+	SLIST_INIT(&sp->stuck);
 	if (errlen > 0)
 		err[0] = '\0';
 	if (spool_prepare(sp->dir, err, errlen) < 0 ||
@@ -1760,9 +1680,10 @@ static const char *spool_fault(struct source *src)
 /* Outcomes that never became durable: their jobs go back to incoming/ and run again. */
 static void give_back_stuck(struct spool *sp)
 {
-	while (sp->stuck != NULL) {
-		struct spool_claim *c = sp->stuck;
-		sp->stuck = c->next;
+	struct spool_claim *c;
+
+	while ((c = SLIST_FIRST(&sp->stuck)) != NULL) {
+		SLIST_REMOVE_HEAD(&sp->stuck, link);
 		log_warnx("spool: the outcome of %s was never written; the job goes back to the queue", c->job->id);
 		sp->cb.settled(c->job, false, sp->cb.arg);
 		give_back(sp, c->job);
@@ -1775,7 +1696,7 @@ static void spool_close(struct source *src)
 
 	if (sp == NULL)
 		return;
-	if (sp->written != NULL)
+	if (!SLIST_EMPTY(&sp->written))
 		commit_written(sp);
 	give_back_stuck(sp);
 	if (sp->out > 0)

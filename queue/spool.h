@@ -1,5 +1,5 @@
 /*
- * spool: the embedded durable queue (spec section 6), a maildir-style
+ * spool: the embedded durable queue (README: The spool), a maildir-style
  * directory: tmp/, incoming/, processing/, complete/, failed/. Enqueue =
  * write in tmp/, fsync, rename into incoming/, fsync the directory. A worker
  * claims a job by locking the file (flock) and renaming it into processing/;
@@ -26,7 +26,7 @@ int spool_prepare(const char *dir, char *err, size_t errlen);
 /* Like prepare, without creating: for `droverctl health`. */
 int spool_health(const char *dir, char *err, size_t errlen);
 /*
- * Durably enqueues one job; writes its id (spec section 3) to id_out. 0 or
+ * Durably enqueues one job; writes its id (README: The handler protocol) to id_out. 0 or
  * -1/errno: EINVAL when the payload would be an invalid job (not a JSON
  * object, or an "id" that events.h refuses; spool_enqueue_refusal says why).
  */

@@ -17,7 +17,6 @@
 #include <sysexits.h>
 #include <unistd.h>
 
-#define EXIT_FAILED 1
 
 static int spool_ops_prepare(const struct config *cfg, char *err, size_t errlen)
 {
@@ -74,7 +73,7 @@ static int spool_ops_health(const struct config *cfg, FILE *out)
 static int enqueue_exit_code(int err)
 {
 	return (err == ENOENT || err == ENOTDIR || err == EACCES || err == EPERM || err == EROFS) ? EX_UNAVAILABLE
-	                                                                                         : EXIT_FAILED;
+	                                                                                         : EXIT_FAILURE;
 }
 
 static bool blank(const char *s, size_t len)
@@ -98,7 +97,7 @@ static int submit_line(const char *dir, const char *line, size_t len, unsigned l
 		return enqueue_exit_code(saved);
 	}
 	fprintf(out, "%s\n", id);
-	return fflush(out) != 0 ? EXIT_FAILED : 0;
+	return fflush(out) != 0 ? EXIT_FAILURE : 0;
 }
 
 /* One job per non-empty line; each is durable in incoming/ before its id is printed. */
@@ -119,7 +118,7 @@ static int spool_ops_submit(const struct config *cfg, FILE *in, FILE *out)
 	}
 	if (rc == 0 && ferror(in)) {
 		fprintf(stderr, "droverctl: error: reading input: %s\n", strerror(errno));
-		rc = EXIT_FAILED;
+		rc = EXIT_FAILURE;
 	}
 	free(line);
 	return rc;

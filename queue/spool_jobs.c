@@ -9,6 +9,7 @@
  */
 #include "queue/spool.h"
 #include "queue/events.h"
+#include "shared/durable.h"
 #include "shared/util.h"
 
 #include <dirent.h>

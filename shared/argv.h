@@ -1,7 +1,8 @@
 /*
- * argv: splits the [jobs] handler string into an argv vector, the way the
- * spec promises: words separated by spaces/tabs, "double quotes" group (with
- * \" and \\ escapes inside them). No shell, no globbing, no variables.
+ * argv: splits the [jobs] handler string into an argv vector, the way
+ * README (Configuration, [jobs] handler) and drover.ini(5) promise: words
+ * separated by spaces/tabs, "double quotes" group (with \" and \\ escapes
+ * inside them). No shell, no globbing, no variables.
  */
 #ifndef DROVER_ARGV_H
 #define DROVER_ARGV_H

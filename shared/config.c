@@ -44,7 +44,6 @@ extern char **environ;
 #define RESULT_BYTES_MAX (1LL << 30)
 #define LINE_CHARS_MAX 4096                   /* longest accepted INI line */
 #define CONFIG_FILE_MAX (1 << 20)             /* longest accepted configuration file */
-#define SECRET_FILE_MAX 65536
 #define TOPIC_NAME_MAX 249                    /* Kafka's own limit */
 #define ENV_NAME_MAX 128
 
@@ -1004,27 +1003,18 @@ static char *read_line(char *buf, int size, void *stream)
  */
 static FILE *open_config_file(struct config_errors *errs, const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
+	const char *refusal;
+	int fd = open_bounded(path, CONFIG_FILE_MAX, NULL, &refusal); /* /dev/null: the environment alone */
+	if (fd < 0 && refusal == NULL) {
 		errors_add(errs, "%s: cannot open: %s", path, strerror(errno));
 		return NULL;
 	}
-	struct stat st;
-	const char *problem = NULL;
-	if (fstat(fd, &st) < 0)
-		problem = strerror(errno);
-	else if (!S_ISREG(st.st_mode) && !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))
-		problem = "not a regular file"; /* /dev/null reads as an empty file: the environment alone */
-	else if (st.st_size > CONFIG_FILE_MAX)
-		problem = "too large";
-	int flags = problem == NULL ? fcntl(fd, F_GETFL) : -1;
-	if (problem == NULL && (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0))
-		problem = strerror(errno);
-	FILE *fp = problem == NULL ? fdopen(fd, "r") : NULL;
+	FILE *fp = fd >= 0 ? fdopen(fd, "r") : NULL;
 	if (fp == NULL) {
 		errors_add(errs, "%s: cannot read: %s (allowed: a regular file of at most %d bytes)", path,
-			   problem != NULL ? problem : strerror(errno), CONFIG_FILE_MAX);
-		close(fd);
+			   refusal != NULL ? refusal : strerror(errno), CONFIG_FILE_MAX);
+		if (fd >= 0)
+			close(fd);
 	}
 	return fp;
 }
@@ -1490,27 +1480,15 @@ static void validate_topic_names(struct loader *ld)
 static void read_password_file(struct loader *ld)
 {
 	struct config *cfg = ld->cfg;
-	size_t len = 0;
-	char *secret = read_file(cfg->sasl_password_file, SECRET_FILE_MAX, &len);
+	char why[PATH_MAX + 64];
+	char *secret = read_secret_file(cfg->sasl_password_file, why, sizeof(why));
 
 	if (secret == NULL) {
-		report_option(ld, "kafka", "sasl_password_file", "cannot read \"%s\": %s (allowed: a readable file, or "
-			      "empty)", cfg->sasl_password_file, strerror(errno));
+		report_option(ld, "kafka", "sasl_password_file", "%s (allowed: %s)", why,
+			      errno == EBADMSG ? "a file holding the password" : "a readable file, or empty");
 		return;
 	}
-	while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
-		secret[--len] = '\0';
-	if (len == 0 || strlen(secret) != len) {
-		report_option(ld, "kafka", "sasl_password_file", "\"%s\" %s (allowed: a file holding the password)",
-			      cfg->sasl_password_file, len == 0 ? "is empty" : "contains a NUL byte");
-		explicit_bzero(secret, len);
-		free(secret);
-		return;
-	}
-	if (cfg->sasl_password != NULL) {
-		explicit_bzero(cfg->sasl_password, strlen(cfg->sasl_password));
-		free(cfg->sasl_password);
-	}
+	secret_free(cfg->sasl_password);
 	cfg->sasl_password = secret;
 }
 

@@ -7,10 +7,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,27 +77,14 @@ int fd_set_nonblock(int fd)
 	return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
-int fd_set_cloexec(int fd)
+int join_path(char *buf, size_t len, const char *dir, const char *sub, const char *name)
 {
-	int flags = fcntl(fd, F_GETFD);
-	if (flags < 0)
+	int n = name == NULL ? snprintf(buf, len, "%s/%s", dir, sub) : snprintf(buf, len, "%s/%s/%s", dir, sub, name);
+	if (n < 0 || (size_t)n >= len) {
+		errno = ENAMETOOLONG;
 		return -1;
-	return fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
-}
-
-int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc;
-	do
-		rc = fsync(fd);
-	while (rc < 0 && errno == EINTR);
-	int saved = errno;
-	close(fd);
-	errno = saved;
-	return rc;
+	}
+	return 0;
 }
 
 int mkdir_p(const char *path, mode_t mode)
@@ -120,97 +109,126 @@ int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
-static int dir_of(const char *path, char *out, size_t cap)
+int open_bounded(const char *path, size_t max, struct stat *st, const char **refusal)
 {
-	const char *slash = strrchr(path, '/');
-	if (slash == NULL)
-		return snprintf(out, cap, ".") < (int)cap ? 0 : -1;
-	size_t n = (size_t)(slash - path);
-	if (n == 0)
-		n = 1;
-	if (n >= cap) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	memcpy(out, path, n);
-	out[n] = '\0';
-	return 0;
-}
+	struct stat own;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 
-int write_file_durably(const char *tmp_path, const char *final_path, const void *data, size_t len)
-{
-	char dir[PATH_MAX];
-	int fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	*refusal = NULL;
+	if (st == NULL)
+		st = &own;
 	if (fd < 0)
 		return -1;
-	int rc = write_all(fd, data, len);
-	if (rc == 0) {
-		do
-			rc = fsync(fd);
-		while (rc < 0 && errno == EINTR);
+	int flags = -1;
+	if (fstat(fd, st) < 0)
+		goto fail;
+	if (!S_ISREG(st->st_mode) && !(S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3))) {
+		*refusal = "not a regular file"; /* /dev/null reads as an empty file */
+		errno = EINVAL;
+		goto fail;
 	}
+	if ((uintmax_t)st->st_size > max) {
+		*refusal = "too large";
+		errno = EFBIG;
+		goto fail;
+	}
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+		goto fail;
+	return fd;
+fail:;
 	int saved = errno;
-	if (close(fd) < 0 && rc == 0) {
-		rc = -1;
-		saved = errno;
+	close(fd);
+	errno = saved;
+	return -1;
+}
+
+/*
+ * Sized from fstat, so a file that does not grow meanwhile is read without a
+ * realloc (no copy of a secret left behind in freed memory); one byte past
+ * max is asked for, to see a file that grew past it.
+ */
+static char *read_bounded_fd(int fd, off_t size, size_t max, size_t *len_out)
+{
+	size_t cap = (size_t)size < max ? (size_t)size + 1 : max + 1;
+	size_t len = 0;
+	char *buf = malloc(cap + 1);
+
+	while (buf != NULL) {
+		ssize_t n = read_full(fd, buf + len, cap - len);
+		if (n < 0) {
+			free(buf);
+			return NULL;
+		}
+		len += (size_t)n;
+		if (len > max) {
+			free(buf);
+			errno = EFBIG;
+			return NULL;
+		}
+		if (len < cap)
+			break;
+		cap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+		char *grown = realloc(buf, cap + 1);
+		if (grown == NULL)
+			free(buf);
+		buf = grown;
 	}
-	if (rc == 0 && rename(tmp_path, final_path) < 0) {
-		rc = -1;
-		saved = errno;
+	if (buf != NULL) {
+		buf[len] = '\0';
+		*len_out = len;
 	}
-	if (rc < 0) {
-		unlink(tmp_path);
-		errno = saved;
-		return -1;
-	}
-	if (dir_of(final_path, dir, sizeof(dir)) < 0)
-		return -1;
-	return fsync_dir(dir);
+	return buf;
 }
 
 char *read_file(const char *path, size_t max, size_t *len_out)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	const char *refusal;
+	size_t len = 0;
+	int fd = open_bounded(path, max, &st, &refusal);
+
 	if (fd < 0)
 		return NULL;
-	size_t cap = 4096, len = 0;
-	char *buf = malloc(cap + 1);
-	while (buf != NULL) {
-		if (len == cap) {
-			if (cap >= max) {
-				free(buf);
-				buf = NULL;
-				errno = EFBIG;
-				break;
-			}
-			cap = cap * 2 > max ? max : cap * 2;
-			char *grown = realloc(buf, cap + 1);
-			if (grown == NULL) {
-				free(buf);
-				buf = NULL;
-				break;
-			}
-			buf = grown;
-		}
-		ssize_t n = read_full(fd, buf + len, cap - len);
-		if (n < 0) {
-			free(buf);
-			buf = NULL;
-			break;
-		}
-		len += (size_t)n;
-		if (len < cap)
-			break;
-	}
+	char *buf = read_bounded_fd(fd, st.st_size, max, &len);
 	int saved = errno;
 	close(fd);
 	errno = saved;
-	if (buf != NULL) {
-		buf[len] = '\0';
-		if (len_out != NULL)
-			*len_out = len;
-	}
+	if (buf != NULL && len_out != NULL)
+		*len_out = len;
 	return buf;
+}
+
+char *read_secret_file(const char *path, char *err, size_t errlen)
+{
+	size_t len = 0;
+	char *secret = read_file(path, SECRET_FILE_MAX, &len);
+
+	if (secret == NULL) {
+		snprintf(err, errlen, "cannot read \"%s\": %s", path, strerror(errno));
+		return NULL;
+	}
+	if (len > 0 && secret[len - 1] == '\n') {
+		secret[--len] = '\0';
+		if (len > 0 && secret[len - 1] == '\r')
+			secret[--len] = '\0';
+	}
+	if (len == 0 || strlen(secret) != len) {
+		snprintf(err, errlen, "\"%s\" %s", path, len == 0 ? "is empty" : "contains a NUL byte");
+		explicit_bzero(secret, len);
+		free(secret);
+		errno = EBADMSG;
+		return NULL;
+	}
+	return secret;
+}
+
+void secret_free(char *secret)
+{
+	if (secret == NULL)
+		return;
+	explicit_bzero(secret, strlen(secret));
+	free(secret);
 }
 
 long long now_ms(void)

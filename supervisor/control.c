@@ -1,5 +1,6 @@
 /*
- * control: the supervisor's Unix control socket (spec section 7).
+ * control: the supervisor's Unix control socket (README, Operations:
+ * "Control socket").
  *
  * Each client is a tiny state machine on the supervisor's libev loop: read
  * one line (at most CONTROL_LINE_MAX bytes) under an idle deadline, execute
@@ -30,7 +31,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define CONTROL_LINE_MAX 4096      /* spec: one line of at most 4 KiB, newline included */
+#define CONTROL_LINE_MAX 4096      /* README: one line of at most 4 KiB, newline included */
 #define CONTROL_MAX_CLIENTS 512
 #define CONTROL_IDLE_TIMEOUT 5.0   /* seconds to send a complete line */
 #define CONTROL_WRITE_TIMEOUT 5.0  /* seconds to take the whole answer */
@@ -222,11 +223,6 @@ fail:
 	free(ctl->path);
 	free(ctl);
 	return NULL;
-}
-
-int control_fd(const struct control *ctl)
-{
-	return ctl != NULL ? ctl->fd : -1;
 }
 
 /* ---- peer credentials --------------------------------------------------- */

@@ -1,5 +1,6 @@
 /*
- * control: the Unix control socket (spec section 7). One command line in
+ * control: the Unix control socket (README, Operations:
+ * "Control socket"). One command line in
  * (at most 4 KiB), one answer, close. Non-blocking throughout: a slow or
  * silent client is dropped after an idle timeout and never stalls the loop.
  * Peer credentials are checked on accept.
@@ -23,9 +24,6 @@ struct control *control_open(struct supervisor *sup, const char *path, int mode,
 void control_start(struct control *ctl);
 /* Closes the listening socket and every client, unlinks the path. */
 void control_close(struct control *ctl);
-/* The listening fd, so a forked worker can close it. */
-int control_fd(const struct control *ctl);
-
 /* Executes one command line with write access and returns the malloc'd answer (tests/unit/test_supervisor_control.c). */
 char *control_execute(struct supervisor *sup, const char *line);
 

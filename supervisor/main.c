@@ -30,12 +30,9 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sysexits.h>
 #include <unistd.h>
 
-#define EXIT_USAGE 64
-#define EXIT_UNAVAILABLE 69
-#define EXIT_SOFTWARE 70
-#define EXIT_CONFIG 78
 #define NOFILE_WANTED 65536
 
 struct options {
@@ -47,7 +44,7 @@ struct options {
 static void usage(void)
 {
 	fprintf(stderr, "usage: drover [-c FILE] [-t] [-d] [-V] [--print-options]\n");
-	exit(EXIT_USAGE);
+	exit(EX_USAGE);
 }
 
 static void parse_options(int argc, char **argv, struct options *opts)
@@ -62,13 +59,13 @@ static void parse_options(int argc, char **argv, struct options *opts)
 		switch (c) {
 		case 'P':
 			config_print_reference(stdout);
-			exit(0);
+			exit(EX_OK);
 		case 'c': opts->config_path = optarg; break;
 		case 't': opts->test_only = true; break;
 		case 'd': opts->daemonize = true; break;
 		case 'V':
 			printf("drover %s\n", DROVER_VERSION);
-			exit(0);
+			exit(EX_OK);
 		default: usage();
 		}
 	}
@@ -85,12 +82,12 @@ static struct config *load_or_exit(const char *path, bool test_only)
 			fprintf(stderr, "%s\n", errors.lines[i]);
 		fprintf(stderr, "drover: configuration %s has %zu error(s)\n", path, errors.count);
 		config_errors_clear(&errors);
-		exit(EXIT_CONFIG);
+		exit(EX_CONFIG);
 	}
 	if (test_only) {
 		printf("drover: configuration %s is ok\n", path);
 		config_free(cfg);
-		exit(0);
+		exit(EX_OK);
 	}
 	return cfg;
 }
@@ -170,13 +167,13 @@ static int pidfile_lock(const char *path, const struct identity *id)
 	make_parent_dir(path, id);
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
-		log_fatal(EXIT_UNAVAILABLE, "cannot open pid file %s", path);
+		log_fatal(EX_UNAVAILABLE, "cannot open pid file %s", path);
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		char pid[32] = "";
 		ssize_t n = read_full(fd, pid, sizeof(pid) - 1);
 		pid[n > 0 ? n : 0] = '\0';
 		pid[strcspn(pid, "\n")] = '\0';
-		log_fatalx(EXIT_UNAVAILABLE, "pid file %s is held by a running drover (pid %s)", path,
+		log_fatalx(EX_UNAVAILABLE, "pid file %s is held by a running drover (pid %s)", path,
 		           pid[0] != '\0' ? pid : "unknown");
 	}
 	return fd;
@@ -189,7 +186,7 @@ static void pidfile_write(int fd, const char *path)
 		return;
 	int len = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
 	if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || write_all(fd, buf, (size_t)len) < 0)
-		log_fatal(EXIT_UNAVAILABLE, "cannot write pid file %s", path);
+		log_fatal(EX_UNAVAILABLE, "cannot write pid file %s", path);
 }
 
 /* ---- daemon and privileges -------------------------------------------------- */
@@ -206,28 +203,28 @@ static void daemonize(void)
 {
 	int ready[2];
 	if (pipe2(ready, O_CLOEXEC) < 0)
-		log_fatal(EXIT_SOFTWARE, "pipe");
+		log_fatal(EX_SOFTWARE, "pipe");
 	pid_t pid = fork();
 	if (pid < 0)
-		log_fatal(EXIT_SOFTWARE, "fork");
+		log_fatal(EX_SOFTWARE, "fork");
 	if (pid > 0) {
 		char byte;
 		close(ready[1]);
-		_exit(read_full(ready[0], &byte, 1) == 1 ? 0 : EXIT_UNAVAILABLE);
+		_exit(read_full(ready[0], &byte, 1) == 1 ? EX_OK : EX_UNAVAILABLE);
 	}
 	close(ready[0]);
 	if (setsid() < 0)
-		log_fatal(EXIT_SOFTWARE, "setsid");
+		log_fatal(EX_SOFTWARE, "setsid");
 	pid = fork();
 	if (pid < 0)
-		log_fatal(EXIT_SOFTWARE, "fork");
+		log_fatal(EX_SOFTWARE, "fork");
 	if (pid > 0)
-		_exit(0);
+		_exit(EX_OK);
 	if (chdir("/") < 0)
-		log_fatal(EXIT_SOFTWARE, "chdir /");
+		log_fatal(EX_SOFTWARE, "chdir /");
 	int null = open("/dev/null", O_RDWR);
 	if (null < 0)
-		log_fatal(EXIT_SOFTWARE, "/dev/null");
+		log_fatal(EX_SOFTWARE, "/dev/null");
 	dup2(null, STDIN_FILENO);
 	dup2(null, STDOUT_FILENO);
 	if (log_fd() != STDERR_FILENO)
@@ -255,7 +252,7 @@ static gid_t configured_group(const struct config *cfg, gid_t fallback)
 		return fallback;
 	struct group *gr = getgrnam(cfg->group);
 	if (gr == NULL)
-		log_fatalx(EXIT_UNAVAILABLE, "[supervisor] group %s does not exist", cfg->group);
+		log_fatalx(EX_UNAVAILABLE, "[supervisor] group %s does not exist", cfg->group);
 	return gr->gr_gid;
 }
 
@@ -271,7 +268,7 @@ static struct identity resolve_identity(const struct config *cfg)
 	}
 	struct passwd *pw = getpwnam(cfg->user);
 	if (pw == NULL)
-		log_fatalx(EXIT_UNAVAILABLE, "[supervisor] user %s does not exist", cfg->user);
+		log_fatalx(EX_UNAVAILABLE, "[supervisor] user %s does not exist", cfg->user);
 	id.drop = true;
 	id.uid = pw->pw_uid;
 	id.gid = configured_group(cfg, pw->pw_gid);
@@ -284,9 +281,9 @@ static void drop_privileges(const struct identity *id)
 	if (!id->drop)
 		return;
 	if (initgroups(id->name, id->gid) < 0 || setgid(id->gid) < 0 || setuid(id->uid) < 0)
-		log_fatal(EXIT_UNAVAILABLE, "cannot drop privileges to %s", id->name);
+		log_fatal(EX_UNAVAILABLE, "cannot drop privileges to %s", id->name);
 	if (setuid(0) == 0)
-		log_fatalx(EXIT_UNAVAILABLE, "privileges could be regained after dropping them");
+		log_fatalx(EX_UNAVAILABLE, "privileges could be regained after dropping them");
 	log_info("running as user %s (uid %d, gid %d)", id->name, (int)id->uid, (int)id->gid);
 }
 
@@ -295,7 +292,7 @@ static void prepare_queue(const struct config *cfg)
 	const struct queue_ops *queue = queue_ops_for(cfg);
 	char err[512];
 	if (queue->prepare != NULL && queue->prepare(cfg, err, sizeof(err)) < 0)
-		log_fatalx(EXIT_UNAVAILABLE, "%s", err);
+		log_fatalx(EX_UNAVAILABLE, "%s", err);
 	int returned = queue->reclaim != NULL ? queue->reclaim(cfg) : 0;
 	if (returned > 0)
 		log_info("returned %d claim(s) of a previous run to the queue", returned);
@@ -324,9 +321,10 @@ int main(int argc, char **argv)
 	log_set_level(cfg->log_level);
 	log_set_format(cfg->log_format);
 	if (log_open(cfg->log_file) < 0)
-		log_fatal(EXIT_UNAVAILABLE, "cannot open log file %s", cfg->log_file);
-	if (notify_init() < 0)
-		log_warnx("systemd notification is off");
+		log_fatal(EX_UNAVAILABLE, "cannot open log file %s", cfg->log_file);
+	char notify_err[160];
+	if (notify_init(notify_err, sizeof(notify_err)) < 0)
+		log_warnx("systemd notification is off: %s", notify_err);
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
 
@@ -344,7 +342,7 @@ int main(int argc, char **argv)
 	sup.control = control_open(&sup, cfg->control_socket, cfg->control_socket_mode,
 	                           id.drop ? id.uid : (uid_t)-1, id.gid, err, sizeof(err));
 	if (sup.control == NULL)
-		log_fatalx(EXIT_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
+		log_fatalx(EX_UNAVAILABLE, "control socket %s: %s", cfg->control_socket, err);
 	if (opts.daemonize)
 		daemonize();
 	drop_privileges(&id);
@@ -353,13 +351,13 @@ int main(int argc, char **argv)
 
 	sup.scoreboard = scoreboard_create();
 	if (sup.scoreboard == NULL)
-		log_fatal(EXIT_SOFTWARE, "cannot map the scoreboard");
+		log_fatal(EX_SOFTWARE, "cannot map the scoreboard");
 	/* Orphaned handler processes of a dead worker come back to us to be reaped. */
 	if (getpid() != 1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		log_warn("cannot become a child subreaper");
 	sup.pool = pool_create(&sup);
 	if (sup.pool == NULL)
-		log_fatal(EXIT_SOFTWARE, "cannot create the worker pool");
+		log_fatal(EX_SOFTWARE, "cannot create the worker pool");
 
 	supervisor_start(&sup);
 	/* Written once the pool is up, so that the pid file means "ready" for init scripts. */

@@ -68,7 +68,14 @@ static int open_notify_socket(void)
 	return fd;
 }
 
-int notify_init(void)
+static void notify_close(void)
+{
+	if (notify_fd >= 0)
+		close(notify_fd);
+	notify_fd = -1;
+}
+
+int notify_init(char *err, size_t errlen)
 {
 	const char *value = getenv("NOTIFY_SOCKET");
 	char address[sizeof(notify_addr.sun_path) + 1];
@@ -83,23 +90,16 @@ int notify_init(void)
 	unsetenv("NOTIFY_SOCKET");
 
 	if (parse_notify_address(address) < 0) {
-		log_warnx("NOTIFY_SOCKET \"%s\" is not a socket path or @abstract name: not notifying", address);
+		snprintf(err, errlen, "NOTIFY_SOCKET \"%s\" is not a socket path or @abstract name", address);
 		return -1;
 	}
 	notify_fd = open_notify_socket();
 	if (notify_fd < 0) {
-		log_warn("notify socket");
+		snprintf(err, errlen, "notify socket: %s", strerror(errno));
 		return -1;
 	}
 	notify_failures = 0;
 	return 0;
-}
-
-void notify_close(void)
-{
-	if (notify_fd >= 0)
-		close(notify_fd);
-	notify_fd = -1;
 }
 
 /* Sends one datagram; logs the first failure, then only at debug level. */

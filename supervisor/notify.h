@@ -7,15 +7,17 @@
 #ifndef DROVER_NOTIFY_H
 #define DROVER_NOTIFY_H
 
+#include <stddef.h>
+
 /*
  * Reads NOTIFY_SOCKET ("/path" or "@abstract"), removes it from the
  * environment so that workers and handlers never inherit it, and opens a
  * close-on-exec datagram socket. Call once, early, before forking workers.
- * Returns 0 (also when there is nothing to notify), or -1 with a warning
- * logged when the variable is malformed or the socket cannot be made;
+ * Returns 0 (also when there is nothing to notify), or -1 and err when the
+ * variable is malformed or the socket cannot be made (the caller logs it);
  * notification is then off and drover runs on.
  */
-int notify_init(void);
+int notify_init(char *err, size_t errlen);
 
 /* READY=1 (with MAINPID and, when status is not NULL, STATUS=status). */
 void notify_ready(const char *status);
@@ -25,8 +27,5 @@ void notify_status(const char *status);
 void notify_reloading(void);
 /* STOPPING=1: a graceful or fast stop has begun. */
 void notify_stopping(void);
-
-/* Closes the socket; for a forked child that must not speak for the supervisor. */
-void notify_close(void);
 
 #endif

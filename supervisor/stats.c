@@ -1,6 +1,6 @@
 /*
- * stats: the `stats` JSON object and the Prometheus `metrics` text (spec
- * section 7). Both are computed from the supervisor's slot table and the
+ * stats: the `stats` JSON object and the Prometheus `metrics` text (README:
+ * Operations, "Control socket"). Both are computed from the supervisor's slot table and the
  * shared-memory scoreboard only, never by asking a worker, so they answer
  * while every worker is busy. Job totals are the counters of workers that
  * have exited (sup->retired) plus those of every live worker. Nothing here

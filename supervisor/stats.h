@@ -1,6 +1,6 @@
 /*
- * stats: the `stats` JSON object and the Prometheus `metrics` text (spec
- * section 7), computed from the slot table and the scoreboard alone, so they
+ * stats: the `stats` JSON object and the Prometheus `metrics` text (README:
+ * Operations, "Control socket"), computed from the slot table and the scoreboard alone, so they
  * answer even when every worker is busy.
  */
 #ifndef DROVER_STATS_H

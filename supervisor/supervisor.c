@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sysexits.h>
 
 /* How often the service manager's status line is refreshed. */
 #define STATUS_INTERVAL_S 5.0
@@ -309,5 +310,5 @@ int supervisor_serve(struct supervisor *sup)
 	log_info("drover %s ready: %s", DROVER_VERSION, status);
 	ev_run(sup->loop, 0);
 	ev_timer_stop(sup->loop, &sup->status_timer);
-	return 0;
+	return EX_OK;
 }

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/queue.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <sysexits.h>
@@ -45,7 +46,7 @@ struct task {
 	ev_timer retry_timer;
 	long long last_progress_event_ms;
 	bool cancelled;   /* droverctl cancel: the run is being stopped; the job fails with reason cancelled */
-	struct task *prev, *next;
+	LIST_ENTRY(task) link;
 };
 
 enum drain_mode { RUNNING, DRAIN_GRACEFUL, DRAIN_FAST };
@@ -61,7 +62,7 @@ struct worker {
 	char host[256];
 	char **base_env;     /* environ minus secrets, plus env.* */
 	size_t base_env_count;
-	struct task *tasks;  /* doubly linked */
+	LIST_HEAD(task_list, task) tasks;
 	int task_count;
 	bool source_paused;
 	bool intake_paused;  /* droverctl pause, as last read from the scoreboard's requests */
@@ -235,12 +236,7 @@ static struct task *task_new(struct worker *w, struct job *job)
 	t->job = job;
 	t->attempt = job->attempts_done;
 	t->board_index = -1;
-	t->next = w->tasks;
-	/* The analyzer loses that task_free() unlinks through t->worker, which is this w,
-	 * and thinks a freed head is still on the list. */
-	if (w->tasks != NULL)
-		w->tasks->prev = t; // NOLINT(clang-analyzer-unix.Malloc)
-	w->tasks = t;
+	LIST_INSERT_HEAD(&w->tasks, t, link);
 	w->task_count++;
 	return t;
 }
@@ -252,12 +248,7 @@ static void task_free(struct task *t)
 	ev_timer_stop(w->loop, &t->retry_timer);
 	if (t->board_index >= 0)
 		scoreboard_job_remove(w->board, t->board_index);
-	if (t->prev != NULL)
-		t->prev->next = t->next;
-	else
-		w->tasks = t->next;
-	if (t->next != NULL)
-		t->next->prev = t->prev;
+	LIST_REMOVE(t, link);
 	w->task_count--;
 	free(t);
 }
@@ -393,7 +384,7 @@ static double retry_delay_s(const struct worker *w, int attempt)
 
 static bool attempt_running(const struct worker *w, unsigned long long serial)
 {
-	for (const struct task *t = w->tasks; t != NULL; t = t->next) {
+	for (const struct task *t = LIST_FIRST(&w->tasks); t != NULL; t = LIST_NEXT(t, link)) {
 		if (t->run != NULL && t->token_attempt == serial)
 			return true;
 	}
@@ -559,7 +550,7 @@ static void task_begin_attempt(struct task *t)
 	if (t->board_index >= 0)
 		scoreboard_job_set_attempt(w->board, t->board_index, t->attempt);
 	if (w->ops->attempt(w->source, t->job, t->attempt) < 0)
-		log_warnx("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
+		log_warn("job %s: could not record attempt %d in the queue", t->job->id, t->attempt);
 
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
@@ -601,9 +592,9 @@ static void task_begin_attempt(struct task *t)
 static void worker_revoke_job(struct job *job, void *arg)
 {
 	struct worker *w = arg;
-	struct task *t = w->tasks;
+	struct task *t = LIST_FIRST(&w->tasks);
 	while (t != NULL && t->job != job)
-		t = t->next;
+		t = LIST_NEXT(t, link);
 	if (t == NULL)
 		return;
 	if (t->run != NULL) {
@@ -723,9 +714,9 @@ static void source_settled(struct job *job, bool durable, void *arg)
 static void worker_cancel_job(const char *id, void *arg)
 {
 	struct worker *w = arg;
-	struct task *t = w->tasks;
+	struct task *t = LIST_FIRST(&w->tasks);
 	while (t != NULL && strcmp(t->job->id, id) != 0)
-		t = t->next;
+		t = LIST_NEXT(t, link);
 	if (t == NULL) {
 		log_info("worker %d: cancel of job %.200s: it is no longer here", w->slot, id);
 		return;
@@ -771,8 +762,8 @@ static void worker_drain(struct worker *w, enum drain_mode mode)
 	worker_update_flow(w);
 	if (mode == DRAIN_FAST && w->ops->hurry != NULL)
 		w->ops->hurry(w->source, w->cfg->kill_grace_ms);
-	for (struct task *t = w->tasks, *next; t != NULL; t = next) {
-		next = t->next;
+	for (struct task *t = LIST_FIRST(&w->tasks), *next; t != NULL; t = next) {
+		next = LIST_NEXT(t, link);
 		if (t->run == NULL)
 			task_release(t); /* waiting for a retry: the next worker retries it */
 		else if (mode == DRAIN_FAST)
@@ -946,17 +937,17 @@ int worker_main(const struct worker_params *params)
 	log_set_name(name);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	worker_crash_if_asked(w.slot);
 	worker_adopt_orphans(&w);
 	w.loop = ev_loop_new(EVFLAG_AUTO);
 	if (w.loop == NULL)
-		return 70;
+		return EX_SOFTWARE;
 	if (worker_build_base_env(&w) < 0) {
 		log_error("worker %d: out of memory at start", w.slot);
 		worker_teardown(&w);
-		return 70;
+		return EX_SOFTWARE;
 	}
 	if (gethostname(w.host, sizeof(w.host) - 1) < 0)
 		snprintf(w.host, sizeof(w.host), "localhost");
@@ -1002,5 +993,5 @@ int worker_main(const struct worker_params *params)
 
 	log_info("worker %d: stopped", w.slot);
 	worker_teardown(&w);
-	return 0;
+	return EX_OK;
 }

@@ -1,5 +1,5 @@
 """
-test_control: the control socket (spec section 7) and droverctl (spec section 1)
+test_control: the control socket and droverctl (README: Operations)
 against the real drover.
 
 A small fixture of its own (`daemon`) starts build/drover (or $DROVER_BUILD)

@@ -1,7 +1,7 @@
 """
 Environment: overrides beat the file (and survive reloads), DROVER_SPOOL_DIR,
 env.NAME with {slot}, the handler's DROVER_* variables, and drover's secrets
-kept away from handlers and logs (spec sections 2 and 3).
+kept away from handlers and logs (README: Configuration, The handler protocol).
 """
 
 import json

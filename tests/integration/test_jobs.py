@@ -1,5 +1,5 @@
 """
-Job outcomes on the spool (spec sections 3, 4, 6): retries, permanent
+Job outcomes on the spool (README: The handler protocol, The spool): retries, permanent
 failures, no-retry exit codes, invalid messages, oversized results, timeouts
 with process-group kill, progress in stats, a handler that cannot start.
 """

@@ -1,7 +1,7 @@
 """
 The pool as a whole: throughput and the concurrency bound, a worker killed
 with SIGKILL, the supervisor killed with SIGKILL, a slot that crashes on
-start-up (spec sections 5, 6, 7; issue 2's pool scenarios), a worker that
+start-up (README: Operations, The spool, Guarantees under faults; issue 2's pool scenarios), a worker that
 refuses its configuration (EX_CONFIG: its slot fails, no restart loop).
 """
 

@@ -1,5 +1,5 @@
 """
-Signals and reloads (spec section 8): HUP scaling and a broken reload,
+Signals and reloads (README: Operations, signals): HUP scaling and a broken reload,
 `drover -t`, replacement of workers one at a time, TERM draining, the
 shutdown timeout, a second TERM, QUIT, TTIN/TTOU and `scale N`, USR1 log
 reopening.
@@ -330,3 +330,12 @@ def test_reload_reports_restart_only_and_rejected_keys(drover):
     assert rc != 0
     changes = {c["key"]: c["result"] for c in d.stats()["last_reload_changes"]}
     assert changes == {"[jobs] timeout_ms": "rejected"}, changes
+
+
+def test_a_bad_notify_socket_is_logged_once_with_its_reason(drover):
+    """notify_init reports the reason and main logs it: one line, not two (README: Operations)."""
+    d = drover(env={"NOTIFY_SOCKET": "not-a-socket-path"})  # started: ready, so start-up logging is over
+    lines = [l for l in d.log_text().splitlines() if "NOTIFY_SOCKET" in l or "notification" in l]
+    assert len(lines) == 1, lines
+    assert "systemd notification is off: NOTIFY_SOCKET \"not-a-socket-path\" is not a socket path" in lines[0]
+    d.stop()

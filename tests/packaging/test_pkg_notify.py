@@ -31,7 +31,10 @@ DRIVER_SOURCE = r"""
 int main(void)
 {
 	log_init("notify-test", LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
-	int rc = notify_init();
+	char err[160];
+	int rc = notify_init(err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "%s\n", err); /* the caller logs: drover's main does the same */
 	printf("init=%d env=%s\n", rc, getenv("NOTIFY_SOCKET") ? getenv("NOTIFY_SOCKET") : "(unset)");
 	fflush(stdout);
 	notify_status("1 worker\nSTOPPING=1");
