@@ -15,6 +15,7 @@
  * SO_PEERGROUPS: the groups the peer process holds, not /etc/group.
  */
 #include "supervisor/control.h"
+#include "supervisor/jobctl.h"
 #include "shared/log.h"
 #include "supervisor/stats.h"
 #include "supervisor/supervisor.h"
@@ -380,7 +381,28 @@ static int split_words(char *line, char **words, int max)
  */
 static bool is_write_command(const char *word)
 {
-	return strcmp(word, "reload") == 0 || strcmp(word, "scale") == 0 || strcmp(word, "stop") == 0;
+	static const char *const writes[] = { "reload", "scale", "stop", "cancel", "retry", "pause", "resume" };
+	for (size_t i = 0; i < ARRAY_LEN(writes); i++)
+		if (strcmp(word, writes[i]) == 0)
+			return true;
+	return false;
+}
+
+#define COMMAND_LIST "ping, health, stats, metrics, jobs, reload, scale N, stop, cancel ID, retry ID, pause, resume"
+
+/* The commands that take one argument; NULL when word is none of them. */
+static char *execute_with_argument(struct supervisor *sup, const char *word, const char *arg, bool *known)
+{
+	*known = true;
+	if (strcmp(word, "scale") == 0)
+		return command_scale(sup, arg);
+	if (strcmp(word, "cancel") == 0 || strcmp(word, "retry") == 0) {
+		if (arg == NULL)
+			return answer_dup("error: usage: %s ID\n", word);
+		return word[0] == 'c' ? jobctl_cancel(sup, arg) : jobctl_retry(sup, arg);
+	}
+	*known = false;
+	return NULL;
 }
 
 static char *execute(struct supervisor *sup, const char *line, size_t len, enum access access, bool *stop_after)
@@ -392,15 +414,16 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 		return NULL;
 	char *words[3];
 	int count = split_words(copy, words, 2);
-	char *answer;
+	char *answer = NULL;
+	bool known = false;
 	if (count == 0) {
-		answer = strdup("error: empty command (try: ping, health, stats, metrics, reload, scale N, stop)\n");
+		answer = strdup("error: empty command (try: " COMMAND_LIST ")\n");
 	} else if (count > 2) {
 		answer = strdup("error: too many arguments\n");
 	} else if (access != ACCESS_WRITE && is_write_command(words[0])) {
 		answer = answer_dup("error: permission denied: %s needs root or the daemon's user\n", words[0]);
-	} else if (strcmp(words[0], "scale") == 0) {
-		answer = command_scale(sup, count == 2 ? words[1] : NULL);
+	} else if ((answer = execute_with_argument(sup, words[0], count == 2 ? words[1] : NULL, &known)), known) {
+		/* answered */
 	} else if (count == 2) {
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
@@ -413,6 +436,10 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 		answer = stats_json(sup);
 	} else if (strcmp(words[0], "metrics") == 0) {
 		answer = stats_metrics(sup);
+	} else if (strcmp(words[0], "jobs") == 0) {
+		answer = jobctl_jobs(sup);
+	} else if (strcmp(words[0], "pause") == 0 || strcmp(words[0], "resume") == 0) {
+		answer = jobctl_pause(sup, words[0][0] == 'p');
 	} else if (strcmp(words[0], "reload") == 0) {
 		answer = command_reload(sup);
 	} else if (strcmp(words[0], "stop") == 0) {
@@ -421,8 +448,7 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 	} else {
 		char excerpt[64];
 		printable_excerpt(words[0], excerpt, sizeof(excerpt));
-		answer = answer_dup("error: unknown command \"%s\" (try: ping, health, stats, metrics, reload, scale N, stop)\n",
-				    excerpt);
+		answer = answer_dup("error: unknown command \"%s\" (try: " COMMAND_LIST ")\n", excerpt);
 	}
 	free(copy);
 	return answer;
