@@ -472,6 +472,40 @@ static int view_command(const struct options *opts, const char *name, int argc, 
 	return rc;
 }
 
+/*
+ * retry ID: on a queue whose retry needs a client the supervisor must not
+ * hold (Kafka, queue_ops.retry_in_client), droverctl re-produces the job
+ * itself with the configuration's credentials; otherwise the daemon does it
+ * (the spool: under the socket's permission rules).
+ */
+static int retry_command(const struct options *opts, const char *id)
+{
+	struct config_errors errs = { 0 };
+	struct config *cfg = config_load_client(opts->config_path, &errs);
+	config_errors_clear(&errs);
+	const struct queue_ops *queue = cfg != NULL ? queue_ops_for(cfg) : NULL;
+	if (queue == NULL || !queue->retry_in_client || queue->retry_failed == NULL) {
+		config_free(cfg);
+		return control_command(opts, "retry", id);
+	}
+	char why[1024] = "";
+	enum queue_job_result result = queue->retry_failed(cfg, id, why, sizeof(why));
+	config_free(cfg);
+	switch (result) {
+	case QUEUE_JOB_DONE:
+		printf("ok: %s is queued again\n", id);
+		return fflush(stdout) == 0 ? EX_OK : EXIT_FAILURE;
+	case QUEUE_JOB_UNKNOWN:
+		fprintf(stderr, "droverctl: error: no failed job %s\n", id);
+		return EXIT_FAILURE;
+	case QUEUE_JOB_BUSY:
+	case QUEUE_JOB_ERROR:
+		break;
+	}
+	fprintf(stderr, "droverctl: error: %s\n", why);
+	return EXIT_FAILURE;
+}
+
 /* ---- job commands ------------------------------------------------------ */
 
 static int submit_with_config(const struct options *opts, FILE *in)
@@ -725,6 +759,8 @@ int main(int argc, char **argv)
 	const char *arg = nargs > 0 ? argv[optind + 1] : NULL;
 	if (arg != NULL && !valid_argument(name, arg))
 		return usage_error("invalid argument for %s", name);
+	if (strcmp(name, "retry") == 0)
+		return retry_command(&opts, arg);
 	if (cmd->kind == CONTROL)
 		return control_command(&opts, name, arg);
 	return queue_command(&opts, name, arg);

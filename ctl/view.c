@@ -134,15 +134,12 @@ static void status_header(FILE *out, json_t *stats, json_t *jobs, int width)
 	     int_of(stats, "pid"), up, str_of(stats, "backend"), int_of(stats, "workers_alive"),
 	     int_of(stats, "workers_desired"), json_is_true(json_object_get(stats, "stopping")) ? "  STOPPING" : "",
 	     paused ? "  INTAKE PAUSED" : "");
-	char queued[48] = "?", failed[48] = "?";
-	if (jobs != NULL) {
+	char queued[48] = "?";
+	if (jobs != NULL)
 		snprintf(queued, sizeof(queued), "%lld", count_of(jobs, "queued"));
-		if (json_object_get(jobs, "failed") != NULL)
-			snprintf(failed, sizeof(failed), "%lld", count_of(jobs, "failed"));
-	}
-	emit(out, width, "jobs: %lld running  %s queued  %lld faulted workers  %lld done  %lld failed (%s kept)  "
-	     "%lld retried", int_of(totals, "in_flight"), queued, faulted, int_of(totals, "completed"),
-	     int_of(totals, "failed"), failed, int_of(totals, "retried"));
+	emit(out, width, "jobs: %lld running  %s queued  %lld done  %lld failed  %lld retried  %lld faulted",
+	     int_of(totals, "in_flight"), queued, int_of(totals, "completed"), int_of(totals, "failed"),
+	     int_of(totals, "retried"), faulted);
 	const char *reload = str_of(stats, "last_reload");
 	if (reload[0] != '\0' && strcmp(reload, "ok") != 0)
 		emit(out, width, "last reload failed: %s", reload);

@@ -573,4 +573,6 @@ const struct queue_ops kafka_queue_ops = {
 	.topics_create = kafka_ops_topics_create,
 	.topics_list = kafka_ops_topics_list,
 	.check = kafka_conf_check,
+	.retry_failed = kafka_retry_failed,
+	.retry_in_client = true,
 };

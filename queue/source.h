@@ -195,6 +195,13 @@ struct queue_ops {
 	 * reset; its failed record is removed only once the new entry is durable.
 	 */
 	enum queue_job_result (*retry_failed)(const struct config *cfg, const char *id, char *why, size_t len);
+	/*
+	 * retry_failed needs a client of the queue that the supervisor must not
+	 * hold (Kafka: a librdkafka handle starts threads, and the supervisor
+	 * forks): droverctl runs it itself. Else the supervisor runs it, for the
+	 * socket's permission rules.
+	 */
+	bool retry_in_client;
 };
 
 /* The backend cfg names. */

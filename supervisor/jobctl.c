@@ -164,6 +164,9 @@ char *jobctl_retry(struct supervisor *sup, const char *id)
 	const struct queue_ops *queue = queue_ops_for(sup->cfg);
 	if (queue->retry_failed == NULL)
 		return answer("error: retry: the %s queue keeps no failed jobs to retry\n", queue->name);
+	if (queue->retry_in_client)
+		return answer("error: retry: on the %s queue droverctl retries the job itself; give it the "
+		              "configuration (-c FILE)\n", queue->name);
 	char why[1024] = "";
 	switch (queue->retry_failed(sup->cfg, id, why, sizeof(why))) {
 	case QUEUE_JOB_DONE:

@@ -337,25 +337,50 @@ def test_status_json_has_the_queue_counts(drover):
 
 # ---- Kafka ---------------------------------------------------------------------------------
 
-def kafka_drover(drover, mock, workdir, **jobs_cfg):
+def kafka_drover(drover, mock, **jobs_cfg):
     broker = mock()
-    cfg = kh.kafka_config(broker)
-    cfg.setdefault("jobs", {}).update(jobs_cfg)
-    cfg.setdefault("supervisor", {})["workers"] = 1
-    d = drover(config=cfg)
-    return d, broker
+    cfg = kh.kafka_config(broker.bootstrap, workers=1, jobs=jobs_cfg)
+    cfg["jobs"].pop("handler", None)  # the harness's test handler (holds, records, fails on request)
+    return drover(config=cfg), broker
 
 
-def test_kafka_cancel_of_a_running_job_produces_a_cancelled_failure(drover, mock, workdir):
-    if not hasattr(kh, "kafka_config"):
-        pytest.skip("kafka_harness has no kafka_config helper")  # reported, never counted as a pass
-    d, broker = kafka_drover(drover, mock, workdir, max_attempts=3)
-    broker.produce_jobs([held(d, "k1", ignore_term=True)])
+def produce(broker, *jobs_):
+    kh.kcat_produce_lines(broker.bootstrap, kh.REQUESTS, [(j["id"], json.dumps(j)) for j in jobs_])
+
+
+def test_kafka_cancel_of_a_running_job_produces_a_cancelled_failure(drover, mock):
+    d, broker = kafka_drover(drover, mock, max_attempts=3)
+    produce(broker, held(d, "k1", ignore_term=True, record_dir=str(d.records)))
     d.wait_until(lambda: running_job(d, "k1"), 60, "k1 to run on Kafka")
     start = d.wait_until(lambda: d.starts("k1"), 10, "k1's start record")[0]
+    listing = jobs(d)
+    assert "partitions" in listing["queued"], listing  # Kafka: lag per partition
     rc, out = d.ctl("cancel", "k1")
-    assert rc == 0, d.last_ctl_err
-    failed = broker.wait_failed(["k1"], 30)["k1"]
-    assert failed["error"]["reason"] == "cancelled" and failed["attempts"] == 1, failed
+    assert rc == 0 and out.startswith("ok: cancelling k1"), (out, d.last_ctl_err)
+    _, failed = kh.wait_outcomes(broker.bootstrap, ["k1"], 30, d)
+    assert failed["k1"]["error"]["reason"] == "cancelled" and failed["k1"]["attempts"] == 1, failed["k1"]
     d.wait_until(lambda: not pgid_alive(start["pgid"]), 10, "k1's process group to be gone")
     assert len(d.starts("k1")) == 1
+    # A waiting Kafka job cannot be cancelled: a clear error, exit 1.
+    rc, _ = d.ctl("cancel", "not-running")
+    assert rc == 1 and "no job not-running is running" in d.last_ctl_err
+
+
+def test_kafka_retry_reproduces_the_failed_job_to_the_requests_topic(drover, mock):
+    d, broker = kafka_drover(drover, mock, max_attempts=1)
+    produce(broker, {"id": "kr", "fail_times": 1, "state_dir": str(d.state), "record_dir": str(d.records)})
+    _, failed = kh.wait_outcomes(broker.bootstrap, ["kr"], 60, d)
+    assert failed["kr"]["attempts"] == 1
+    before = [m for m in kh.kcat_consume(broker.bootstrap, kh.REQUESTS) if m["key"] == "kr"]
+    assert len(before) == 1
+
+    rc, out = d.ctl("retry", "kr")
+    assert rc == 0 and out == "ok: kr is queued again\n", (out, d.last_ctl_err)
+    again = [m for m in kh.kcat_consume(broker.bootstrap, kh.REQUESTS) if m["key"] == "kr"]
+    assert len(again) == 2 and json.loads(again[-1]["payload"])["id"] == "kr"
+    complete, _ = kh.wait_outcomes(broker.bootstrap, ["kr"], 60, d)
+    d.wait_until(lambda: kh.Counter(i for i, _ in kh.outcome_docs(broker.bootstrap, kh.COMPLETE))["kr"] == 1,
+                 60, "kr to complete after the retry")
+    assert len(d.starts("kr")) == 2
+    rc, _ = d.ctl("retry", "never-failed")
+    assert rc == 1 and "no failed job never-failed" in d.last_ctl_err
