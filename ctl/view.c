@@ -127,7 +127,7 @@ static void status_header(FILE *out, json_t *stats, json_t *jobs, int width)
 	long long faulted = 0;
 	size_t i;
 	json_t *w;
-	json_array_foreach(workers, i, w)
+	for (i = 0; i < json_array_size(workers) && (w = json_array_get(workers, i)) != NULL; i++)
 		faulted += json_is_string(json_object_get(w, "fault"));
 	bool paused = json_is_true(json_object_get(stats, "paused"));
 	emit(out, width, "drover %s  pid %lld  up %s  %s  workers %lld/%lld%s%s", str_of(stats, "version"),
@@ -173,7 +173,7 @@ static void status_worker(FILE *out, json_t *w, int width)
 	json_t *jobs = json_object_get(w, "jobs");
 	size_t i;
 	json_t *job;
-	json_array_foreach(jobs, i, job) {
+	for (i = 0; i < json_array_size(jobs) && (job = json_array_get(jobs, i)) != NULL; i++) {
 		if (i == JOBS_SHOWN_PER_WORKER) {
 			emit(out, width, "   > ... %zu more", json_array_size(jobs) - i);
 			break;
@@ -187,10 +187,9 @@ void view_status(FILE *out, json_t *stats, json_t *jobs, int width)
 	status_header(out, stats, jobs, width);
 	emit(out, width, "%-4s %-8s %-9s %-8s %6s %6s %8s", "SLOT", "PID", "STATE", "UPTIME", "DONE", "FAILED",
 	     "RESTARTS");
-	size_t i;
-	json_t *w;
-	json_array_foreach(json_object_get(stats, "workers"), i, w)
-		status_worker(out, w, width);
+	json_t *workers = json_object_get(stats, "workers");
+	for (size_t i = 0; i < json_array_size(workers); i++)
+		status_worker(out, json_array_get(workers, i), width);
 }
 
 /* ---- jobs ----------------------------------------------------------------- */
@@ -200,7 +199,7 @@ static void jobs_running(FILE *out, json_t *running, int width)
 	emit(out, width, "RUNNING %zu", json_array_size(running));
 	size_t i;
 	json_t *job;
-	json_array_foreach(running, i, job) {
+	for (i = 0; i < json_array_size(running) && (job = json_array_get(running, i)) != NULL; i++) {
 		char age[32], progress[16] = "-";
 		duration(int_of(job, "age_ms"), age, sizeof(age));
 		json_t *p = json_object_get(job, "progress");
@@ -218,7 +217,7 @@ static void jobs_queued(FILE *out, json_t *queued, int width)
 	emit(out, width, "QUEUED %lld%s", int_of(queued, "count"), partitions != NULL ? " (lag)" : "");
 	size_t i;
 	json_t *e;
-	json_array_foreach(list, i, e) {
+	for (i = 0; i < json_array_size(list) && (e = json_array_get(list, i)) != NULL; i++) {
 		char age[32];
 		duration(int_of(e, "age_ms"), age, sizeof(age));
 		emit(out, width, "  %s  waiting %s  attempts %lld  (%s)", str_of(e, "id"), age, int_of(e, "attempts"),
@@ -226,7 +225,7 @@ static void jobs_queued(FILE *out, json_t *queued, int width)
 	}
 	if ((long long)json_array_size(list) < int_of(queued, "count") && partitions == NULL)
 		emit(out, width, "  ... %lld more", int_of(queued, "count") - (long long)json_array_size(list));
-	json_array_foreach(partitions, i, e)
+	for (i = 0; i < json_array_size(partitions) && (e = json_array_get(partitions, i)) != NULL; i++)
 		emit(out, width, "  %s[%lld]  lag %lld  worker %lld", str_of(e, "topic"), int_of(e, "partition"),
 		     int_of(e, "lag"), int_of(e, "worker"));
 }
@@ -237,7 +236,7 @@ static void jobs_failed(FILE *out, json_t *failed, int width)
 	emit(out, width, "FAILED %lld (newest first)", int_of(failed, "count"));
 	size_t i;
 	json_t *e;
-	json_array_foreach(list, i, e)
+	for (i = 0; i < json_array_size(list) && (e = json_array_get(list, i)) != NULL; i++)
 		emit(out, width, "  %s  %s  attempts %lld  %s  %s", str_of(e, "id"), str_of(e, "reason"),
 		     int_of(e, "attempts"), str_of(e, "failed_at"), str_of(e, "message"));
 	if ((long long)json_array_size(list) < int_of(failed, "count"))

@@ -65,9 +65,12 @@ static rd_kafka_topic_partition_list_t *scan_range(rd_kafka_t *rk, const char *t
 	                                    : RD_KAFKA_RESP_ERR__INVALID_ARG;
 	if (t != NULL)
 		rd_kafka_topic_destroy(t);
-	if (err != RD_KAFKA_RESP_ERR_NO_ERROR || md->topic_cnt != 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-		snprintf(why, len, "cannot read the failed topic %s: %s", topic,
-		         rd_kafka_err2str(err != RD_KAFKA_RESP_ERR_NO_ERROR ? err : md->topics[0].err));
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md != NULL && md->topic_cnt == 1)
+		err = md->topics[0].err;
+	else if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		err = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		snprintf(why, len, "cannot read the failed topic %s: %s", topic, rd_kafka_err2str(err));
 		if (md != NULL)
 			rd_kafka_metadata_destroy(md);
 		return NULL;

@@ -248,11 +248,10 @@ static enum queue_job_result cancel_file(const struct config *cfg, const char *n
 	do
 		rc = flock(fd, LOCK_EX | LOCK_NB);
 	while (rc < 0 && errno == EINTR);
-	if (rc < 0)
-		result = QUEUE_JOB_BUSY; /* a worker is claiming it */
-	else if (fstat(fd, &by_fd) < 0 || lstat(path, &by_path) < 0 || by_fd.st_ino != by_path.st_ino ||
-	         by_fd.st_dev != by_path.st_dev)
-		result = QUEUE_JOB_BUSY; /* the name moved on before our lock */
+	/* Locked by a worker claiming it, or the name moved on before our lock: busy either way. */
+	if (rc < 0 || fstat(fd, &by_fd) < 0 || lstat(path, &by_path) < 0 || by_fd.st_ino != by_path.st_ino ||
+	    by_fd.st_dev != by_path.st_dev)
+		result = QUEUE_JOB_BUSY;
 	else
 		result = cancel_locked(cfg, name, path, id, origin, why, len);
 	close(fd); /* the lock goes last: a worker that opened the file before the unlink finds the name gone */

@@ -183,13 +183,23 @@ char *jobctl_retry(struct supervisor *sup, const char *id)
 
 /* ---- pause / resume -------------------------------------------------------- */
 
+/* Every live worker rereads the requests now (through the slot table only, so the unit tests can run this). */
+static void poke_workers(const struct supervisor *sup)
+{
+	for (int i = 0; i < supervisor_slot_count(sup); i++) {
+		struct slot_view view;
+		if (supervisor_slot_view(sup, i, &view) && view.pid > 0 && kill(view.pid, SCOREBOARD_POKE_SIGNAL) < 0)
+			log_warn("cannot poke worker %d (pid %d)", i, (int)view.pid);
+	}
+}
+
 char *jobctl_pause(struct supervisor *sup, bool paused)
 {
 	bool was = scoreboard_intake_paused_in(sup->scoreboard);
 	scoreboard_set_intake_paused(sup->scoreboard, paused);
-	supervisor_poke_workers(sup);
+	poke_workers(sup);
 	if (was != paused)
-		log_warnx("intake %s (droverctl %s); running jobs go on", paused ? "paused" : "resumed",
-		          paused ? "pause" : "resume");
+		log_warnx("intake %s (droverctl %s)%s", paused ? "paused" : "resumed", paused ? "pause" : "resume",
+		          paused ? "; running jobs go on" : "");
 	return answer("ok: intake %s\n", paused ? "paused" : "resumed");
 }

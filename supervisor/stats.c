@@ -347,7 +347,7 @@ static int running_visit(void *arg, const struct slot_view *view, const struct s
 	json_t *jobs = jobs_of(live, &ctx->ok);
 	size_t i;
 	json_t *job;
-	json_array_foreach(jobs, i, job) {
+	for (i = 0; i < json_array_size(jobs) && (job = json_array_get(jobs, i)) != NULL; i++) {
 		put(job, "worker", json_integer(view->slot), &ctx->ok);
 		append(ctx->running, json_incref(job), &ctx->ok);
 	}
@@ -355,7 +355,8 @@ static int running_visit(void *arg, const struct slot_view *view, const struct s
 	if (ctx->lag == NULL || live == NULL)
 		return ctx->ok ? 0 : -1;
 	json_t *kafka = kafka_of(live, &ctx->ok);
-	json_array_foreach(json_object_get(kafka, "partitions"), i, job) {
+	json_t *partitions = json_object_get(kafka, "partitions");
+	for (i = 0; i < json_array_size(partitions) && (job = json_array_get(partitions, i)) != NULL; i++) {
 		put(job, "worker", json_integer(view->slot), &ctx->ok);
 		append(ctx->lag, json_incref(job), &ctx->ok);
 	}

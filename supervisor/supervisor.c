@@ -201,11 +201,6 @@ void supervisor_workers_gone(struct supervisor *sup)
 	ev_break(sup->loop, EVBREAK_ALL);
 }
 
-void supervisor_poke_workers(struct supervisor *sup)
-{
-	pool_signal_all(sup->pool, SCOREBOARD_POKE_SIGNAL);
-}
-
 /* ---- slot views for stats ------------------------------------------------- */
 
 int supervisor_slot_count(const struct supervisor *sup)

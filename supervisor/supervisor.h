@@ -67,8 +67,6 @@ int supervisor_serve(struct supervisor *sup);
 int supervisor_reload(struct supervisor *sup, char *err, size_t errlen);
 int supervisor_scale(struct supervisor *sup, int workers, char *err, size_t errlen);
 void supervisor_stop(struct supervisor *sup, enum stop_mode mode);
-/* Tells every live worker to reread the scoreboard's requests (pause, cancel). */
-void supervisor_poke_workers(struct supervisor *sup);
 /* Called by the pool when the last worker of a stop has exited. */
 void supervisor_workers_gone(struct supervisor *sup);
 
