@@ -190,8 +190,18 @@ void scoreboard_job_set_message(struct scoreboard_slot *slot, int index, const c
 {
 	if (index < 0 || index >= CONFIG_MAX_CONCURRENT)
 		return;
+	char *kept = slot->jobs[index].message;
+	size_t len = message != NULL ? strlen(message) : 0;
+	if (len >= SCOREBOARD_MESSAGE_MAX) {
+		/* Cut between UTF-8 sequences, so that stats can still show it as a JSON string. */
+		len = SCOREBOARD_MESSAGE_MAX - 1;
+		while (len > 0 && ((unsigned char)message[len] & 0xC0) == 0x80)
+			len--;
+	}
 	scoreboard_write_begin(slot);
-	snprintf(slot->jobs[index].message, sizeof(slot->jobs[index].message), "%s", message != NULL ? message : "");
+	if (len > 0)
+		memcpy(kept, message, len);
+	kept[len] = '\0';
 	scoreboard_write_end(slot);
 }
 

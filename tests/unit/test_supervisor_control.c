@@ -365,3 +365,21 @@ Test(control, jobs_lists_running_jobs_with_their_worker_and_the_queue, .init = s
 	json_decref(doc);
 	free(answer);
 }
+
+Test(control, a_progress_message_cut_to_the_slot_stays_valid_text, .init = setup, .fini = teardown)
+{
+	char message[SCOREBOARD_MESSAGE_MAX + 8];
+	make_queue_dirs();
+	memset(message, 'a', SCOREBOARD_MESSAGE_MAX - 2);
+	snprintf(message + SCOREBOARD_MESSAGE_MAX - 2, 8, "\xc3\xa9 tail"); /* é across the cut */
+	scoreboard_job_set_message(scoreboard_slot(sup.scoreboard, 0), 0, message);
+	char *answer = run("jobs");
+	json_t *doc = json_loads(answer, 0, NULL);
+	json_t *first = json_array_get(json_object_get(doc, "running"), 0);
+	const char *shown = json_string_value(json_object_get(first, "message"));
+	cr_assert_not_null(shown, "%s", answer);
+	cr_assert_eq(strlen(shown), SCOREBOARD_MESSAGE_MAX - 2, "%s", shown);
+	cr_assert_eq(strspn(shown, "a"), SCOREBOARD_MESSAGE_MAX - 2);
+	json_decref(doc);
+	free(answer);
+}
