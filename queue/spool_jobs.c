@@ -166,7 +166,8 @@ static json_t *list_section(const struct config *cfg, const char *sub, size_t ma
 		listing_free(&l);
 		return NULL;
 	}
-	qsort(l.entries, l.count, sizeof(*l.entries), queued ? oldest_first : newest_first);
+	if (l.count > 1) /* an empty listing has no array: qsort must not see NULL */
+		qsort(l.entries, l.count, sizeof(*l.entries), queued ? oldest_first : newest_first);
 	json_t *jobs = json_array();
 	long long now = wall_ms();
 	for (size_t i = 0; jobs != NULL && i < l.count && i < max; i++) {
