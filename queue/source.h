@@ -47,6 +47,8 @@ struct job {
 	const char *invalid_reason; /* static sentence saying why, NULL = not a JSON object */
 	bool completed;      /* set by the worker before finish(): what settles, for the counters */
 	double duration_s;   /* of the completing attempt, for the duration histogram */
+	const char *failed_reason; /* set by the worker before a failed finish(): a static events.h reason */
+	int attempts_run;    /* set by the worker before finish(): attempts made, for droverctl jobs */
 	void *backend;       /* the source's own per-job state */
 };
 
@@ -181,7 +183,7 @@ struct queue_ops {
 	 * "failed": {"count", "jobs"}}, jobs bounded by queued_max (oldest first)
 	 * and failed_max (newest first). NULL and why on failure. NULL op: the
 	 * backend cannot list (Kafka: the supervisor shows lag per partition and
-	 * the failures its workers saw).
+	 * the failures its workers saw, from their scoreboard rings).
 	 */
 	json_t *(*jobs)(const struct config *cfg, size_t queued_max, size_t failed_max, char *why, size_t len);
 	/*

@@ -205,6 +205,18 @@ void scoreboard_job_set_message(struct scoreboard_slot *slot, int index, const c
 	scoreboard_write_end(slot);
 }
 
+void scoreboard_failure_add(struct scoreboard_slot *slot, const char *id, const char *reason, int attempts)
+{
+	scoreboard_write_begin(slot);
+	struct scoreboard_failure *f = &slot->failures[slot->failure_count % SCOREBOARD_FAILURES];
+	f->failed_ms = wall_ms();
+	f->attempts = attempts;
+	snprintf(f->reason, sizeof(f->reason), "%s", reason != NULL ? reason : "");
+	snprintf(f->id, sizeof(f->id), "%s", id);
+	slot->failure_count++;
+	scoreboard_write_end(slot);
+}
+
 bool scoreboard_job_is(const struct scoreboard_job *job, const char *id)
 {
 	if (!job->used)

@@ -25,6 +25,7 @@
 #define SCOREBOARD_MESSAGE_MAX 96   /* a job's last progress message, cut */
 #define SCOREBOARD_CANCELS 16       /* cancel requests kept for the workers to read */
 #define SCOREBOARD_CANCEL_ID_MAX 1040 /* a whole job id (events.h: at most 1024 bytes) */
+#define SCOREBOARD_FAILURES 8       /* the last failed jobs of a worker (droverctl jobs on Kafka) */
 
 /* Upper bounds (seconds) of drover_job_duration_seconds; +Inf is implicit. */
 #define SCOREBOARD_DURATION_BUCKETS 10
@@ -45,6 +46,14 @@ struct scoreboard_partition {
 	char topic[SCOREBOARD_TOPIC_MAX];
 	int32_t partition;
 	int64_t lag; /* -1 = unknown */
+};
+
+/* A job whose failed outcome is durable (droverctl jobs: Kafka has no failed/ to list). */
+struct scoreboard_failure {
+	int64_t failed_ms; /* wall clock; 0 = empty */
+	int32_t attempts;
+	char reason[24];   /* events.h reasons */
+	char id[SCOREBOARD_ID_MAX];
 };
 
 /* Counters only grow while one worker owns the slot. */
@@ -73,6 +82,8 @@ struct scoreboard_slot {
 	int32_t partition_count;          /* Kafka: assigned partitions */
 	struct scoreboard_partition partitions[SCOREBOARD_PARTITIONS];
 	struct scoreboard_job jobs[CONFIG_MAX_CONCURRENT];
+	uint32_t failure_count; /* failures recorded; the next goes to failures[failure_count % SCOREBOARD_FAILURES] */
+	struct scoreboard_failure failures[SCOREBOARD_FAILURES];
 };
 
 struct scoreboard;
@@ -107,6 +118,8 @@ void scoreboard_job_set_attempt(struct scoreboard_slot *slot, int index, int att
 void scoreboard_job_set_progress(struct scoreboard_slot *slot, int index, float progress);
 void scoreboard_job_remove(struct scoreboard_slot *slot, int index);
 void scoreboard_job_set_delivery(struct scoreboard_slot *slot, int index, uint64_t delivery);
+/* Owner: a job's failed outcome is durable. */
+void scoreboard_failure_add(struct scoreboard_slot *slot, const char *id, const char *reason, int attempts);
 /* NULL clears it. */
 void scoreboard_job_set_message(struct scoreboard_slot *slot, int index, const char *message);
 /* Whether job (a copy's entry) is the job called id: ids longer than the slot's field match on what it kept. */

@@ -17,6 +17,7 @@
  * command, not a hot path.
  */
 #include "supervisor/jobctl.h"
+#include "queue/events.h"
 #include "queue/source.h"
 #include "shared/log.h"
 #include "supervisor/stats.h"
@@ -44,11 +45,78 @@ static char *answer(const char *fmt, ...)
 	return rc < 0 ? NULL : out;
 }
 
+/* ---- failures the workers saw (Kafka has no failed/ to list) -------------- */
+
+void jobctl_keep_failures(struct supervisor *sup, const struct scoreboard_slot *copy)
+{
+	uint32_t kept = copy->failure_count < SCOREBOARD_FAILURES ? copy->failure_count : SCOREBOARD_FAILURES;
+	for (uint32_t n = copy->failure_count - kept; n < copy->failure_count; n++) /* oldest first */
+		sup->failures[sup->failure_count++ % SUPERVISOR_FAILURES] = copy->failures[n % SCOREBOARD_FAILURES];
+}
+
+static int newest_failure_first(const void *a, const void *b)
+{
+	const struct scoreboard_failure *x = a, *y = b;
+	return x->failed_ms == y->failed_ms ? 0 : x->failed_ms < y->failed_ms ? 1 : -1;
+}
+
+/* Appends the failures of every live worker's ring to all (room for them is there); the number added. */
+static size_t collect_live_failures(const struct supervisor *sup, struct scoreboard_failure *all)
+{
+	static struct scoreboard_slot copy; /* large: off the stack */
+	size_t n = 0;
+	for (int i = 0; i < supervisor_slot_count(sup); i++) {
+		struct slot_view view;
+		if (!supervisor_slot_view(sup, i, &view) || view.pid <= 0)
+			continue;
+		scoreboard_read_slot(scoreboard_slot(sup->scoreboard, i), &copy);
+		for (int k = 0; copy.pid == view.pid && k < SCOREBOARD_FAILURES; k++)
+			if (copy.failures[k].failed_ms != 0)
+				all[n++] = copy.failures[k];
+	}
+	return n;
+}
+
+static json_t *failure_json(const struct scoreboard_failure *f)
+{
+	char when[40];
+	event_format_time(f->failed_ms, when, sizeof(when));
+	json_t *id = json_stringn(f->id, strnlen(f->id, sizeof(f->id)));
+	return json_pack("{s:o, s:s, s:i, s:s}", "id", id != NULL ? id : json_string("?"), "reason", f->reason,
+	                 "attempts", f->attempts, "failed_at", when);
+}
+
+/* {"count", "jobs"}: the failures this supervisor's workers saw, newest first (live rings and exited workers'). */
+static json_t *failures_seen(const struct supervisor *sup)
+{
+	size_t cap = SUPERVISOR_FAILURES + (size_t)supervisor_slot_count(sup) * SCOREBOARD_FAILURES;
+	struct scoreboard_failure *all = calloc(cap, sizeof(*all));
+	if (all == NULL)
+		return NULL;
+	size_t n = 0;
+	for (int i = 0; i < SUPERVISOR_FAILURES; i++)
+		if (sup->failures[i].failed_ms != 0)
+			all[n++] = sup->failures[i];
+	n += collect_live_failures(sup, all + n);
+	if (n > 1)
+		qsort(all, n, sizeof(*all), newest_failure_first);
+	json_t *jobs = json_array();
+	for (size_t i = 0; jobs != NULL && i < n && i < JOBS_FAILED_SHOWN; i++)
+		if (json_array_append_new(jobs, failure_json(&all[i])) < 0) {
+			json_decref(jobs);
+			jobs = NULL;
+		}
+	free(all);
+	return jobs != NULL ? json_pack("{s:I, s:o}", "count", (json_int_t)n, "jobs", jobs) : NULL;
+}
+
 /* ---- jobs ------------------------------------------------------------------ */
 
 /*
  * The queue's waiting and failed jobs; or, for a backend that cannot list
- * (Kafka), the lag of the partitions the workers hold, and no "failed".
+ * (Kafka), the lag of the partitions the workers hold and the failures this
+ * supervisor's workers saw (bounded rings: each worker's last
+ * SCOREBOARD_FAILURES, and the last SUPERVISOR_FAILURES of workers gone).
  */
 static int put_queue_sections(const struct supervisor *sup, json_t *root, json_t *lag, long long lag_total,
                               char *why, size_t len)
@@ -62,9 +130,11 @@ static int put_queue_sections(const struct supervisor *sup, json_t *root, json_t
 		json_decref(sections);
 		return rc;
 	}
-	/* o? steals lag on success and on failure alike; the caller keeps its own reference. */
+	/* O? takes its own reference to lag: the caller keeps and drops its own. */
 	json_t *queued = json_pack("{s:I, s:O?}", "count", (json_int_t)lag_total, "partitions", lag);
-	if (queued == NULL || json_object_set_new(root, "queued", queued) < 0) {
+	json_t *failed = failures_seen(sup);
+	if (queued == NULL || failed == NULL || json_object_set_new(root, "queued", queued) < 0 ||
+	    json_object_set_new(root, "failed", failed) < 0) {
 		snprintf(why, len, "out of memory");
 		return -1;
 	}

@@ -8,7 +8,12 @@
 
 #include <stdbool.h>
 
+#include "shared/scoreboard.h"
+
 struct supervisor;
+
+/* A worker has exited: its last failures move into the supervisor's ring, so `jobs` still shows them. */
+void jobctl_keep_failures(struct supervisor *sup, const struct scoreboard_slot *copy);
 
 char *jobctl_jobs(const struct supervisor *sup);
 char *jobctl_cancel(struct supervisor *sup, const char *id);

@@ -294,6 +294,8 @@ static void task_fail(struct task *t, const struct failure *failure)
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_FAILED, .message = failure->message,
 	                                                 .reason = failure->reason });
 	t->job->completed = false; /* counted when the outcome is durable: source_settled */
+	t->job->failed_reason = failure->reason;
+	t->job->attempts_run = t->attempt;
 	w->ops->finish(w->source, t->job, false, doc, strlen(doc));
 	free(doc);
 	task_free(t);
@@ -705,6 +707,8 @@ static void source_settled(struct job *job, bool durable, void *arg)
 		counters_update(w, count_completed, job->duration_s);
 	else
 		counters_update(w, count_failed, 0);
+	if (durable && !job->completed) /* droverctl jobs lists it (Kafka has no failed/ to read) */
+		scoreboard_failure_add(w->board, job->id, job->failed_reason, job->attempts_run);
 	worker_maybe_exit(w);
 }
 

@@ -361,6 +361,13 @@ def test_kafka_cancel_of_a_running_job_produces_a_cancelled_failure(drover, mock
     assert failed["k1"]["error"]["reason"] == "cancelled" and failed["k1"]["attempts"] == 1, failed["k1"]
     d.wait_until(lambda: not pgid_alive(start["pgid"]), 10, "k1's process group to be gone")
     assert len(d.starts("k1")) == 1
+    # jobs lists the failures this supervisor's workers saw, also once the worker that saw it is gone.
+    seen = d.wait_until(lambda: jobs(d)["failed"]["jobs"], 10, "k1 among the recent failures")
+    assert [(f["id"], f["reason"], f["attempts"]) for f in seen] == [("k1", "cancelled", 1)], seen
+    victim = d.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    d.wait_until(lambda: d.worker_pids().get(0) not in (None, victim), 30, "worker 0 to be replaced")
+    assert [f["id"] for f in jobs(d)["failed"]["jobs"]] == ["k1"]
     # A waiting Kafka job cannot be cancelled: a clear error, exit 1.
     rc, _ = d.ctl("cancel", "not-running")
     assert rc == 1 and "no job not-running is running" in d.last_ctl_err
