@@ -120,6 +120,7 @@ def run_in_pty(args, columns, rows=50, timeout=20, until=None, interrupt=False):
 
 # ---- cancel ------------------------------------------------------------------------------
 
+@pytest.mark.asan
 def test_cancel_running_spool_job_fails_it_as_cancelled_without_retry_or_orphan(drover):
     d = drover(config={"jobs": {"max_attempts": 3}})
     # It ignores TERM, so the cancel has to go on to KILL after kill_grace_ms, as a timeout does.
@@ -142,6 +143,7 @@ def test_cancel_running_spool_job_fails_it_as_cancelled_without_retry_or_orphan(
     assert stats["jobs"]["failed"] == 1 and stats["jobs"]["retried"] == 0, stats["jobs"]
 
 
+@pytest.mark.asan
 def test_cancel_queued_spool_job_and_unknown_id(drover):
     d = drover()
     rc, out = d.ctl("pause")
@@ -167,6 +169,7 @@ def test_cancel_queued_spool_job_and_unknown_id(drover):
 
 # ---- retry ---------------------------------------------------------------------------------
 
+@pytest.mark.asan
 def test_retry_failed_spool_job_runs_again_with_attempts_reset(drover):
     d = drover(config={"jobs": {"max_attempts": 2}})
     d.submit([{"id": "r1", "fail_times": 2, "state_dir": str(d.state)}])
@@ -227,6 +230,7 @@ def test_pause_keeps_jobs_waiting_through_a_worker_restart_and_a_reload_then_res
 
 # ---- jobs ----------------------------------------------------------------------------------
 
+@pytest.mark.asan
 def test_jobs_json_lists_running_queued_and_failed(drover):
     d = drover(config={"supervisor": {"workers": 1}, "jobs": {"max_concurrent": 1}})
     d.submit([{"id": "bad", "exit": 65}])
@@ -373,6 +377,7 @@ def test_kafka_cancel_of_a_running_job_produces_a_cancelled_failure(drover, mock
     assert rc == 1 and "no job not-running is running" in d.last_ctl_err
 
 
+@pytest.mark.asan
 def test_kafka_retry_reproduces_the_failed_job_to_the_requests_topic(drover, mock):
     d, broker = kafka_drover(drover, mock, max_attempts=1)
     produce(broker, {"id": "kr", "fail_times": 1, "state_dir": str(d.state), "record_dir": str(d.records)})
