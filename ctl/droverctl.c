@@ -52,6 +52,7 @@ static void usage(FILE *out)
 	      "  status [--json] [--watch [-n SECONDS]]\n"
 	      "                  workers, queued and faulted counts, running jobs with progress;\n"
 	      "                  --watch redraws every second (or -n) until interrupted\n"
+	      "  top [-n SECONDS] status --watch\n"
 	      "  jobs [--json]   running, queued and recently failed jobs\n"
 	      "  cancel ID       stop a running job or drop a queued one: it fails as cancelled\n"
 	      "  retry ID        queue a failed job again, attempts reset (spool)\n"
@@ -338,8 +339,9 @@ static void on_interrupt(int signo)
 /* status [--json] [--watch [-n SECONDS]] | jobs [--json]. 0, or -1 after saying what is wrong. */
 static int parse_view_options(const char *name, int argc, char **argv, struct view_options *vo)
 {
-	*vo = (struct view_options){ .interval_ms = 1000 };
-	bool status = strcmp(name, "status") == 0;
+	bool top = strcmp(name, "top") == 0;
+	*vo = (struct view_options){ .interval_ms = 1000, .watch = top };
+	bool status = top || strcmp(name, "status") == 0;
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--json") == 0) {
 			vo->json = true;
@@ -683,6 +685,7 @@ static const struct command commands[] = {
 	{ "stop", CONTROL, 0, 0 },   { "submit", QUEUE, 0, 1 },   { "health", QUEUE, 0, 0 },
 	{ "topics", QUEUE, 1, 1 },   { "jobs", VIEW, 0, 1 },      { "cancel", CONTROL, 1, 1 },
 	{ "retry", CONTROL, 1, 1 },  { "pause", CONTROL, 0, 0 },  { "resume", CONTROL, 0, 0 },
+	{ "top", VIEW, 0, 2 },
 };
 
 static const struct command *find_command(const char *name)

@@ -327,6 +327,14 @@ def test_status_watch_redraws_until_sigint_and_restores_the_terminal(drover):
     assert text.startswith("\033[?1049h") and text.endswith("\033[?25h\033[?1049l"), repr(text[-40:])
 
 
+def test_top_is_status_watch(drover):
+    d = drover(config={"supervisor": {"workers": 1}})
+    clear = "\033[H\033[2J"
+    rc, text = run_in_pty(["-s", d.sock, "top", "-n", "0.2"], 80, until=lambda t: t.count(clear) >= 2,
+                          interrupt=True)
+    assert rc == 0 and text.count(clear) >= 2 and "SLOT" in text, text
+
+
 def test_status_json_has_the_queue_counts(drover):
     d = drover()
     d.ctl("pause")
