@@ -14,11 +14,13 @@
 #include "shared/log.h"
 #include "queue/source.h"
 #include "shared/util.h"
+#include "ctl/view.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -37,7 +39,6 @@
 
 #define IO_TIMEOUT_MS 10000
 #define ANSWER_MAX (64u << 20)
-#define STATUS_JOBS_SHOWN 6
 
 struct options {
 	const char *config_path; /* NULL = CONFIG_DEFAULT_FILE */
@@ -48,7 +49,14 @@ static void usage(FILE *out)
 {
 	fputs("usage: droverctl [-c FILE] [-s SOCKET] COMMAND [ARG]\n"
 	      "control (through the daemon's socket):\n"
-	      "  status          workers and their running jobs, as a table\n"
+	      "  status [--json] [--watch [-n SECONDS]]\n"
+	      "                  workers, queued and faulted counts, running jobs with progress;\n"
+	      "                  --watch redraws every second (or -n) until interrupted\n"
+	      "  top [-n SECONDS] status --watch\n"
+	      "  jobs [--json]   running, queued and recently failed jobs\n"
+	      "  cancel ID       stop a running job or drop a queued one: it fails as cancelled\n"
+	      "  retry ID        queue a failed job again, attempts reset (spool)\n"
+	      "  pause, resume   stop / restart taking jobs (running ones go on)\n"
 	      "  stats           statistics as JSON\n"
 	      "  metrics         Prometheus metrics\n"
 	      "  ping            check the daemon answers (liveness)\n"
@@ -236,11 +244,16 @@ static char *request_quietly(const char *path, const char *command, bool quiet)
 			fprintf(stderr, "droverctl: cannot reach drover at %s: %s\n", path, strerror(errno));
 		return NULL;
 	}
-	char line[128];
-	snprintf(line, sizeof(line), "%s\n", command);
+	char *line = NULL;
+	if (asprintf(&line, "%s\n", command) < 0) {
+		close(fd);
+		fprintf(stderr, "droverctl: out of memory\n");
+		return NULL;
+	}
 	/* A daemon that refuses us answers and closes at once, so a failed send still leaves an answer to read. */
 	int sent = send_line(fd, line, strlen(line), deadline);
 	int send_errno = errno;
+	free(line);
 	char *answer = read_answer(fd, deadline);
 	int saved = errno;
 	close(fd);
@@ -264,111 +277,6 @@ static bool is_error_answer(const char *answer)
 	return strncmp(answer, "error", 5) == 0;
 }
 
-/* ---- status: the stats JSON as a table -------------------------------- */
-
-static void format_duration(long long ms, char *out, size_t cap)
-{
-	long long s = ms > 0 ? ms / 1000 : 0;
-	if (s < 60)
-		snprintf(out, cap, "%llds", s);
-	else if (s < 3600)
-		snprintf(out, cap, "%lldm%02llds", s / 60, s % 60);
-	else if (s < 86400)
-		snprintf(out, cap, "%lldh%02lldm", s / 3600, s % 3600 / 60);
-	else
-		snprintf(out, cap, "%lldd%02lldh", s / 86400, s % 86400 / 3600);
-}
-
-static long long int_of(json_t *obj, const char *key)
-{
-	json_t *v = json_object_get(obj, key);
-	return json_is_integer(v) ? (long long)json_integer_value(v) : 0;
-}
-
-static const char *str_of(json_t *obj, const char *key)
-{
-	const char *s = json_string_value(json_object_get(obj, key));
-	return s != NULL ? s : "";
-}
-
-static void print_status_header(json_t *stats)
-{
-	char uptime[32];
-	format_duration(int_of(stats, "uptime_ms"), uptime, sizeof(uptime));
-	json_t *jobs = json_object_get(stats, "jobs");
-	printf("drover %s  pid %lld  up %s  backend %s  config generation %lld  workers %lld/%lld%s\n",
-	       str_of(stats, "version"), int_of(stats, "pid"), uptime, str_of(stats, "backend"),
-	       int_of(stats, "config_generation"), int_of(stats, "workers_alive"), int_of(stats, "workers_desired"),
-	       json_is_true(json_object_get(stats, "stopping")) ? "  (stopping)" : "");
-	printf("jobs: %lld running, %lld completed, %lld failed, %lld timed out, %lld retried, %lld lost\n",
-	       int_of(jobs, "in_flight"), int_of(jobs, "completed"), int_of(jobs, "failed"), int_of(jobs, "timed_out"),
-	       int_of(jobs, "retried"), int_of(stats, "jobs_lost"));
-	const char *reload = str_of(stats, "last_reload");
-	if (reload[0] != '\0' && strcmp(reload, "ok") != 0)
-		printf("last reload failed: %s\n", reload);
-}
-
-/* "id(12s, 40%) id(3s)", at most STATUS_JOBS_SHOWN of them, or the worker's fault. */
-static void format_jobs(json_t *worker, char *out, size_t cap)
-{
-	size_t used = 0;
-	out[0] = '\0';
-	const char *fault = str_of(worker, "fault");
-	if (fault[0] != '\0')
-		used += (size_t)snprintf(out, cap, "[fault: %s] ", fault);
-	json_t *jobs = json_object_get(worker, "jobs");
-	size_t count = json_array_size(jobs);
-	for (size_t i = 0; i < count && used < cap; i++) {
-		if (i == STATUS_JOBS_SHOWN) {
-			snprintf(out + used, cap - used, "+%zu more", count - i);
-			return;
-		}
-		json_t *job = json_array_get(jobs, i);
-		char age[32], progress[16] = "";
-		format_duration(int_of(job, "age_ms"), age, sizeof(age));
-		json_t *p = json_object_get(job, "progress");
-		if (json_is_number(p))
-			snprintf(progress, sizeof(progress), ", %.0f%%", json_number_value(p) * 100.0);
-		int n = snprintf(out + used, cap - used, "%s(%s%s) ", str_of(job, "id"), age, progress);
-		if (n < 0)
-			return;
-		used += (size_t)n;
-	}
-	if (used > 0 && used < cap && out[used - 1] == ' ')
-		out[used - 1] = '\0';
-}
-
-static void print_status_row(json_t *w)
-{
-	char uptime[32] = "-", pid[24] = "-", jobs[1024];
-	if (int_of(w, "pid") > 0) {
-		snprintf(pid, sizeof(pid), "%lld", int_of(w, "pid"));
-		format_duration(int_of(w, "uptime_ms"), uptime, sizeof(uptime));
-	}
-	format_jobs(w, jobs, sizeof(jobs));
-	printf("%-4lld %-8s %-9s %-8s %6lld %6lld %8lld  %s\n", int_of(w, "slot"), pid, str_of(w, "state"), uptime,
-	       int_of(w, "completed"), int_of(w, "failed"), int_of(w, "restarts"), jobs);
-}
-
-static int print_status(const char *answer)
-{
-	json_error_t error;
-	json_t *stats = json_loads(answer, 0, &error);
-	if (!json_is_object(stats)) {
-		fprintf(stderr, "droverctl: error: stats answer is not a JSON object: %s\n", error.text);
-		json_decref(stats);
-		return EXIT_FAILURE;
-	}
-	print_status_header(stats);
-	printf("%-4s %-8s %-9s %-8s %6s %6s %8s  %s\n", "SLOT", "PID", "STATE", "UPTIME", "DONE", "FAILED", "RESTARTS",
-	       "JOBS");
-	json_t *workers = json_object_get(stats, "workers");
-	for (size_t i = 0; i < json_array_size(workers); i++)
-		print_status_row(json_array_get(workers, i));
-	json_decref(stats);
-	return EX_OK;
-}
-
 static int print_pretty_json(const char *answer)
 {
 	json_error_t error;
@@ -387,16 +295,14 @@ static int print_pretty_json(const char *answer)
 
 static int control_command(const struct options *opts, const char *name, const char *arg)
 {
-	char command[64];
-	if (arg != NULL)
-		snprintf(command, sizeof(command), "%s %s", name, arg);
-	else
-		snprintf(command, sizeof(command), "%s", name);
+	char *command = NULL;
+	if (asprintf(&command, "%s%s%s", name, arg != NULL ? " " : "", arg != NULL ? arg : "") < 0)
+		return EXIT_FAILURE;
 	char *path = socket_path(opts);
+	char *answer = path != NULL ? request(path, command) : NULL;
+	free(command);
 	if (path == NULL)
 		return EXIT_FAILURE;
-	const char *wire = strcmp(name, "status") == 0 ? "stats" : command;
-	char *answer = request(path, wire);
 	free(path);
 	if (answer == NULL)
 		return EX_UNAVAILABLE;
@@ -404,8 +310,6 @@ static int control_command(const struct options *opts, const char *name, const c
 	if (is_error_answer(answer)) {
 		fprintf(stderr, "droverctl: %s", answer);
 		rc = EXIT_FAILURE;
-	} else if (strcmp(name, "status") == 0) {
-		rc = print_status(answer);
 	} else if (strcmp(name, "stats") == 0) {
 		rc = print_pretty_json(answer);
 	} else {
@@ -416,6 +320,195 @@ static int control_command(const struct options *opts, const char *name, const c
 	if (fflush(stdout) != 0 && rc == EX_OK)
 		rc = EXIT_FAILURE;
 	return rc;
+}
+
+/* ---- views: status and jobs for people, --json for scripts ------------- */
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+struct view_options {
+	bool json;
+	bool watch;
+	long interval_ms;
+};
+
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int signo)
+{
+	interrupted = 1;
+}
+
+/* status [--json] [--watch [-n SECONDS]] | jobs [--json]. 0, or -1 after saying what is wrong. */
+static int parse_view_options(const char *name, int argc, char **argv, struct view_options *vo)
+{
+	bool top = strcmp(name, "top") == 0;
+	*vo = (struct view_options){ .interval_ms = 1000, .watch = top };
+	bool status = top || strcmp(name, "status") == 0;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0) {
+			vo->json = true;
+		} else if (status && strcmp(argv[i], "--watch") == 0) {
+			vo->watch = true;
+		} else if (status && strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
+			char *end = NULL;
+			double seconds = strtod(argv[++i], &end);
+			if (end == argv[i] || *end != '\0' || !(seconds >= 0.1 && seconds <= 3600)) {
+				usage_error("status -n: seconds must be a number in 0.1..3600");
+				return -1;
+			}
+			vo->interval_ms = (long)(seconds * 1000);
+			vo->watch = true;
+		} else {
+			usage_error("%s: unknown option %s", name, argv[i]);
+			return -1;
+		}
+	}
+	if (vo->json && vo->watch) {
+		usage_error("status: --json and --watch do not go together");
+		return -1;
+	}
+	return 0;
+}
+
+/* The daemon's JSON answer to command, or NULL after printing why (*rc: the exit code). */
+static json_t *ask_json(const char *path, const char *command, bool quiet, int *rc)
+{
+	char *answer = request_quietly(path, command, quiet);
+	if (answer == NULL) {
+		*rc = EX_UNAVAILABLE;
+		return NULL;
+	}
+	json_error_t error;
+	json_t *value = is_error_answer(answer) ? NULL : json_loads(answer, 0, &error);
+	if (!json_is_object(value)) {
+		if (!quiet)
+			fprintf(stderr, "droverctl: %s: %s", command, is_error_answer(answer) ? answer : "not a JSON object\n");
+		json_decref(value);
+		value = NULL;
+		*rc = EXIT_FAILURE;
+	}
+	free(answer);
+	return value;
+}
+
+/* One rendering of name into out. status also asks `jobs` for the queued and failed counts. */
+static int render(const char *path, const char *name, const struct view_options *vo, FILE *out)
+{
+	int rc = EX_OK;
+	bool status = strcmp(name, "status") == 0;
+	json_t *main_answer = ask_json(path, status ? "stats" : "jobs", false, &rc);
+	if (main_answer == NULL)
+		return rc;
+	int ignored;
+	json_t *jobs = status ? ask_json(path, "jobs", true, &ignored) : json_incref(main_answer);
+	if (vo->json) {
+		if (status && jobs != NULL) {
+			json_object_set(main_answer, "queued", json_object_get(jobs, "queued"));
+			json_object_set(main_answer, "failed_jobs", json_object_get(jobs, "failed"));
+		}
+		rc = json_dumpf(main_answer, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? EX_OK : EXIT_FAILURE;
+		fputc('\n', out);
+	} else if (status) {
+		view_status(out, main_answer, jobs, view_width(STDOUT_FILENO));
+	} else {
+		view_jobs(out, main_answer, view_width(STDOUT_FILENO));
+	}
+	json_decref(jobs);
+	json_decref(main_answer);
+	return rc;
+}
+
+/* Sleeps ms, or less when interrupted. */
+static void nap(long ms)
+{
+	long long deadline = now_ms() + ms;
+	while (!interrupted && remaining_ms(deadline) > 0)
+		poll(NULL, 0, remaining_ms(deadline));
+}
+
+/*
+ * Redraws in place until SIGINT/TERM: each frame is rendered first and then
+ * written at once after "home + clear", so the screen never shows half a
+ * frame. On a tty the alternate screen is used and left on exit, which gives
+ * the operator's terminal back as it was.
+ */
+static int watch(const char *path, const struct view_options *vo)
+{
+	struct sigaction sa = { .sa_handler = on_interrupt }; /* no SA_RESTART: poll returns at once */
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+		return EXIT_FAILURE;
+	bool tty = isatty(STDOUT_FILENO);
+	if (tty)
+		fputs("\033[?1049h\033[?25l", stdout);
+	while (!interrupted) {
+		char *frame = NULL;
+		size_t len = 0;
+		FILE *out = open_memstream(&frame, &len);
+		if (out == NULL)
+			break;
+		if (render(path, "status", vo, out) != EX_OK)
+			fprintf(out, "(no answer from drover at %s; retrying)\n", path);
+		fclose(out);
+		fputs("\033[H\033[2J", stdout);
+		fwrite(frame, 1, len, stdout);
+		fflush(stdout);
+		free(frame);
+		nap(vo->interval_ms);
+	}
+	if (tty)
+		fputs("\033[?25h\033[?1049l", stdout);
+	return fflush(stdout) == 0 ? EX_OK : EXIT_FAILURE;
+}
+
+static int view_command(const struct options *opts, const char *name, int argc, char **argv)
+{
+	struct view_options vo;
+	if (parse_view_options(name, argc, argv, &vo) < 0)
+		return EX_USAGE;
+	char *path = socket_path(opts);
+	if (path == NULL)
+		return EXIT_FAILURE;
+	int rc = vo.watch ? watch(path, &vo) : render(path, name, &vo, stdout);
+	free(path);
+	if (fflush(stdout) != 0 && rc == EX_OK)
+		rc = EXIT_FAILURE;
+	return rc;
+}
+
+/*
+ * retry ID: on a queue whose retry needs a client the supervisor must not
+ * hold (Kafka, queue_ops.retry_in_client), droverctl re-produces the job
+ * itself with the configuration's credentials; otherwise the daemon does it
+ * (the spool: under the socket's permission rules).
+ */
+static int retry_command(const struct options *opts, const char *id)
+{
+	struct config_errors errs = { 0 };
+	struct config *cfg = config_load_client(opts->config_path, &errs);
+	config_errors_clear(&errs);
+	const struct queue_ops *queue = cfg != NULL ? queue_ops_for(cfg) : NULL;
+	if (queue == NULL || !queue->retry_in_client || queue->retry_failed == NULL) {
+		config_free(cfg);
+		return control_command(opts, "retry", id);
+	}
+	char why[1024] = "";
+	enum queue_job_result result = queue->retry_failed(cfg, id, why, sizeof(why));
+	config_free(cfg);
+	switch (result) {
+	case QUEUE_JOB_DONE:
+		printf("ok: %s is queued again\n", id);
+		return fflush(stdout) == 0 ? EX_OK : EXIT_FAILURE;
+	case QUEUE_JOB_UNKNOWN:
+		fprintf(stderr, "droverctl: error: no failed job %s\n", id);
+		return EXIT_FAILURE;
+	case QUEUE_JOB_BUSY:
+	case QUEUE_JOB_ERROR:
+		break;
+	}
+	fprintf(stderr, "droverctl: error: %s\n", why);
+	return EXIT_FAILURE;
 }
 
 /* ---- job commands ------------------------------------------------------ */
@@ -581,7 +674,7 @@ static int queue_command(const struct options *opts, const char *name, const cha
 
 /* ---- command line ------------------------------------------------------- */
 
-enum command_kind { CONTROL, QUEUE };
+enum command_kind { CONTROL, QUEUE, VIEW };
 
 struct command {
 	const char *name;
@@ -590,10 +683,12 @@ struct command {
 };
 
 static const struct command commands[] = {
-	{ "status", CONTROL, 0, 0 }, { "stats", CONTROL, 0, 0 },  { "metrics", CONTROL, 0, 0 },
+	{ "status", VIEW, 0, 4 },    { "stats", CONTROL, 0, 0 },  { "metrics", CONTROL, 0, 0 },
 	{ "ping", CONTROL, 0, 0 },   { "reload", CONTROL, 0, 0 }, { "scale", CONTROL, 1, 1 },
 	{ "stop", CONTROL, 0, 0 },   { "submit", QUEUE, 0, 1 },   { "health", QUEUE, 0, 0 },
-	{ "topics", QUEUE, 1, 1 },   { "upgrade", CONTROL, 0, 0 },
+	{ "topics", QUEUE, 1, 1 },   { "upgrade", CONTROL, 0, 0 }, { "jobs", VIEW, 0, 1 },
+	{ "cancel", CONTROL, 1, 1 }, { "retry", CONTROL, 1, 1 },  { "pause", CONTROL, 0, 0 },
+	{ "resume", CONTROL, 0, 0 }, { "top", VIEW, 0, 2 },
 };
 
 static const struct command *find_command(const char *name)
@@ -682,9 +777,13 @@ int main(int argc, char **argv)
 	int nargs = argc - optind - 1;
 	if (nargs < cmd->min_args || nargs > cmd->max_args)
 		return usage_error("wrong number of arguments for %s", name);
+	if (cmd->kind == VIEW)
+		return view_command(&opts, name, nargs, argv + optind + 1);
 	const char *arg = nargs > 0 ? argv[optind + 1] : NULL;
 	if (arg != NULL && !valid_argument(name, arg))
 		return usage_error("invalid argument for %s", name);
+	if (strcmp(name, "retry") == 0)
+		return retry_command(&opts, arg);
 	if (cmd->kind == CONTROL)
 		return control_command(&opts, name, arg);
 	return queue_command(&opts, name, arg);

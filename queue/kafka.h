@@ -14,6 +14,8 @@
 extern const struct source_ops kafka_source_ops;
 /* droverctl's and drover -t's side (kafka_admin.c): no consumer. */
 extern const struct queue_ops kafka_queue_ops;
+/* droverctl retry (kafka_jobs.c): the job of id's newest failed event, produced to the requests topic again. */
+enum queue_job_result kafka_retry_failed(const struct config *cfg, const char *id, char *why, size_t len);
 
 /*
  * The job id a message names: its "id" string field, else its key (malloc'd);

@@ -584,4 +584,6 @@ const struct queue_ops kafka_queue_ops = {
 	.topics_list = kafka_ops_topics_list,
 	.check = kafka_conf_check,
 	.ready_within_ms = kafka_ops_ready_within_ms,
+	.retry_failed = kafka_retry_failed,
+	.retry_in_client = true,
 };

@@ -27,6 +27,7 @@
 #define DROVER_SOURCE_H
 
 #include <ev.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -46,6 +47,8 @@ struct job {
 	const char *invalid_reason; /* static sentence saying why, NULL = not a JSON object */
 	bool completed;      /* set by the worker before finish(): what settles, for the counters */
 	double duration_s;   /* of the completing attempt, for the duration histogram */
+	const char *failed_reason; /* set by the worker before a failed finish(): a static events.h reason */
+	int attempts_run;    /* set by the worker before finish(): attempts made, for droverctl jobs */
 	void *backend;       /* the source's own per-job state */
 };
 
@@ -101,6 +104,14 @@ enum source_take {
 };
 
 struct source;
+
+/* What a per-job command (droverctl cancel, retry) found in the queue. */
+enum queue_job_result {
+	QUEUE_JOB_DONE,    /* done, and durable */
+	QUEUE_JOB_UNKNOWN, /* no such job where the command looks */
+	QUEUE_JOB_BUSY,    /* a worker is claiming it right now: the caller may look again */
+	QUEUE_JOB_ERROR,   /* the queue refused (why says so) */
+};
 
 struct source_ops {
 	const char *name;
@@ -173,6 +184,32 @@ struct queue_ops {
 	 * the group, up to a session timeout). NULL: ready as soon as it opened.
 	 */
 	long long (*ready_within_ms)(const struct config *cfg);
+	/*
+	 * droverctl jobs, run by the supervisor: {"queued": {"count", "jobs"},
+	 * "failed": {"count", "jobs"}}, jobs bounded by queued_max (oldest first)
+	 * and failed_max (newest first). NULL and why on failure. NULL op: the
+	 * backend cannot list (Kafka: the supervisor shows lag per partition and
+	 * the failures its workers saw, from their scoreboard rings).
+	 */
+	json_t *(*jobs)(const struct config *cfg, size_t queued_max, size_t failed_max, char *why, size_t len);
+	/*
+	 * droverctl cancel of a job still waiting: its failed outcome (reason
+	 * cancelled, from origin) is durable before the job leaves the queue.
+	 */
+	enum queue_job_result (*cancel_queued)(const struct config *cfg, const char *id,
+	                                       const struct event_origin *origin, char *why, size_t len);
+	/*
+	 * droverctl retry: a failed job goes back to the queue with its attempts
+	 * reset; its failed record is removed only once the new entry is durable.
+	 */
+	enum queue_job_result (*retry_failed)(const struct config *cfg, const char *id, char *why, size_t len);
+	/*
+	 * retry_failed needs a client of the queue that the supervisor must not
+	 * hold (Kafka: a librdkafka handle starts threads, and the supervisor
+	 * forks): droverctl runs it itself. Else the supervisor runs it, for the
+	 * socket's permission rules.
+	 */
+	bool retry_in_client;
 };
 
 /* The backend cfg names. */

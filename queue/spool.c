@@ -104,7 +104,6 @@
 #define SPOOL_SAFETY_S 1.0            /* a safety pass at most this often */
 #define SPOOL_BACKSTOP_S 2.5          /* ...and at least this often, while healthy, when take() is not called */
 #define SPOOL_MIN_RESCAN_MS 200       /* without inotify, an exhausted list is reread at most this often */
-#define SPOOL_OUTCOME_ID_MAX 160      /* bytes of the id kept in an outcome file name */
 #define SPOOL_UNREADABLE_WARN_MS 60000
 #define SPOOL_BACKLOG_MIN_MS 1000     /* incoming/ is counted for stats at most this often... */
 #define SPOOL_BACKLOG_SHARE 20        /* ...and rarely enough that counting takes at most 1/20 of the time */
@@ -195,76 +194,12 @@ struct spool {
 
 /* ---- names --------------------------------------------------------------- */
 
-/* Attempts recorded in name (its ";a=N" suffix), and the length of the name without it. */
-static int name_attempts(const char *name, size_t *base_len)
-{
-	const char *mark = strstr(name, ATTEMPT_MARK);
-	const char *next;
-
-	*base_len = strlen(name);
-	/* The last mark counts, and only when digits alone follow it. */
-	while (mark != NULL && (next = strstr(mark + 1, ATTEMPT_MARK)) != NULL)
-		mark = next;
-	if (mark == NULL)
-		return 0;
-	const char *digits = mark + strlen(ATTEMPT_MARK);
-	if (*digits == '\0' || strspn(digits, "0123456789") != strlen(digits) || strlen(digits) > 6)
-		return 0;
-	*base_len = (size_t)(mark - name);
-	return atoi(digits);
-}
-
 /* "<base>;a=N" (or base alone for N = 0) into buf; -1 when it would not be a valid name. */
 static int name_with_attempt(char *buf, size_t len, const char *name, size_t base_len, int attempt)
 {
 	int n = attempt > 0 ? snprintf(buf, len, "%.*s%s%d", (int)base_len, name, ATTEMPT_MARK, attempt)
 	                    : snprintf(buf, len, "%.*s", (int)base_len, name);
 	return n < 0 || (size_t)n >= len || n > NAME_MAX ? -1 : 0;
-}
-
-static uint32_t fnv1a(const char *s)
-{
-	uint32_t h = 2166136261u;
-
-	for (; *s != '\0'; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
-
-/*
- * The outcome file name for id: [A-Za-z0-9._-] kept, anything else '_', a
- * leading '.' made '_' (no hidden files), length capped. When that changed
- * the id, a hash of the real id follows, so two distinct ids do not share a
- * file (short of a 32-bit hash collision) while the same id always maps to
- * the same one.
- */
-static void outcome_name(const char *id, char *buf, size_t len)
-{
-	char safe[SPOOL_OUTCOME_ID_MAX + 1];
-	size_t n = 0;
-	bool changed = false;
-
-	for (const char *p = id; *p != '\0'; p++) {
-		char c = *p;
-		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-		          c == '_' || (c == '.' && n > 0);
-		if (n == SPOOL_OUTCOME_ID_MAX) {
-			changed = true;
-			break;
-		}
-		if (!ok)
-			changed = true;
-		safe[n++] = ok ? c : '_';
-	}
-	if (n == 0) {
-		safe[n++] = '_';
-		changed = true;
-	}
-	safe[n] = '\0';
-	if (changed)
-		snprintf(buf, len, "%s-%08x%s", safe, (unsigned)fnv1a(id), JSON_SUFFIX);
-	else
-		snprintf(buf, len, "%s%s", safe, JSON_SUFFIX);
 }
 
 /* ---- files --------------------------------------------------------------- */
@@ -574,7 +509,7 @@ static struct job *job_from_claim(struct spool_claim *claim, off_t size, int att
 static int claim_rename(struct spool *sp, const char *from, const char *name, struct spool_claim *claim, int *done_out)
 {
 	char to[PATH_MAX];
-	int done = name_attempts(name, &claim->base_len);
+	int done = spool_name_split(name, &claim->base_len);
 
 	*done_out = done;
 	claim->name_attempt = done + 1;
@@ -836,7 +771,7 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = sp->owner, .hold_lock = true, .defer_dir_sync = true };
 
 	spool_unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
-	outcome_name(claim->job->id, file, sizeof(file));
+	spool_outcome_file(claim->job->id, file, sizeof(file));
 	sp->wrote_outcome = true;
 	if (join_path(final_path, sizeof(final_path), sp->dir, sub, file) == 0 && sp->ready_count > 0 &&
 	    write_into_spare(sp, &sp->ready[--sp->ready_count], final_path, claim->doc, claim->doc_len) == 0)

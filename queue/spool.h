@@ -13,6 +13,7 @@
 #ifndef DROVER_SPOOL_H
 #define DROVER_SPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "shared/scoreboard.h"
@@ -35,6 +36,25 @@ int spool_enqueue(const char *dir, const char *payload, size_t len, char *id_out
 const char *spool_enqueue_refusal(const char *payload, size_t len);
 /* Returns claims of dead workers to incoming/ and removes their tmp/ leftovers. The number returned, or -1. */
 int spool_reclaim(const char *dir);
+
+/*
+ * For the per-job commands (spool_jobs.c: droverctl jobs, cancel, retry).
+ * spool_job_id: a job's id from its file name and bytes, as a worker would
+ * name it (the "id" field, else the name without suffix and .json).
+ * spool_outcome_file: the complete/ or failed/ file name of id.
+ * spool_write_new: writes dir/sub/name durably (tmp/, fsync, rename, fsync of
+ * sub/); without replace an existing name is kept: -1/EEXIST. 0, or -1/errno.
+ */
+char *spool_job_id(const char *name, const char *payload, size_t len);
+int spool_name_attempts(const char *name);
+void spool_outcome_file(const char *id, char *buf, size_t len);
+int spool_write_new(const char *dir, const char *sub, const char *name, const void *data, size_t len, bool replace);
+
+/* The per-job queue_ops (source.h), in spool_jobs.c. */
+json_t *spool_jobs_list(const struct config *cfg, size_t queued_max, size_t failed_max, char *why, size_t len);
+enum queue_job_result spool_cancel_queued(const struct config *cfg, const char *id, const struct event_origin *origin,
+                                          char *why, size_t len);
+enum queue_job_result spool_retry_failed(const struct config *cfg, const char *id, char *why, size_t len);
 
 /* What a source has done, for tests that check the hot path by counts rather than by time. */
 struct spool_counters {

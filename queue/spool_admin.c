@@ -2,7 +2,8 @@
  * spool_admin: the spool's queue_ops (source.h), what the supervisor and
  * droverctl do with the spool directory as a whole: prepare it at start,
  * reclaim dead workers' claims, probe that it takes a write, check its
- * health, and enqueue droverctl's jobs.
+ * health, and enqueue droverctl's jobs (the per-job commands are in
+ * spool_jobs.c).
  */
 #include "queue/spool.h"
 #include "shared/util.h"
@@ -130,4 +131,7 @@ const struct queue_ops spool_queue_ops = {
 	.probe = spool_ops_probe,
 	.health = spool_ops_health,
 	.submit = spool_ops_submit,
+	.jobs = spool_jobs_list,
+	.cancel_queued = spool_cancel_queued,
+	.retry_failed = spool_retry_failed,
 };

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,72 @@
 
 static const char *const spool_subdirs[] = { "tmp", "incoming", "processing", "complete", "failed" };
 static unsigned long name_counter;
+
+/* ---- names --------------------------------------------------------------- */
+
+/* Attempts recorded in name (its ";a=N" suffix), and the length of the name without it. */
+int spool_name_split(const char *name, size_t *base_len)
+{
+	const char *mark = strstr(name, ATTEMPT_MARK);
+	const char *next;
+
+	*base_len = strlen(name);
+	/* The last mark counts, and only when digits alone follow it. */
+	while (mark != NULL && (next = strstr(mark + 1, ATTEMPT_MARK)) != NULL)
+		mark = next;
+	if (mark == NULL)
+		return 0;
+	const char *digits = mark + strlen(ATTEMPT_MARK);
+	if (*digits == '\0' || strspn(digits, "0123456789") != strlen(digits) || strlen(digits) > 6)
+		return 0;
+	*base_len = (size_t)(mark - name);
+	return atoi(digits);
+}
+
+static uint32_t fnv1a(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+/*
+ * The outcome file name for id: [A-Za-z0-9._-] kept, anything else '_', a
+ * leading '.' made '_' (no hidden files), length capped. When that changed
+ * the id, a hash of the real id follows, so two distinct ids do not share a
+ * file (short of a 32-bit hash collision) while the same id always maps to
+ * the same one.
+ */
+void spool_outcome_file(const char *id, char *buf, size_t len)
+{
+	char safe[SPOOL_OUTCOME_ID_MAX + 1];
+	size_t n = 0;
+	bool changed = false;
+
+	for (const char *p = id; *p != '\0'; p++) {
+		char c = *p;
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+		          c == '_' || (c == '.' && n > 0);
+		if (n == SPOOL_OUTCOME_ID_MAX) {
+			changed = true;
+			break;
+		}
+		if (!ok)
+			changed = true;
+		safe[n++] = ok ? c : '_';
+	}
+	if (n == 0) {
+		safe[n++] = '_';
+		changed = true;
+	}
+	safe[n] = '\0';
+	if (changed)
+		snprintf(buf, len, "%s-%08x%s", safe, (unsigned)fnv1a(id), JSON_SUFFIX);
+	else
+		snprintf(buf, len, "%s%s", safe, JSON_SUFFIX);
+}
 
 /*
  * The id a job has when its payload carries none (or a bad one): its file
@@ -366,3 +433,45 @@ int spool_reclaim(const char *dir)
 	return spool_reclaim_dead(processing, incoming);
 }
 
+
+/* ---- what spool_jobs.c needs of the names (spool.h) ------------------------- */
+
+char *spool_job_id(const char *name, const char *payload, size_t len)
+{
+	char *id = NULL;
+	size_t base_len;
+
+	if (spool_payload_verdict(payload, len, &id) != NULL) {
+		free(id);
+		id = NULL;
+	}
+	if (id != NULL)
+		return id;
+	(void)spool_name_split(name, &base_len);
+	return spool_id_from_name(name, base_len);
+}
+
+int spool_name_attempts(const char *name)
+{
+	size_t base_len;
+	return spool_name_split(name, &base_len);
+}
+
+int spool_write_new(const char *dir, const char *sub, const char *name, const void *data, size_t len, bool replace)
+{
+	char tmp_name[96], tmp_path[PATH_MAX], final_path[PATH_MAX], final_dir[PATH_MAX];
+	struct stat owner, st;
+
+	spool_unique_name(tmp_name, sizeof(tmp_name), getpid(), JSON_SUFFIX);
+	if (join_path(tmp_path, sizeof(tmp_path), dir, "tmp", tmp_name) < 0 ||
+	    join_path(final_path, sizeof(final_path), dir, sub, name) < 0 ||
+	    join_path(final_dir, sizeof(final_dir), dir, sub, NULL) < 0)
+		return -1;
+	/* Only a retried job's "<id>.json" can be taken, by a job of the same id waiting already. */
+	if (!replace && lstat(final_path, &st) == 0) {
+		errno = EEXIST;
+		return -1;
+	}
+	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = spool_foreign_owner(geteuid(), final_dir, &owner) };
+	return durable_write(tmp_path, final_path, data, len, &how);
+}

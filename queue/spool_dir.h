@@ -21,7 +21,10 @@
 #define JSON_SUFFIX ".json"
 #define OUTCOME_SUFFIX ".outcome"
 #define SPARE_SUFFIX ".spare"
+#define SPOOL_OUTCOME_ID_MAX 160      /* bytes of the id kept in an outcome file name */
 
+/* Attempts recorded in name (its ";a=N" suffix), and the length of the name without it. */
+int spool_name_split(const char *name, size_t *base_len);
 /* The id of a job whose payload has none: its file name without the attempt mark and ".json" (malloc'd). */
 char *spool_id_from_name(const char *name, size_t base_len);
 /* A name unique on this host among our own files: "<ms>-<pid>-<counter><suffix>". */

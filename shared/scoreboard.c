@@ -23,12 +23,21 @@ struct scoreboard_crash {
 	int64_t last_ms;   /* wall clock of the last death: the oldest entry is replaced */
 };
 
+/* Written by the supervisor only, under their own seqlock (scoreboard.h: requests). */
+struct scoreboard_requests {
+	uint32_t seq;
+	int32_t intake_paused;
+	uint64_t last_serial;
+	struct scoreboard_cancel cancels[SCOREBOARD_CANCELS];
+};
+
 struct scoreboard {
 	size_t size;
 	uint32_t layout; /* SCOREBOARD_LAYOUT: an image that maps it after an upgrade checks it */
 	struct scoreboard_carry carry;
 	struct scoreboard_slot slots[CONFIG_MAX_WORKERS];
 	struct scoreboard_crash crashes[SCOREBOARD_CRASHES];
+	struct scoreboard_requests requests;
 };
 
 /* The mapping this process created or inherited across fork: workers read the ledger through it. */
@@ -210,6 +219,7 @@ int scoreboard_job_add(struct scoreboard_slot *slot, const char *id, int attempt
 		job->attempt = attempt;
 		job->progress = -1;
 		job->started_ms = wall_ms();
+		job->message[0] = '\0';
 		snprintf(job->id, sizeof(job->id), "%s", id);
 		slot->in_flight++;
 		scoreboard_write_end(slot);
@@ -230,6 +240,7 @@ void scoreboard_job_set_attempt(struct scoreboard_slot *slot, int index, int att
 	scoreboard_write_begin(slot);
 	slot->jobs[index].attempt = attempt;
 	slot->jobs[index].progress = -1;
+	slot->jobs[index].message[0] = '\0';
 	slot->jobs[index].started_ms = wall_ms();
 	scoreboard_write_end(slot);
 }
@@ -256,6 +267,131 @@ void scoreboard_job_set_delivery(struct scoreboard_slot *slot, int index, uint64
 	scoreboard_write_begin(slot);
 	slot->jobs[index].delivery = delivery;
 	scoreboard_write_end(slot);
+}
+
+void scoreboard_job_set_message(struct scoreboard_slot *slot, int index, const char *message)
+{
+	if (index < 0 || index >= CONFIG_MAX_CONCURRENT)
+		return;
+	char *kept = slot->jobs[index].message;
+	size_t len = message != NULL ? strlen(message) : 0;
+	if (len >= SCOREBOARD_MESSAGE_MAX) {
+		/* Cut between UTF-8 sequences, so that stats can still show it as a JSON string. */
+		len = SCOREBOARD_MESSAGE_MAX - 1;
+		while (len > 0 && ((unsigned char)message[len] & 0xC0) == 0x80)
+			len--;
+	}
+	scoreboard_write_begin(slot);
+	if (len > 0)
+		memcpy(kept, message, len);
+	kept[len] = '\0';
+	scoreboard_write_end(slot);
+}
+
+void scoreboard_failure_add(struct scoreboard_slot *slot, const char *id, const char *reason, int attempts)
+{
+	scoreboard_write_begin(slot);
+	struct scoreboard_failure *f = &slot->failures[slot->failure_count % SCOREBOARD_FAILURES];
+	f->failed_ms = wall_ms();
+	f->attempts = attempts;
+	snprintf(f->reason, sizeof(f->reason), "%s", reason != NULL ? reason : "");
+	snprintf(f->id, sizeof(f->id), "%s", id);
+	slot->failure_count++;
+	scoreboard_write_end(slot);
+}
+
+bool scoreboard_job_is(const struct scoreboard_job *job, const char *id)
+{
+	if (!job->used)
+		return false;
+	size_t kept = strnlen(job->id, sizeof(job->id));
+	if (kept < sizeof(job->id) - 1)
+		return strcmp(job->id, id) == 0;
+	return strncmp(job->id, id, kept) == 0; /* cut by snprintf: the worker compares the whole id */
+}
+
+/* ---- requests to the workers ----------------------------------------------- */
+
+static void requests_write_begin(struct scoreboard_requests *r)
+{
+	__atomic_add_fetch(&r->seq, 1, __ATOMIC_ACQ_REL);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static void requests_write_end(struct scoreboard_requests *r)
+{
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	__atomic_add_fetch(&r->seq, 1, __ATOMIC_ACQ_REL);
+}
+
+void scoreboard_set_intake_paused(struct scoreboard *sb, bool paused)
+{
+	__atomic_store_n(&sb->requests.intake_paused, paused ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+bool scoreboard_intake_paused_in(const struct scoreboard *sb)
+{
+	return __atomic_load_n(&sb->requests.intake_paused, __ATOMIC_ACQUIRE) != 0;
+}
+
+uint64_t scoreboard_request_cancel(struct scoreboard *sb, int slot, const char *id)
+{
+	struct scoreboard_requests *r = &sb->requests;
+	struct scoreboard_cancel *entry = &r->cancels[0];
+	for (int i = 1; i < SCOREBOARD_CANCELS; i++)
+		if (r->cancels[i].serial < entry->serial)
+			entry = &r->cancels[i];
+	requests_write_begin(r);
+	entry->serial = ++r->last_serial;
+	entry->slot = slot;
+	snprintf(entry->id, sizeof(entry->id), "%s", id);
+	requests_write_end(r);
+	return entry->serial;
+}
+
+bool scoreboard_intake_paused(void)
+{
+	return mapped != NULL && scoreboard_intake_paused_in(mapped);
+}
+
+uint64_t scoreboard_request_serial(void)
+{
+	return mapped != NULL ? __atomic_load_n(&mapped->requests.last_serial, __ATOMIC_ACQUIRE) : 0;
+}
+
+/* A consistent copy of the requests (the supervisor writes them rarely and briefly). */
+static bool requests_copy(struct scoreboard_requests *copy)
+{
+	const struct scoreboard_requests *r = &mapped->requests;
+	for (int tries = 0; tries < 1000; tries++) {
+		uint32_t before = __atomic_load_n(&r->seq, __ATOMIC_ACQUIRE);
+		if (before & 1u)
+			continue;
+		memcpy(copy, r, sizeof(*copy));
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&r->seq, __ATOMIC_ACQUIRE) == before)
+			return true;
+	}
+	return false; /* the next poke or heartbeat tries again */
+}
+
+void scoreboard_each_cancel(int slot, uint64_t *seen, void (*cancel)(const char *id, void *arg), void *arg)
+{
+	static struct scoreboard_requests copy; /* 16 KiB: not on a worker's stack */
+	if (mapped == NULL || !requests_copy(&copy))
+		return;
+	/* Only the newest SCOREBOARD_CANCELS requests are still kept. */
+	uint64_t from = *seen;
+	if (copy.last_serial > SCOREBOARD_CANCELS && from < copy.last_serial - SCOREBOARD_CANCELS)
+		from = copy.last_serial - SCOREBOARD_CANCELS;
+	for (uint64_t serial = from + 1; serial <= copy.last_serial; serial++) {
+		for (int i = 0; i < SCOREBOARD_CANCELS; i++) {
+			const struct scoreboard_cancel *c = &copy.cancels[i];
+			if (c->serial == serial && c->slot == slot)
+				cancel(c->id, arg);
+		}
+	}
+	*seen = copy.last_serial;
 }
 
 /* ---- the crash ledger ------------------------------------------------------ */

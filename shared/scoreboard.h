@@ -10,6 +10,7 @@
 #ifndef DROVER_SCOREBOARD_H
 #define DROVER_SCOREBOARD_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -21,6 +22,10 @@
 #define SCOREBOARD_PARTITIONS 64
 #define SCOREBOARD_TOPIC_MAX 96
 #define SCOREBOARD_CRASHES 256
+#define SCOREBOARD_MESSAGE_MAX 96   /* a job's last progress message, cut */
+#define SCOREBOARD_CANCELS 16       /* cancel requests kept for the workers to read */
+#define SCOREBOARD_CANCEL_ID_MAX 1040 /* a whole job id (events.h: at most 1024 bytes) */
+#define SCOREBOARD_FAILURES 8       /* the last failed jobs of a worker (droverctl jobs on Kafka) */
 
 /* Upper bounds (seconds) of drover_job_duration_seconds; +Inf is implicit. */
 #define SCOREBOARD_DURATION_BUCKETS 10
@@ -34,6 +39,7 @@ struct scoreboard_job {
 	int64_t started_ms; /* wall clock of this attempt's start */
 	uint64_t delivery;  /* the message's place in its queue (scoreboard_delivery_key), 0 = none */
 	char id[SCOREBOARD_ID_MAX];
+	char message[SCOREBOARD_MESSAGE_MAX]; /* the handler's last progress message, "" = none */
 };
 
 /* A persistent handler process of the worker (handler_mode = persistent). */
@@ -49,6 +55,14 @@ struct scoreboard_partition {
 	char topic[SCOREBOARD_TOPIC_MAX];
 	int32_t partition;
 	int64_t lag; /* -1 = unknown */
+};
+
+/* A job whose failed outcome is durable (droverctl jobs: Kafka has no failed/ to list). */
+struct scoreboard_failure {
+	int64_t failed_ms; /* wall clock; 0 = empty */
+	int32_t attempts;
+	char reason[24];   /* events.h reasons */
+	char id[SCOREBOARD_ID_MAX];
 };
 
 /* Counters only grow while one worker owns the slot. */
@@ -89,6 +103,8 @@ struct scoreboard_slot {
 	int64_t backlog_counted_ms; /* wall clock of the count, 0 = never */
 	int32_t handler_count;            /* persistent mode: the first entries of handlers[] in use */
 	struct scoreboard_handler handlers[CONFIG_MAX_CONCURRENT];
+	uint32_t failure_count; /* failures recorded; the next goes to failures[failure_count % SCOREBOARD_FAILURES] */
+	struct scoreboard_failure failures[SCOREBOARD_FAILURES];
 };
 
 /*
@@ -156,6 +172,46 @@ void scoreboard_job_remove(struct scoreboard_slot *slot, int index);
 void scoreboard_job_set_delivery(struct scoreboard_slot *slot, int index, uint64_t delivery);
 /* The owner's count of waiting jobs (count -1: unknown) and the oldest one's mtime (wall ms, 0 = none). */
 void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int64_t oldest_ms);
+/* Owner: a job's failed outcome is durable. */
+void scoreboard_failure_add(struct scoreboard_slot *slot, const char *id, const char *reason, int attempts);
+/* NULL clears it. */
+void scoreboard_job_set_message(struct scoreboard_slot *slot, int index, const char *message);
+/* Whether job (a copy's entry) is the job called id: ids longer than the slot's field match on what it kept. */
+bool scoreboard_job_is(const struct scoreboard_job *job, const char *id);
+
+/*
+ * Requests: what the supervisor asks of its workers (droverctl pause, resume,
+ * cancel), in the same shared mapping, written by the supervisor only and
+ * read by the workers, so no worker needs an fd of its own for commands.
+ * After writing, the supervisor pokes the worker with SCOREBOARD_POKE_SIGNAL;
+ * the worker rereads the requests then and on every heartbeat (a backstop).
+ * The pause is one flag every worker reads before taking a job, so a worker
+ * started while intake is paused starts paused, with no handshake.
+ */
+/* SIGURG: ignored by default, so a poke that reaches a worker before it set up its signalfd does no harm. */
+#define SCOREBOARD_POKE_SIGNAL SIGURG
+
+struct scoreboard_cancel {
+	uint64_t serial; /* 0 = free; grows with every request */
+	int32_t slot;    /* the worker asked */
+	char id[SCOREBOARD_CANCEL_ID_MAX];
+};
+
+/* Supervisor side. */
+void scoreboard_set_intake_paused(struct scoreboard *sb, bool paused);
+bool scoreboard_intake_paused_in(const struct scoreboard *sb);
+/* Queues a cancel of job id for the worker in slot (the oldest request makes room); its serial. */
+uint64_t scoreboard_request_cancel(struct scoreboard *sb, int slot, const char *id);
+
+/* Worker side, through the mapping inherited across fork. */
+bool scoreboard_intake_paused(void);
+/* The newest request serial now: a worker starts from it, so requests made before it started do not apply. */
+uint64_t scoreboard_request_serial(void);
+/*
+ * Calls cancel(id, arg) for each cancel request for slot newer than *seen,
+ * oldest first, and moves *seen past them.
+ */
+void scoreboard_each_cancel(int slot, uint64_t *seen, void (*cancel)(const char *id, void *arg), void *arg);
 
 /*
  * The crash ledger: how many workers died while running each message, so

@@ -15,6 +15,7 @@
  * SO_PEERGROUPS: the groups the peer process holds, not /etc/group.
  */
 #include "supervisor/control.h"
+#include "supervisor/jobctl.h"
 #include "shared/log.h"
 #include "supervisor/stats.h"
 #include "supervisor/supervisor.h"
@@ -421,16 +422,35 @@ static int split_words(char *line, char **words, int max)
 	return count;
 }
 
-/*
- * Runs one command. `stop` only sets *stop_after, so that the caller can send
- * the answer before the supervisor starts shutting down.
- */
+/* What the socket's group may not run (README: Control socket). */
 static bool is_write_command(const char *word)
 {
-	return strcmp(word, "reload") == 0 || strcmp(word, "scale") == 0 || strcmp(word, "stop") == 0 ||
-	       strcmp(word, "upgrade") == 0;
+	static const char *const writes[] = { "reload", "scale", "stop", "upgrade", "cancel", "retry", "pause", "resume" };
+	for (size_t i = 0; i < ARRAY_LEN(writes); i++)
+		if (strcmp(word, writes[i]) == 0)
+			return true;
+	return false;
 }
 
+#define COMMAND_LIST \
+	"ping, health, stats, metrics, jobs, reload, scale N, stop, upgrade, cancel ID, retry ID, pause, resume"
+
+static bool takes_argument(const char *word)
+{
+	return strcmp(word, "scale") == 0 || strcmp(word, "cancel") == 0 || strcmp(word, "retry") == 0;
+}
+
+/* scale N, cancel ID, retry ID. */
+static char *execute_with_argument(struct supervisor *sup, const char *word, const char *arg)
+{
+	if (strcmp(word, "scale") == 0)
+		return command_scale(sup, arg);
+	if (arg == NULL)
+		return answer_dup("error: usage: %s ID\n", word);
+	return strcmp(word, "cancel") == 0 ? jobctl_cancel(sup, arg) : jobctl_retry(sup, arg);
+}
+
+/* The commands without an argument. */
 /* The exec waits until this answer (and every other client's) is out: control_quiesce. */
 static char *command_upgrade(struct supervisor *sup)
 {
@@ -440,6 +460,56 @@ static char *command_upgrade(struct supervisor *sup)
 	return strdup("ok\n");
 }
 
+static char *execute_plain(struct supervisor *sup, const char *word, bool *stop_after)
+{
+	if (strcmp(word, "ping") == 0)
+		return strdup("pong\n");
+	if (strcmp(word, "health") == 0)
+		return command_health(sup);
+	if (strcmp(word, "stats") == 0)
+		return stats_json(sup);
+	if (strcmp(word, "metrics") == 0)
+		return stats_metrics(sup);
+	if (strcmp(word, "jobs") == 0)
+		return jobctl_jobs(sup);
+	if (strcmp(word, "pause") == 0 || strcmp(word, "resume") == 0)
+		return jobctl_pause(sup, strcmp(word, "pause") == 0);
+	if (strcmp(word, "reload") == 0)
+		return command_reload(sup);
+	if (strcmp(word, "upgrade") == 0)
+		return command_upgrade(sup);
+	if (strcmp(word, "stop") == 0) {
+		*stop_after = true;
+		return strdup("ok\n");
+	}
+	char excerpt[64];
+	printable_excerpt(word, excerpt, sizeof(excerpt));
+	return answer_dup("error: unknown command \"%s\" (try: " COMMAND_LIST ")\n", excerpt);
+}
+
+static char *execute_words(struct supervisor *sup, char **words, int count, enum access access, bool *stop_after)
+{
+	if (count == 0)
+		return strdup("error: empty command (try: " COMMAND_LIST ")\n");
+	if (count > 2)
+		return strdup("error: too many arguments\n");
+	const char *word = words[0], *arg = count == 2 ? words[1] : NULL;
+	if (access != ACCESS_WRITE && is_write_command(word))
+		return answer_dup("error: permission denied: %s needs root or the daemon's user\n", word);
+	if (takes_argument(word))
+		return execute_with_argument(sup, word, arg);
+	if (arg != NULL) {
+		char excerpt[64];
+		printable_excerpt(word, excerpt, sizeof(excerpt));
+		return answer_dup("error: %s takes no argument\n", excerpt);
+	}
+	return execute_plain(sup, word, stop_after);
+}
+
+/*
+ * Runs one command. `stop` only sets *stop_after, so that the caller can send
+ * the answer before the supervisor starts shutting down.
+ */
 static char *execute(struct supervisor *sup, const char *line, size_t len, enum access access, bool *stop_after)
 {
 	if (memchr(line, '\0', len) != NULL)
@@ -449,40 +519,7 @@ static char *execute(struct supervisor *sup, const char *line, size_t len, enum 
 		return NULL;
 	char *words[3];
 	int count = split_words(copy, words, 2);
-	char *answer;
-	if (count == 0) {
-		answer = strdup("error: empty command (try: ping, health, stats, metrics, reload, scale N, stop, upgrade)\n");
-	} else if (count > 2) {
-		answer = strdup("error: too many arguments\n");
-	} else if (access != ACCESS_WRITE && is_write_command(words[0])) {
-		answer = answer_dup("error: permission denied: %s needs root or the daemon's user\n", words[0]);
-	} else if (strcmp(words[0], "scale") == 0) {
-		answer = command_scale(sup, count == 2 ? words[1] : NULL);
-	} else if (count == 2) {
-		char excerpt[64];
-		printable_excerpt(words[0], excerpt, sizeof(excerpt));
-		answer = answer_dup("error: %s takes no argument\n", excerpt);
-	} else if (strcmp(words[0], "ping") == 0) {
-		answer = strdup("pong\n");
-	} else if (strcmp(words[0], "health") == 0) {
-		answer = command_health(sup);
-	} else if (strcmp(words[0], "stats") == 0) {
-		answer = stats_json(sup);
-	} else if (strcmp(words[0], "metrics") == 0) {
-		answer = stats_metrics(sup);
-	} else if (strcmp(words[0], "reload") == 0) {
-		answer = command_reload(sup);
-	} else if (strcmp(words[0], "upgrade") == 0) {
-		answer = command_upgrade(sup);
-	} else if (strcmp(words[0], "stop") == 0) {
-		*stop_after = true;
-		answer = strdup("ok\n");
-	} else {
-		char excerpt[64];
-		printable_excerpt(words[0], excerpt, sizeof(excerpt));
-		answer = answer_dup("error: unknown command \"%s\" (try: ping, health, stats, metrics, reload, scale N, stop, upgrade)\n",
-				    excerpt);
-	}
+	char *answer = execute_words(sup, words, count, access, stop_after);
 	free(copy);
 	return answer;
 }

@@ -10,6 +10,7 @@
  * spool claims back.
  */
 #include "supervisor/pool.h"
+#include "supervisor/jobctl.h"
 #include "shared/log.h"
 #include "shared/orphans.h"
 #include "queue/source.h"
@@ -316,6 +317,7 @@ static void pool_bury(struct slot *s, bool clean)
 		log_warnx("worker %d died with %d job(s) in flight; they will run again", s->index, copy.in_flight);
 	}
 	scoreboard_counters_add(&sup->retired, &copy.counters);
+	jobctl_keep_failures(sup, &copy);
 	scoreboard_reset_slot(board);
 	const struct queue_ops *queue = queue_ops_for(sup->cfg);
 	int returned = queue->reclaim != NULL ? queue->reclaim(sup->cfg) : 0;

@@ -238,6 +238,7 @@ static json_t *jobs_of(const struct scoreboard_slot *live, bool *ok)
 		put(entry, "attempt", json_integer(job->attempt), ok);
 		put(entry, "age_ms", json_integer(job->started_ms > 0 ? now - job->started_ms : 0), ok);
 		put(entry, "progress", progress_value(job->progress), ok);
+		put(entry, "message", bounded_string(job->message, sizeof(job->message)), ok);
 		append(jobs, entry, ok);
 	}
 	return jobs;
@@ -502,6 +503,7 @@ char *stats_json(const struct supervisor *sup)
 	put(root, "last_reload_changes", reload_changes(sup, ok), ok);
 	put(root, "stopping", json_boolean(sup->stopping), ok);
 	put(root, "http", http_of(sup, ok), ok);
+	put(root, "paused", json_boolean(sup->scoreboard != NULL && scoreboard_intake_paused_in(sup->scoreboard)), ok);
 	put(root, "workers_desired", json_integer(supervisor_workers_desired(sup)), ok);
 	put(root, "workers_alive", json_integer(supervisor_workers_alive(sup)), ok);
 	put(root, "jobs", jobs_totals(&totals, ok), ok);
@@ -512,6 +514,55 @@ char *stats_json(const struct supervisor *sup)
 	char *text = ctx.ok ? dump_line(root) : NULL;
 	json_decref(root);
 	return text;
+}
+
+/* ---- droverctl jobs: the running jobs and the lag, across the workers ---- */
+
+struct running_ctx {
+	json_t *running;
+	json_t *lag;
+	long long lag_total;
+	bool ok;
+};
+
+static int running_visit(void *arg, const struct slot_view *view, const struct scoreboard_slot *live)
+{
+	struct running_ctx *ctx = arg;
+	json_t *jobs = jobs_of(live, &ctx->ok);
+	size_t i;
+	json_t *job;
+	for (i = 0; i < json_array_size(jobs) && (job = json_array_get(jobs, i)) != NULL; i++) {
+		put(job, "worker", json_integer(view->slot), &ctx->ok);
+		append(ctx->running, json_incref(job), &ctx->ok);
+	}
+	json_decref(jobs);
+	if (ctx->lag == NULL || live == NULL)
+		return ctx->ok ? 0 : -1;
+	json_t *kafka = kafka_of(live, &ctx->ok);
+	json_t *partitions = json_object_get(kafka, "partitions");
+	for (i = 0; i < json_array_size(partitions) && (job = json_array_get(partitions, i)) != NULL; i++) {
+		put(job, "worker", json_integer(view->slot), &ctx->ok);
+		append(ctx->lag, json_incref(job), &ctx->ok);
+	}
+	ctx->lag_total += json_integer_value(json_object_get(kafka, "lag"));
+	json_decref(kafka);
+	return ctx->ok ? 0 : -1;
+}
+
+int stats_running(const struct supervisor *sup, json_t **running, json_t **lag, long long *lag_total)
+{
+	bool kafka = sup->cfg != NULL && queue_ops_for(sup->cfg)->has_partitions;
+	struct running_ctx ctx = { .running = json_array(), .lag = kafka ? json_array() : NULL, .ok = true };
+	struct totals totals;
+	if (ctx.running == NULL || (kafka && ctx.lag == NULL) || for_each_slot(sup, &totals, running_visit, &ctx) < 0) {
+		json_decref(ctx.running);
+		json_decref(ctx.lag);
+		return -1;
+	}
+	*running = ctx.running;
+	*lag = ctx.lag;
+	*lag_total = ctx.lag_total;
+	return 0;
 }
 
 /* ---- health ------------------------------------------------------------- */
@@ -759,6 +810,8 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 	for (int s = 0; s < SLOT_STATE_COUNT; s++)
 		fprintf(out, "drover_workers{state=\"%s\"} %d\n", slot_state_name((enum slot_state)s), t->by_state[s]);
 	fprintf(out, "drover_workers{state=\"fault\"} %d\n", t->in_fault);
+	write_header(out, "drover_intake_paused", "gauge", "1 while intake is paused (droverctl pause).");
+	fprintf(out, "drover_intake_paused %d\n", sup->scoreboard != NULL && scoreboard_intake_paused_in(sup->scoreboard));
 	write_header(out, "drover_workers_desired", "gauge", "Configured number of workers.");
 	fprintf(out, "drover_workers_desired %d\n", supervisor_workers_desired(sup));
 	write_header(out, "drover_worker_restarts_total", "counter", "Worker restarts since drover started.");

@@ -6,6 +6,7 @@
 #ifndef DROVER_STATS_H
 #define DROVER_STATS_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -25,5 +26,13 @@ bool stats_health(const struct supervisor *sup, bool check_queue, char *why, siz
  * of health and the drover_pool_stalled metric.
  */
 void stats_watch_progress(struct supervisor *sup);
+
+/*
+ * droverctl jobs: every running job (the stats job fields plus "worker") in
+ * *running and, with Kafka, each assigned partition's lag ("topic",
+ * "partition", "lag", "worker") in *lag and their sum (else *lag is NULL).
+ * 0, or -1 (out of memory).
+ */
+int stats_running(const struct supervisor *sup, json_t **running, json_t **lag, long long *lag_total);
 
 #endif

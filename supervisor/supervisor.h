@@ -29,6 +29,8 @@ struct slot_view {
 
 enum stop_mode { STOP_GRACEFUL, STOP_FAST };
 
+#define SUPERVISOR_FAILURES 32
+
 /* What the last reload did to one changed key (stats.last_reload_changes). */
 #define RELOAD_CHANGES_MAX 64
 struct reload_change {
@@ -62,6 +64,9 @@ struct supervisor {
 	struct scoreboard_counters retired; /* counters of workers that have exited */
 	uint64_t jobs_lost;        /* in-flight jobs of workers that died (they run again) */
 	uint64_t restarts_retired; /* restarts of slots since emptied and reused: keeps the total monotonic */
+	/* The last failures of workers that have exited (droverctl jobs), a ring like each slot's. */
+	struct scoreboard_failure failures[SUPERVISOR_FAILURES];
+	unsigned failure_count;
 	bool stopping;
 	bool upgrading;            /* an upgrade waits for the control socket's clients to finish */
 	int pid_fd;                /* the locked pid file, -1 when none: an upgrade hands it over */

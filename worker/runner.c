@@ -807,6 +807,17 @@ void runner_kill(struct run *run)
 	signal_group(run, SIGKILL);
 }
 
+void runner_cancel(struct run *run)
+{
+	if (run->killed)
+		return;
+	run->killed = true;
+	ev_timer_stop(run->loop, &run->timeout_timer);
+	signal_group(run, SIGTERM);
+	if (!ev_is_active(&run->grace_timer))
+		ev_timer_start(run->loop, &run->grace_timer);
+}
+
 struct run *runner_find(pid_t pid)
 {
 	for (struct run *run = runs; run != NULL; run = run->next) {

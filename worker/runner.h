@@ -101,6 +101,12 @@ bool runner_error_is_the_jobs(int err);
 pid_t runner_pgid(const struct run *run);
 /* Kills the group now (SIGKILL); done() follows with RUNNER_KILLED once the handler is reaped. */
 void runner_kill(struct run *run);
+/*
+ * Stops the group as a timeout does (SIGTERM, SIGKILL after kill_grace_ms),
+ * for droverctl cancel; done() follows with RUNNER_KILLED (or the outcome,
+ * when the handler had already exited 0).
+ */
+void runner_cancel(struct run *run);
 /* The run whose handler has this pid, or NULL. */
 struct run *runner_find(pid_t pid);
 /* Hands the reaped handler's wait status to its run. */

@@ -56,6 +56,7 @@ struct task {
 	ev_timer retry_timer;
 	ev_timer slow_timer; /* slow_job_ms: fires once per attempt that runs that long */
 	long long last_progress_event_ms;
+	bool cancelled;   /* droverctl cancel: the run is being stopped; the job fails with reason cancelled */
 	LIST_ENTRY(task) link;
 };
 
@@ -75,6 +76,8 @@ struct worker {
 	LIST_HEAD(task_list, task) tasks;
 	int task_count;
 	bool source_paused;
+	bool intake_paused;  /* droverctl pause, as last read from the scoreboard's requests */
+	uint64_t requests_seen; /* the newest scoreboard request already acted on */
 	enum drain_mode drain;
 	bool fault;          /* the handler could not be started: take nothing until the retry */
 	double fault_delay_s;
@@ -377,9 +380,19 @@ static void task_fail(struct task *t, const struct failure *failure)
 	worker_publish_status(w, t, (struct job_status){ .state = JOB_FAILED, .message = failure->message,
 	                                                 .reason = failure->reason });
 	t->job->completed = false; /* counted when the outcome is durable: source_settled */
+	t->job->failed_reason = failure->reason;
+	t->job->attempts_run = t->attempt;
 	w->ops->finish(w->source, t->job, false, doc, strlen(doc));
 	free(doc);
 	task_free(t);
+}
+
+/* droverctl cancel: the job fails for good with the attempts it ran; no retry. */
+static void task_fail_cancelled(struct task *t)
+{
+	struct failure failure = { .reason = "cancelled", .exit_code = -1,
+	                           .message = "cancelled by the operator (droverctl cancel)" };
+	task_fail(t, &failure);
 }
 
 static void task_complete(struct task *t, const struct runner_result *result, long long peak_memory_bytes)
@@ -542,7 +555,9 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 	t->cgroup = NULL;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
-	if (result->status == RUNNER_KILLED) {
+	if (result->status == RUNNER_KILLED && t->cancelled) {
+		task_fail_cancelled(t);
+	} else if (result->status == RUNNER_KILLED) {
 		task_release(t);
 	} else if (result->status == RUNNER_COMPLETED) {
 		task_complete(t, result, peak > 0 ? peak : 0);
@@ -578,8 +593,11 @@ static void task_progress(struct run *run, double progress, const char *message,
 	struct task *t = arg;
 	struct worker *w = t->worker;
 	long long now = now_ms();
-	if (t->board_index >= 0)
+	if (t->board_index >= 0) {
 		scoreboard_job_set_progress(w->board, t->board_index, (float)progress);
+		if (message != NULL)
+			scoreboard_job_set_message(w->board, t->board_index, message);
+	}
 	if (now - t->last_progress_event_ms < PROGRESS_EVENT_INTERVAL_MS)
 		return;
 	t->last_progress_event_ms = now;
@@ -907,10 +925,20 @@ static bool worker_has_room(const struct worker *w)
 	return w->warm == NULL || (w->awaiting == 0 && warm_pool_room(w->warm) > 0);
 }
 
+/* Intake is paused by droverctl pause: running jobs go on, no new one is taken. */
+static bool worker_intake_paused(struct worker *w)
+{
+	bool paused = scoreboard_intake_paused();
+	if (paused != w->intake_paused)
+		log_info("worker %d: intake %s", w->slot, paused ? "paused" : "resumed");
+	w->intake_paused = paused;
+	return paused;
+}
+
 static void worker_update_flow(struct worker *w)
 {
 	worker_note_capacity(w);
-	bool full = !worker_has_room(w) || w->drain != RUNNING || w->fault;
+	bool full = !worker_has_room(w) || w->drain != RUNNING || w->fault || worker_intake_paused(w);
 	if (full && !w->source_paused) {
 		w->ops->pause(w->source);
 		w->source_paused = true;
@@ -923,8 +951,8 @@ static void worker_update_flow(struct worker *w)
 static void worker_fill(struct worker *w)
 {
 	if (w->warm != NULL && w->drain == RUNNING)
-		worker_dispatch_waiting(w);
-	while (w->drain == RUNNING && !w->fault && worker_has_room(w)) {
+		worker_dispatch_waiting(w); /* jobs taken already: a pause stops only the intake */
+	while (w->drain == RUNNING && !w->fault && !worker_intake_paused(w) && worker_has_room(w)) {
 		struct job *job = NULL;
 		if (w->source_paused) {
 			w->ops->resume(w->source);
@@ -952,7 +980,43 @@ static void source_settled(struct job *job, bool durable, void *arg)
 		counters_update(w, count_completed, job->duration_s);
 	else
 		counters_update(w, count_failed, 0);
+	if (durable && !job->completed) /* droverctl jobs lists it (Kafka has no failed/ to read) */
+		scoreboard_failure_add(w->board, job->id, job->failed_reason, job->attempts_run);
 	worker_maybe_exit(w);
+}
+
+/* ---- requests from the supervisor ------------------------------------------ */
+
+/* One cancel request: the task holding job id stops (running) or fails now (waiting for a retry). */
+static void worker_cancel_job(const char *id, void *arg)
+{
+	struct worker *w = arg;
+	struct task *t = LIST_FIRST(&w->tasks);
+	while (t != NULL && strcmp(t->job->id, id) != 0)
+		t = LIST_NEXT(t, link);
+	if (t == NULL) {
+		log_info("worker %d: cancel of job %.200s: it is no longer here", w->slot, id);
+		return;
+	}
+	log_warnx("job %.200s: cancelled during attempt %d", id, t->attempt);
+	if (t->run != NULL || t->warm != NULL) {
+		t->cancelled = true;
+		if (t->run != NULL)
+			runner_cancel(t->run); /* task_run_done fails it once the handler is reaped */
+		else
+			warm_job_kill(t->warm); /* a cancel frame; its process is killed if it does not answer in time */
+		return;
+	}
+	task_fail_cancelled(t);
+	worker_fill(w);
+	worker_maybe_exit(w);
+}
+
+/* After a poke (SCOREBOARD_POKE_SIGNAL) and on every heartbeat: cancels, then the pause flag. */
+static void worker_read_requests(struct worker *w)
+{
+	scoreboard_each_cancel(w->slot, &w->requests_seen, worker_cancel_job, w);
+	worker_fill(w);
 }
 
 /* ---- draining and exit -------------------------------------------------- */
@@ -1038,6 +1102,9 @@ static void worker_signal_cb(struct ev_loop *loop, ev_io *io, int revents)
 			if (log_reopen() < 0)
 				log_warn("cannot reopen the log file");
 			break;
+		case SCOREBOARD_POKE_SIGNAL:
+			worker_read_requests(w);
+			break;
 		default:
 			break;
 		}
@@ -1076,8 +1143,8 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
 	worker_note_capacity(w);
 	if (w->warm != NULL)
 		warm_pool_tick(w->warm);
-	/* A safety net for a missed wake-up; cheap when the source has nothing. */
-	worker_fill(w);
+	/* A safety net for a missed wake-up or poke; cheap when the source has nothing. */
+	worker_read_requests(w);
 }
 
 /* ---- persistent handler processes ------------------------------------- */
@@ -1157,7 +1224,8 @@ static int worker_setup_signals(struct worker *w)
 {
 	sigset_t set;
 	sigemptyset(&set);
-	int signals[] = { SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU };
+	int signals[] = { SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU,
+	                  SCOREBOARD_POKE_SIGNAL };
 	for (size_t i = 0; i < ARRAY_LEN(signals); i++)
 		sigaddset(&set, signals[i]);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
@@ -1254,6 +1322,7 @@ int worker_main(const struct worker_params *params)
 		.board = params->board,
 		.signal_fd = -1,
 		.token = { .supervisor = params->supervisor_pid, .worker = params->serial },
+		.requests_seen = scoreboard_request_serial(),
 	};
 	char name[32], err[512];
 

@@ -134,8 +134,13 @@ static void setup(void)
 
 static void teardown(void)
 {
+	char path[sizeof(spool) + 16];
 	scoreboard_destroy(sup.scoreboard);
 	rmdir(spool_tmp);
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/%s", spool, i == 0 ? "incoming" : "failed");
+		rmdir(path);
+	}
 	rmdir(spool);
 }
 
@@ -155,19 +160,18 @@ static void expect(const char *line, const char *answer)
 
 /* ---- command parsing ------------------------------------------------------ */
 
+#define COMMANDS "ping, health, stats, metrics, jobs, reload, scale N, stop, upgrade, cancel ID, retry ID, pause, resume"
+
 Test(control, commands_and_their_errors, .init = setup, .fini = teardown)
 {
 	expect("ping\n", "pong\n");
 	expect("  ping  \n", "pong\n");
-	expect("", "error: empty command (try: ping, health, stats, metrics, reload, scale N, stop, upgrade)\n");
+	expect("", "error: empty command (try: " COMMANDS ")\n");
 	expect("ping now\n", "error: ping takes no argument\n");
 	expect("scale 1 2\n", "error: too many arguments\n");
-	expect("frobnicate\n", "error: unknown command \"frobnicate\" (try: ping, health, stats, metrics, reload, "
-	                       "scale N, stop, upgrade)\n");
-	expect("PING\n", "error: unknown command \"PING\" (try: ping, health, stats, metrics, reload, scale N, stop, "
-	                 "upgrade)\n");
-	expect("bad\x01word\n", "error: unknown command \"bad?word\" (try: ping, health, stats, metrics, reload, "
-	                        "scale N, stop, upgrade)\n");
+	expect("frobnicate\n", "error: unknown command \"frobnicate\" (try: " COMMANDS ")\n");
+	expect("PING\n", "error: unknown command \"PING\" (try: " COMMANDS ")\n");
+	expect("bad\x01word\n", "error: unknown command \"bad?word\" (try: " COMMANDS ")\n");
 	expect("upgrade now\n", "error: upgrade takes no argument\n");
 	cr_assert_eq(scaled_to + reloads_asked + stops_asked + upgrades_asked, 0, "no action for a bad command");
 }
@@ -333,4 +337,105 @@ Test(control, health_names_what_keeps_the_pool_from_progress, .init = setup, .fi
 	sup.stopping = true;
 	expect("health\n", "ok\n");
 	sup.stopping = false;
+}
+
+/* ---- per-job control (jobctl.c) --------------------------------------------- */
+
+static void make_queue_dirs(void)
+{
+	char path[sizeof(spool) + 16];
+	snprintf(path, sizeof(path), "%s/incoming", spool);
+	cr_assert_eq(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/failed", spool);
+	cr_assert_eq(mkdir(path, 0700), 0);
+}
+
+static char cancelled[3][64];
+static int cancel_count;
+
+static void record_cancel(const char *id, void *arg)
+{
+	if (cancel_count < 3)
+		snprintf(cancelled[cancel_count], sizeof(cancelled[0]), "%s", id);
+	cancel_count++;
+}
+
+Test(control, pause_and_resume_set_the_flag_workers_read_and_stats_show, .init = setup, .fini = teardown)
+{
+	expect("pause\n", "ok: intake paused\n");
+	cr_assert(scoreboard_intake_paused(), "the workers' flag");
+	char *stats = run("stats");
+	json_t *doc = json_loads(stats, 0, NULL);
+	cr_assert(json_is_true(json_object_get(doc, "paused")), "%s", stats);
+	json_decref(doc);
+	free(stats);
+	char *metrics = run("metrics");
+	cr_assert_not_null(strstr(metrics, "\ndrover_intake_paused 1\n"), "%s", metrics);
+	free(metrics);
+	expect("pause\n", "ok: intake paused\n"); /* idempotent */
+	expect("resume\n", "ok: intake resumed\n");
+	cr_assert(!scoreboard_intake_paused());
+	expect("pause now\n", "error: pause takes no argument\n");
+}
+
+Test(control, cancel_of_a_running_job_asks_its_worker, .init = setup, .fini = teardown)
+{
+	uint64_t seen = scoreboard_request_serial();
+	expect("cancel job-b\n", "ok: cancelling job-b (attempt 2 on worker 0)\n");
+	cancel_count = 0;
+	scoreboard_each_cancel(1, &seen, record_cancel, NULL);
+	cr_assert_eq(cancel_count, 0, "a request for worker 0 only");
+	seen = 0;
+	scoreboard_each_cancel(0, &seen, record_cancel, NULL);
+	cr_assert_eq(cancel_count, 1);
+	cr_assert_str_eq(cancelled[0], "job-b");
+	scoreboard_each_cancel(0, &seen, record_cancel, NULL);
+	cr_assert_eq(cancel_count, 1, "each request is seen once");
+	expect("cancel\n", "error: usage: cancel ID\n");
+	expect("retry\n", "error: usage: retry ID\n");
+}
+
+Test(control, cancel_and_retry_of_unknown_jobs_say_so, .init = setup, .fini = teardown)
+{
+	make_queue_dirs();
+	expect("cancel nobody\n", "error: no job nobody is running or waiting\n");
+	expect("retry nobody\n", "error: no failed job nobody\n");
+}
+
+Test(control, jobs_lists_running_jobs_with_their_worker_and_the_queue, .init = setup, .fini = teardown)
+{
+	make_queue_dirs();
+	scoreboard_job_set_message(scoreboard_slot(sup.scoreboard, 0), 0, "half way");
+	char *answer = run("jobs");
+	json_t *doc = json_loads(answer, 0, NULL);
+	cr_assert_not_null(doc, "%s", answer);
+	json_t *running = json_object_get(doc, "running");
+	cr_assert_eq(json_array_size(running), 2, "%s", answer);
+	json_t *first = json_array_get(running, 0);
+	cr_assert_str_eq(json_string_value(json_object_get(first, "id")), "job-a");
+	cr_assert_eq(json_integer_value(json_object_get(first, "worker")), 0);
+	cr_assert_str_eq(json_string_value(json_object_get(first, "message")), "half way");
+	cr_assert_eq(json_integer_value(json_object_get(json_object_get(doc, "queued"), "count")), 0, "%s", answer);
+	cr_assert_eq(json_integer_value(json_object_get(json_object_get(doc, "failed"), "count")), 0, "%s", answer);
+	cr_assert(json_is_false(json_object_get(doc, "paused")));
+	json_decref(doc);
+	free(answer);
+}
+
+Test(control, a_progress_message_cut_to_the_slot_stays_valid_text, .init = setup, .fini = teardown)
+{
+	char message[SCOREBOARD_MESSAGE_MAX + 8];
+	make_queue_dirs();
+	memset(message, 'a', SCOREBOARD_MESSAGE_MAX - 2);
+	snprintf(message + SCOREBOARD_MESSAGE_MAX - 2, 8, "\xc3\xa9 tail"); /* é across the cut */
+	scoreboard_job_set_message(scoreboard_slot(sup.scoreboard, 0), 0, message);
+	char *answer = run("jobs");
+	json_t *doc = json_loads(answer, 0, NULL);
+	json_t *first = json_array_get(json_object_get(doc, "running"), 0);
+	const char *shown = json_string_value(json_object_get(first, "message"));
+	cr_assert_not_null(shown, "%s", answer);
+	cr_assert_eq(strlen(shown), SCOREBOARD_MESSAGE_MAX - 2, "%s", shown);
+	cr_assert_eq(strspn(shown, "a"), SCOREBOARD_MESSAGE_MAX - 2);
+	json_decref(doc);
+	free(answer);
 }
