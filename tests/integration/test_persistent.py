@@ -458,3 +458,23 @@ def test_kafka_revoke_cancels_running_jobs_and_they_run_again(mock, drover, work
         return all(c.get(p, -1) == hw for p, hw in h.items() if hw > 0)
     a.wait_until(committed_to_end, 30, "committed offsets at the end of every partition with jobs", interval=0.3)
     kh.assert_no_commit_ahead(m, m.bootstrap)
+
+
+def test_droverctl_cancel_sends_a_cancel_frame_and_the_process_serves_on(drover):
+    # droverctl cancel of a job in a handler process: a cancel frame (reason "cancelled"), the
+    # handler answers it, the job fails as cancelled without a retry, and the process lives on.
+    d = drover(config=warm_config(max_concurrent=1, max_attempts=3))
+    d.submit([{"id": "longish", "sleep_ms": 60000}])
+    d.wait_until(lambda: job_records(d, "start", "longish"), 20, "longish to start")
+    pid = job_records(d, "start", "longish")[0]["pid"]
+    rc, out = d.ctl("cancel", "longish")
+    assert rc == 0 and out.startswith("ok: cancelling longish"), (rc, out, d.last_ctl_err)
+    _, failed = d.wait_outcomes(["longish"], 20)
+    assert failed["longish"]["error"]["reason"] == "cancelled", failed["longish"]
+    assert failed["longish"]["attempts"] == 1, failed["longish"]
+    assert job_records(d, "cancel", "longish"), "the handler got a cancel frame"
+    d.submit([{"id": "after"}])
+    done = all_complete(d, ["after"])
+    assert job_records(d, "start", "after")[0]["pid"] == pid, "the process that answered the cancel serves on"
+    assert len(job_records(d, "start", "longish")) == 1, "no retry"
+    assert done["after"]["attempts"] == 1
