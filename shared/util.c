@@ -5,6 +5,7 @@
 #include "shared/util.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
@@ -270,4 +271,14 @@ void describe_wait_status(int status, char *buf, size_t len)
 		snprintf(buf, len, "signal %d%s", WTERMSIG(status), WCOREDUMP(status) ? " (core)" : "");
 	else
 		snprintf(buf, len, "status 0x%x", (unsigned)status);
+}
+
+char *str_printf(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *out = NULL;
+	int rc = vasprintf(&out, fmt, ap);
+	va_end(ap);
+	return rc < 0 ? NULL : out;
 }

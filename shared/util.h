@@ -79,4 +79,7 @@ pid_t waitpid_retry(pid_t pid, int *status, int options);
 /* "exit 3", "signal 9 (core)" for a wait status. */
 void describe_wait_status(int status, char *buf, size_t len);
 
+/* A malloc'd string from a printf format; NULL when out of memory. */
+char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif

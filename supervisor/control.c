@@ -22,7 +22,6 @@
 #include "shared/util.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +182,21 @@ static void unlink_own_socket(const struct control *ctl)
 		unlink(ctl->path);
 }
 
+/* The listener's state, without its socket yet (fd -1). NULL and err when out of memory. */
+static struct control *control_new(struct supervisor *sup, const char *path, char *err, size_t errlen)
+{
+	struct control *ctl = calloc(1, sizeof(*ctl));
+	if (ctl == NULL || (ctl->path = strdup(path)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		free(ctl);
+		return NULL;
+	}
+	ctl->sup = sup;
+	ctl->euid = geteuid();
+	ctl->fd = -1;
+	return ctl;
+}
+
 struct control *control_open(struct supervisor *sup, const char *path, int mode, uid_t owner, gid_t group,
                              char *err, size_t errlen)
 {
@@ -192,14 +206,9 @@ struct control *control_open(struct supervisor *sup, const char *path, int mode,
 	if (clear_stale_socket(&addr, path, err, errlen) < 0)
 		return NULL;
 
-	struct control *ctl = calloc(1, sizeof(*ctl));
-	if (ctl == NULL || (ctl->path = strdup(path)) == NULL) {
-		snprintf(err, errlen, "out of memory");
-		free(ctl);
+	struct control *ctl = control_new(sup, path, err, errlen);
+	if (ctl == NULL)
 		return NULL;
-	}
-	ctl->sup = sup;
-	ctl->euid = geteuid();
 	ctl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (ctl->fd < 0) {
 		snprintf(err, errlen, "socket: %s", strerror(errno));
@@ -251,14 +260,9 @@ struct control *control_adopt(struct supervisor *sup, int fd, char *err, size_t 
 		snprintf(err, errlen, "handed-over control socket fd %d: %s", fd, strerror(errno));
 		return NULL;
 	}
-	struct control *ctl = calloc(1, sizeof(*ctl));
-	if (ctl == NULL || (ctl->path = strdup(path)) == NULL) {
-		snprintf(err, errlen, "out of memory");
-		free(ctl);
+	struct control *ctl = control_new(sup, path, err, errlen);
+	if (ctl == NULL)
 		return NULL;
-	}
-	ctl->sup = sup;
-	ctl->euid = geteuid();
 	ctl->fd = fd;
 	ctl->dev = st.st_dev;
 	ctl->ino = st.st_ino;
@@ -323,17 +327,6 @@ static enum access peer_access(const struct control *ctl, int fd)
 
 /* ---- commands ----------------------------------------------------------- */
 
-static char *answer_dup(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *answer_dup(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	char *out = NULL;
-	int rc = vasprintf(&out, fmt, ap);
-	va_end(ap);
-	return rc < 0 ? NULL : out;
-}
-
 /* An error answer is one line: newlines from multi-line messages become "; ". */
 static char *error_answer(const char *message)
 {
@@ -351,7 +344,7 @@ static char *error_answer(const char *message)
 		}
 	}
 	flat[o] = '\0';
-	char *out = answer_dup("error: %s\n", flat);
+	char *out = str_printf("error: %s\n", flat);
 	free(flat);
 	return out;
 }
@@ -375,12 +368,12 @@ static void printable_excerpt(const char *word, char *out, size_t cap)
 static char *command_scale(struct supervisor *sup, const char *arg)
 {
 	if (arg == NULL)
-		return answer_dup("error: usage: scale N (1..%d)\n", CONFIG_MAX_WORKERS);
+		return str_printf("error: usage: scale N (1..%d)\n", CONFIG_MAX_WORKERS);
 	char *end = NULL;
 	errno = 0;
 	long n = strtol(arg, &end, 10);
 	if (errno != 0 || end == arg || *end != '\0' || n < 1 || n > CONFIG_MAX_WORKERS)
-		return answer_dup("error: scale: workers must be an integer in 1..%d\n", CONFIG_MAX_WORKERS);
+		return str_printf("error: scale: workers must be an integer in 1..%d\n", CONFIG_MAX_WORKERS);
 	char err[1024] = "";
 	if (supervisor_scale(sup, (int)n, err, sizeof(err)) < 0)
 		return error_answer(err[0] != '\0' ? err : "scale failed");
@@ -446,7 +439,7 @@ static char *execute_with_argument(struct supervisor *sup, const char *word, con
 	if (strcmp(word, "scale") == 0)
 		return command_scale(sup, arg);
 	if (arg == NULL)
-		return answer_dup("error: usage: %s ID\n", word);
+		return str_printf("error: usage: %s ID\n", word);
 	return strcmp(word, "cancel") == 0 ? jobctl_cancel(sup, arg) : jobctl_retry(sup, arg);
 }
 
@@ -484,7 +477,7 @@ static char *execute_plain(struct supervisor *sup, const char *word, bool *stop_
 	}
 	char excerpt[64];
 	printable_excerpt(word, excerpt, sizeof(excerpt));
-	return answer_dup("error: unknown command \"%s\" (try: " COMMAND_LIST ")\n", excerpt);
+	return str_printf("error: unknown command \"%s\" (try: " COMMAND_LIST ")\n", excerpt);
 }
 
 static char *execute_words(struct supervisor *sup, char **words, int count, enum access access, bool *stop_after)
@@ -495,13 +488,13 @@ static char *execute_words(struct supervisor *sup, char **words, int count, enum
 		return strdup("error: too many arguments\n");
 	const char *word = words[0], *arg = count == 2 ? words[1] : NULL;
 	if (access != ACCESS_WRITE && is_write_command(word))
-		return answer_dup("error: permission denied: %s needs root or the daemon's user\n", word);
+		return str_printf("error: permission denied: %s needs root or the daemon's user\n", word);
 	if (takes_argument(word))
 		return execute_with_argument(sup, word, arg);
 	if (arg != NULL) {
 		char excerpt[64];
 		printable_excerpt(word, excerpt, sizeof(excerpt));
-		return answer_dup("error: %s takes no argument\n", excerpt);
+		return str_printf("error: %s takes no argument\n", excerpt);
 	}
 	return execute_plain(sup, word, stop_after);
 }

@@ -20,12 +20,12 @@
 #include "queue/events.h"
 #include "queue/source.h"
 #include "shared/log.h"
+#include "shared/util.h"
 #include "supervisor/stats.h"
 #include "supervisor/supervisor.h"
 
 #include <jansson.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,17 +33,6 @@
 
 #define JOBS_QUEUED_SHOWN 100
 #define JOBS_FAILED_SHOWN 20
-
-static char *answer(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *answer(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	char *out = NULL;
-	int rc = vasprintf(&out, fmt, ap);
-	va_end(ap);
-	return rc < 0 ? NULL : out;
-}
 
 /* ---- failures the workers saw (Kafka has no failed/ to list) -------------- */
 
@@ -147,7 +136,7 @@ char *jobctl_jobs(const struct supervisor *sup)
 	long long lag_total = 0;
 	char why[512] = "out of memory";
 	if (stats_running(sup, &running, &lag, &lag_total) < 0)
-		return answer("error: %s\n", why);
+		return str_printf("error: %s\n", why);
 	json_t *root = json_pack("{s:s, s:b, s:o}", "backend", queue_ops_for(sup->cfg)->name, "paused",
 	                         scoreboard_intake_paused_in(sup->scoreboard), "running", running);
 	int rc = root != NULL ? put_queue_sections(sup, root, lag, lag_total, why, sizeof(why)) : -1;
@@ -155,8 +144,8 @@ char *jobctl_jobs(const struct supervisor *sup)
 	char *text = rc == 0 ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6)) : NULL;
 	json_decref(root);
 	if (text == NULL)
-		return answer("error: %s\n", why);
-	char *line = answer("%s\n", text);
+		return str_printf("error: %s\n", why);
+	char *line = str_printf("%s\n", text);
 	free(text);
 	return line;
 }
@@ -196,7 +185,7 @@ static char *cancel_queued(struct supervisor *sup, const char *id)
 {
 	const struct queue_ops *queue = queue_ops_for(sup->cfg);
 	if (queue->cancel_queued == NULL)
-		return answer("error: no job %s is running (a waiting %s job cannot be cancelled)\n", id, queue->name);
+		return str_printf("error: no job %s is running (a waiting %s job cannot be cancelled)\n", id, queue->name);
 	char host[256] = "localhost", why[1024] = "";
 	if (gethostname(host, sizeof(host) - 1) < 0)
 		snprintf(host, sizeof(host), "localhost");
@@ -205,14 +194,14 @@ static char *cancel_queued(struct supervisor *sup, const char *id)
 	switch (queue->cancel_queued(sup->cfg, id, &origin, why, sizeof(why))) {
 	case QUEUE_JOB_DONE:
 		log_warnx("job %.200s: cancelled before it ran (droverctl cancel)", id);
-		return answer("ok: %s was waiting; it failed as cancelled\n", id);
+		return str_printf("ok: %s was waiting; it failed as cancelled\n", id);
 	case QUEUE_JOB_UNKNOWN:
-		return answer("error: no job %s is running or waiting\n", id);
+		return str_printf("error: no job %s is running or waiting\n", id);
 	case QUEUE_JOB_BUSY:
 	case QUEUE_JOB_ERROR:
 		break;
 	}
-	return answer("error: %s\n", why);
+	return str_printf("error: %s\n", why);
 }
 
 char *jobctl_cancel(struct supervisor *sup, const char *id)
@@ -224,7 +213,7 @@ char *jobctl_cancel(struct supervisor *sup, const char *id)
 	if (asked == 0)
 		return cancel_queued(sup, id);
 	log_warnx("job %.200s: cancel asked of worker %d (attempt %d)", id, slot, attempt);
-	return answer("ok: cancelling %s (attempt %d on worker %d)\n", id, attempt, slot);
+	return str_printf("ok: cancelling %s (attempt %d on worker %d)\n", id, attempt, slot);
 }
 
 /* ---- retry ----------------------------------------------------------------- */
@@ -233,22 +222,22 @@ char *jobctl_retry(struct supervisor *sup, const char *id)
 {
 	const struct queue_ops *queue = queue_ops_for(sup->cfg);
 	if (queue->retry_failed == NULL)
-		return answer("error: retry: the %s queue keeps no failed jobs to retry\n", queue->name);
+		return str_printf("error: retry: the %s queue keeps no failed jobs to retry\n", queue->name);
 	if (queue->retry_in_client)
-		return answer("error: retry: on the %s queue droverctl retries the job itself; give it the "
+		return str_printf("error: retry: on the %s queue droverctl retries the job itself; give it the "
 		              "configuration (-c FILE)\n", queue->name);
 	char why[1024] = "";
 	switch (queue->retry_failed(sup->cfg, id, why, sizeof(why))) {
 	case QUEUE_JOB_DONE:
 		log_warnx("job %.200s: queued again with its attempts reset (droverctl retry)", id);
-		return answer("ok: %s is queued again\n", id);
+		return str_printf("ok: %s is queued again\n", id);
 	case QUEUE_JOB_UNKNOWN:
-		return answer("error: no failed job %s\n", id);
+		return str_printf("error: no failed job %s\n", id);
 	case QUEUE_JOB_BUSY:
 	case QUEUE_JOB_ERROR:
 		break;
 	}
-	return answer("error: %s\n", why);
+	return str_printf("error: %s\n", why);
 }
 
 /* ---- pause / resume -------------------------------------------------------- */
@@ -271,5 +260,5 @@ char *jobctl_pause(struct supervisor *sup, bool paused)
 	if (was != paused)
 		log_warnx("intake %s (droverctl %s)%s", paused ? "paused" : "resumed", paused ? "pause" : "resume",
 		          paused ? "; running jobs go on" : "");
-	return answer("ok: intake %s\n", paused ? "paused" : "resumed");
+	return str_printf("ok: intake %s\n", paused ? "paused" : "resumed");
 }
