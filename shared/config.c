@@ -647,6 +647,46 @@ static bool set_handler(struct loader *ld, const struct opt_spec *opt, const cha
 	return true;
 }
 
+/* A number, a size or a limit (empty = CONFIG_LIMIT_UNSET) into field. */
+static bool set_number(struct loader *ld, const struct opt_spec *opt, void *field, const char *value,
+		       const char *allowed, const struct origin *o, const char *section)
+{
+	long long number = 0;
+	bool limit = opt->type == OPT_LIMIT || opt->type == OPT_LIMIT_BYTES;
+	if (limit && value[0] == '\0') {
+		*(long long *)field = CONFIG_LIMIT_UNSET;
+		return true;
+	}
+	enum number_status status = opt->type == OPT_BYTES || opt->type == OPT_LIMIT_BYTES
+	                                    ? parse_size(value, opt->min, opt->max, &number)
+	                                    : parse_number(value, opt->min, opt->max, &number);
+	if (status != NUMBER_OK) {
+		report(ld, o, section, opt->key, "\"%s\" %s (allowed: %s)", value, number_problem(status), allowed);
+		return false;
+	}
+	if (opt->type == OPT_INT)
+		*(int *)field = (int)number;
+	else
+		*(long long *)field = number;
+	return true;
+}
+
+/* One of opt->names: its value (OPT_ENUM) or its name (OPT_CHOICE) into field. */
+static bool set_named(struct loader *ld, const struct opt_spec *opt, void *field, const char *value,
+		      const char *allowed, const struct origin *o, const char *section)
+{
+	const struct enum_name *name = find_name(opt->names, value);
+	if (name == NULL) {
+		report(ld, o, section, opt->key, "\"%s\" is not a known value (allowed: %s)", value, allowed);
+		return false;
+	}
+	if (opt->type == OPT_ENUM) {
+		*(int *)field = name->value;
+		return true;
+	}
+	return replace_string(ld, (char **)field, name->name);
+}
+
 /*
  * Parses value for opt and stores it in base (a struct config or a struct
  * topic_config). On error reports it (never echoing a secret) and keeps the
@@ -657,34 +697,15 @@ static bool set_value(struct loader *ld, const struct opt_spec *opt, void *base,
 {
 	void *field = field_of(opt, base);
 	char allowed[256];
-	long long number = 0;
-	enum number_status status;
 
 	describe_allowed(opt, allowed, sizeof(allowed));
 	switch (opt->type) {
 	case OPT_LIMIT:
 	case OPT_LIMIT_BYTES:
-		if (value[0] == '\0') {
-			*(long long *)field = CONFIG_LIMIT_UNSET;
-			return true;
-		}
-		/* fall through */
 	case OPT_INT:
 	case OPT_BYTES:
 	case OPT_MS:
-		status = opt->type == OPT_BYTES || opt->type == OPT_LIMIT_BYTES
-		                 ? parse_size(value, opt->min, opt->max, &number)
-		                 : parse_number(value, opt->min, opt->max, &number);
-		if (status != NUMBER_OK) {
-			report(ld, o, section, opt->key, "\"%s\" %s (allowed: %s)", value, number_problem(status),
-			       allowed);
-			return false;
-		}
-		if (opt->type == OPT_INT)
-			*(int *)field = (int)number;
-		else
-			*(long long *)field = number;
-		return true;
+		return set_number(ld, opt, field, value, allowed, o, section);
 	case OPT_BOOL:
 		if (!parse_bool(value, (bool *)field)) {
 			report(ld, o, section, opt->key, "\"%s\" is not a boolean (allowed: %s)", value, allowed);
@@ -692,18 +713,8 @@ static bool set_value(struct loader *ld, const struct opt_spec *opt, void *base,
 		}
 		return true;
 	case OPT_ENUM:
-	case OPT_CHOICE: {
-		const struct enum_name *name = find_name(opt->names, value);
-		if (name == NULL) {
-			report(ld, o, section, opt->key, "\"%s\" is not a known value (allowed: %s)", value, allowed);
-			return false;
-		}
-		if (opt->type == OPT_ENUM) {
-			*(int *)field = name->value;
-			return true;
-		}
-		return replace_string(ld, (char **)field, name->name);
-	}
+	case OPT_CHOICE:
+		return set_named(ld, opt, field, value, allowed, o, section);
 	case OPT_MODE:
 		if (!parse_mode(value, opt->max, (int *)field)) {
 			report(ld, o, section, opt->key, "\"%s\" is not a permission mode (allowed: %s)", value, allowed);
