@@ -501,6 +501,27 @@ static void release_everything(struct supervisor *sup, char *pid_path)
 	config_free(sup->cfg);
 }
 
+/* The queue, the cgroup layout, the scoreboard and the worker pool (adopted after an upgrade). */
+static void build_pool(struct supervisor *sup, const struct config *cfg, bool upgraded, const struct handover *handover)
+{
+	prepare_queue(cfg);
+	/* Before the workers exist: they inherit the cgroup layout (and drover's move into its leaf). */
+	const struct cgroup_limits cgroup_wanted = { .memory_max = cfg->memory_max, .cpu_max = cfg->cpu_max,
+	                                             .pids_max = cfg->pids_max };
+	cgroup_prepare(cfg->cgroup_root, &cgroup_wanted);
+	if (!upgraded)
+		sup->scoreboard = scoreboard_create();
+	if (sup->scoreboard == NULL)
+		log_fatal(EX_SOFTWARE, "cannot map the scoreboard");
+	/* Orphaned handler processes of a dead worker come back to us to be reaped. The flag
+	 * survives exec (prctl(2)); set again after an upgrade all the same. */
+	if (getpid() != 1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+		log_warn("cannot become a child subreaper");
+	sup->pool = upgraded ? pool_create_adopting(sup, handover) : pool_create(sup);
+	if (sup->pool == NULL)
+		log_fatal(EX_SOFTWARE, "cannot create the worker pool");
+}
+
 int main(int argc, char **argv)
 {
 	struct options opts = { 0 };
@@ -549,23 +570,7 @@ int main(int argc, char **argv)
 		start_fresh(&sup, cfg, opts.daemonize, new_log_file);
 	}
 	protect_secrets();
-	prepare_queue(cfg);
-	/* Before the workers exist: they inherit the cgroup layout (and drover's move into its leaf). */
-	const struct cgroup_limits cgroup_wanted = { .memory_max = cfg->memory_max, .cpu_max = cfg->cpu_max,
-	                                             .pids_max = cfg->pids_max };
-	cgroup_prepare(cfg->cgroup_root, &cgroup_wanted);
-
-	if (!upgraded)
-		sup.scoreboard = scoreboard_create();
-	if (sup.scoreboard == NULL)
-		log_fatal(EX_SOFTWARE, "cannot map the scoreboard");
-	/* Orphaned handler processes of a dead worker come back to us to be reaped. The flag
-	 * survives exec (prctl(2)); set again after an upgrade all the same. */
-	if (getpid() != 1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
-		log_warn("cannot become a child subreaper");
-	sup.pool = upgraded ? pool_create_adopting(&sup, &handover) : pool_create(&sup);
-	if (sup.pool == NULL)
-		log_fatal(EX_SOFTWARE, "cannot create the worker pool");
+	build_pool(&sup, cfg, upgraded, &handover);
 
 	supervisor_start(&sup);
 	/* Written once the pool is up, so that the pid file means "ready" for init scripts. */
