@@ -1776,6 +1776,7 @@ const struct source_ops kafka_source_ops = {
 	.status = kafka_status,
 	.finish = kafka_finish,
 	.release = kafka_release,
+	/* No finish_recorded: whether an outcome event of this delivery is on its topic is not cheaply knowable. */
 	.pause = kafka_pause,
 	.resume = kafka_resume,
 	.pending = kafka_pending,
