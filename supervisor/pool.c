@@ -7,7 +7,8 @@
  * through slot_on_exit, which also kills the handler process groups the
  * scoreboard says it left behind, and the processes of its jobs that left
  * those groups (they come to us, a child subreaper: orphans.h), and gives its
- * spool claims back.
+ * spool claims back. pool_destroy sweeps once more, briefly, for what comes to
+ * us after the last worker is gone.
  */
 #include "supervisor/pool.h"
 #include "shared/log.h"
@@ -265,7 +266,8 @@ static bool pool_serial_alive(const struct pool *pool, unsigned long long serial
  * process groups come to us (we are a child subreaper). Workers are skipped
  * without a look; a child without our token is only reaped. Called when a
  * worker dies and whenever a non-worker child is reaped (its children have
- * just come to us).
+ * just come to us), and at exit (pool_final_sweep). Returns how many children
+ * are not workers, killed or not (each is reaped when it exits).
  */
 static size_t pool_sweep_orphans(struct pool *pool)
 {
@@ -290,7 +292,7 @@ static size_t pool_sweep_orphans(struct pool *pool)
 		if (orphan_kill(pids[i]))
 			log_info("killed pid %d, left behind by a job of a worker that is gone", (int)pids[i]);
 	}
-	return strangers; /* the children that are not workers: reaped later, killed or not */
+	return strangers;
 }
 
 /* Reaps every child that has exited, without the loop (its child watcher is stopped by then). */
