@@ -82,7 +82,8 @@ struct kpart {
 	int64_t stored;     /* last offset stored (the next to consume), -1 = none yet */
 	int64_t committed;  /* last offset the group coordinator took, -1 = not known yet */
 	bool commit_failing; /* the last commit of it failed (a rebalance in progress): hold back */
-	long long last_commit_ms; /* of the last successful commit (or the assignment) */
+	long long last_commit_ms; /* of the last successful commit, or since offsets wait for one (part_ack) */
+	bool held;          /* held back at the last look (part_may_take): a new episode counts once */
 	int64_t lag;        /* from librdkafka's statistics, -1 = unknown */
 	size_t outstanding; /* jobs of this epoch taken and not yet settled or released */
 	struct kjob_list queue; /* fetched, not yet taken */
@@ -281,6 +282,7 @@ static void part_reset(struct kpart *p)
 	p->stored = -1;
 	p->committed = -1;
 	p->commit_failing = false;
+	p->held = false;
 	p->last_commit_ms = now_ms();
 	p->outstanding = 0;
 	p->epoch++;
@@ -347,6 +349,12 @@ static void part_ack(struct source *src, struct kpart *p, int64_t offset)
 		prefix++;
 	if (prefix == 0)
 		return;
+	/*
+	 * Nothing waited for a commit until now: the stall clock starts here, not
+	 * at the last commit, which may be long past after an idle spell.
+	 */
+	if (p->stored < 0 || p->stored <= p->committed)
+		p->last_commit_ms = now_ms();
 	p->stored = p->offsets[prefix - 1] + 1;
 	memmove(p->offsets, p->offsets + prefix, (p->count - prefix) * sizeof(*p->offsets));
 	memmove(p->done, p->done + prefix, (p->count - prefix) * sizeof(*p->done));
@@ -1044,6 +1052,19 @@ static bool part_held_back(const struct source *src, const struct kpart *p)
 	return p->commit_failing || now - p->last_commit_ms > src->commit_stall_ms;
 }
 
+/* Whether the partition may hand out its next job now; a partition becoming held back is counted. */
+static bool part_may_take(struct source *src, struct kpart *p)
+{
+	bool held = part_held_back(src, p);
+	if (held && !p->held && src->board != NULL) {
+		scoreboard_write_begin(src->board);
+		src->board->counters.kafka_hold_backs++;
+		scoreboard_write_end(src->board);
+	}
+	p->held = held;
+	return !held && part_in_window(src, p);
+}
+
 static void note_rebalance(struct source *src)
 {
 	if (src->rebalancing_since_ms == 0)
@@ -1399,7 +1420,7 @@ static enum source_take kafka_take(struct source *src, struct job **job)
 		return SOURCE_EMPTY;
 	struct kpart *next = NULL;
 	for (struct kpart *p = SLIST_FIRST(&src->parts); p != NULL; p = SLIST_NEXT(p, link))
-		if (!TAILQ_EMPTY(&p->queue.jobs) && !part_held_back(src, p) && part_in_window(src, p) &&
+		if (!TAILQ_EMPTY(&p->queue.jobs) && part_may_take(src, p) &&
 		    (next == NULL || p->taken_seq < next->taken_seq))
 			next = p;
 	if (next == NULL)
@@ -1781,6 +1802,7 @@ const struct source_ops kafka_source_ops = {
 	.status = kafka_status,
 	.finish = kafka_finish,
 	.release = kafka_release,
+	/* No finish_recorded: whether an outcome event of this delivery is on its topic is not cheaply knowable. */
 	.pause = kafka_pause,
 	.resume = kafka_resume,
 	.pending = kafka_pending,

@@ -49,6 +49,7 @@ struct job {
 	double duration_s;   /* of the completing attempt, for the duration histogram */
 	const char *failed_reason; /* set by the worker before a failed finish(): a static events.h reason */
 	int attempts_run;    /* set by the worker before finish(): attempts made, for droverctl jobs */
+	bool recorded;       /* settled by finish_recorded: an earlier delivery's outcome, counted by none */
 	void *backend;       /* the source's own per-job state */
 };
 
@@ -131,6 +132,16 @@ struct source_ops {
 	void (*finish)(struct source *src, struct job *job, bool completed, const char *doc, size_t len);
 	/* Gives an unfinished job back to the queue; the source frees it. */
 	void (*release)(struct source *src, struct job *job);
+	/*
+	 * Optional (NULL: never known; Kafka cannot tell without reading its
+	 * outcome topic). For a redelivered job whose attempts are used up: when
+	 * the outcome of its last attempt is already recorded (its worker died
+	 * after writing it, before the job left the queue), the source takes the
+	 * job as finish() does, with no new outcome: cb.settled follows once that
+	 * outcome is durable, job->recorded set. True then; false when none is
+	 * recorded, and the job stays the caller's (it fails as worker_lost).
+	 */
+	bool (*finish_recorded)(struct source *src, struct job *job);
 	/* Flow control: stop / restart handing out jobs (Kafka pauses partitions). */
 	void (*pause)(struct source *src);
 	void (*resume)(struct source *src);

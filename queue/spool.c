@@ -44,7 +44,11 @@
  *    cb.settled is called. That is not fsynced: if a power cut undoes it, the
  *    finished job runs again and its outcome file is replaced. Outcome files
  *    are replaced, so the duplicates that at-least-once delivery can produce
- *    end as one file. An outcome file is named <id>.json when the id is made
+ *    end as one file. A worker that dies between the outcome's rename and the
+ *    job file's removal leaves both; when the redelivery has no attempt left,
+ *    spool_finish_recorded finds that outcome and the job only leaves (after
+ *    the same directory fsync) instead of failing as worker_lost. An outcome
+ *    file is named <id>.json when the id is made
  *    of [A-Za-z0-9._-] (not leading '.') and at most 160 bytes long;
  *    otherwise those bytes are kept, the others become '_', and "-<fnv1a-32
  *    of the id, 8 hex>" follows, so that distinct ids do not share a file.
@@ -770,6 +774,8 @@ static int write_outcome(struct spool *sp, struct spool_claim *claim)
 	/* Locked until renamed, so that a sweep of tmp/ never takes it for a dead writer's; commit_written syncs. */
 	struct durable_how how = { .mode = SPOOL_FILE_MODE, .owner = sp->owner, .hold_lock = true, .defer_dir_sync = true };
 
+	if (claim->doc == NULL)
+		return 0; /* recorded by an earlier delivery (spool_finish_recorded): only its directory's fsync is due */
 	spool_unique_name(tmp_name, sizeof(tmp_name), sp->pid, OUTCOME_SUFFIX);
 	spool_outcome_file(claim->job->id, file, sizeof(file));
 	sp->wrote_outcome = true;
@@ -1106,6 +1112,50 @@ static void spool_finish(struct source *src, struct job *job, bool completed, co
 	safety_rearm(sp);
 }
 
+/* True when sub/<outcome name of job> is job's outcome after the attempt its delivery counts. */
+static bool outcome_matches(const struct spool *sp, const char *sub, const struct job *job)
+{
+	char file[SPOOL_OUTCOME_ID_MAX + 32], path[PATH_MAX];
+
+	spool_outcome_file(job->id, file, sizeof(file));
+	if (join_path(path, sizeof(path), sp->dir, sub, file) < 0)
+		return false;
+	json_t *doc = json_load_file(path, JSON_ALLOW_NUL, NULL);
+	if (doc == NULL)
+		return false; /* none (or unreadable: then a new outcome replaces it) */
+	const char *id = json_string_value(json_object_get(doc, "id"));
+	json_t *attempts = json_object_get(doc, "attempts");
+	bool same = id != NULL && strcmp(id, job->id) == 0 && json_is_integer(attempts) &&
+	            json_integer_value(attempts) == job->attempts_done;
+	json_decref(doc);
+	return same;
+}
+
+/*
+ * A worker died between renaming an outcome into complete/ or failed/ and
+ * removing the job's file: the outcome stands. Its directory is fsynced by
+ * the group commit (the dead worker may not have got that far), and only
+ * then does the job leave processing/, as after any outcome.
+ */
+static bool spool_finish_recorded(struct source *src, struct job *job)
+{
+	struct spool *sp = (struct spool *)src;
+	struct spool_claim *claim = job->backend;
+
+	if (outcome_matches(sp, "complete", job))
+		claim->completed = true;
+	else if (outcome_matches(sp, "failed", job))
+		claim->completed = false;
+	else
+		return false;
+	log_info("spool: job %.200s: the outcome of attempt %d is already in %s/; the job leaves the queue", job->id,
+	         job->attempts_done, claim->completed ? "complete" : "failed");
+	job->recorded = true;
+	job->completed = claim->completed;
+	push_written(sp, claim);
+	return true;
+}
+
 /* ---- the source ------------------------------------------------------------ */
 
 static void schedule_ready(struct spool *sp)
@@ -1320,6 +1370,7 @@ const struct source_ops spool_source_ops = {
 	.status = spool_status,
 	.finish = spool_finish,
 	.release = spool_release,
+	.finish_recorded = spool_finish_recorded,
 	.pause = spool_pause,
 	.resume = spool_resume,
 	.pending = spool_pending,

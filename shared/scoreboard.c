@@ -471,6 +471,7 @@ void scoreboard_counters_add(struct scoreboard_counters *into, const struct scor
 	into->handler_restarts += from->handler_restarts;
 	into->handler_recycles += from->handler_recycles;
 	into->handler_protocol_errors += from->handler_protocol_errors;
+	into->kafka_hold_backs += from->kafka_hold_backs;
 }
 
 void scoreboard_publish_backlog(struct scoreboard_slot *slot, int64_t count, int64_t oldest_ms)

@@ -80,6 +80,7 @@ struct scoreboard_counters {
 	uint64_t handler_restarts;        /* persistent handler processes started again after an abnormal end */
 	uint64_t handler_recycles;        /* retired after handler_max_jobs or handler_max_rss_mb */
 	uint64_t handler_protocol_errors; /* killed for a protocol violation */
+	uint64_t kafka_hold_backs;        /* Kafka: a partition stopped taking jobs while its commits stalled */
 };
 
 struct scoreboard_slot {

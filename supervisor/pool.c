@@ -7,7 +7,8 @@
  * through slot_on_exit, which also kills the handler process groups the
  * scoreboard says it left behind, and the processes of its jobs that left
  * those groups (they come to us, a child subreaper: orphans.h), and gives its
- * spool claims back.
+ * spool claims back. pool_destroy sweeps once more, briefly, for what comes to
+ * us after the last worker is gone.
  */
 #include "supervisor/pool.h"
 #include "supervisor/jobctl.h"
@@ -24,12 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <sysexits.h>
 #include <unistd.h>
 
 #define HEARTBEAT_CHECK_S 0.5
 /* Beyond what the queue says it may take (queue_ops.ready_within_ms), how long a replacement may take to become ready. */
 #define READY_MARGIN_MS 5000
+/* The final sweep at exit (pool_final_sweep): at most this long, looking again every step. */
+#define FINAL_SWEEP_MS 1000
+#define FINAL_SWEEP_STEP_MS 10
 
 struct slot {
 	struct pool *pool;
@@ -265,28 +270,64 @@ static bool pool_serial_alive(const struct pool *pool, unsigned long long serial
  * process groups come to us (we are a child subreaper). Workers are skipped
  * without a look; a child without our token is only reaped. Called when a
  * worker dies and whenever a non-worker child is reaped (its children have
- * just come to us).
+ * just come to us), and at exit (pool_final_sweep). Returns how many children
+ * are not workers, killed or not (each is reaped when it exits).
  */
-static void pool_sweep_orphans(struct pool *pool)
+static size_t pool_sweep_orphans(struct pool *pool)
 {
 	const pid_t *pids;
-	size_t count;
+	size_t count, strangers = 0;
 	if (pool->children == NULL)
-		return;
+		return 0;
 	if (children_list(pool->children, &pids, &count) < 0) {
 		log_warn("cannot list the supervisor's child processes");
-		return;
+		return 0;
 	}
 	long long self = getpid();
 	cgroup_collect(); /* dead workers' cgroups, once their killed processes are gone */
 	for (size_t i = 0; i < count; i++) {
 		struct attempt_token token;
-		if (pool_find(pool, pids[i]) != NULL || attempt_token_of(pids[i], &token) != 1)
+		if (pool_find(pool, pids[i]) != NULL)
+			continue;
+		strangers++;
+		if (attempt_token_of(pids[i], &token) != 1)
 			continue;
 		if (token.supervisor != self || pool_serial_alive(pool, token.worker))
 			continue;
 		if (orphan_kill(pids[i]))
 			log_info("killed pid %d, left behind by a job of a worker that is gone", (int)pids[i]);
+	}
+	return strangers;
+}
+
+/* Reaps every child that has exited, without the loop (its child watcher is stopped by then). */
+static void pool_reap_quietly(void)
+{
+	int status;
+	for (;;) {
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		if (pid == 0 || (pid < 0 && errno != EINTR))
+			return; /* none exited, or no children left */
+	}
+}
+
+/*
+ * At exit, once the workers are gone: a job's escapee whose own parent
+ * outlived the last worker comes to us only when that parent dies, after the
+ * last worker's sweep. So the sweep goes on, reaping as it goes, while we
+ * still have children that are not workers, for at most FINAL_SWEEP_MS; a
+ * child without our token (a daemon that left its job for good) may outlive
+ * us after that. No children: no wait at all.
+ */
+static void pool_final_sweep(struct pool *pool)
+{
+	long long deadline = now_ms() + FINAL_SWEEP_MS;
+	for (;;) {
+		pool_reap_quietly();
+		if (pool_sweep_orphans(pool) == 0 || now_ms() >= deadline)
+			return;
+		struct timespec pause = { .tv_sec = 0, .tv_nsec = FINAL_SWEEP_STEP_MS * 1000000L };
+		nanosleep(&pause, NULL); /* EINTR only shortens one step */
 	}
 }
 
@@ -653,6 +694,7 @@ void pool_destroy(struct pool *pool)
 		escalate_cancel(&pool->slots[i].stop);
 	}
 	ev_child_stop(pool->sup->loop, &pool->child_watcher);
+	pool_final_sweep(pool);
 	ev_timer_stop(pool->sup->loop, &pool->heartbeat_timer);
 	ev_io_stop(pool->sup->loop, &pool->wake_watcher);
 	close(pool->death_pipe[0]);

@@ -273,6 +273,7 @@ static json_t *kafka_of(const struct scoreboard_slot *live, bool *ok)
 	}
 	put(kafka, "partitions", partitions, ok);
 	put(kafka, "lag", json_integer(total), ok);
+	put(kafka, "hold_backs", json_integer(live != NULL ? (json_int_t)live->counters.kafka_hold_backs : 0), ok);
 	return kafka;
 }
 
@@ -835,6 +836,11 @@ static void write_counters(FILE *out, const struct supervisor *sup, const struct
 		fprintf(out, "drover_handler_processes_total{event=\"recycled\"} %" PRIu64 "\n", c->handler_recycles);
 		fprintf(out, "drover_handler_processes_total{event=\"protocol_error\"} %" PRIu64 "\n",
 			c->handler_protocol_errors);
+	}
+	if (sup->cfg != NULL && queue_ops_for(sup->cfg)->has_partitions) {
+		write_header(out, "drover_kafka_hold_backs_total", "counter",
+			     "Times a partition stopped taking jobs while its offset commits stalled.");
+		fprintf(out, "drover_kafka_hold_backs_total %" PRIu64 "\n", c->kafka_hold_backs);
 	}
 	write_histogram(out, c);
 	write_saturation(out, sup, t);

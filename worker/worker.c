@@ -839,7 +839,9 @@ static void worker_revoke_job(struct job *job, void *arg)
  * that is not a JSON object; an id that breaks the rules of every entry
  * (events.h; the backends check too, this is the last line); a job whose
  * earlier attempts already used up max_attempts by dying with their worker
- * (the count comes with the delivery: spool file name, Kafka crash ledger).
+ * (the count comes with the delivery: spool file name, Kafka crash ledger),
+ * unless the last one's outcome was recorded before its worker died: then
+ * the job only leaves the queue (finish_recorded).
  * True when the task was failed.
  */
 static bool worker_refuses_job(struct worker *w, struct task *t)
@@ -854,6 +856,10 @@ static bool worker_refuses_job(struct worker *w, struct task *t)
 	} else if (id_problem != NULL) {
 		log_warnx("job with an id of %zu bytes: %s", strlen(job->id), id_problem);
 		failure.message = id_problem;
+	} else if (job->attempts_done >= w->cfg->max_attempts && w->ops->finish_recorded != NULL &&
+	           w->ops->finish_recorded(w->source, t->job)) {
+		task_free(t); /* its worker died after recording the outcome: that one stands */
+		return true;
 	} else if (job->attempts_done >= w->cfg->max_attempts) {
 		failure.reason = "worker_lost";
 		snprintf(message, sizeof(message), "the worker died during attempt %d; max_attempts is %d",
@@ -974,14 +980,16 @@ static void source_settled(struct job *job, bool durable, void *arg)
 {
 	struct worker *w = arg;
 	struct log_fields fields = { .job_id = job->id };
+	/* recorded: an earlier delivery's outcome, not this worker's to count or list */
 	if (!durable)
 		log_job(LOG_LEVEL_WARN, &fields, "outcome not recorded; it stays in the queue");
-	else if (job->completed)
+	else if (!job->recorded && job->completed)
 		counters_update(w, count_completed, job->duration_s);
-	else
+	else if (!job->recorded) {
 		counters_update(w, count_failed, 0);
-	if (durable && !job->completed) /* droverctl jobs lists it (Kafka has no failed/ to read) */
+		/* droverctl jobs lists it (Kafka has no failed/ to read) */
 		scoreboard_failure_add(w->board, job->id, job->failed_reason, job->attempts_run);
+	}
 	worker_maybe_exit(w);
 }
 

@@ -194,3 +194,41 @@ def test_a_killed_worker_leaves_no_escaped_process_of_its_jobs(drover):
     hold.touch()
     done, failed = d.wait_outcomes(["stranded"], 30)
     assert "stranded" in done and done["stranded"]["attempts"] == 2, (done, failed)
+
+
+# ---- the final sweep at supervisor exit ---------------------------------------------
+
+def pids_with_token(token):
+    """Every process whose environment carries this attempt token (a /proc search: the test's own check)."""
+    needle = ("DROVER_ATTEMPT_TOKEN=%s" % token).encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def test_an_escapee_orphaned_after_the_last_worker_died_does_not_outlive_the_supervisor(drover):
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"handler": HANDLER}})
+    d.wait_workers(1)
+    escapee_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "late", "late_escapee": str(escapee_file)}])
+    escapee = read_pid(escapee_file, d)
+    try:
+        token = wait_records(d, "start", "late")[0]["token"]
+        d.wait_outcomes(["late"], 20)
+        # The escapee's keeper has no token, so no sweep touched it; the escapee is not a child of drover's.
+        d.wait_until(lambda: escapee in pids_with_token(token), 10, "the escapee %d to carry the token" % escapee)
+        assert proc_alive(escapee), "the escapee died before the stop"
+        assert d.stop() == 0, d.diagnostics()
+        left = pids_with_token(token)
+        assert left == [], "processes with the attempt token %s outlived the supervisor: %s" % (token, left)
+    finally:
+        if proc_alive(escapee):
+            os.kill(escapee, signal.SIGKILL)

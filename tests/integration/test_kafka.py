@@ -676,3 +676,57 @@ def test_producer_looks_up_the_outcome_topics_before_the_first_job(mock, drover,
     for topic in (kh.COMPLETE, kh.FAILED, kh.STATUS):
         d.wait_until(lambda: producer_knows(topic), 30, "the producer's metadata for %s" % topic)
     assert not kh.outcome_docs(m.bootstrap, kh.COMPLETE)
+
+
+# ---- hold-back episodes: counted, not timed ----------------------------------------------
+
+def stall_window_s(commit_interval_ms):
+    """A worker's commit stall window for this auto.commit.interval.ms (2 x interval + 0.5 s)."""
+    return 2 * commit_interval_ms / 1000.0 + 0.5
+
+
+def hold_backs(d):
+    """Hold-back episodes of the live workers, from stats."""
+    return sum((w.get("kafka") or {}).get("hold_backs", 0) for w in d.stats()["workers"] if w.get("pid"))
+
+
+def one_partition_drover(mock, drover, fast_handler, commit_interval_ms):
+    handler, runs = fast_handler
+    m = mock(topics=kh.default_topics(1))
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=1, max_concurrent=2, handler=handler, runs_dir=runs,
+                                      librdkafka={"auto.commit.interval.ms": commit_interval_ms}))
+    kh.wait_group_stable(d, 1, partitions=1)
+    return m, d
+
+
+def run_burst(m, d, prefix, n, **fields):
+    """n jobs at once; waits until all have an outcome and are committed."""
+    jobs = kh.make_jobs(n, prefix=prefix, **fields)
+    kh.kcat_produce_lines(m.bootstrap, kh.REQUESTS, jobs)
+    complete, failed = kh.wait_outcomes(m.bootstrap, [i for i, _ in jobs], 60, drover=d)
+    assert not failed and {i for i, _ in jobs} <= set(complete), failed
+    kh.wait_committed_to_end(m, 30, drover=d)
+
+
+def test_a_burst_after_an_idle_spell_is_not_held_back(mock, drover, fast_handler):
+    # A long commit interval: the burst's first jobs are acknowledged well before the next commit.
+    m, d = one_partition_drover(mock, drover, fast_handler, commit_interval_ms=1000)
+    run_burst(m, d, "warm", 4)
+    # The precondition itself: no commit for longer than the stall window (nothing to wait for here).
+    time.sleep(2 * stall_window_s(1000))
+    run_burst(m, d, "burst", 60)
+    # Commits succeeded on their interval all along: the stall clock starts when offsets begin to wait.
+    assert hold_backs(d) == 0, "a partition was held back after an idle spell although commits succeed"
+
+
+def test_failing_commits_still_hold_a_partition_back(mock, drover, fast_handler):
+    m, d = one_partition_drover(mock, drover, fast_handler, commit_interval_ms=200)
+    run_burst(m, d, "warm", 4)
+    assert hold_backs(d) == 0
+    # The coordinator refuses the next commits (about 2 s of auto commits), then takes them again;
+    # jobs of 50 ms keep the burst taking jobs across several refused commits.
+    m.command("error OffsetCommit " + " ".join(["OFFSET_METADATA_TOO_LARGE"] * 10))
+    run_burst(m, d, "refused", 30, sleep=0.05)
+    assert hold_backs(d) >= 1, "failing commits must hold the partition back"
+    rc, metrics = d.ctl("metrics")
+    assert rc == 0 and "drover_kafka_hold_backs_total %d" % hold_backs(d) in metrics, metrics

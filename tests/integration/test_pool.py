@@ -252,7 +252,9 @@ def test_worker_refusing_its_configuration_is_not_restarted_until_scale_or_reloa
     cfg = kh.kafka_config(mock().bootstrap, workers=2, librdkafka=tls,
                           supervisor={"restart_delay_ms": 50, "restart_delay_max_ms": 100})
     d = drover(config=cfg)
-    d.wait_workers(2, timeout=20)
+    # Each worker opened its queue (its handles read the CA file then) before the file goes.
+    d.wait_until(lambda: all("worker %d: started (kafka queue" % slot in d.log_text() for slot in (0, 1)), 20,
+                 "both workers to open their queue")
 
     def spawns(slot):
         return d.log_text().count("worker %d started, pid" % slot)

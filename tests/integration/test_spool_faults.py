@@ -237,3 +237,35 @@ def test_a_read_only_spool_shows_and_clears(tmpfs, drover):
     d.wait_until(lambda: not worker_faults(d), 15, "the fault to clear")
     assert d.submit([{"id": "writable-again"}]) == ["writable-again"]
     d.wait_outcomes(["writable-again"], 20, spool=spool)
+
+
+# ---- a worker that died after recording an outcome, before its job left processing/ -----
+
+def _place_claimed_job(spool, name, attempts, job):
+    """A job file as a worker that died leaves it: in processing/ with its attempt count in the name."""
+    for sub in ("tmp", "incoming", "processing", "complete", "failed"):
+        (spool / sub).mkdir(parents=True, exist_ok=True)
+    (spool / "processing" / ("%s;a=%d" % (name, attempts))).write_text(json.dumps(job))
+
+
+def test_a_recorded_outcome_stands_when_its_worker_died_before_the_job_left(drover):
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"max_attempts": 3}}, start=False)
+    _place_claimed_job(d.spool, "recorded.json", 3, {"id": "recorded-1", "record_dir": str(d.records)})
+    outcome = json.dumps({"id": "recorded-1", "result": "done", "attempts": 3, "duration_ms": 5})
+    (d.spool / "complete" / "recorded-1.json").write_text(outcome)
+    # An outcome of an earlier attempt does not count: this delivery's last attempt is 3.
+    _place_claimed_job(d.spool, "stale.json", 3, {"id": "stale-1", "record_dir": str(d.records)})
+    (d.spool / "complete" / "stale-1.json").write_text(json.dumps({"id": "stale-1", "attempts": 2}))
+    _place_claimed_job(d.spool, "lost.json", 3, {"id": "lost-1", "record_dir": str(d.records)})
+    d.start()
+
+    d.wait_until(lambda: {"lost-1", "stale-1"} <= set(d.failed()), 20, "the jobs without an outcome to fail")
+    d.wait_queue_empty(20)
+    assert "recorded-1" not in d.failed(), d.failed()["recorded-1"]
+    assert (d.spool / "complete" / "recorded-1.json").read_text() == outcome, "the recorded outcome must stand"
+    for job_id in ("lost-1", "stale-1"):
+        err = d.failed()[job_id]["error"]
+        assert err["reason"] == "worker_lost" and "max_attempts is 3" in err["message"], err
+    assert d.starts() == [], "no job may run again: each used up its attempts"
+    stats = d.stats()["jobs"]
+    assert stats["failed"] == 2 and stats["completed"] == 0, stats
