@@ -15,8 +15,8 @@
 #include "worker/cgroup.h"
 
 #include "shared/log.h"
-#include "worker/memcg.h"
 #include "shared/util.h"
+#include "worker/memcg.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -223,8 +223,6 @@ static void enable_controllers(const char *base)
 	}
 }
 
-static bool cgroup_prepare_v2(const char *root, const struct cgroup_limits *wanted);
-
 static bool is_own_dir(const char *base)
 {
 	char own[PATH_MAX], why[256];
@@ -249,6 +247,8 @@ static void report(const char *base, const struct cgroup_limits *wanted)
 	         missing[0] != '\0' ? "; controllers not available: " : "", missing);
 }
 
+static bool cgroup_prepare_v2(const char *root, const struct cgroup_limits *wanted);
+
 /* Says once which hierarchy enforces memory_max: v2's memory.max, else a v1 memory cgroup per attempt, else none. */
 static void prepare_memory(long long memory_max)
 {
@@ -265,7 +265,7 @@ static void prepare_memory(long long memory_max)
 	}
 	log_warnx("cgroup: [jobs] memory_max is set but the memory controller is not available (cgroup v2: %s; "
 	          "cgroup v1: %s): not enforced",
-	          cgroup_enabled() ? "none under the jobs' cgroup" : "not used", why);
+	          cgroup_enabled() ? "no memory controller for the jobs' cgroups" : "no delegated cgroup", why);
 }
 
 bool cgroup_prepare(const char *root, const struct cgroup_limits *wanted)
