@@ -476,8 +476,10 @@ static void describe_memory_limit(const struct worker *w, long long peak, struct
 {
 	f->reason = "memory_limit";
 	f->message = message;
-	snprintf(message, len, "handler went over memory_max (%lld bytes) and was killed by the OOM killer; peak %lld bytes",
-	         w->cfg->memory_max, peak);
+	int n = snprintf(message, len, "handler went over memory_max (%lld bytes) and was killed by the OOM killer",
+	                 w->cfg->memory_max);
+	if (peak > 0 && n >= 0 && (size_t)n < len)
+		snprintf(message + n, len - (size_t)n, "; peak %lld bytes", peak);
 }
 
 static bool retry_allowed(const struct worker *w, const struct task *t, const struct runner_result *r)

@@ -235,7 +235,8 @@ def v1_memory_line(dump):
 
 
 def test_handler_over_memory_max_is_killed_with_reason_memory_limit(memcg_v1, drover):
-    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"memory_max": "64M", "max_attempts": 1}})
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": {"memory_max": "64M", "max_attempts": 2, "retry_delay_ms": 100}})
     d.wait_until(lambda: "memory_max is enforced by the cgroup v1 memory controller under %s" % memcg_v1
                  in d.log_text(), 10, "which hierarchy enforces memory_max, in the log")
     dump, pid_file = d.tmp / "cgroup.txt", d.tmp / "hog.pid"
@@ -243,17 +244,21 @@ def test_handler_over_memory_max_is_killed_with_reason_memory_limit(memcg_v1, dr
                "sleep_ms": 30000}])
     done, failed = d.wait_outcomes(["hog"], 60)
     assert "hog" in failed, done
+    assert failed["hog"]["attempts"] == 2, failed["hog"]  # retried like any failure
+    assert "attempt 1 failed (handler went over memory_max" in d.log_text(), d.log_text()[-2000:]
     error = failed["hog"]["error"]
     assert error["reason"] == "memory_limit", failed["hog"]
     assert "memory_max (%d bytes)" % (64 * MIB) in error["message"], error
     peak = failed["hog"]["peak_memory_bytes"]
     assert 32 * MIB < peak <= 64 * MIB, failed["hog"]
     assert "peak %d bytes" % peak in error["message"], error
-    # It ran in its own v1 memory cgroup, named after its attempt token; that and the handler are gone.
+    # The last attempt ran in its own v1 memory cgroup, named after its attempt token; the handler and the
+    # cgroups of both attempts are gone.
     cgroup = v1_memory_line(dump.read_text())
-    assert re.search(r"/drover-jobs/%d\.\d+\.1$" % d.pid, cgroup), cgroup
+    assert re.search(r"/drover-jobs/%d\.\d+\.2$" % d.pid, cgroup), cgroup
     wait_until(lambda: not proc_alive(int(pid_file.read_text())), 10, "the handler to be gone")
-    d.wait_until(lambda: not (memcg_v1 / cgroup.rsplit("/", 1)[1]).exists(), 10, "its memory cgroup to be removed")
+    d.wait_until(lambda: not [p for p in memcg_v1.iterdir() if p.name.startswith("%d." % d.pid)], 10,
+                 "the attempts' memory cgroups to be removed")
 
 
 def test_handler_under_memory_max_completes_with_its_peak(memcg_v1, drover):
