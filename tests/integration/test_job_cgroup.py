@@ -307,3 +307,20 @@ def test_leftovers_of_a_dead_supervisor_are_swept_at_start(memcg_v1, drover):
         for path in (empty, busy, alive):
             if path.exists():
                 path.rmdir()
+
+
+def test_memory_cgroup_of_a_killed_worker_is_ended(memcg_v1, drover):
+    """kill -9 of a worker: the supervisor ends its attempts' v1 memory cgroups too, and with them an escapee
+    with a cleared environment (here, without a usable cgroup v2, only that memory cgroup knows it)."""
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"memory_max": "128M"}})
+    worker = d.wait_workers(1)["workers"][0]["pid"]
+    pid_file, dump = d.tmp / "escapee.pid", d.tmp / "cgroup.txt"
+    d.submit([{"id": "orphaned", "escapee": str(pid_file), "cgroup_dump": str(dump), "sleep_ms": 30000}])
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    cgroup = memcg_v1 / v1_memory_line(dump.read_text()).rsplit("/", 1)[1]
+    assert str(escapee) in (cgroup / "cgroup.procs").read_text().split()
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its memory cgroup" % escapee)
+    d.wait_until(lambda: not cgroup.exists(), 10, "the attempt's memory cgroup to be removed")
+    assert "memcg: ending %s, left by a worker that is gone" % cgroup in d.log_text()
