@@ -103,14 +103,17 @@ int memcg_parse_cgroup(const char *line, char *path, size_t cap)
 
 long long memcg_parse_oom_kills(const char *text)
 {
-	for (const char *p = text; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p != NULL ? p + 1 : NULL) {
-		if (strncmp(p, "oom_kill ", 9) == 0) {
-			char *end;
-			long long n = strtoll(p + 9, &end, 10);
-			return end != p + 9 ? n : -1;
-		}
+	static const char key[] = "oom_kill ";
+	const char *line = text;
+	while (strncmp(line, key, sizeof(key) - 1) != 0) {
+		line = strchr(line, '\n');
+		if (line == NULL)
+			return -1;
+		line++;
 	}
-	return -1;
+	char *end;
+	long long n = strtoll(line + sizeof(key) - 1, &end, 10);
+	return end != line + sizeof(key) - 1 ? n : -1;
 }
 
 /* ---- small file helpers ---------------------------------------------------------- */
