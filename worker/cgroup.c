@@ -16,6 +16,7 @@
 
 #include "shared/log.h"
 #include "shared/util.h"
+#include "worker/memcg.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -238,7 +239,7 @@ static void report(const char *base, const struct cgroup_limits *wanted)
 			continue;
 		size_t n = strlen(missing);
 		snprintf(missing + n, sizeof(missing) - n, "%s%s", n > 0 ? ", " : "", controller_names[i]);
-		if (limit[i] >= 0)
+		if (limit[i] >= 0 && i != CTL_MEMORY) /* memory: prepare_memory says who enforces it */
 			log_warnx("cgroup: [jobs] %s is set but the %s controller is not available under %s: not enforced",
 			          key[i], controller_names[i], base);
 	}
@@ -246,7 +247,35 @@ static void report(const char *base, const struct cgroup_limits *wanted)
 	         missing[0] != '\0' ? "; controllers not available: " : "", missing);
 }
 
+static bool cgroup_prepare_v2(const char *root, const struct cgroup_limits *wanted);
+
+/* Says once which hierarchy enforces memory_max: v2's memory.max, else a v1 memory cgroup per attempt, else none. */
+static void prepare_memory(long long memory_max)
+{
+	char why[PATH_MAX + 128];
+	if (memory_max < 0)
+		return;
+	if (cgroup_enabled() && controller_on[CTL_MEMORY]) {
+		log_info("cgroup: memory_max is enforced by cgroup v2 (memory.max) under %s", jobs_dir);
+		return;
+	}
+	if (memcg_prepare(why, sizeof(why))) {
+		log_info("cgroup: memory_max is enforced by the cgroup v1 memory controller under %s", memcg_jobs_dir());
+		return;
+	}
+	log_warnx("cgroup: [jobs] memory_max is set but the memory controller is not available (cgroup v2: %s; "
+	          "cgroup v1: %s): not enforced",
+	          cgroup_enabled() ? "no memory controller for the jobs' cgroups" : "no delegated cgroup", why);
+}
+
 bool cgroup_prepare(const char *root, const struct cgroup_limits *wanted)
+{
+	bool enabled = cgroup_prepare_v2(root, wanted);
+	prepare_memory(wanted->memory_max);
+	return enabled;
+}
+
+static bool cgroup_prepare_v2(const char *root, const struct cgroup_limits *wanted)
 {
 	char base[PATH_MAX], why[PATH_MAX + 128];
 	jobs_dir[0] = '\0';
@@ -398,10 +427,11 @@ long long cgroup_attempt_end(struct job_cgroup *cg)
 
 void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_serial)
 {
-	if (!cgroup_enabled())
-		return;
 	char prefix[64], path[PATH_MAX];
 	int len = snprintf(prefix, sizeof(prefix), "%lld.%llu.", supervisor_pid, worker_serial);
+	memcg_end_prefix(prefix);
+	if (!cgroup_enabled())
+		return;
 	DIR *dir = opendir(jobs_dir);
 	if (dir == NULL) {
 		log_warn("cgroup: cannot list %s", jobs_dir);
@@ -421,6 +451,7 @@ void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_seria
 
 void cgroup_collect(void)
 {
+	memcg_collect();
 	struct pending **link = &pending_removal;
 	while (*link != NULL) {
 		struct pending *p = *link;

@@ -10,6 +10,10 @@
  * /sys/fs/cgroup. Without delegation everything here is a no-op and jobs are
  * contained by their process groups (runner.c) and the orphan sweep.
  *
+ * memory_max without a v2 memory controller goes to the cgroup v1 memory
+ * controller where one is mounted (memcg.h): cgroup_prepare sets that up too
+ * and says once which hierarchy enforces memory_max, if any.
+ *
  * cgroup_prepare runs once in the supervisor before the workers are forked;
  * the workers inherit what it found.
  */

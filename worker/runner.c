@@ -95,6 +95,7 @@ struct child_plan {
 	pid_t worker_pid;
 	struct runner_limits limits;
 	int cgroup_procs_fd;     /* -1 = none */
+	int memcg_procs_fd;      /* the cgroup v1 memory cgroup's (worker/memcg.h); -1 = none */
 	int exec_errno;          /* written by the child, read once it is gone or has exec'd */
 };
 
@@ -197,6 +198,8 @@ static int child_main(void *arg)
 	 * takes no child function, and a child that returns from it onto the worker's own stack
 	 * (CLONE_VM) would corrupt the frame the worker resumes in; spawn() needs clone()'s own stack. */
 	if (plan->cgroup_procs_fd >= 0 && write(plan->cgroup_procs_fd, "0", 1) != 1)
+		child_fail(plan);
+	if (plan->memcg_procs_fd >= 0 && write(plan->memcg_procs_fd, "0", 1) != 1)
 		child_fail(plan);
 	if (child_arrange_fds(plan) < 0)
 		child_fail(plan);
@@ -604,8 +607,18 @@ static int make_pipes(int parent[STREAM_COUNT], int child[STREAM_COUNT])
  * failed is reaped here: the worker never sees a stranger. Returns the pid, or
  * -1 with errno (the clone's, or the child's set-up or exec error).
  */
+static pid_t spawn_joining(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds,
+                          int nfds, const struct runner_limits *limits, int cgroup_procs_fd, int memcg_procs_fd);
+
 pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds,
                    const struct runner_limits *limits, int cgroup_procs_fd)
+{
+	return spawn_joining(argv, envp, working_dir, child_fds, nfds, limits, cgroup_procs_fd, -1);
+}
+
+/* runner_spawn, the child also joining a cgroup v1 memory cgroup through memcg_procs_fd (>= 0). */
+static pid_t spawn_joining(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds,
+                          int nfds, const struct runner_limits *limits, int cgroup_procs_fd, int memcg_procs_fd)
 {
 	/* A char array, so the child's frames may use it; aligned as any ABI wants a stack. */
 	char stack[CHILD_STACK_BYTES] __attribute__((aligned(64)));
@@ -624,6 +637,7 @@ pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir
 	}
 	memcpy(plan.stdio, child_fds, (size_t)nfds * sizeof(int));
 	plan.cgroup_procs_fd = cgroup_procs_fd;
+	plan.memcg_procs_fd = memcg_procs_fd;
 	if (limits != NULL)
 		plan.limits = *limits;
 	else
@@ -688,8 +702,9 @@ struct run *runner_start(struct ev_loop *loop, const struct runner_spec *spec, c
 	if (make_pipes(run->fd, child_fds) < 0)
 		goto fail;
 	run->started_ms = now_ms();
-	run->pid = runner_spawn(spec->argv, spec->envp, spec->working_dir, child_fds, STREAM_COUNT, spec->limits,
-	                        spec->join_cgroup ? spec->cgroup_procs_fd : -1);
+	run->pid = spawn_joining(spec->argv, spec->envp, spec->working_dir, child_fds, STREAM_COUNT, spec->limits,
+	                         spec->join_cgroup ? spec->cgroup_procs_fd : -1,
+	                         spec->join_memcg ? spec->memcg_procs_fd : -1);
 	saved = errno;
 	close_fds(child_fds, STREAM_COUNT);
 	errno = saved;

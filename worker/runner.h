@@ -71,6 +71,8 @@ struct runner_spec {
 	const struct runner_limits *limits; /* NULL = none */
 	bool join_cgroup;     /* the child joins a cgroup before exec, writing "0" to its cgroup.procs: */
 	int cgroup_procs_fd;  /* this fd (worker/cgroup.h) */
+	bool join_memcg;      /* likewise a cgroup v1 memory cgroup (memory_max without v2's controller): */
+	int memcg_procs_fd;   /* this fd (worker/memcg.h) */
 	const char *job_id;   /* for the log lines of the run (its stderr too); copied */
 	int attempt;
 };

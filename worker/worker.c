@@ -17,6 +17,7 @@
 #include "shared/proctitle.h"
 #include "shared/orphans.h"
 #include "worker/cgroup.h"
+#include "worker/memcg.h"
 #include "worker/runner.h"
 #include "worker/frame.h"
 #include "worker/warm.h"
@@ -52,6 +53,7 @@ struct task {
 	struct warm_job *warm;   /* persistent mode: the attempt in a handler process */
 	bool awaiting_handler;   /* persistent mode: due to run, no handler process has room yet */
 	struct job_cgroup *cgroup; /* the running attempt's, when drover has a delegated cgroup */
+	struct memcg *memcg;       /* the running attempt's v1 memory cgroup (memory_max without v2's) */
 	unsigned long long token_attempt; /* the running (or last) attempt's serial in its token */
 	ev_timer retry_timer;
 	ev_timer slow_timer; /* slow_job_ms: fires once per attempt that runs that long */
@@ -464,6 +466,22 @@ static void describe_failure(const struct runner_result *r, struct failure *f, c
 	}
 }
 
+/*
+ * The OOM killer acted in the attempt's memory cgroup: the handler (or a
+ * process of its tree, making it fail) went over memory_max. Retried like
+ * any failure: the next attempt may need less (other input, a smaller batch).
+ */
+static void describe_memory_limit(const struct worker *w, long long peak, struct failure *f, char *message,
+                                  size_t len)
+{
+	f->reason = "memory_limit";
+	f->message = message;
+	int n = snprintf(message, len, "handler went over memory_max (%lld bytes) and was killed by the OOM killer",
+	                 w->cfg->memory_max);
+	if (peak > 0 && n >= 0 && (size_t)n < len)
+		snprintf(message + n, len - (size_t)n, "; peak %lld bytes", peak);
+}
+
 static bool retry_allowed(const struct worker *w, const struct task *t, const struct runner_result *r)
 {
 	if (t->attempt >= w->cfg->max_attempts)
@@ -553,6 +571,11 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 	/* Ends whatever of the attempt is left, wherever it went (setsid, a cleared environment). */
 	long long peak = cgroup_attempt_end(t->cgroup);
 	t->cgroup = NULL;
+	struct memcg_outcome memory;
+	memcg_attempt_end(t->memcg, result->status == RUNNER_SIGNAL && result->signal == SIGKILL, &memory);
+	t->memcg = NULL;
+	if (peak < 0)
+		peak = memory.peak_bytes;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	if (result->status == RUNNER_KILLED && t->cancelled) {
@@ -563,6 +586,8 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 		task_complete(t, result, peak > 0 ? peak : 0);
 	} else {
 		describe_failure(result, &failure, message, sizeof(message));
+		if (memory.oom_killed && (result->status == RUNNER_SIGNAL || result->status == RUNNER_EXIT_CODE))
+			describe_memory_limit(w, peak, &failure, message, sizeof(message));
 		failure.peak_memory_bytes = peak > 0 ? peak : 0;
 		if (result->status == RUNNER_TIMEOUT)
 			counters_update(w, count_timed_out, 0);
@@ -706,6 +731,19 @@ static struct job_cgroup *attempt_cgroup(const struct worker *w, const struct ta
 	return cgroup_attempt_create(value, &limits);
 }
 
+/* The attempt's cgroup v1 memory cgroup, named like its v2 one; NULL when memory_max is not enforced there. */
+static struct memcg *attempt_memcg(const struct worker *w, const struct task *t)
+{
+	if (!memcg_enabled() || w->cfg->memory_max < 0)
+		return NULL;
+	struct attempt_token token = w->token;
+	char name[96];
+	token.attempt = t->token_attempt;
+	if (attempt_token_format(name, sizeof(name), &token) < 0)
+		return NULL;
+	return memcg_attempt_create(name + sizeof(ATTEMPT_TOKEN_VAR), w->cfg->memory_max);
+}
+
 /* The attempt runs (exec or persistent alike): counted, shown, announced. */
 static void task_attempt_started(struct task *t, pid_t pgid)
 {
@@ -773,6 +811,7 @@ static void task_begin_attempt(struct task *t)
 	t->token_attempt = ++w->token.attempt;
 	char **env = task_env(t);
 	t->cgroup = attempt_cgroup(w, t);
+	t->memcg = attempt_memcg(w, t);
 	const struct runner_limits limits = {
 		.nofile = w->cfg->rlimit_nofile, .as = w->cfg->rlimit_as, .core = w->cfg->rlimit_core,
 		.cpu = w->cfg->rlimit_cpu, .nice = w->cfg->nice,
@@ -789,6 +828,8 @@ static void task_begin_attempt(struct task *t)
 		.limits = &limits,
 		.join_cgroup = t->cgroup != NULL,
 		.cgroup_procs_fd = cgroup_attempt_procs_fd(t->cgroup),
+		.join_memcg = t->memcg != NULL,
+		.memcg_procs_fd = memcg_procs_fd(t->memcg),
 		.job_id = t->job->id,
 		.attempt = t->attempt,
 	};
@@ -799,6 +840,9 @@ static void task_begin_attempt(struct task *t)
 	if (t->run == NULL) {
 		cgroup_attempt_end(t->cgroup);
 		t->cgroup = NULL;
+		struct memcg_outcome unused;
+		memcg_attempt_end(t->memcg, false, &unused);
+		t->memcg = NULL;
 		task_not_started(t, saved);
 		return;
 	}

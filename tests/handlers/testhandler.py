@@ -31,6 +31,8 @@ scenario (a test reads what it did from the files it leaves behind):
   limits_dump      path: {"limits": text of /proc/self/limits, "nice": os.nice(0)} as JSON
   cgroup_dump      path: the text of /proc/self/cgroup
   burn_cpu         spin on the CPU until killed (rlimit_cpu tests)
+  touch_mb         allocate and touch this many MiB, 1 MiB at a time (memory_max tests); then carry on
+  pid_file         path: the handler's pid, written first
   escapee          path: fork a child that leaves the process group (setsid) and execs
                    /bin/sleep with an empty environment (no DROVER_ATTEMPT_TOKEN); its pid
                    is written there. Only a cgroup can find it.
@@ -157,6 +159,14 @@ def spawn_escapee(pid_path):
     os.execve("/bin/sleep", ["sleep", "300"], {})
 
 
+def touch_memory(mib):
+    """Every page written (not calloc'd zeros the kernel may never back), kept until the handler ends."""
+    kept = []
+    for _ in range(mib):
+        kept.append(b"\x01" * (1 << 20))
+    return kept
+
+
 def fork_bomb(path, cap):
     """Forks sleepers until fork fails (pids_max) or cap; the children die with the attempt."""
     forked, error = 0, None
@@ -246,6 +256,10 @@ def run(job, job_id, record_dir):
             atomic_write(job["cgroup_dump"], f.read())
     if job.get("escapee"):
         spawn_escapee(job["escapee"])
+    if job.get("pid_file"):
+        atomic_write(job["pid_file"], str(os.getpid()))
+    if job.get("touch_mb"):
+        touch_memory(int(job["touch_mb"]))
     if job.get("fork_bomb"):
         return fork_bomb(job["fork_bomb"], int(job.get("fork_cap", 64)))
     if job.get("burn_cpu"):

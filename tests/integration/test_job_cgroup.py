@@ -102,6 +102,10 @@ def test_missing_controllers_are_reported_once_and_jobs_run(cgroup_dir, drover):
         warning = "[jobs] %s is set but the %s controller is not available" % (key, controller)
         if controller in offered:
             assert warning not in log, log[-2000:]
+        elif controller == "memory" and v1_memory_dir() is not None:
+            # The v1 memory controller takes over (see the memory_max tests below): said once, no warning.
+            assert warning not in log, log[-2000:]
+            assert log.count("memory_max is enforced by the cgroup v1 memory controller") == 1, log[-3000:]
         else:
             assert log.count(warning) == 1, log[-3000:]
     bomb = json.loads(out.read_text())
@@ -179,3 +183,144 @@ def test_escapee_of_a_killed_worker_is_ended(cgroup_dir, drover):
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its cgroup" % escapee)
     d.wait_until(lambda: "left by a worker that is gone" in d.log_text(), 10, "the supervisor's note")
+
+
+# ---- memory_max on the cgroup v1 memory controller ---------------------------------------------------------
+# Where the cgroup2 hierarchy has no memory controller (this machine: cgroup2 at /sys/fs/cgroup/unified, memory
+# on v1 at /sys/fs/cgroup/memory), each attempt gets <own memory cgroup>/drover-jobs/<attempt token>.
+
+MIB = 1 << 20
+
+
+def v1_memory_dir():
+    """The test runner's own cgroup v1 memory cgroup, found as drover finds it (drover inherits it); None
+    when there is no v1 memory hierarchy."""
+    mount = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            head, _, tail = line.partition(" - ")
+            fields = tail.split()
+            if fields and fields[0] == "cgroup" and "memory" in fields[2].split(","):
+                root, mount = head.split()[3], head.split()[4]
+                break
+    if mount is None:
+        return None
+    with open("/proc/self/cgroup") as f:
+        own = next((line.strip().split(":", 2)[2] for line in f if "memory" in line.split(":")[1].split(",")), None)
+    if own is None:
+        return None
+    if root != "/" and own.startswith(root):
+        own = own[len(root):]
+    return Path(mount + (own if own != "/" else ""))
+
+
+def v2_has_memory():
+    mount = cgroup2_mount()
+    return mount is not None and "memory" in (mount / "cgroup.controllers").read_text().split()
+
+
+@pytest.fixture
+def memcg_v1():
+    """drover's v1 memory cgroup's jobs directory; skips where v1 is not what would enforce memory_max."""
+    own = v1_memory_dir()
+    if os.geteuid() != 0 or own is None or not os.access(own / "cgroup.procs", os.W_OK):
+        pytest.skip("needs root and a writable cgroup v1 memory cgroup")
+    if v2_has_memory():
+        pytest.skip("the cgroup2 hierarchy has the memory controller: v2 enforces memory_max here")
+    return own / "drover-jobs"
+
+
+def v1_memory_line(dump):
+    return next(line.split(":", 2)[2] for line in dump.splitlines() if "memory" in line.split(":")[1].split(","))
+
+
+def test_handler_over_memory_max_is_killed_with_reason_memory_limit(memcg_v1, drover):
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": {"memory_max": "64M", "max_attempts": 2, "retry_delay_ms": 100}})
+    d.wait_until(lambda: "memory_max is enforced by the cgroup v1 memory controller under %s" % memcg_v1
+                 in d.log_text(), 10, "which hierarchy enforces memory_max, in the log")
+    dump, pid_file = d.tmp / "cgroup.txt", d.tmp / "hog.pid"
+    d.submit([{"id": "hog", "touch_mb": 256, "cgroup_dump": str(dump), "pid_file": str(pid_file),
+               "sleep_ms": 30000}])
+    done, failed = d.wait_outcomes(["hog"], 60)
+    assert "hog" in failed, done
+    assert failed["hog"]["attempts"] == 2, failed["hog"]  # retried like any failure
+    assert "attempt 1 failed (handler went over memory_max" in d.log_text(), d.log_text()[-2000:]
+    error = failed["hog"]["error"]
+    assert error["reason"] == "memory_limit", failed["hog"]
+    assert "memory_max (%d bytes)" % (64 * MIB) in error["message"], error
+    peak = failed["hog"]["peak_memory_bytes"]
+    assert 32 * MIB < peak <= 64 * MIB, failed["hog"]
+    assert "peak %d bytes" % peak in error["message"], error
+    # The last attempt ran in its own v1 memory cgroup, named after its attempt token; the handler and the
+    # cgroups of both attempts are gone.
+    cgroup = v1_memory_line(dump.read_text())
+    assert re.search(r"/drover-jobs/%d\.\d+\.2$" % d.pid, cgroup), cgroup
+    wait_until(lambda: not proc_alive(int(pid_file.read_text())), 10, "the handler to be gone")
+    d.wait_until(lambda: not [p for p in memcg_v1.iterdir() if p.name.startswith("%d." % d.pid)], 10,
+                 "the attempts' memory cgroups to be removed")
+
+
+def test_handler_under_memory_max_completes_with_its_peak(memcg_v1, drover):
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"memory_max": "256M", "max_attempts": 1}})
+    d.submit([{"id": "modest", "touch_mb": 16}])
+    done, failed = d.wait_outcomes(["modest"], 30)
+    assert "modest" in done, failed
+    peak = done["modest"]["peak_memory_bytes"]
+    assert 16 * MIB < peak <= 256 * MIB, done["modest"]
+    assert not [p for p in memcg_v1.iterdir() if p.name.startswith("%d." % d.pid)], "a memory cgroup is left"
+
+
+def test_without_memory_max_no_v1_memory_cgroup_is_made(memcg_v1, drover):
+    d = drover(config={"supervisor": {"workers": 1}})
+    dump = d.tmp / "cgroup.txt"
+    d.submit([{"id": "unbounded", "cgroup_dump": str(dump)}])
+    done, failed = d.wait_outcomes(["unbounded"], 20)
+    assert "unbounded" in done, failed
+    assert "drover-jobs" not in v1_memory_line(dump.read_text()), dump.read_text()
+    assert "peak_memory_bytes" not in done["unbounded"], done["unbounded"]
+    assert "memory_max is enforced" not in d.log_text()
+
+
+def test_leftovers_of_a_dead_supervisor_are_swept_at_start(memcg_v1, drover):
+    """Only cgroups named after a supervisor pid that is not running are touched: an empty one is removed,
+    the processes in one are killed first; one of a live pid is left alone."""
+    memcg_v1.mkdir(exist_ok=True)
+    gone = subprocess.Popen(["/bin/true"])
+    gone.wait()  # its pid is not running now (reaped): a supervisor that died
+    empty, busy = memcg_v1 / ("%d.1.1" % gone.pid), memcg_v1 / ("%d.1.2" % gone.pid)
+    alive = memcg_v1 / ("%d.99.1" % os.getpid())
+    for path in (empty, busy, alive):
+        path.mkdir()
+    sleeper = subprocess.Popen(["/bin/sleep", "300"])
+    try:
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        d = drover(config={"supervisor": {"workers": 1}, "jobs": {"memory_max": "64M"}})
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+        d.wait_until(lambda: not empty.exists() and not busy.exists(), 10, "the dead supervisor's cgroups removed")
+        assert alive.exists(), "a live supervisor's cgroup was touched"
+        assert d.log_text().count("left by supervisor %d that is gone" % gone.pid) == 2, d.log_text()[-2000:]
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+        for path in (empty, busy, alive):
+            if path.exists():
+                path.rmdir()
+
+
+def test_memory_cgroup_of_a_killed_worker_is_ended(memcg_v1, drover):
+    """kill -9 of a worker: the supervisor ends its attempts' v1 memory cgroups too, and with them an escapee
+    with a cleared environment (here, without a usable cgroup v2, only that memory cgroup knows it)."""
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"memory_max": "128M"}})
+    worker = d.wait_workers(1)["workers"][0]["pid"]
+    pid_file, dump = d.tmp / "escapee.pid", d.tmp / "cgroup.txt"
+    d.submit([{"id": "orphaned", "escapee": str(pid_file), "cgroup_dump": str(dump), "sleep_ms": 30000}])
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    cgroup = memcg_v1 / v1_memory_line(dump.read_text()).rsplit("/", 1)[1]
+    assert str(escapee) in (cgroup / "cgroup.procs").read_text().split()
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its memory cgroup" % escapee)
+    d.wait_until(lambda: not cgroup.exists(), 10, "the attempt's memory cgroup to be removed")
+    assert "memcg: ending %s, left by a worker that is gone" % cgroup in d.log_text()
