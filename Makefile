@@ -66,7 +66,7 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 # `make` needs; the test set adds what `make test`, `make lint` and `make bench` run;
 # the packaging set what `make deb` and `make package-test` run.
 DEB_BUILD   := build-essential pkg-config $(foreach lib,$(PKGS) $(NOPC_LIBS),lib$(lib:lib%=%)-dev)
-DEB_TEST    := libcriterion-dev kcat python3 python3-pytest python3-confluent-kafka procps util-linux \
+DEB_TEST    := libcriterion-dev kcat python3 python3-pytest python3-pytest-xdist python3-confluent-kafka procps util-linux \
                strace prometheus cppcheck clang-tidy curl python3-yaml nodejs
 DEB_PACKAGE := debhelper dpkg-dev fakeroot lintian systemd init-system-helpers logrotate groff-base shellcheck
 
@@ -159,9 +159,12 @@ asan:
 	$(MAKE) BUILD=build-asan CFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" all test-support \
 	  $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%)
 
-# Integration tests start the real programs; DROVER_BUILD picks the tree to test.
+# Integration tests start the real programs; DROVER_BUILD picks the tree to test. They
+# mostly wait on processes, so two pytest workers share them, a whole file each (a file's
+# module fixtures, like test_upgrade's second build, run once): PYTEST_PARALLEL= runs them in one.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 integration: all test-support
-	DROVER_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	DROVER_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) tests/integration $(PYTEST_ARGS)
 
 # The handler libraries (lib/python, lib/node) driven over pipes by the real python3 and node.
 test-libs:
@@ -174,7 +177,7 @@ test:
 	$(MAKE) test-libs
 	@set -e; for t in $(UNIT_SRC:tests/unit/%.c=build-asan/tests/%); do echo "== (asan) $$t"; $(SAN_ENV) $$t --jobs 2; done
 	$(MAKE) integration
-	$(SAN_ENV) DROVER_BUILD=$(CURDIR)/build-asan $(PYTHON) -m pytest -q -p no:cacheprovider -m asan tests/integration
+	$(SAN_ENV) DROVER_BUILD=$(CURDIR)/build-asan $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) -m asan tests/integration
 	$(MAKE) bench-tiny
 
 check: test

@@ -16,7 +16,8 @@ struct event_origin {
 };
 
 struct failure {
-	/* exit_code | signal | timeout | result_too_large | spawn_failed | invalid_job | worker_lost */
+	/* exit_code | signal | timeout | result_too_large | spawn_failed | invalid_job | worker_lost |
+	 * handler_error | handler_lost | memory_limit | cancelled (README: The handler protocol) */
 	const char *reason;
 	int exit_code;        /* -1 = none */
 	int signal;           /* 0 = none */

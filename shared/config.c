@@ -207,7 +207,8 @@ static const struct opt_spec option_table[] = {
 	{ "jobs", "cgroup_root", OPT_PATH, SCOPE_START, false, CFG(cgroup_root), 0, 0, "", "a cgroup v2 directory, or empty",
 	  "delegated cgroup for the jobs' cgroups; empty = drover's own", NULL, NULL },
 	{ "jobs", "memory_max", OPT_LIMIT_BYTES, SCOPE_WORKERS, false, CFG(memory_max), 1 << 20, LIMIT_BYTES_MAX, "", NULL,
-	  "memory.max of each attempt's cgroup, K/M/G suffixes; empty = none", NULL, NULL },
+	  "memory limit of each attempt's cgroup (v2 memory.max, or the v1 memory controller), K/M/G suffixes; "
+	  "empty = none", NULL, NULL },
 	{ "jobs", "cpu_max", OPT_LIMIT, SCOPE_WORKERS, false, CFG(cpu_max), 1, 100 * CONFIG_MAX_CONCURRENT, "", NULL,
 	  "cpu.max of each attempt's cgroup, in percent of one CPU; empty = none", NULL, NULL },
 	{ "jobs", "pids_max", OPT_LIMIT, SCOPE_WORKERS, false, CFG(pids_max), 1, 4194304, "", NULL,

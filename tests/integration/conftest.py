@@ -37,11 +37,17 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture
-def figures():
+def figures(request):
+    # Carried in the report's user_properties, so that they reach the summary from xdist's workers too.
     def record(name, value, unit=""):
-        FIGURES.append((name, float(value), unit))
+        request.node.user_properties.append(("figure", (name, float(value), unit)))
         print("figure: %s = %.3f %s" % (name, value, unit))
     return record
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        FIGURES.extend(tuple(value) for key, value in report.user_properties if key == "figure")
 
 
 @pytest.hookimpl(hookwrapper=True)
