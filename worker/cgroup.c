@@ -13,6 +13,7 @@
  * hierarchy's: it is used).
  */
 #include "worker/cgroup.h"
+#include "worker/cgroupfs.h"
 
 #include "shared/log.h"
 #include "shared/util.h"
@@ -43,14 +44,8 @@ struct job_cgroup {
 	int procs_fd;
 };
 
-struct pending {
-	struct pending *next;
-	char path[];
-};
-
 static char jobs_dir[PATH_MAX]; /* "" = disabled */
 static bool controller_on[CONTROLLER_COUNT];
-static struct pending *pending_removal;
 
 bool cgroup_enabled(void)
 {
@@ -59,35 +54,10 @@ bool cgroup_enabled(void)
 
 /* ---- small file helpers --------------------------------------------------- */
 
-static int write_file(const char *dir, const char *name, const char *text)
-{
-	char path[PATH_MAX];
-	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = write_all(fd, text, strlen(text)) < 0 ? -1 : 0;
-	int saved = errno;
-	close(fd);
-	errno = saved;
-	return rc;
-}
-
 /* The first line of dir/name, without its newline; -1 when it cannot be read. */
 static int read_line(const char *dir, const char *name, char *buf, size_t cap)
 {
-	char path[PATH_MAX];
-	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
-		return -1;
-	FILE *f = fopen(path, "re");
-	if (f == NULL)
-		return -1;
-	char *got = fgets(buf, (int)cap, f);
-	fclose(f);
-	if (got == NULL)
+	if (cgroupfs_read(dir, name, buf, cap) < 0)
 		return -1;
 	buf[strcspn(buf, "\n")] = '\0';
 	return 0;
@@ -206,7 +176,7 @@ static int move_into_leaf(const char *base)
 	if (mkdir(leaf, 0755) < 0 && errno != EEXIST)
 		return -1;
 	snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	return write_file(leaf, "cgroup.procs", pid);
+	return cgroupfs_write(leaf, "cgroup.procs", pid);
 }
 
 /* Enables what base offers of memory, cpu, pids for base's and jobs' children; records what jobs got. */
@@ -218,8 +188,8 @@ static void enable_controllers(const char *base)
 		char plus[32];
 		snprintf(plus, sizeof(plus), "+%s", controller_names[i]);
 		controller_on[i] = has_word(offered, controller_names[i]) &&
-		                   write_file(base, "cgroup.subtree_control", plus) == 0 &&
-		                   write_file(jobs_dir, "cgroup.subtree_control", plus) == 0;
+		                   cgroupfs_write(base, "cgroup.subtree_control", plus) == 0 &&
+		                   cgroupfs_write(jobs_dir, "cgroup.subtree_control", plus) == 0;
 	}
 }
 
@@ -315,7 +285,7 @@ static void write_limit(struct job_cgroup *cg, int controller, const char *file,
 		snprintf(buf, sizeof(buf), "%lld", value);
 		text = buf;
 	}
-	if (write_file(cg->path, file, text) < 0)
+	if (cgroupfs_write(cg->path, file, text) < 0)
 		log_warn("cgroup: cannot write %s of %s", file, cg->path);
 }
 
@@ -357,27 +327,6 @@ int cgroup_attempt_procs_fd(const struct job_cgroup *cg)
 	return cg != NULL ? cg->procs_fd : -1;
 }
 
-/* Kernels before 5.14 have no cgroup.kill: SIGKILL each process listed (forks racing it get the next pass). */
-static void kill_listed(const char *path)
-{
-	char procs[PATH_MAX + 16];
-	snprintf(procs, sizeof(procs), "%s/cgroup.procs", path);
-	for (int pass = 0; pass < 3; pass++) {
-		FILE *f = fopen(procs, "re");
-		if (f == NULL)
-			return;
-		int pid, found = 0;
-		while (fscanf(f, "%d", &pid) == 1) {
-			found++;
-			if (kill(pid, SIGKILL) < 0 && errno != ESRCH)
-				log_warn("cgroup: cannot kill pid %d of %s", pid, path);
-		}
-		fclose(f);
-		if (found == 0)
-			return;
-	}
-}
-
 static long long read_peak(const char *path)
 {
 	char line[64];
@@ -388,29 +337,12 @@ static long long read_peak(const char *path)
 	return end != line ? peak : -1;
 }
 
-static void remove_later(const char *path)
-{
-	size_t len = strlen(path) + 1;
-	struct pending *p = malloc(sizeof(*p) + len);
-	if (p == NULL) {
-		log_error("cgroup: out of memory; %s is left behind", path);
-		return;
-	}
-	memcpy(p->path, path, len);
-	p->next = pending_removal;
-	pending_removal = p;
-}
-
 /* Kills every process in path and removes it (later, while they are still exiting). */
 static void end_cgroup(const char *path)
 {
-	if (write_file(path, "cgroup.kill", "1") < 0) {
-		if (errno != ENOENT)
-			log_warn("cgroup: cannot write cgroup.kill of %s", path);
-		kill_listed(path);
-	}
-	if (rmdir(path) < 0 && errno != ENOENT)
-		remove_later(path);
+	if (cgroupfs_write(path, "cgroup.kill", "1") < 0 && errno != ENOENT)
+		log_warn("cgroup: cannot write cgroup.kill of %s", path); /* the kill passes below do it then */
+	cgroupfs_remove(path);
 }
 
 long long cgroup_attempt_end(struct job_cgroup *cg)
@@ -451,19 +383,5 @@ void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_seria
 
 void cgroup_collect(void)
 {
-	memcg_collect();
-	struct pending **link = &pending_removal;
-	while (*link != NULL) {
-		struct pending *p = *link;
-		if (rmdir(p->path) == 0 || errno == ENOENT) {
-			*link = p->next;
-			free(p);
-		} else if (errno != EBUSY) {
-			log_warn("cgroup: cannot remove %s (left behind)", p->path);
-			*link = p->next;
-			free(p);
-		} else {
-			link = &p->next;
-		}
-	}
+	(void)cgroupfs_collect(); /* the v1 memory cgroups' too */
 }

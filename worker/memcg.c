@@ -8,6 +8,7 @@
  * a pid now reused by another process) is left alone.
  */
 #include "worker/memcg.h"
+#include "worker/cgroupfs.h"
 
 #include "shared/log.h"
 #include "shared/util.h"
@@ -24,7 +25,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define KILL_PASSES 3
 #define SWEEP_SETTLE_TRIES 100
 #define SWEEP_SETTLE_NS (20 * 1000 * 1000)
 
@@ -33,13 +33,7 @@ struct memcg {
 	int procs_fd;
 };
 
-struct pending {
-	struct pending *next;
-	char path[];
-};
-
 static char jobs_dir[PATH_MAX]; /* "" = disabled */
-static struct pending *pending_removal;
 
 bool memcg_enabled(void)
 {
@@ -118,43 +112,10 @@ long long memcg_parse_oom_kills(const char *text)
 
 /* ---- small file helpers ---------------------------------------------------------- */
 
-static int write_file(const char *dir, const char *name, const char *text)
-{
-	char path[PATH_MAX];
-	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = write_all(fd, text, strlen(text)) < 0 ? -1 : 0;
-	int saved = errno;
-	close(fd);
-	errno = saved;
-	return rc;
-}
-
-/* dir/name's text (cgroup files report size 0: read until EOF); -1 when it cannot be read. */
-static int read_text(const char *dir, const char *name, char *buf, size_t cap)
-{
-	char path[PATH_MAX];
-	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
-		return -1;
-	FILE *f = fopen(path, "re");
-	if (f == NULL)
-		return -1;
-	size_t n = fread(buf, 1, cap - 1, f);
-	int failed = ferror(f);
-	fclose(f);
-	buf[n] = '\0';
-	return failed ? -1 : 0;
-}
-
 static long long read_number(const char *dir, const char *name)
 {
 	char text[64], *end;
-	if (read_text(dir, name, text, sizeof(text)) < 0)
+	if (cgroupfs_read(dir, name, text, sizeof(text)) < 0)
 		return -1;
 	long long value = strtoll(text, &end, 10);
 	return end != text ? value : -1;
@@ -222,65 +183,10 @@ static int own_dir(char *dir, size_t cap, char *why, size_t why_cap)
 
 /* ---- ending cgroups ------------------------------------------------------------------- */
 
-/* SIGKILL to each process listed, pass after pass while some are (forks racing the kill get the next pass). */
-static void kill_listed(const char *path)
-{
-	char procs[PATH_MAX + 16];
-	snprintf(procs, sizeof(procs), "%s/cgroup.procs", path);
-	for (int pass = 0; pass < KILL_PASSES; pass++) {
-		FILE *f = fopen(procs, "re");
-		if (f == NULL)
-			return;
-		int pid, found = 0;
-		while (fscanf(f, "%d", &pid) == 1) {
-			found++;
-			if (kill(pid, SIGKILL) < 0 && errno != ESRCH)
-				log_warn("memcg: cannot kill pid %d of %s", pid, path);
-		}
-		fclose(f);
-		if (found == 0)
-			return;
-	}
-}
-
-static void remove_later(const char *path)
-{
-	size_t len = strlen(path) + 1;
-	struct pending *p = malloc(sizeof(*p) + len);
-	if (p == NULL) {
-		log_error("memcg: out of memory; %s is left behind", path);
-		return;
-	}
-	memcpy(p->path, path, len);
-	p->next = pending_removal;
-	pending_removal = p;
-}
-
 /* Kills what is left in path and removes it (later while killed processes are still exiting). */
 static void end_cgroup(const char *path)
 {
-	kill_listed(path);
-	if (rmdir(path) < 0 && errno != ENOENT)
-		remove_later(path);
-}
-
-void memcg_collect(void)
-{
-	struct pending **link = &pending_removal;
-	while (*link != NULL) {
-		struct pending *p = *link;
-		kill_listed(p->path); /* a fork that raced the last pass */
-		if (rmdir(p->path) == 0 || errno == ENOENT) {
-			*link = p->next;
-			free(p);
-		} else if (errno != EBUSY) {
-			log_warn("memcg: cannot remove %s (left behind)", p->path);
-			*link = p->next;
-			free(p);
-		} else {
-			link = &p->next;
-		}
-	}
+	cgroupfs_remove(path);
 }
 
 void memcg_end_prefix(const char *prefix)
@@ -302,7 +208,7 @@ void memcg_end_prefix(const char *prefix)
 		end_cgroup(path);
 	}
 	closedir(dir);
-	memcg_collect();
+	(void)cgroupfs_collect();
 }
 
 /* ---- start-up ------------------------------------------------------------------------------ */
@@ -341,10 +247,9 @@ static void sweep_dead_supervisors(void)
 	}
 	closedir(dir);
 	/* Once, at start: give the killed processes a bounded moment to exit, so their cgroups go now. */
-	for (int i = 0; i < SWEEP_SETTLE_TRIES && pending_removal != NULL; i++) {
+	for (int i = 0; i < SWEEP_SETTLE_TRIES && cgroupfs_collect(); i++) {
 		const struct timespec pause = { 0, SWEEP_SETTLE_NS };
 		nanosleep(&pause, NULL);
-		memcg_collect();
 	}
 }
 
@@ -370,12 +275,12 @@ static int write_limits(const char *path, long long memory_max)
 {
 	char value[32];
 	snprintf(value, sizeof(value), "%lld", memory_max);
-	if (write_file(path, "memory.limit_in_bytes", value) < 0) {
+	if (cgroupfs_write(path, "memory.limit_in_bytes", value) < 0) {
 		log_warn("memcg: cannot write memory.limit_in_bytes of %s", path);
 		return -1;
 	}
 	/* memory+swap: without it the handler's pages go to swap and the limit is dodged. */
-	if (write_file(path, "memory.memsw.limit_in_bytes", value) < 0 && errno != ENOENT)
+	if (cgroupfs_write(path, "memory.memsw.limit_in_bytes", value) < 0 && errno != ENOENT)
 		log_warn("memcg: cannot write memory.memsw.limit_in_bytes of %s; swap is not bounded", path);
 	return 0;
 }
@@ -414,7 +319,7 @@ int memcg_procs_fd(const struct memcg *cg)
 static bool oom_acted(const char *path, bool handler_sigkilled)
 {
 	char text[512];
-	long long kills = read_text(path, "memory.oom_control", text, sizeof(text)) == 0 ? memcg_parse_oom_kills(text)
+	long long kills = cgroupfs_read(path, "memory.oom_control", text, sizeof(text)) == 0 ? memcg_parse_oom_kills(text)
 	                                                                                 : -1;
 	if (kills >= 0)
 		return kills > 0;
@@ -433,5 +338,5 @@ void memcg_attempt_end(struct memcg *cg, bool handler_sigkilled, struct memcg_ou
 	close(cg->procs_fd);
 	end_cgroup(cg->path);
 	free(cg);
-	memcg_collect();
+	(void)cgroupfs_collect();
 }

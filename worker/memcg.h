@@ -61,7 +61,5 @@ int memcg_procs_fd(const struct memcg *cg);
 void memcg_attempt_end(struct memcg *cg, bool handler_sigkilled, struct memcg_outcome *out);
 /* Ends every attempt cgroup whose name starts with prefix ("<supervisor pid>.<worker serial>."). */
 void memcg_end_prefix(const char *prefix);
-/* Removes ended attempts' cgroups whose processes have all exited. */
-void memcg_collect(void);
 
 #endif
