@@ -56,7 +56,8 @@ static void usage(FILE *out)
 	      "  jobs [--json]   running, queued and recently failed jobs\n"
 	      "  cancel ID       stop a running job or drop a queued one: it fails as cancelled\n"
 	      "  retry ID        queue a failed job again, attempts reset (spool)\n"
-	      "  pause, resume   stop / restart taking jobs (running ones go on)\n"
+	      "  pause           stop taking jobs (running ones go on)\n"
+	      "  resume          take jobs again after a pause\n"
 	      "  stats           statistics as JSON\n"
 	      "  metrics         Prometheus metrics\n"
 	      "  ping            check the daemon answers (liveness)\n"
@@ -440,24 +441,31 @@ static int watch(const char *path, const struct view_options *vo)
 	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
 		return EXIT_FAILURE;
 	bool tty = isatty(STDOUT_FILENO);
-	if (tty)
-		fputs("\033[?1049h\033[?25l", stdout);
+	bool first = true;
 	while (!interrupted) {
 		char *frame = NULL;
 		size_t len = 0;
 		FILE *out = open_memstream(&frame, &len);
 		if (out == NULL)
 			break;
-		if (render(path, "status", vo, out) != EX_OK)
-			fprintf(out, "(no answer from drover at %s; retrying)\n", path);
+		int rc = render(path, "status", vo, out);
 		fclose(out);
+		if (rc != EX_OK && first) { /* no daemon to watch: say so as status would, nothing to redraw */
+			free(frame);
+			return rc;
+		}
+		if (first && tty)
+			fputs("\033[?1049h\033[?25l", stdout);
+		first = false;
 		fputs("\033[H\033[2J", stdout);
 		fwrite(frame, 1, len, stdout);
+		if (rc != EX_OK) /* it went away while watched: keep trying, it may come back (a restart) */
+			printf("(no answer from drover at %s; retrying)\n", path);
 		fflush(stdout);
 		free(frame);
 		nap(vo->interval_ms);
 	}
-	if (tty)
+	if (tty && !first)
 		fputs("\033[?25h\033[?1049l", stdout);
 	return fflush(stdout) == 0 ? EX_OK : EXIT_FAILURE;
 }
