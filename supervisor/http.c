@@ -243,7 +243,7 @@ struct http *http_open(struct supervisor *sup, const char *listen_text, char *er
 
 struct http *http_adopt(struct supervisor *sup, int fd, char *err, size_t errlen)
 {
-	struct sockaddr_storage ss;
+	struct sockaddr_storage ss = { 0 }; /* getsockname fills it; the analyzer cannot tell */
 	socklen_t len = sizeof(ss);
 	int flags = fcntl(fd, F_GETFL);
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 || fd_set_cloexec(fd) < 0 || flags < 0 ||
