@@ -22,6 +22,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -660,3 +661,17 @@ def process_gone(pid):
     except OSError as e:
         return e.errno == errno.ESRCH
     return not proc_alive(pid)
+
+
+PEER = ("import socket,sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
+        "try: s.sendall(sys.argv[2].encode() + b'\\n')\n"
+        "except OSError: pass\n"
+        "sys.stdout.write(s.recv(100000).decode())\n")
+
+
+def ask_as(d, command, uid, gid, groups):
+    """One control-socket command from a process with exactly these credentials (set at run time, as a container runtime does)."""
+    out = subprocess.run([sys.executable, "-c", PEER, str(d.sock), command], capture_output=True, text=True,
+                         user=uid, group=gid, extra_groups=groups, timeout=10)
+    return out.stdout

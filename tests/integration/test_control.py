@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import DROVER, DROVERCTL, SANITIZER_PATTERNS, clean_env, fd_count, render_ini, wait_until
+from harness import DROVER, DROVERCTL, SANITIZER_PATTERNS, ask_as, clean_env, fd_count, render_ini, wait_until
 from harness import control_exchange as ask  # raw bytes in, every byte of the answer out
 
 NOBODY = 65534
@@ -376,20 +376,6 @@ def test_peer_credentials_refuse_other_users(daemon):
 
     # Root, the daemon's own user, passes.
     assert d.ctl("ping").returncode == 0
-
-
-PEER = ("import socket,sys\n"
-        "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
-        "try: s.sendall(sys.argv[2].encode() + b'\\n')\n"
-        "except OSError: pass\n"
-        "sys.stdout.write(s.recv(100000).decode())\n")
-
-
-def ask_as(d, command, uid, gid, groups):
-    """One command from a process with exactly these credentials (set at run time, as a container runtime does)."""
-    out = subprocess.run([sys.executable, "-c", PEER, str(d.sock), command], capture_output=True, text=True,
-                         user=uid, group=gid, extra_groups=groups, timeout=10)
-    return out.stdout
 
 
 def test_socket_group_comes_from_the_peers_real_groups_and_only_reads(daemon):

@@ -21,14 +21,13 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
 
 import pytest
 
 import kafka_harness as kh
-from harness import DROVERCTL, clean_env, pgid_alive, wait_until
+from harness import DROVERCTL, ask_as, clean_env, pgid_alive, wait_until
 
 NOBODY = 65534
 
@@ -257,19 +256,6 @@ def test_jobs_json_lists_running_queued_and_failed(drover):
 
 
 # ---- permissions ---------------------------------------------------------------------------
-
-PEER = ("import socket,sys\n"
-        "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
-        "try: s.sendall(sys.argv[2].encode() + b'\\n')\n"
-        "except OSError: pass\n"
-        "sys.stdout.write(s.recv(100000).decode())\n")
-
-
-def ask_as(d, command, uid, gid, groups):
-    out = subprocess.run([sys.executable, "-c", PEER, str(d.sock), command], capture_output=True, text=True,
-                         user=uid, group=gid, extra_groups=groups, timeout=10)
-    return out.stdout
-
 
 def test_a_group_member_may_list_jobs_but_not_cancel_retry_or_pause(drover):
     group = grp.getgrnam("ssl-cert")

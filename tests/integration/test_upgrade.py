@@ -16,12 +16,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from harness import BUILD, DROVER, REPO, proc_environ, proc_stat
+from harness import BUILD, DROVER, REPO, ask_as, proc_environ, proc_stat
 
 V2_VERSION = "0.1.0+upgrade-test"
 NOBODY = 65534
@@ -178,13 +177,6 @@ def test_refused_upgrade_leaves_the_running_image_and_says_why(drover, workdir):
                  (d.stats()), 60, "the workers replaced", interval=0.1)
 
 
-PEER = ("import socket,sys\n"
-        "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
-        "try: s.sendall(sys.argv[2].encode() + b'\\n')\n"
-        "except OSError: pass\n"
-        "sys.stdout.write(s.recv(100000).decode())\n")
-
-
 def test_upgrade_needs_write_access(drover, workdir, v2_binary):
     import grp
     group = grp.getgrnam("ssl-cert")
@@ -195,9 +187,7 @@ def test_upgrade_needs_write_access(drover, workdir, v2_binary):
     install(v2_binary, binary)
 
     def ask_as_reader(command):
-        out = subprocess.run([sys.executable, "-c", PEER, str(d.sock), command], capture_output=True, text=True,
-                             user=NOBODY, group=NOBODY, extra_groups=[group.gr_gid], timeout=10)
-        return out.stdout
+        return ask_as(d, command, NOBODY, NOBODY, [group.gr_gid])
     assert ask_as_reader("ping") == "pong\n"
     assert ask_as_reader("upgrade").startswith("error: permission denied: upgrade needs root"), \
         ask_as_reader("upgrade")
