@@ -134,12 +134,13 @@ struct source_ops {
 	void (*release)(struct source *src, struct job *job);
 	/*
 	 * Optional (NULL: never known; Kafka cannot tell without reading its
-	 * outcome topic). For a redelivered job whose attempts are used up: when
-	 * the outcome of its last attempt is already recorded (its worker died
-	 * after writing it, before the job left the queue), the source takes the
-	 * job as finish() does, with no new outcome: cb.settled follows once that
+	 * outcome topic). For a job redelivered after an attempt: when that
+	 * delivery's outcome is already recorded (its worker died after writing
+	 * it, before the job left the queue), the source takes the job as
+	 * finish() does, with no new outcome: cb.settled follows once that
 	 * outcome is durable, job->recorded set. True then; false when none is
-	 * recorded, and the job stays the caller's (it fails as worker_lost).
+	 * recorded, and the job stays the caller's (it runs again, or fails as
+	 * worker_lost when its attempts are used up).
 	 */
 	bool (*finish_recorded)(struct source *src, struct job *job);
 	/* Flow control: stop / restart handing out jobs (Kafka pauses partitions). */

@@ -45,10 +45,11 @@
  *    finished job runs again and its outcome file is replaced. Outcome files
  *    are replaced, so the duplicates that at-least-once delivery can produce
  *    end as one file. A worker that dies between the outcome's rename and the
- *    job file's removal leaves both; when the redelivery has no attempt left,
- *    spool_finish_recorded finds that outcome and the job only leaves (after
- *    the same directory fsync) instead of failing as worker_lost. An outcome
- *    file is named <id>.json when the id is made
+ *    job file's removal leaves both; the redelivery's spool_finish_recorded
+ *    finds that outcome and the job only leaves (after the same directory
+ *    fsync) instead of running again, or failing as worker_lost when it has
+ *    no attempt left: one job never ends in both complete/ and failed/. An
+ *    outcome file is named <id>.json when the id is made
  *    of [A-Za-z0-9._-] (not leading '.') and at most 160 bytes long;
  *    otherwise those bytes are kept, the others become '_', and "-<fnv1a-32
  *    of the id, 8 hex>" follows, so that distinct ids do not share a file.
@@ -1112,28 +1113,42 @@ static void spool_finish(struct source *src, struct job *job, bool completed, co
 	safety_rearm(sp);
 }
 
-/* True when sub/<outcome name of job> is job's outcome after the attempt its delivery counts. */
-static bool outcome_matches(const struct spool *sp, const char *sub, const struct job *job)
+/*
+ * True when sub/<outcome name of job> is this delivery's outcome: same id, an
+ * attempt count its delivery has reached, and written after the job file was
+ * (rename keeps a file's mtime, so the job file's is its enqueue time): an
+ * outcome left by an earlier job with the same id does not count.
+ */
+static bool outcome_matches(const struct spool *sp, const char *sub, const struct spool_claim *claim)
 {
+	const struct job *job = claim->job;
 	char file[SPOOL_OUTCOME_ID_MAX + 32], path[PATH_MAX];
+	struct stat st;
+	const char *refusal;
 
 	spool_outcome_file(job->id, file, sizeof(file));
 	if (join_path(path, sizeof(path), sp->dir, sub, file) < 0)
 		return false;
-	json_t *doc = json_load_file(path, JSON_ALLOW_NUL, NULL);
-	if (doc == NULL)
+	int fd = open_bounded(path, SPOOL_MAX_PAYLOAD, &st, &refusal);
+	if (fd < 0)
 		return false; /* none (or unreadable: then a new outcome replaces it) */
+	bool newer = st.st_mtim.tv_sec > claim->st.st_mtim.tv_sec ||
+	             (st.st_mtim.tv_sec == claim->st.st_mtim.tv_sec && st.st_mtim.tv_nsec >= claim->st.st_mtim.tv_nsec);
+	json_t *doc = newer ? json_loadfd(fd, JSON_ALLOW_NUL, NULL) : NULL;
+	close(fd);
+	if (doc == NULL)
+		return false;
 	const char *id = json_string_value(json_object_get(doc, "id"));
 	json_t *attempts = json_object_get(doc, "attempts");
 	bool same = id != NULL && strcmp(id, job->id) == 0 && json_is_integer(attempts) &&
-	            json_integer_value(attempts) == job->attempts_done;
+	            json_integer_value(attempts) >= 1 && json_integer_value(attempts) <= job->attempts_done;
 	json_decref(doc);
 	return same;
 }
 
 /*
  * A worker died between renaming an outcome into complete/ or failed/ and
- * removing the job's file: the outcome stands. Its directory is fsynced by
+ * removing the job's file: the outcome stands, whichever attempt wrote it. Its directory is fsynced by
  * the group commit (the dead worker may not have got that far), and only
  * then does the job leave processing/, as after any outcome.
  */
@@ -1142,14 +1157,14 @@ static bool spool_finish_recorded(struct source *src, struct job *job)
 	struct spool *sp = (struct spool *)src;
 	struct spool_claim *claim = job->backend;
 
-	if (outcome_matches(sp, "complete", job))
+	if (outcome_matches(sp, "complete", claim))
 		claim->completed = true;
-	else if (outcome_matches(sp, "failed", job))
+	else if (outcome_matches(sp, "failed", claim))
 		claim->completed = false;
 	else
 		return false;
-	log_info("spool: job %.200s: the outcome of attempt %d is already in %s/; the job leaves the queue", job->id,
-	         job->attempts_done, claim->completed ? "complete" : "failed");
+	log_info("spool: job %.200s: redelivered after attempt %d, its outcome is already in %s/; the job leaves the queue",
+	         job->id, job->attempts_done, claim->completed ? "complete" : "failed");
 	job->recorded = true;
 	job->completed = claim->completed;
 	push_written(sp, claim);

@@ -883,9 +883,10 @@ static void worker_revoke_job(struct job *job, void *arg)
  * that is not a JSON object; an id that breaks the rules of every entry
  * (events.h; the backends check too, this is the last line); a job whose
  * earlier attempts already used up max_attempts by dying with their worker
- * (the count comes with the delivery: spool file name, Kafka crash ledger),
- * unless the last one's outcome was recorded before its worker died: then
- * the job only leaves the queue (finish_recorded).
+ * (the count comes with the delivery: spool file name, Kafka crash ledger).
+ * Before either, a redelivered job whose outcome was recorded before its
+ * worker died only leaves the queue (finish_recorded): it neither runs again
+ * nor gains a second outcome.
  * True when the task was failed.
  */
 static bool worker_refuses_job(struct worker *w, struct task *t)
@@ -900,7 +901,7 @@ static bool worker_refuses_job(struct worker *w, struct task *t)
 	} else if (id_problem != NULL) {
 		log_warnx("job with an id of %zu bytes: %s", strlen(job->id), id_problem);
 		failure.message = id_problem;
-	} else if (job->attempts_done >= w->cfg->max_attempts && w->ops->finish_recorded != NULL &&
+	} else if (job->attempts_done > 0 && w->ops->finish_recorded != NULL &&
 	           w->ops->finish_recorded(w->source, t->job)) {
 		task_free(t); /* its worker died after recording the outcome: that one stands */
 		return true;

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -250,22 +251,43 @@ def _place_claimed_job(spool, name, attempts, job):
 
 def test_a_recorded_outcome_stands_when_its_worker_died_before_the_job_left(drover):
     d = drover(config={"supervisor": {"workers": 1}, "jobs": {"max_attempts": 3}}, start=False)
-    _place_claimed_job(d.spool, "recorded.json", 3, {"id": "recorded-1", "record_dir": str(d.records)})
+    records = str(d.records)
+    # Attempts used up, the last one's outcome recorded.
+    _place_claimed_job(d.spool, "recorded.json", 3, {"id": "recorded-1", "record_dir": records})
     outcome = json.dumps({"id": "recorded-1", "result": "done", "attempts": 3, "duration_ms": 5})
     (d.spool / "complete" / "recorded-1.json").write_text(outcome)
-    # An outcome of an earlier attempt does not count: this delivery's last attempt is 3.
-    _place_claimed_job(d.spool, "stale.json", 3, {"id": "stale-1", "record_dir": str(d.records)})
-    (d.spool / "complete" / "stale-1.json").write_text(json.dumps({"id": "stale-1", "attempts": 2}))
-    _place_claimed_job(d.spool, "lost.json", 3, {"id": "lost-1", "record_dir": str(d.records)})
+    # Attempts left: a recorded outcome still means the job is done, complete or failed. Running
+    # it again could end it in the other directory too.
+    _place_claimed_job(d.spool, "early.json", 1, {"id": "early-1", "record_dir": records})
+    early = json.dumps({"id": "early-1", "result": "done", "attempts": 1, "duration_ms": 5})
+    (d.spool / "complete" / "early-1.json").write_text(early)
+    _place_claimed_job(d.spool, "early-failed.json", 2, {"id": "early-failed-1", "record_dir": records})
+    early_failed = json.dumps({"id": "early-failed-1", "attempts": 2, "error": {"reason": "exit_code"}})
+    (d.spool / "failed" / "early-failed-1.json").write_text(early_failed)
+    # An outcome older than the job file is an earlier job's with the same id: it does not count.
+    _place_claimed_job(d.spool, "stale.json", 3, {"id": "stale-1", "record_dir": records})
+    stale = d.spool / "complete" / "stale-1.json"
+    stale.write_text(json.dumps({"id": "stale-1", "attempts": 3}))
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    _place_claimed_job(d.spool, "stale-early.json", 1, {"id": "stale-early-1", "record_dir": records})
+    stale_early = d.spool / "complete" / "stale-early-1.json"
+    stale_early.write_text(json.dumps({"id": "stale-early-1", "attempts": 1}))
+    os.utime(stale_early, (hour_ago, hour_ago))
+    _place_claimed_job(d.spool, "lost.json", 3, {"id": "lost-1", "record_dir": records})
     d.start()
 
     d.wait_until(lambda: {"lost-1", "stale-1"} <= set(d.failed()), 20, "the jobs without an outcome to fail")
     d.wait_queue_empty(20)
-    assert "recorded-1" not in d.failed(), d.failed()["recorded-1"]
-    assert (d.spool / "complete" / "recorded-1.json").read_text() == outcome, "the recorded outcome must stand"
+    for job_id, sub, text in (("recorded-1", "complete", outcome), ("early-1", "complete", early),
+                              ("early-failed-1", "failed", early_failed)):
+        assert (d.spool / sub / ("%s.json" % job_id)).read_text() == text, "the recorded outcome of %s must stand" % job_id
+    assert not {"recorded-1", "early-1"} & set(d.failed()), d.failed()
+    assert "early-failed-1" not in d.complete(), d.complete()["early-failed-1"]
     for job_id in ("lost-1", "stale-1"):
         err = d.failed()[job_id]["error"]
         assert err["reason"] == "worker_lost" and "max_attempts is 3" in err["message"], err
-    assert d.starts() == [], "no job may run again: each used up its attempts"
+    assert [r["id"] for r in d.starts()] == ["stale-early-1"], "only the job with attempts left and no outcome of its own runs again"
+    assert d.complete()["stale-early-1"]["attempts"] == 2, d.complete()["stale-early-1"]
     stats = d.stats()["jobs"]
-    assert stats["failed"] == 2 and stats["completed"] == 0, stats
+    assert stats["failed"] == 2 and stats["completed"] == 1, stats
