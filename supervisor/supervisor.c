@@ -353,7 +353,8 @@ static void supervisor_status_cb(struct ev_loop *loop, ev_timer *timer, int reve
 	struct supervisor *sup = timer->data;
 	char status[128];
 	int in_flight = 0;
-	for (int i = 0; i < CONFIG_MAX_WORKERS; i++)
+	/* Live slots only: a read of a memfd page never written allocates it (256 slots, a page each). */
+	for (int i = 0; i < pool_slot_count(sup->pool); i++)
 		in_flight += __atomic_load_n(&scoreboard_slot(sup->scoreboard, i)->in_flight, __ATOMIC_RELAXED);
 	snprintf(status, sizeof(status), "%d/%d workers, %d jobs in flight", pool_alive(sup->pool),
 	         pool_desired(sup->pool), in_flight);
