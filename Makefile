@@ -30,12 +30,16 @@ PYTHON    ?= /usr/bin/python3
 
 # Libraries found with pkg-config. Adding one is one word here: its Debian package
 # (lib<name>-dev, "lib" not doubled) joins the build set by itself.
-PKGS      := rdkafka jansson inih libmicrohttpd
+PKGS      := rdkafka jansson inih
+# Compiled against, loaded at run time only when used (dlopen by soname): libmicrohttpd
+# brings GnuTLS and its constructor, about 2 MiB a process, for the optional HTTP endpoint.
+DLOPEN_PKGS := libmicrohttpd
 # Debian's libev-dev ships no libev.pc: linked by name (package libev-dev).
 NOPC_LIBS := ev
-PKG_MISSING := $(if $(shell command -v pkg-config),$(shell for p in $(PKGS); do pkg-config --exists $$p || echo $$p; done),pkg-config)
-PKG_CFLAGS  := $(if $(PKG_MISSING),,$(shell pkg-config --cflags $(PKGS)))
+PKG_MISSING := $(if $(shell command -v pkg-config),$(shell for p in $(PKGS) $(DLOPEN_PKGS); do pkg-config --exists $$p || echo $$p; done),pkg-config)
+PKG_CFLAGS  := $(if $(PKG_MISSING),,$(shell pkg-config --cflags $(PKGS) $(DLOPEN_PKGS)))
 PKG_LIBS    := $(if $(PKG_MISSING),,$(shell pkg-config --libs $(PKGS)))
+MHD_SONAME  := $(if $(PKG_MISSING),,$(shell objdump -p "$$(pkg-config --variable=libdir libmicrohttpd)/libmicrohttpd.so" 2>/dev/null | sed -n 's/^ *SONAME *//p'))
 # Expanded in compile and link recipes only: `make deps` and `make clean` work without the libraries.
 need_libs  = $(if $(PKG_MISSING),$(error not found by pkg-config: $(PKG_MISSING); `make deps-build` (as root) installs the build set))
 
@@ -44,7 +48,7 @@ CFLAGS    ?= -O2 -g
 # Kept apart from CFLAGS so that a CFLAGS given on the command line (the sanitizer tree,
 # debian/rules) keeps the warnings.
 WARNINGS  := -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wmissing-prototypes -Wno-unused-parameter -fno-strict-aliasing
-# --as-needed: a program records only the libraries it uses (libmicrohttpd: drover's HTTP endpoint alone).
+# --as-needed: a program records only the libraries it uses.
 LDLIBS    += -Wl,--as-needed $(PKG_LIBS) $(NOPC_LIBS:%=-l%) -lm
 
 LIB_SRC   := $(sort $(wildcard shared/*.c queue/*.c worker/*.c))
@@ -65,7 +69,7 @@ PROGRAMS  := $(BUILD)/drover $(BUILD)/droverctl $(BUILD)/handlers/demo
 # Debian packages, installed only when missing (deps-*). The build set is all that
 # `make` needs; the test set adds what `make test`, `make lint` and `make bench` run;
 # the packaging set what `make deb` and `make package-test` run.
-DEB_BUILD   := build-essential pkg-config $(foreach lib,$(PKGS) $(NOPC_LIBS),lib$(lib:lib%=%)-dev)
+DEB_BUILD   := build-essential pkg-config $(foreach lib,$(PKGS) $(DLOPEN_PKGS) $(NOPC_LIBS),lib$(lib:lib%=%)-dev)
 DEB_TEST    := libcriterion-dev kcat python3 python3-pytest python3-pytest-xdist python3-confluent-kafka procps util-linux \
                strace prometheus cppcheck clang-tidy curl python3-yaml nodejs
 DEB_PACKAGE := debhelper dpkg-dev fakeroot lintian systemd init-system-helpers logrotate groff-base shellcheck
@@ -119,6 +123,9 @@ deps-package:
 $(BUILD)/%.o: %.c
 	$(need_libs)@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARNINGS) -MMD -MP -c -o $@ $<
+
+# The soname the endpoint loads: that of the libmicrohttpd compiled against.
+$(BUILD)/supervisor/http.o: CPPFLAGS += $(if $(MHD_SONAME),-DHTTP_LIBRARY='"$(MHD_SONAME)"')
 
 $(BUILD)/libdrover.a: $(LIB_OBJ)
 	ar rcs $@ $^

@@ -11,6 +11,12 @@
  *
  * The listening socket is ours (bound before the privilege drop) and handed
  * to the daemon; everything served is read-only and secret-free (stats.c).
+ *
+ * The library is loaded (dlopen) when the endpoint is configured, not linked:
+ * its constructor initialises GnuTLS, which maps p11-kit, nettle, gmp and
+ * more, about 2 MiB of RSS in the supervisor and a few hundred KiB in every
+ * worker that a pool without the endpoint should not pay. systemd loads its
+ * optional libraries the same way.
  */
 #include "supervisor/http.h"
 #include "shared/listen_addr.h"
@@ -19,6 +25,7 @@
 #include "supervisor/supervisor.h"
 #include "shared/util.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
@@ -44,6 +51,56 @@ struct http {
 	ev_timer timer;  /* the daemon's next deadline (connection timeouts) */
 	char address[64];
 };
+
+#ifndef HTTP_LIBRARY
+#define HTTP_LIBRARY "libmicrohttpd.so.12" /* the Makefile passes the soname of the library built against */
+#endif
+
+/* The functions used, resolved once from the loaded library (typed by its header). */
+static struct {
+	void *handle;
+	__typeof__(MHD_create_response_from_buffer) *create_response_from_buffer;
+	__typeof__(MHD_add_response_header) *add_response_header;
+	__typeof__(MHD_queue_response) *queue_response;
+	__typeof__(MHD_destroy_response) *destroy_response;
+	__typeof__(MHD_get_timeout) *get_timeout;
+	__typeof__(MHD_run) *run;
+	__typeof__(MHD_start_daemon) *start_daemon;
+	__typeof__(MHD_get_daemon_info) *get_daemon_info;
+	__typeof__(MHD_stop_daemon) *stop_daemon;
+	__typeof__(MHD_quiesce_daemon) *quiesce_daemon;
+} mhd;
+
+/* Loads libmicrohttpd on first use; -1 with err set when it is missing or lacks a function. */
+static int load_library(char *err, size_t errlen)
+{
+	if (mhd.handle != NULL)
+		return 0;
+	void *handle = dlopen(HTTP_LIBRARY, RTLD_NOW | RTLD_LOCAL);
+	if (handle == NULL) {
+		snprintf(err, errlen, "cannot load %s (Debian package libmicrohttpd12): %s", HTTP_LIBRARY, dlerror());
+		return -1;
+	}
+#define RESOLVE(name)                                                                        \
+	if ((mhd.name = (__typeof__(mhd.name))dlsym(handle, "MHD_" #name)) == NULL) {        \
+		snprintf(err, errlen, "%s has no MHD_%s: %s", HTTP_LIBRARY, #name, dlerror()); \
+		dlclose(handle);                                                                 \
+		return -1;                                                                       \
+	}
+	RESOLVE(create_response_from_buffer)
+	RESOLVE(add_response_header)
+	RESOLVE(queue_response)
+	RESOLVE(destroy_response)
+	RESOLVE(get_timeout)
+	RESOLVE(run)
+	RESOLVE(start_daemon)
+	RESOLVE(get_daemon_info)
+	RESOLVE(stop_daemon)
+	RESOLVE(quiesce_daemon)
+#undef RESOLVE
+	mhd.handle = handle;
+	return 0;
+}
 
 /* ---- the listening socket -------------------------------------------------- */
 
@@ -86,7 +143,7 @@ static void remember_address(struct http *http)
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, const char *type, char *body,
 			       bool free_body)
 {
-	struct MHD_Response *response = MHD_create_response_from_buffer(
+	struct MHD_Response *response = mhd.create_response_from_buffer(
 		strlen(body), body, free_body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
 	if (response == NULL) {
 		if (free_body)
@@ -94,14 +151,14 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, con
 		return MHD_NO; /* out of memory: MHD closes the connection */
 	}
 	enum MHD_Result rc = MHD_YES;
-	if (MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, type) != MHD_YES ||
-	    MHD_add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") != MHD_YES ||
+	if (mhd.add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, type) != MHD_YES ||
+	    mhd.add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") != MHD_YES ||
 	    (status == MHD_HTTP_METHOD_NOT_ALLOWED &&
-	     MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD") != MHD_YES))
+	     mhd.add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD") != MHD_YES))
 		rc = MHD_NO;
 	if (rc == MHD_YES)
-		rc = MHD_queue_response(conn, status, response);
-	MHD_destroy_response(response);
+		rc = mhd.queue_response(conn, status, response);
+	mhd.destroy_response(response);
 	return rc;
 }
 
@@ -161,7 +218,7 @@ static void rearm(struct http *http)
 {
 	MHD_UNSIGNED_LONG_LONG ms = 0;
 	ev_timer_stop(http->sup->loop, &http->timer);
-	if (MHD_get_timeout(http->daemon, &ms) != MHD_YES)
+	if (mhd.get_timeout(http->daemon, &ms) != MHD_YES)
 		return;
 	ev_timer_set(&http->timer, (double)ms / 1000.0, 0);
 	ev_timer_start(http->sup->loop, &http->timer);
@@ -169,7 +226,7 @@ static void rearm(struct http *http)
 
 static void run_daemon(struct http *http)
 {
-	if (MHD_run(http->daemon) != MHD_YES)
+	if (mhd.run(http->daemon) != MHD_YES)
 		log_debug("http: MHD_run reported an error");
 	rearm(http);
 }
@@ -189,7 +246,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 static struct MHD_Daemon *start_daemon(struct http *http, int family)
 {
 	unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (family == AF_INET6 ? MHD_USE_IPv6 : 0);
-	return MHD_start_daemon(flags, 0, NULL, NULL, on_request, http,
+	return mhd.start_daemon(flags, 0, NULL, NULL, on_request, http,
 				MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, http,
 				MHD_OPTION_LISTEN_SOCKET, http->fd,
 				MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONNECTIONS_MAX,
@@ -202,6 +259,10 @@ static struct MHD_Daemon *start_daemon(struct http *http, int family)
 /* The daemon on a listening socket we own (http->fd); NULL with err set on failure (fd closed). */
 static struct http *http_serve_fd(struct supervisor *sup, int fd, int family, char *err, size_t errlen)
 {
+	if (load_library(err, errlen) < 0) {
+		close(fd);
+		return NULL;
+	}
 	struct http *http = calloc(1, sizeof(*http));
 	if (http == NULL) {
 		snprintf(err, errlen, "out of memory");
@@ -213,11 +274,11 @@ static struct http *http_serve_fd(struct supervisor *sup, int fd, int family, ch
 	remember_address(http);
 	http->daemon = start_daemon(http, family);
 	const union MHD_DaemonInfo *info =
-		http->daemon != NULL ? MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+		http->daemon != NULL ? mhd.get_daemon_info(http->daemon, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
 	if (info == NULL) {
 		snprintf(err, errlen, "cannot start the HTTP daemon (libmicrohttpd)");
 		if (http->daemon != NULL)
-			MHD_stop_daemon(http->daemon);
+			mhd.stop_daemon(http->daemon);
 		close(http->fd);
 		free(http);
 		return NULL;
@@ -276,8 +337,8 @@ void http_close(struct http *http)
 	ev_io_stop(http->sup->loop, &http->io);
 	ev_timer_stop(http->sup->loop, &http->timer);
 	/* Quiesce first: it hands the listening socket back, which is ours to close. */
-	MHD_socket fd = MHD_quiesce_daemon(http->daemon);
-	MHD_stop_daemon(http->daemon);
+	MHD_socket fd = mhd.quiesce_daemon(http->daemon);
+	mhd.stop_daemon(http->daemon);
 	if (fd != MHD_INVALID_SOCKET)
 		close(fd);
 	free(http);

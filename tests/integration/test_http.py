@@ -78,6 +78,24 @@ def metric(d, series):
 # ---- the endpoint ---------------------------------------------------------------
 
 @pytest.mark.asan
+def _maps_microhttpd(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return any("libmicrohttpd" in line for line in f)
+
+
+def test_the_library_is_loaded_only_when_http_listen_is_set(drover):
+    # libmicrohttpd's constructor initialises GnuTLS (p11-kit, nettle, gmp...): about 2 MiB in
+    # the supervisor and more in each worker, paid by a pool that serves no HTTP if it were linked.
+    plain = drover(config={"supervisor": {"workers": 1}})
+    plain.wait_workers(1)
+    assert not _maps_microhttpd(plain.pid), "the supervisor mapped libmicrohttpd without http_listen"
+    assert not any(_maps_microhttpd(p) for p in plain.worker_pids().values())
+    served = drover(config=http_config())
+    served.wait_workers(2)
+    assert _maps_microhttpd(served.pid), "http_listen is set, yet libmicrohttpd is not mapped: wrong check?"
+    assert get_ok(address(served), "/healthz").startswith("ok")
+
+
 def test_metrics_stats_and_healthz_over_http(drover):
     d = drover(config=http_config({"kafka": {"sasl_password": "hunter2-http-secret"}}))
     d.wait_workers(2)

@@ -7,6 +7,7 @@ DescribeConfigs, SASL/SSL) is tested up to where it can be: the request,
 the error path, the configuration mapping (tests/unit/test_kafka_conf.c).
 """
 
+import glob
 import json
 import os
 import random
@@ -439,6 +440,28 @@ def test_idle_worker_thread_sleeps(mock, drover, fast_handler):
     woke = _thread_switches(pid, pid) - before
     # The heartbeat (1/s) plus a few librdkafka events (commits, rare polls).
     assert woke <= 2 * window, "worker thread woke %d times in %.0f s while idle" % (woke, window)
+
+
+def _mapped_files(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return {line.split()[-1] for line in f if len(line.split()) >= 6}
+
+
+def test_workers_load_no_sasl_plugins_unless_gssapi_needs_them(mock, drover, fast_handler):
+    # librdkafka's first handle initialises Cyrus SASL, which maps every plugin of
+    # /usr/lib/<arch>/sasl2 (and Berkeley DB), about 0.8 MiB a worker, although drover's
+    # mechanisms (PLAIN, SCRAM) never reach Cyrus. The plugins must exist for the check to mean
+    # anything: libsasl2-2 (librdkafka1's dependency) depends on libsasl2-modules-db (sasldb).
+    plugins = glob.glob("/usr/lib/*/sasl2/*.so*")
+    assert plugins, "no Cyrus SASL plugin on this machine: the check below would prove nothing"
+    handler, runs = fast_handler
+    m = mock()
+    d = drover(config=kh.kafka_config(m.bootstrap, workers=1, handler=handler, runs_dir=runs))
+    kh.wait_group_stable(d, 1)
+    pid = list(d.worker_pids().values())[0]
+    loaded = sorted(f for f in _mapped_files(pid) if "/sasl2/" in f or "libdb-" in f)
+    assert loaded == [], "an idle Kafka worker mapped SASL plugins: %s" % loaded
+    assert any("librdkafka" in f for f in _mapped_files(pid)), "the worker has no librdkafka mapped: wrong pid?"
 
 
 HANG_HANDLER = r"""#!/bin/sh
