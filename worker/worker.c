@@ -1367,6 +1367,48 @@ static void worker_watch(struct worker *w, int parent_fd)
 	w->orphan_timer.data = w;
 }
 
+/* Names the process (log prefix, ps title) and the outcome documents' origin. */
+static void worker_name_self(struct worker *w)
+{
+	char name[32];
+
+	snprintf(name, sizeof(name), "worker %d", w->slot);
+	log_set_name(name);
+	worker_set_title(w);
+	log_set_worker(w->slot);
+	if (gethostname(w->host, sizeof(w->host) - 1) < 0)
+		snprintf(w->host, sizeof(w->host), "localhost");
+	w->origin.host = w->host;
+	w->origin.worker = w->slot;
+}
+
+/* Opens the queue and, in persistent mode, starts the handler processes. EX_OK, or the worker's exit code. */
+static int worker_open_queue(struct worker *w)
+{
+	char err[512];
+	struct source_callbacks callbacks = {
+		.ready = source_ready, .settled = source_settled, .revoke = worker_revoke_job, .arg = w,
+	};
+	struct source_params source_params = {
+		.cfg = w->cfg, .loop = w->loop, .slot = w->slot, .board = w->board, .origin = &w->origin, .cb = &callbacks,
+	};
+	w->ops = source_for(w->cfg);
+	w->source = w->ops->open(&source_params, err, sizeof(err)); /* copies the callbacks */
+	if (w->source == NULL) {
+		/* A refused configuration: EX_CONFIG tells the supervisor not to restart us (README "Worker slots"). */
+		int code = errno == EINVAL ? EX_CONFIG : EX_UNAVAILABLE;
+		log_error("worker %d: cannot open the %s queue: %s", w->slot, w->ops->name, err);
+		return code;
+	}
+	if (w->cfg->handler_mode == HANDLER_MODE_EXEC) {
+		scoreboard_publish_handlers_ready(w->board); /* a handler starts per attempt */
+	} else if (worker_start_handlers(w) < 0) {
+		log_error("worker %d: out of memory starting its handler processes", w->slot);
+		return EX_SOFTWARE;
+	}
+	return EX_OK;
+}
+
 int worker_main(const struct worker_params *params)
 {
 	struct worker w = {
@@ -1377,12 +1419,8 @@ int worker_main(const struct worker_params *params)
 		.token = { .supervisor = params->supervisor_pid, .worker = params->serial },
 		.requests_seen = scoreboard_request_serial(),
 	};
-	char name[32], err[512];
 
-	snprintf(name, sizeof(name), "worker %d", params->slot);
-	log_set_name(name);
-	worker_set_title(&w);
-	log_set_worker(params->slot);
+	worker_name_self(&w);
 	if (worker_setup_signals(&w) < 0) {
 		log_warn("worker %d: cannot set up signals", w.slot);
 		return EX_SOFTWARE;
@@ -1397,36 +1435,13 @@ int worker_main(const struct worker_params *params)
 		worker_teardown(&w);
 		return EX_SOFTWARE;
 	}
-	if (gethostname(w.host, sizeof(w.host) - 1) < 0)
-		snprintf(w.host, sizeof(w.host), "localhost");
-	w.origin.host = w.host;
-	w.origin.worker = w.slot;
 	scoreboard_set_wake_fd(params->wake_fd);
 	worker_publish_start(&w, params->generation);
-
-	struct source_callbacks callbacks = {
-		.ready = source_ready, .settled = source_settled, .revoke = worker_revoke_job, .arg = &w,
-	};
-	struct source_params source_params = {
-		.cfg = w.cfg, .loop = w.loop, .slot = w.slot, .board = w.board, .origin = &w.origin, .cb = &callbacks,
-	};
-	w.ops = source_for(w.cfg);
-	w.source = w.ops->open(&source_params, err, sizeof(err));
-	if (w.source == NULL) {
-		/* A refused configuration: EX_CONFIG tells the supervisor not to restart us (README "Worker slots"). */
-		int code = errno == EINVAL ? EX_CONFIG : EX_UNAVAILABLE;
-		log_error("worker %d: cannot open the %s queue: %s", w.slot, w.ops->name, err);
+	int code = worker_open_queue(&w);
+	if (code != EX_OK) {
 		worker_teardown(&w);
 		return code;
 	}
-	if (w.cfg->handler_mode == HANDLER_MODE_EXEC)
-		scoreboard_publish_handlers_ready(w.board); /* a handler starts per attempt */
-	else if (worker_start_handlers(&w) < 0) {
-		log_error("worker %d: out of memory starting its handler processes", w.slot);
-		worker_teardown(&w);
-		return EX_SOFTWARE;
-	}
-
 	worker_watch(&w, params->parent_fd);
 	log_info("worker %d: started (%s queue, up to %d jobs at once)", w.slot, w.ops->name, w.cfg->max_concurrent);
 	worker_fill(&w);
