@@ -37,9 +37,11 @@ Persistent handlers (issue 9), on the spool, rows of their own:
     processes) with the spool on a tmpfs the bench mounts in its work directory
     (no device behind the fsyncs), and on the Kafka mock cluster (outcomes
     acknowledged by the broker, nothing fsynced), each paired with the prefork
-    pool. These rounds start drover, wait until every handler process is
-    ready, then enqueue (spool: rename from a staging directory on the same
-    tmpfs) or produce the backlog: jobs/s from the first to the last outcome,
+    pool; the tmpfs rounds also beside the same rounds with the spool on the
+    build tree's disk, so that the device's share shows in one run. These
+    rounds start drover, wait until every handler process is ready, then
+    enqueue (spool: rename from a staging directory on the same file system)
+    or produce the backlog: jobs/s from the first to the last outcome,
     and drover's CPU per job (supervisor + workers, utime + stime from /proc
     over that window; the handlers' beside it), start-up left out on both sides
     as the prefork pool leaves out its own. The tmpfs needs root (make bench
@@ -1044,8 +1046,9 @@ class CpuWindow:
         return per_job
 
 
-def tmpfs_round(ctx, root, workers, k, n, tag):
-    """Persistent echo, W x K processes, the spool on tmpfs; the backlog renamed in once every handler is ready."""
+def ready_spool_round(ctx, root, workers, k, n, tag):
+    """Persistent echo, W x K processes, the spool under root (the tmpfs, or the work directory on disk); the
+    backlog renamed in once every handler is ready."""
     d = Drover(os.path.join(root, tag), workers, k, extra=persistent(ECHO_HANDLER, 1))
     staging = os.path.join(d.dir, "backlog")
     os.makedirs(staging)
@@ -1078,7 +1081,7 @@ def tmpfs_round(ctx, root, workers, k, n, tag):
         raise BenchError("%s: %d jobs failed, e.g. %s" % (tag, len(failed), failed[:3]))
     if len(mtimes) < 2 or max(mtimes) <= min(mtimes):
         raise BenchError("%s: %d outcomes within %.0f s" % (tag, len(mtimes), ctx.scale["round_cap_s"]))
-    shutil.rmtree(d.dir)  # the tmpfs holds the next round's files
+    shutil.rmtree(d.dir)  # the tmpfs holds the next round's files (on disk too: BENCH_KEEP does not keep these)
     return {"jobs_per_s": (len(mtimes) - 1) / ((max(mtimes) - min(mtimes)) / 1e9), "drover_cpu_ms_per_job": cpu,
             "jobs": n, "finished": done, "capped": capped, "load1": load}
 
@@ -1111,9 +1114,10 @@ def kafka_warm_round(ctx, workers, k, n, tag):
 
 
 def split_rows(ctx, name, rounds):
-    """jobs/s against the prefork pool (paired) and drover's CPU per job, each with the rounds' median load."""
+    """jobs/s against the prefork pool (paired) and drover's CPU per job, each with the rounds' median load;
+    with the same rounds on disk (tmpfs only), drover against itself there."""
     loads = [r["drover"]["load1"] for r in rounds]
-    capped = sum(1 for r in rounds if r["drover"]["capped"])
+    capped = sum(1 for r in rounds for side in ("drover", "disk") if side in r and r[side]["capped"])
     note = "%d round(s) stopped at %.0f s; " % (capped, ctx.scale["round_cap_s"]) if capped else ""
     ratios = [r["drover"]["jobs_per_s"] / r["prefork"]["jobs_per_s"] for r in rounds if r["prefork"]["jobs_per_s"]]
     ctx.row(name, "jobs/s vs prefork pool", median([r["drover"]["jobs_per_s"] for r in rounds]),
@@ -1124,18 +1128,36 @@ def split_rows(ctx, name, rounds):
     ctx.row(name, "drover CPU per job (supervisor + workers)", cpu["drover"], target=at_most(0.1, "ms"), unit="ms",
             load=median(loads), note="supervisor %.3f, workers %.3f; the handlers' %.3f not counted"
             % (cpu["supervisor"], cpu["workers"], cpu["handlers"]))
+    if "disk" in rounds[0]:
+        disk_rows(ctx, name, rounds, median(loads), note)
+
+
+def disk_rows(ctx, name, rounds, load, note):
+    """The tmpfs rounds against the same rounds with the spool on the build tree's disk: what the device costs."""
+    jobs = [(r["drover"]["jobs_per_s"], r["disk"]["jobs_per_s"]) for r in rounds]
+    ctx.row(name, "jobs/s vs the same on disk", median([t for t, _ in jobs]), median([d for _, d in jobs]),
+            median([t / d for t, d in jobs if d]), unit="jobs/s", load=load,
+            note=note + "the disk's rounds: %d jobs each" % rounds[0]["disk"]["jobs"])
+    cpu = [(r["drover"]["drover_cpu_ms_per_job"]["drover"], r["disk"]["drover_cpu_ms_per_job"]["drover"])
+           for r in rounds]
+    ctx.row(name, "drover CPU per job vs the same on disk", median([t for t, _ in cpu]), median([d for _, d in cpu]),
+            median([t / d for t, d in cpu if d]), unit="ms", load=load,
+            note="on disk: workers %.3f, handlers %.3f" % tuple(
+                median([r["disk"]["drover_cpu_ms_per_job"][role] for r in rounds]) for role in ("workers", "handlers")))
 
 
 def bench_tmpfs(ctx, workers, k):
-    """The persistent 2x4 row again with no device behind the spool's fsyncs."""
+    """The persistent 2x4 row again with no device behind the spool's fsyncs, beside the same rounds on disk."""
     name = "persistent %dx%d, spool on tmpfs" % (workers, k)
     n = ctx.tmpfs_jobs
     rounds = []
     with TmpfsMount(ctx.path("tmpfs%dx%d" % (workers, k))) as root:
         for i in range(ctx.pairs):
             tag = "tmpfs%dx%d-%d" % (workers, k, i)
-            ctx.say("%s: round %d/%d, %d jobs each: persistent on tmpfs, prefork pool" % (name, i + 1, ctx.pairs, n))
-            rounds.append({"drover": tmpfs_round(ctx, root, workers, k, n, tag + "p"),
+            ctx.say("%s: round %d/%d: persistent on disk (%d jobs), on tmpfs, prefork pool (%d jobs each)"
+                    % (name, i + 1, ctx.pairs, ctx.warm_jobs, n))
+            rounds.append({"disk": ready_spool_round(ctx, ctx.workdir, workers, k, ctx.warm_jobs, tag + "d"),
+                           "drover": ready_spool_round(ctx, root, workers, k, n, tag + "p"),
                            "prefork": prefork_round(ctx, workers * k, n, tag + "f")})
     ctx.results[name] = {"backend": "persistent-tmpfs", "workers": workers, "max_concurrent": k, "jobs": n,
                          "tmpfs_size": TMPFS_SIZE, "rounds": rounds}

@@ -23,7 +23,8 @@ OWN = {
                        "RSS worker process after warm-up", "RSS worker process at the end",
                        "drover CPU per job (supervisor + worker)"],
     # The persistent rows again with no device behind the fsyncs, and on Kafka (bench.py's split_rows).
-    "persistent-tmpfs": ["jobs/s vs prefork pool", "drover CPU per job (supervisor + workers)"],
+    "persistent-tmpfs": ["jobs/s vs prefork pool", "drover CPU per job (supervisor + workers)",
+                         "jobs/s vs the same on disk", "drover CPU per job vs the same on disk"],
     "persistent-kafka": ["jobs/s vs prefork pool", "drover CPU per job (supervisor + workers)"],
 }
 GROUPS = ("spool", "kafka", "persistent", "persistent-node", "persistent-rss", "persistent-tmpfs", "persistent-kafka")
@@ -78,7 +79,7 @@ def problems_of(report):
             row = found[0]
             if not number(row["drover"]):
                 problems.append("%s: %s has no value (%r)" % (name, figure, row["drover"]))
-            paired = figure.startswith(("jobs/s vs", "CPU per job vs")) or figure.endswith("at the end")
+            paired = figure.startswith(("jobs/s vs", "CPU per job vs")) or figure.endswith(("at the end", "on disk"))
             if paired or (res["backend"] == "kafka" and figure.startswith("latency")):
                 if not number(row["reference"]) or not number(row["ratio"]):
                     problems.append("%s: %s has no reference or ratio" % (name, figure))
