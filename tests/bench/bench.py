@@ -32,16 +32,32 @@ Persistent handlers (issue 9), on the spool, rows of their own:
   - one persistent Python handler process over many jobs (100k at full
     scale): its RSS and its worker's after a warm-up and at the end, and
     drover's own CPU per job (supervisor + worker, from /proc, the handler's
-    CPU left out).
+    CPU left out);
+  - what those figures are made of: the same persistent echo handler (W x K
+    processes) with the spool on a tmpfs the bench mounts in its work directory
+    (no device behind the fsyncs), and on the Kafka mock cluster (outcomes
+    acknowledged by the broker, nothing fsynced), each paired with the prefork
+    pool; the tmpfs rounds also beside the same rounds with the spool on the
+    build tree's disk, so that the device's share shows in one run. These
+    rounds start drover, wait until every handler process is ready, then
+    enqueue (spool: rename from a staging directory on the same file system)
+    or produce the backlog: jobs/s from the first to the last outcome,
+    and drover's CPU per job (supervisor + workers, utime + stime from /proc
+    over that window; the handlers' beside it), start-up left out on both sides
+    as the prefork pool leaves out its own. The tmpfs needs root (make bench
+    runs as root); a mount that fails stops the bench.
 
 Environment: BENCH_SCALE=tiny|full (default full; tiny is what `make test`
 runs), BENCH_JOBS (backlog size), BENCH_PAIRS, BENCH_KAFKA=2x4,3x4 (Kafka
 configurations; "" skips Kafka), BENCH_WARM=2x4 (the persistent-handler
-configuration; "" skips those rows), BENCH_RSS_JOBS (jobs of the RSS run), BENCH_JSON (default BUILD/bench.json),
-BENCH_KEEP=1 keeps the work directory. DROVER_BUILD names the build tree.
+configuration; "" skips those rows, and the Kafka one also when BENCH_KAFKA is ""), BENCH_RSS_JOBS (jobs of the
+RSS run), BENCH_ONLY (a comma list of row groups to run, default all: spool, kafka, persistent, persistent-node,
+persistent-rss, persistent-tmpfs, persistent-kafka; e.g. BENCH_ONLY=persistent-tmpfs,persistent-kafka),
+BENCH_JSON (default BUILD/bench.json), BENCH_KEEP=1 keeps the work directory (not the tmpfs rounds', which go
+with the tmpfs). DROVER_BUILD names the build tree.
 
 Everything runs in a directory under the build tree (a disk, not tmpfs, so
-that fsyncs cost what they cost). Every process is started here and stopped
+that fsyncs cost what they cost), but for the tmpfs rounds. Every process is started here and stopped
 by pid; every wait polls with a deadline. The helpers the test suites share
 (waiting, /proc, the control socket, the INI file, the environment that
 configures drover, the mock cluster) come from tests/integration's harness
@@ -89,13 +105,15 @@ SCALES = {
     # Enough to produce every figure, fast enough for make test.
     "tiny": {"spool_jobs": 150, "kafka_jobs": 200, "pairs": 1, "latency_s": 0.6, "idle_s": 1.0,
              "round_cap_s": 20, "drain_cap_s": 10, "warm_jobs": 150, "node_jobs": 100, "rss_jobs": 400,
-             "rss_warmup": 100},
-    # At most about 7 minutes on the 2-core machine (2 of them the persistent-handler rows). A pool
+             "rss_warmup": 100, "tmpfs_jobs": 400, "warm_kafka_jobs": 300},
+    # At most about 7 minutes on the 2-core machine (2.5 of them the persistent-handler rows). A pool
     # slower than the backlog or the offered rate allows is measured for round_cap_s (backlog) or
-    # drain_cap_s (after the open loop) at most, so a slow drover cannot stretch the run.
+    # drain_cap_s (after the open loop) at most, so a slow drover cannot stretch the run. tmpfs_jobs stays
+    # below inotify's queue (fs.inotify.max_queued_events, 16384 by default), as the whole backlog is renamed
+    # in at once; warm_kafka_jobs keeps the mock's partitions below the 5 MiB it holds.
     "full": {"spool_jobs": 3000, "kafka_jobs": 3000, "pairs": 3, "latency_s": 3.0, "idle_s": 5.0,
              "round_cap_s": 10, "drain_cap_s": 6, "warm_jobs": 3000, "node_jobs": 1500, "rss_jobs": 100000,
-             "rss_warmup": 2000},
+             "rss_warmup": 2000, "tmpfs_jobs": 15000, "warm_kafka_jobs": 15000},
 }
 
 # Issue 7's targets. Each returns (text, met) from the row's value and ratio.
@@ -330,10 +348,13 @@ def count_outcomes(spool):
 
 def fill_backlog(spool, prefix, n):
     """n jobs straight into incoming/ before drover starts (no fsync: the enqueue is not what is measured)."""
-    incoming = os.path.join(spool, "incoming")
+    write_jobs(os.path.join(spool, "incoming"), prefix, n)
+
+
+def write_jobs(directory, prefix, n):
     for i in range(n):
         job_id = "%s-%06d" % (prefix, i)
-        with open(os.path.join(incoming, job_id + ".json"), "w") as f:
+        with open(os.path.join(directory, job_id + ".json"), "w") as f:
             f.write(job_json(job_id))
 
 
@@ -636,7 +657,7 @@ class KafkaSide:
             c.close()
 
 
-def kafka_drover(ctx, workers, k, req, done, group, tag, fetch_wait=True):
+def kafka_drover(ctx, workers, k, req, done, group, tag, fetch_wait=True, jobs=None):
     # The mock waits fetch.wait.max.ms on every empty fetch: lowered for the busy figures, left at
     # librdkafka's default (with its default heartbeat) for the idle ones.
     lib = {"session.timeout.ms": 6000}
@@ -646,7 +667,7 @@ def kafka_drover(ctx, workers, k, req, done, group, tag, fetch_wait=True):
         "kafka": {"brokers": ctx.mock.bootstrap, "group_id": group, "static_membership": "false",
                   "requests_topic": req, "complete_topic": done, "status_topic": STATUS_TOPIC,
                   "failed_topic": FAILED_TOPIC},
-        "librdkafka": lib})
+        "librdkafka": lib, "jobs": jobs or {}})
 
 
 def peer_pool(ctx, workers, k, req, done, group, tag):
@@ -957,6 +978,207 @@ def bench_rss(ctx):
                 r["cpu_ms_per_job"][role] for role in ("supervisor", "worker", "handler")))
 
 
+# ---- what the persistent figures are made of: no device, or Kafka ---------------------
+
+TMPFS_SIZE = "512m"  # a limit, not an allocation: each round's files are removed after it
+
+
+class TmpfsMount:
+    """A tmpfs mounted on a directory of the work directory for the with block; umounted by path after it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        os.makedirs(self.path)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % TMPFS_SIZE, "bench-tmpfs",
+                            self.path], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise BenchError("cannot mount a tmpfs on %s (make bench runs as root; BENCH_ONLY without "
+                             "persistent-tmpfs skips these rows): %s" % (self.path, (r.stderr or r.stdout).strip()))
+        return self.path
+
+    def __exit__(self, *exc):
+        r = subprocess.run(["umount", self.path], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=30)
+        if r.returncode != 0:
+            print("bench: umount %s: %s" % (self.path, r.stderr.strip()), file=sys.stderr)
+        return False
+
+
+def drover_pids(d):
+    """{role: sorted pids} of a running drover: the supervisor, its workers, their handler processes."""
+    workers = [w for w in (d.stats() or {}).get("workers", []) if w.get("pid")]
+    return {"supervisor": [d.tree.pid], "workers": sorted(w["pid"] for w in workers),
+            "handlers": sorted(h["pid"] for w in workers for h in w.get("handlers", []) if h.get("pid"))}
+
+
+def wait_handlers_ready(d, workers, processes, timeout=60):
+    """Until every worker runs and shows `processes` handler processes, all ready."""
+    def ready():
+        running = [w for w in (d.stats() or {}).get("workers", []) if w.get("pid") and w.get("state") == "running"]
+        handlers = [h for w in running for h in w.get("handlers", [])]
+        return (len(running) == workers and len(handlers) == workers * processes
+                and all(h.get("state") == "ready" for h in handlers))
+    wait_until(ready, timeout, "%d workers with %d ready handler processes each" % (workers, processes),
+               interval=0.1)
+
+
+class CpuWindow:
+    """drover's CPU by role (utime + stime from /proc) between open and close, over the same processes."""
+
+    def __init__(self, d):
+        self.d = d
+        self.pids = drover_pids(d)
+        self.before = self._cpu()
+
+    def _cpu(self):
+        return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.pids.items()}
+
+    def close(self, jobs):
+        """CPU ms per job by role, and drover's own (supervisor + workers)."""
+        after = self._cpu()
+        if drover_pids(self.d) != self.pids:
+            raise BenchError("a worker or a handler process was replaced during the round: %s -> %s"
+                             % (self.pids, drover_pids(self.d)))
+        per_job = {role: (after[role] - self.before[role]) * 1000 / jobs for role in after}
+        per_job["drover"] = per_job["supervisor"] + per_job["workers"]
+        return per_job
+
+
+def ready_spool_round(ctx, root, workers, k, n, tag):
+    """Persistent echo, W x K processes, the spool under root (the tmpfs, or the work directory on disk); the
+    backlog renamed in once every handler is ready."""
+    d = Drover(os.path.join(root, tag), workers, k, extra=persistent(ECHO_HANDLER, 1))
+    staging = os.path.join(d.dir, "backlog")
+    os.makedirs(staging)
+    write_jobs(staging, tag, n)
+    d.start()
+    try:
+        wait_handlers_ready(d, workers, k)
+        load = load1()
+        window = CpuWindow(d)
+        for name in sorted(os.listdir(staging)):
+            os.rename(os.path.join(staging, name), os.path.join(d.spool, "incoming", name))
+        cap = time.monotonic() + ctx.scale["round_cap_s"]
+        # The counters in stats, not the directory: a scan of complete/ ten times a second would take
+        # the bench's share of the CPU from drover.
+        while outcomes_from_stats(d) < n and time.monotonic() < cap:
+            d.check_alive()
+            time.sleep(0.1)
+        if outcomes_from_stats(d) >= n:
+            wait_until(lambda: count_outcomes(d.spool) >= n, 10, "%d outcome files" % n)
+        done = count_outcomes(d.spool)
+        capped = done < n
+        cpu = window.close(max(done, 1))
+        mtimes = [e.stat().st_mtime_ns for e in os.scandir(os.path.join(d.spool, "complete"))]
+        d.stop()
+        failed = os.listdir(os.path.join(d.spool, "failed"))
+    except BaseException:
+        d.tree.kill()
+        raise
+    if failed:
+        raise BenchError("%s: %d jobs failed, e.g. %s" % (tag, len(failed), failed[:3]))
+    if len(mtimes) < 2 or max(mtimes) <= min(mtimes):
+        raise BenchError("%s: %d outcomes within %.0f s" % (tag, len(mtimes), ctx.scale["round_cap_s"]))
+    shutil.rmtree(d.dir)  # the tmpfs holds the next round's files (on disk too: BENCH_KEEP does not keep these)
+    return {"jobs_per_s": (len(mtimes) - 1) / ((max(mtimes) - min(mtimes)) / 1e9), "drover_cpu_ms_per_job": cpu,
+            "jobs": n, "finished": done, "capped": capped, "load1": load}
+
+
+def kafka_warm_round(ctx, workers, k, n, tag):
+    """Persistent echo, W x K processes, on Kafka; the backlog produced once the group is stable and every
+    handler ready."""
+    req, done = ctx.kafka.topics(tag)
+    d = kafka_drover(ctx, workers, k, req, done, "g-" + tag, tag, jobs=persistent(ECHO_HANDLER, 1)["jobs"]).start()
+    try:
+        def stable():
+            d.check_alive()
+            return group_stable(d, workers)
+        wait_until(stable, 90, "%s to hold all %d partitions" % (tag, KAFKA_PARTITIONS), interval=0.1)
+        wait_handlers_ready(d, workers, k)
+        load = load1()
+        window = CpuWindow(d)
+        ids = ctx.kafka.backlog(req, tag, n)
+        stamps = ctx.kafka.outcomes(done, ids, ctx.scale["round_cap_s"], alive=d.check_alive, partial=True)
+        cpu = window.close(max(len(stamps), 1))
+        d.stop()
+    except BaseException:
+        d.tree.kill()
+        raise
+    if len(stamps) < 2:
+        raise BenchError("%s: %d outcomes within %.0f s" % (tag, len(stamps), ctx.scale["round_cap_s"]))
+    first, last = min(stamps.values()), max(stamps.values())
+    return {"jobs_per_s": (len(stamps) - 1) / max(0.001, (last - first) / 1000.0), "drover_cpu_ms_per_job": cpu,
+            "jobs": n, "finished": len(stamps), "capped": len(stamps) < n, "load1": load}
+
+
+def split_rows(ctx, name, rounds):
+    """jobs/s against the prefork pool (paired) and drover's CPU per job, each with the rounds' median load;
+    with the same rounds on disk (tmpfs only), drover against itself there."""
+    loads = [r["drover"]["load1"] for r in rounds]
+    capped = sum(1 for r in rounds for side in ("drover", "disk") if side in r and r[side]["capped"])
+    note = "%d round(s) stopped at %.0f s; " % (capped, ctx.scale["round_cap_s"]) if capped else ""
+    ratios = [r["drover"]["jobs_per_s"] / r["prefork"]["jobs_per_s"] for r in rounds if r["prefork"]["jobs_per_s"]]
+    ctx.row(name, "jobs/s vs prefork pool", median([r["drover"]["jobs_per_s"] for r in rounds]),
+            median([r["prefork"]["jobs_per_s"] for r in rounds]), median(ratios), at_least(1.0), "jobs/s",
+            median(loads), note + "first to last outcome, handlers ready before the backlog")
+    cpu = {role: median([r["drover"]["drover_cpu_ms_per_job"][role] for r in rounds])
+           for role in ("drover", "supervisor", "workers", "handlers")}
+    ctx.row(name, "drover CPU per job (supervisor + workers)", cpu["drover"], target=at_most(0.1, "ms"), unit="ms",
+            load=median(loads), note="supervisor %.3f, workers %.3f; the handlers' %.3f not counted"
+            % (cpu["supervisor"], cpu["workers"], cpu["handlers"]))
+    if "disk" in rounds[0]:
+        disk_rows(ctx, name, rounds, median(loads), note)
+
+
+def disk_rows(ctx, name, rounds, load, note):
+    """The tmpfs rounds against the same rounds with the spool on the build tree's disk: what the device costs."""
+    jobs = [(r["drover"]["jobs_per_s"], r["disk"]["jobs_per_s"]) for r in rounds]
+    ctx.row(name, "jobs/s vs the same on disk", median([t for t, _ in jobs]), median([d for _, d in jobs]),
+            median([t / d for t, d in jobs if d]), unit="jobs/s", load=load,
+            note=note + "the disk's rounds: %d jobs each" % rounds[0]["disk"]["jobs"])
+    cpu = [(r["drover"]["drover_cpu_ms_per_job"]["drover"], r["disk"]["drover_cpu_ms_per_job"]["drover"])
+           for r in rounds]
+    ctx.row(name, "drover CPU per job vs the same on disk", median([t for t, _ in cpu]), median([d for _, d in cpu]),
+            median([t / d for t, d in cpu if d]), unit="ms", load=load,
+            note="on disk: workers %.3f, handlers %.3f" % tuple(
+                median([r["disk"]["drover_cpu_ms_per_job"][role] for r in rounds]) for role in ("workers", "handlers")))
+
+
+def bench_tmpfs(ctx, workers, k):
+    """The persistent 2x4 row again with no device behind the spool's fsyncs, beside the same rounds on disk."""
+    name = "persistent %dx%d, spool on tmpfs" % (workers, k)
+    n = ctx.tmpfs_jobs
+    rounds = []
+    with TmpfsMount(ctx.path("tmpfs%dx%d" % (workers, k))) as root:
+        for i in range(ctx.pairs):
+            tag = "tmpfs%dx%d-%d" % (workers, k, i)
+            ctx.say("%s: round %d/%d: persistent on disk (%d jobs), on tmpfs, prefork pool (%d jobs each)"
+                    % (name, i + 1, ctx.pairs, ctx.warm_jobs, n))
+            rounds.append({"disk": ready_spool_round(ctx, ctx.workdir, workers, k, ctx.warm_jobs, tag + "d"),
+                           "drover": ready_spool_round(ctx, root, workers, k, n, tag + "p"),
+                           "prefork": prefork_round(ctx, workers * k, n, tag + "f")})
+    ctx.results[name] = {"backend": "persistent-tmpfs", "workers": workers, "max_concurrent": k, "jobs": n,
+                         "tmpfs_size": TMPFS_SIZE, "rounds": rounds}
+    split_rows(ctx, name, rounds)
+
+
+def bench_warm_kafka(ctx, workers, k):
+    """The persistent 2x4 row on Kafka: outcomes acknowledged by the broker, nothing fsynced."""
+    name = "persistent kafka %dx%d" % (workers, k)
+    n = ctx.warm_kafka_jobs
+    rounds = []
+    for i in range(ctx.pairs):
+        tag = "wk%dx%d-%d" % (workers, k, i)
+        ctx.say("%s: round %d/%d, %d jobs each: persistent on Kafka, prefork pool" % (name, i + 1, ctx.pairs, n))
+        rounds.append({"drover": kafka_warm_round(ctx, workers, k, n, tag + "p"),
+                       "prefork": prefork_round(ctx, workers * k, n, tag + "f")})
+    ctx.results[name] = {"backend": "persistent-kafka", "workers": workers, "max_concurrent": k, "jobs": n,
+                         "rounds": rounds}
+    split_rows(ctx, name, rounds)
+
+
 # ---- the table -------------------------------------------------------------------------
 
 class Context:
@@ -968,6 +1190,8 @@ class Context:
         self.kafka_jobs = int(jobs) if jobs else self.scale["kafka_jobs"]
         self.warm_jobs = int(jobs) if jobs else self.scale["warm_jobs"]
         self.node_jobs = int(jobs) if jobs else self.scale["node_jobs"]
+        self.tmpfs_jobs = int(jobs) if jobs else self.scale["tmpfs_jobs"]
+        self.warm_kafka_jobs = int(jobs) if jobs else self.scale["warm_kafka_jobs"]
         self.rss_jobs = int(os.environ.get("BENCH_RSS_JOBS") or self.scale["rss_jobs"])
         self.pairs = int(os.environ.get("BENCH_PAIRS") or self.scale["pairs"])
         self.workdir = workdir
@@ -1070,14 +1294,52 @@ def parse_configs(text):
     return out
 
 
-def check_built():
+# Row groups BENCH_ONLY can name: the results' backends.
+GROUPS = ("spool", "kafka", "persistent", "persistent-node", "persistent-rss", "persistent-tmpfs", "persistent-kafka")
+
+
+def selected_groups(spool_configs, kafka_configs, warm_configs, only):
+    """The row groups this run produces: those its configurations ask for, narrowed to BENCH_ONLY's."""
+    groups = []
+    if spool_configs:
+        groups.append("spool")
+    if kafka_configs:
+        groups.append("kafka")
+    if warm_configs:
+        groups += ["persistent", "persistent-node", "persistent-rss", "persistent-tmpfs"]
+        if kafka_configs:
+            groups.append("persistent-kafka")
+    return [g for g in groups if not only or g in only]
+
+
+def check_built(groups):
     missing = [p for p in (os.path.join(BUILD, "drover"), CEILING) if not os.access(p, os.X_OK)]
-    if os.environ.get("BENCH_WARM", "2x4") and not os.access(NODE, os.X_OK):
+    if "persistent-node" in groups and not os.access(NODE, os.X_OK):
         missing.append(NODE)
-    kafka = os.environ.get("BENCH_KAFKA", "2x4")
-    if kafka and not os.access(MOCK_BROKER, os.X_OK):
+    if {"kafka", "persistent-kafka"} & set(groups) and not os.access(MOCK_BROKER, os.X_OK):
         missing.append(MOCK_BROKER)
     return missing
+
+
+def run_groups(ctx, groups, spool_configs, kafka_configs, warm_configs):
+    for workers, k in spool_configs if "spool" in groups else ():
+        bench_spool(ctx, workers, k)
+    for workers, k in warm_configs if "persistent" in groups else ():
+        bench_warm(ctx, workers, k)
+    if "persistent-node" in groups:
+        bench_node(ctx)
+    if "persistent-rss" in groups:
+        bench_rss(ctx)
+    for workers, k in warm_configs if "persistent-tmpfs" in groups else ():
+        bench_tmpfs(ctx, workers, k)
+    if {"kafka", "persistent-kafka"} & set(groups):
+        import kafka_harness  # reads drover's option table: after check_built
+        ctx.mock = kafka_harness.MockBroker(ctx.workdir, [(STATUS_TOPIC, 3), (FAILED_TOPIC, 3)])
+        ctx.kafka = KafkaSide(ctx.mock)
+    for workers, k in kafka_configs if "kafka" in groups else ():
+        bench_kafka(ctx, workers, k)
+    for workers, k in warm_configs if "persistent-kafka" in groups else ():
+        bench_warm_kafka(ctx, workers, k)
 
 
 def main():
@@ -1085,34 +1347,31 @@ def main():
     if scale not in SCALES:
         print("bench: BENCH_SCALE must be one of %s" % ", ".join(SCALES), file=sys.stderr)
         return 2
-    missing = check_built()
+    spool_configs = parse_configs(os.environ.get("BENCH_SPOOL", "2x4,3x4"))
+    kafka_configs = parse_configs(os.environ.get("BENCH_KAFKA", "2x4"))
+    warm_configs = parse_configs(os.environ.get("BENCH_WARM", "2x4"))
+    only = [g.strip() for g in os.environ.get("BENCH_ONLY", "").split(",") if g.strip()]
+    unknown = [g for g in only if g not in GROUPS]
+    if unknown:
+        print("bench: BENCH_ONLY: unknown %s (allowed: %s)" % (", ".join(unknown), ", ".join(GROUPS)),
+              file=sys.stderr)
+        return 2
+    groups = selected_groups(spool_configs, kafka_configs, warm_configs, only)
+    missing = check_built(groups)
     if missing:
         print("bench: not built: %s (make bench builds them)" % ", ".join(missing), file=sys.stderr)
         return 2
     workdir = tempfile.mkdtemp(prefix="bench-", dir=BUILD)
     ctx = Context(scale, workdir)
-    spool_configs = parse_configs(os.environ.get("BENCH_SPOOL", "2x4,3x4"))
-    kafka_configs = parse_configs(os.environ.get("BENCH_KAFKA", "2x4"))
-    warm_configs = parse_configs(os.environ.get("BENCH_WARM", "2x4"))
     meta = {"scale": scale, "spool_jobs": ctx.spool_jobs, "kafka_jobs": ctx.kafka_jobs, "pairs": ctx.pairs,
             "handler": HANDLER, "job_bytes": JOB_BYTES, "warm_jobs": ctx.warm_jobs, "node_jobs": ctx.node_jobs,
-            "rss_jobs": ctx.rss_jobs, "persistent_handlers": [ECHO_HANDLER, TIMER_HANDLER],
-            "warm_configs": warm_configs, "cpus": os.cpu_count(),
+            "rss_jobs": ctx.rss_jobs, "tmpfs_jobs": ctx.tmpfs_jobs, "warm_kafka_jobs": ctx.warm_kafka_jobs,
+            "persistent_handlers": [ECHO_HANDLER, TIMER_HANDLER], "spool_configs": spool_configs,
+            "kafka_configs": kafka_configs, "warm_configs": warm_configs, "only": only, "groups": groups,
+            "cpus": os.cpu_count(),
             "load1_at_start": load1(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build": BUILD}
     try:
-        for workers, k in spool_configs:
-            bench_spool(ctx, workers, k)
-        for workers, k in warm_configs:
-            bench_warm(ctx, workers, k)
-        if warm_configs:
-            bench_node(ctx)
-            bench_rss(ctx)
-        if kafka_configs:
-            import kafka_harness  # reads drover's option table: after check_built
-            ctx.mock = kafka_harness.MockBroker(workdir, [(STATUS_TOPIC, 3), (FAILED_TOPIC, 3)])
-            ctx.kafka = KafkaSide(ctx.mock)
-            for workers, k in kafka_configs:
-                bench_kafka(ctx, workers, k)
+        run_groups(ctx, groups, spool_configs, kafka_configs, warm_configs)
     except (BenchError, OSError, subprocess.SubprocessError) as e:
         print("bench: %s (files kept in %s)" % (e, workdir), file=sys.stderr)
         return 1

@@ -22,23 +22,47 @@ OWN = {
     "persistent-rss": ["RSS handler process after warm-up", "RSS handler process at the end",
                        "RSS worker process after warm-up", "RSS worker process at the end",
                        "drover CPU per job (supervisor + worker)"],
+    # The persistent rows again with no device behind the fsyncs, and on Kafka (bench.py's split_rows).
+    "persistent-tmpfs": ["jobs/s vs prefork pool", "drover CPU per job (supervisor + workers)",
+                         "jobs/s vs the same on disk", "drover CPU per job vs the same on disk"],
+    "persistent-kafka": ["jobs/s vs prefork pool", "drover CPU per job (supervisor + workers)"],
 }
+GROUPS = ("spool", "kafka", "persistent", "persistent-node", "persistent-rss", "persistent-tmpfs", "persistent-kafka")
 
 
 def number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
+def expected_groups(meta):
+    """The row groups the run's configurations ask for (as bench.py's selected_groups), narrowed to BENCH_ONLY's;
+    derived here from the configurations, not taken from the run's own list. (groups, problems)"""
+    missing = [key for key in ("spool_configs", "kafka_configs", "warm_configs", "only") if key not in meta]
+    if missing:
+        return [], ["meta has no %s" % ", ".join(missing)]
+    groups = []
+    if meta["spool_configs"]:
+        groups.append("spool")
+    if meta["kafka_configs"]:
+        groups.append("kafka")
+    if meta["warm_configs"]:
+        groups += ["persistent", "persistent-node", "persistent-rss", "persistent-tmpfs"]
+        if meta["kafka_configs"]:
+            groups.append("persistent-kafka")
+    only = meta["only"] or []
+    return [g for g in groups if not only or g in only], ["unknown group %r in meta.only" % g
+                                                           for g in only if g not in GROUPS]
+
+
 def problems_of(report):
-    problems = []
     results, rows = report.get("results"), report.get("rows")
     if not isinstance(results, dict) or not results or not isinstance(rows, list):
         return ["no results or rows"]
-    if report.get("meta", {}).get("warm_configs"):
-        backends = {res.get("backend") for res in results.values()}
-        for backend in ("persistent", "persistent-node", "persistent-rss"):
-            if backend not in backends:
-                problems.append("no %s results although the persistent-handler rows were asked for" % backend)
+    wanted_groups, problems = expected_groups(report.get("meta", {}))
+    backends = {res.get("backend") for res in results.values()}
+    for backend in wanted_groups:
+        if backend not in backends:
+            problems.append("no %s results although its rows were asked for" % backend)
     for name, res in results.items():
         mine = [r for r in rows if r.get("config") == name]
         if res.get("backend") not in OWN:
@@ -55,7 +79,7 @@ def problems_of(report):
             row = found[0]
             if not number(row["drover"]):
                 problems.append("%s: %s has no value (%r)" % (name, figure, row["drover"]))
-            paired = figure.startswith(("jobs/s vs", "CPU per job vs")) or figure.endswith("at the end")
+            paired = figure.startswith(("jobs/s vs", "CPU per job vs")) or figure.endswith(("at the end", "on disk"))
             if paired or (res["backend"] == "kafka" and figure.startswith("latency")):
                 if not number(row["reference"]) or not number(row["ratio"]):
                     problems.append("%s: %s has no reference or ratio" % (name, figure))
