@@ -3,16 +3,17 @@
 # peer pool (tests/bench/peer_pool.py); persistent handlers against exec mode
 # and a prefork pool (tests/bench/prefork_pool.py), a Node handler with 20 jobs
 # in flight, handler RSS and drover's CPU per job; table on stdout, JSON in
-# $(BUILD)/bench.json. At most about 7 minutes (2 for the persistent-handler
+# $(BUILD)/bench.json. At most about 7 minutes (2.5 for the persistent-handler
 # rows); not timed in make test, which runs `make bench-tiny`
 # (BENCH_SCALE=tiny) only to keep the tool working.
 # Knobs: BENCH_SCALE=tiny|full, BENCH_JOBS, BENCH_PAIRS, BENCH_SPOOL=2x4,3x4,
 # BENCH_KAFKA=2x4 ("" skips Kafka), BENCH_WARM=2x4 ("" skips the persistent-
-# handler rows), BENCH_RSS_JOBS, BENCH_JSON; see tests/bench/bench.py.
+# handler rows), BENCH_ONLY (row groups, e.g. persistent-tmpfs,persistent-kafka),
+# BENCH_RSS_JOBS, BENCH_JSON; see tests/bench/bench.py.
 
 BENCH_BIN := $(BUILD)/bench/spawn_ceiling
 BENCH_ENV  = DROVER_BUILD=$(CURDIR)/$(BUILD) \
-             $(foreach v,BENCH_SCALE BENCH_JOBS BENCH_PAIRS BENCH_SPOOL BENCH_KAFKA BENCH_WARM BENCH_RSS_JOBS BENCH_JSON BENCH_KEEP,$(if $(filter undefined,$(origin $(v))),,$(v)="$($(v))"))
+             $(foreach v,BENCH_SCALE BENCH_JOBS BENCH_PAIRS BENCH_SPOOL BENCH_KAFKA BENCH_WARM BENCH_ONLY BENCH_RSS_JOBS BENCH_JSON BENCH_KEEP,$(if $(filter undefined,$(origin $(v))),,$(v)="$($(v))"))
 
 .PHONY: bench bench-tiny
 bench: all test-support $(BENCH_BIN)
