@@ -58,5 +58,12 @@ void cgroup_collect(void);
  * attempt tokens) and removes them, as cgroup_attempt_end would have.
  */
 void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_serial);
+/*
+ * In the supervisor, at exit (not across an upgrade's exec), after the last
+ * worker: ends and removes drover's own cgroups (v2 and v1), children first,
+ * and undoes what it changed in the cgroup it was given when nothing else
+ * uses it, so that the tree is left as it was found.
+ */
+void cgroup_release(void);
 
 #endif

@@ -61,17 +61,37 @@ def cgroup_dir():
     remove_tree(path)
 
 
+def instance_dirs(parent, pid=None):
+    """drover's per-instance directories in parent ("drover.<supervisor pid>.<start time>"), of pid or any."""
+    prefix = "drover.%d." % pid if pid is not None else "drover."
+    return sorted(p for p in parent.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def instance_dir(parent, pid):
+    found = instance_dirs(parent, pid)
+    assert len(found) == 1, (parent, pid, found)
+    return found[0]
+
+
+def start_ticks(pid):
+    return int(Path("/proc/%d/stat" % pid).read_text().rpartition(")")[2].split()[19])
+
+
 def job_cgroups(cgroup):
-    jobs = cgroup / "jobs"
-    return sorted(p.name for p in jobs.iterdir() if p.is_dir()) if jobs.exists() else []
+    """The attempts' cgroups under every drover instance directory of cgroup."""
+    return sorted(p.name for inst in instance_dirs(cgroup) for p in inst.iterdir() if p.is_dir())
+
+
+def child_dirs(path):
+    return sorted(p.name for p in path.iterdir() if p.is_dir())
 
 
 def test_escapee_is_ended_by_cgroup_kill(cgroup_dir, drover):
     d = drover(config={"supervisor": {"workers": 1},
                        "jobs": {"cgroup_root": str(cgroup_dir), "timeout_ms": 3000, "kill_grace_ms": 200,
                                 "max_attempts": 1}})
-    d.wait_until(lambda: "each job attempt runs in its own cgroup under %s/jobs" % cgroup_dir in d.log_text(),
-                 10, "the cgroup layout in the log")
+    layout = "each job attempt runs in its own cgroup under %s/drover.%d.%d" % (cgroup_dir, d.pid, start_ticks(d.pid))
+    d.wait_until(lambda: layout in d.log_text(), 10, "the cgroup layout in the log")
     pid_file = d.tmp / "escapee.pid"
     d.submit([{"id": "escaper", "escapee": str(pid_file), "sleep_ms": 30000}])
     d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
@@ -79,7 +99,7 @@ def test_escapee_is_ended_by_cgroup_kill(cgroup_dir, drover):
     # It left the job's process group and has no DROVER_ATTEMPT_TOKEN: only its cgroup still knows it.
     assert os.getpgid(escapee) == escapee
     own = Path("/proc/%d/cgroup" % escapee).read_text()
-    assert "/%s/jobs/" % cgroup_dir.name in own, own
+    assert "/%s/drover.%d." % (cgroup_dir.name, d.pid) in own, own
     assert len(job_cgroups(cgroup_dir)) == 1, job_cgroups(cgroup_dir)
 
     done, failed = d.wait_outcomes(["escaper"], 30)
@@ -130,7 +150,9 @@ def test_without_a_usable_cgroup_drover_falls_back_to_process_groups(drover):
 
 def test_own_delegated_cgroup_keeps_drover_in_a_leaf(cgroup_dir, drover, monkeypatch):
     """drover started inside a writable cgroup (as under systemd's Delegate=yes) uses it: the supervisor
-    and its workers move into <own>/supervisor, the jobs go under <own>/jobs."""
+    and its workers move into <own>/supervisor, the jobs go under <own>/drover.<pid>.<start time>; when it
+    stops, it moves back and leaves the cgroup as it found it (no child cgroup, no controller turned on)."""
+    subtree_before = (cgroup_dir / "cgroup.subtree_control").read_text()
     real_popen = subprocess.Popen
 
     def popen_in_cgroup(*args, **kwargs):
@@ -141,8 +163,8 @@ def test_own_delegated_cgroup_keeps_drover_in_a_leaf(cgroup_dir, drover, monkeyp
     d.start(wait=False)
     monkeypatch.undo()
     d.wait_ready()
-    d.wait_until(lambda: "each job attempt runs in its own cgroup under %s/jobs" % cgroup_dir in d.log_text(),
-                 10, "the cgroup layout in the log")
+    d.wait_until(lambda: "each job attempt runs in its own cgroup under %s/drover.%d." % (cgroup_dir, d.pid)
+                 in d.log_text(), 10, "the cgroup layout in the log")
     assert (cgroup_dir / "cgroup.procs").read_text().split() == [], "no process may stay in a cgroup with children"
     leaf = set(int(p) for p in (cgroup_dir / "supervisor" / "cgroup.procs").read_text().split())
     workers = d.wait_workers(2)
@@ -152,9 +174,12 @@ def test_own_delegated_cgroup_keeps_drover_in_a_leaf(cgroup_dir, drover, monkeyp
     d.submit([{"id": "inside", "cgroup_dump": str(record)}])
     done, failed = d.wait_outcomes(["inside"], 20)
     assert "inside" in done, failed
-    assert re.search(r"^0::/%s/jobs/%d\.\d+\.1$" % (re.escape(cgroup_dir.name), d.pid), record.read_text(), re.M), \
-        record.read_text()
+    assert re.search(r"^0::/%s/drover\.%d\.\d+/%d\.\d+\.1$" % (re.escape(cgroup_dir.name), d.pid, d.pid),
+                     record.read_text(), re.M), record.read_text()
     d.wait_until(lambda: job_cgroups(cgroup_dir) == [], 10, "the attempt's cgroup to be removed")
+    assert d.stop() == 0
+    assert child_dirs(cgroup_dir) == [], "drover left cgroups behind"
+    assert (cgroup_dir / "cgroup.subtree_control").read_text() == subtree_before
 
 
 def test_root_cgroup_is_not_taken_over(drover):
@@ -180,14 +205,68 @@ def test_escapee_of_a_killed_worker_is_ended(cgroup_dir, drover):
     d.submit([{"id": "orphaned", "escapee": str(pid_file), "sleep_ms": 30000}])
     d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
     escapee = int(pid_file.read_text())
+    attempt = Path("/proc/%d/cgroup" % escapee).read_text().strip().rsplit("/", 1)[1]
+    assert attempt in job_cgroups(cgroup_dir)
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its cgroup" % escapee)
     d.wait_until(lambda: "left by a worker that is gone" in d.log_text(), 10, "the supervisor's note")
+    d.wait_until(lambda: [w["pid"] for w in d.stats()["workers"] if w.get("pid")] not in ([], [worker]), 15,
+                 "the replacement worker")
+    d.wait_until(lambda: attempt not in job_cgroups(cgroup_dir), 10, "the dead worker's attempt cgroup to go")
+
+
+def test_stop_leaves_no_drover_cgroup_behind(cgroup_dir, drover):
+    """TERM with a job running and an escapee in its cgroup: everything drover made under cgroup_root goes,
+    children first, and the controllers it turned on there are off again."""
+    subtree_before = (cgroup_dir / "cgroup.subtree_control").read_text()
+    d = drover(config={"supervisor": {"workers": 2, "shutdown_timeout_ms": 500},
+                       "jobs": {"cgroup_root": str(cgroup_dir), "kill_grace_ms": 100}})
+    ids = d.submit([{"id": "quick-%d" % i} for i in range(4)])
+    done, failed = d.wait_outcomes(ids, 30)
+    assert set(done) == set(ids), failed
+    pid_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "running", "escapee": str(pid_file), "sleep_ms": 30000}])
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    assert len(instance_dirs(cgroup_dir, d.pid)) == 1
+    assert d.stop() == 0
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended" % escapee)
+    assert child_dirs(cgroup_dir) == [], "drover left cgroups behind"
+    assert (cgroup_dir / "cgroup.subtree_control").read_text() == subtree_before
+
+
+def test_stale_instance_of_a_killed_supervisor_is_swept_at_start(cgroup_dir, drover):
+    """kill -9 of the supervisor leaves its instance directory (and an escapee in it); the next start ends
+    and removes it. Only a dead instance's directory is touched: one named after a live process with its
+    start time (another instance) and any other name are left alone; a live pid with another start time
+    (the pid was reused) is dead."""
+    me = os.getpid()
+    live, other = cgroup_dir / ("drover.%d.%d" % (me, start_ticks(me))), cgroup_dir / "not-drovers"
+    reused = cgroup_dir / ("drover.%d.%d" % (me, start_ticks(me) + 1))
+    for path in (live, other, reused):
+        path.mkdir()
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"cgroup_root": str(cgroup_dir)}})
+    first = d.pid
+    old = instance_dir(cgroup_dir, first)
+    pid_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "stranded", "escapee": str(pid_file), "sleep_ms": 60000}], record=False)
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    d.signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    assert old.exists() and proc_alive(escapee), "nothing can clean up after kill -9 of the supervisor"
+    d.start()
+    assert d.pid != first
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended by the sweep" % escapee)
+    d.wait_until(lambda: not old.exists() and not reused.exists(), 10, "the dead instances' cgroups removed")
+    assert live.exists() and other.exists(), "a live instance's cgroup or another name was touched"
+    assert d.log_text().count("left by a drover instance that is gone") == 2, d.log_text()[-2000:]
+    assert len(instance_dirs(cgroup_dir, d.pid)) == 1
 
 
 # ---- memory_max on the cgroup v1 memory controller ---------------------------------------------------------
 # Where the cgroup2 hierarchy has no memory controller (this machine: cgroup2 at /sys/fs/cgroup/unified, memory
-# on v1 at /sys/fs/cgroup/memory), each attempt gets <own memory cgroup>/drover-jobs/<attempt token>.
+# on v1 at /sys/fs/cgroup/memory), each attempt gets <own memory cgroup>/drover.<pid>.<start>/<attempt token>.
 
 MIB = 1 << 20
 
@@ -221,13 +300,14 @@ def v2_has_memory():
 
 @pytest.fixture
 def memcg_v1():
-    """drover's v1 memory cgroup's jobs directory; skips where v1 is not what would enforce memory_max."""
+    """drover's own v1 memory cgroup (its instance directories go there); skips where v1 is not what would
+    enforce memory_max."""
     own = v1_memory_dir()
     if os.geteuid() != 0 or own is None or not os.access(own / "cgroup.procs", os.W_OK):
         pytest.skip("needs root and a writable cgroup v1 memory cgroup")
     if v2_has_memory():
         pytest.skip("the cgroup2 hierarchy has the memory controller: v2 enforces memory_max here")
-    return own / "drover-jobs"
+    return own
 
 
 def v1_memory_line(dump):
@@ -237,8 +317,9 @@ def v1_memory_line(dump):
 def test_handler_over_memory_max_is_killed_with_reason_memory_limit(memcg_v1, drover):
     d = drover(config={"supervisor": {"workers": 1},
                        "jobs": {"memory_max": "64M", "max_attempts": 2, "retry_delay_ms": 100}})
-    d.wait_until(lambda: "memory_max is enforced by the cgroup v1 memory controller under %s" % memcg_v1
-                 in d.log_text(), 10, "which hierarchy enforces memory_max, in the log")
+    d.wait_until(lambda: "memory_max is enforced by the cgroup v1 memory controller under %s/drover.%d.%d"
+                 % (memcg_v1, d.pid, start_ticks(d.pid)) in d.log_text(), 10,
+                 "which hierarchy enforces memory_max, in the log")
     dump, pid_file = d.tmp / "cgroup.txt", d.tmp / "hog.pid"
     d.submit([{"id": "hog", "touch_mb": 256, "cgroup_dump": str(dump), "pid_file": str(pid_file),
                "sleep_ms": 30000}])
@@ -255,9 +336,9 @@ def test_handler_over_memory_max_is_killed_with_reason_memory_limit(memcg_v1, dr
     # The last attempt ran in its own v1 memory cgroup, named after its attempt token; the handler and the
     # cgroups of both attempts are gone.
     cgroup = v1_memory_line(dump.read_text())
-    assert re.search(r"/drover-jobs/%d\.\d+\.2$" % d.pid, cgroup), cgroup
+    assert re.search(r"/drover\.%d\.\d+/%d\.\d+\.2$" % (d.pid, d.pid), cgroup), cgroup
     wait_until(lambda: not proc_alive(int(pid_file.read_text())), 10, "the handler to be gone")
-    d.wait_until(lambda: not [p for p in memcg_v1.iterdir() if p.name.startswith("%d." % d.pid)], 10,
+    d.wait_until(lambda: child_dirs(instance_dir(memcg_v1, d.pid)) == [], 10,
                  "the attempts' memory cgroups to be removed")
 
 
@@ -268,7 +349,7 @@ def test_handler_under_memory_max_completes_with_its_peak(memcg_v1, drover):
     assert "modest" in done, failed
     peak = done["modest"]["peak_memory_bytes"]
     assert 16 * MIB < peak <= 256 * MIB, done["modest"]
-    assert not [p for p in memcg_v1.iterdir() if p.name.startswith("%d." % d.pid)], "a memory cgroup is left"
+    assert child_dirs(instance_dir(memcg_v1, d.pid)) == [], "a memory cgroup is left"
 
 
 def test_without_memory_max_no_v1_memory_cgroup_is_made(memcg_v1, drover):
@@ -277,34 +358,41 @@ def test_without_memory_max_no_v1_memory_cgroup_is_made(memcg_v1, drover):
     d.submit([{"id": "unbounded", "cgroup_dump": str(dump)}])
     done, failed = d.wait_outcomes(["unbounded"], 20)
     assert "unbounded" in done, failed
-    assert "drover-jobs" not in v1_memory_line(dump.read_text()), dump.read_text()
+    assert "/drover." not in v1_memory_line(dump.read_text()), dump.read_text()
     assert "peak_memory_bytes" not in done["unbounded"], done["unbounded"]
     assert "memory_max is enforced" not in d.log_text()
 
 
-def test_leftovers_of_a_dead_supervisor_are_swept_at_start(memcg_v1, drover):
-    """Only cgroups named after a supervisor pid that is not running are touched: an empty one is removed,
-    the processes in one are killed first; one of a live pid is left alone."""
-    memcg_v1.mkdir(exist_ok=True)
+def test_stale_memory_cgroups_are_swept_at_start_and_none_left_at_stop(memcg_v1, drover):
+    """Only an instance directory whose supervisor is gone (no process with its pid and start time) is
+    touched: the processes in it are killed, its children removed, then it; a live one's is left alone.
+    A stop removes the instance's own."""
     gone = subprocess.Popen(["/bin/true"])
     gone.wait()  # its pid is not running now (reaped): a supervisor that died
-    empty, busy = memcg_v1 / ("%d.1.1" % gone.pid), memcg_v1 / ("%d.1.2" % gone.pid)
-    alive = memcg_v1 / ("%d.99.1" % os.getpid())
-    for path in (empty, busy, alive):
+    me = os.getpid()
+    stale, live = memcg_v1 / ("drover.%d.1" % gone.pid), memcg_v1 / ("drover.%d.%d" % (me, start_ticks(me)))
+    empty, busy = stale / ("%d.1.1" % gone.pid), stale / ("%d.1.2" % gone.pid)
+    for path in (stale, empty, busy, live):
         path.mkdir()
     sleeper = subprocess.Popen(["/bin/sleep", "300"])
     try:
         (busy / "cgroup.procs").write_text(str(sleeper.pid))
         d = drover(config={"supervisor": {"workers": 1}, "jobs": {"memory_max": "64M"}})
         assert sleeper.wait(timeout=10) == -signal.SIGKILL
-        d.wait_until(lambda: not empty.exists() and not busy.exists(), 10, "the dead supervisor's cgroups removed")
-        assert alive.exists(), "a live supervisor's cgroup was touched"
-        assert d.log_text().count("left by supervisor %d that is gone" % gone.pid) == 2, d.log_text()[-2000:]
+        d.wait_until(lambda: not stale.exists(), 10, "the dead instance's cgroups removed")
+        assert live.exists(), "a live instance's cgroup was touched"
+        assert d.log_text().count("left by a drover instance that is gone") == 1, d.log_text()[-2000:]
+        ids = d.submit([{"id": "bounded-%d" % i, "touch_mb": 4} for i in range(3)])
+        done, failed = d.wait_outcomes(ids, 30)
+        assert set(done) == set(ids), failed
+        ours = instance_dir(memcg_v1, d.pid)
+        assert d.stop() == 0
+        assert not ours.exists(), "the instance's memory cgroup is left behind"
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
-        for path in (empty, busy, alive):
+        for path in (empty, busy, stale, live):
             if path.exists():
                 path.rmdir()
 
@@ -318,7 +406,7 @@ def test_memory_cgroup_of_a_killed_worker_is_ended(memcg_v1, drover):
     d.submit([{"id": "orphaned", "escapee": str(pid_file), "cgroup_dump": str(dump), "sleep_ms": 30000}])
     d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
     escapee = int(pid_file.read_text())
-    cgroup = memcg_v1 / v1_memory_line(dump.read_text()).rsplit("/", 1)[1]
+    cgroup = instance_dir(memcg_v1, d.pid) / v1_memory_line(dump.read_text()).rsplit("/", 1)[1]
     assert str(escapee) in (cgroup / "cgroup.procs").read_text().split()
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its memory cgroup" % escapee)
