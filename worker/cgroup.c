@@ -376,11 +376,23 @@ static void end_cgroup(const char *path)
 	cgroupfs_remove(path);
 }
 
-long long cgroup_attempt_end(struct job_cgroup *cg)
+/* Whether the OOM killer acted in path or below (memory.events counts its subtree; a new cgroup starts at 0). */
+static bool read_oom_killed(const char *path)
 {
+	char text[512];
+	return controller_on[CTL_MEMORY] && cgroupfs_read(path, "memory.events", text, sizeof(text)) == 0 &&
+	       memcg_parse_oom_kills(text) > 0;
+}
+
+long long cgroup_attempt_end(struct job_cgroup *cg, bool *oom_killed)
+{
+	if (oom_killed != NULL)
+		*oom_killed = false;
 	if (cg == NULL)
 		return -1;
 	long long peak = read_peak(cg->path);
+	if (oom_killed != NULL)
+		*oom_killed = read_oom_killed(cg->path);
 	close(cg->procs_fd);
 	end_cgroup(cg->path);
 	free(cg);

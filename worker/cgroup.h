@@ -47,9 +47,10 @@ int cgroup_attempt_procs_fd(const struct job_cgroup *cg);
  * SIGKILL to each pid of cgroup.procs where the kernel has no cgroup.kill),
  * reads its peak memory, removes it (later, from cgroup_collect, while killed
  * processes are still exiting) and frees cg. Returns the peak in bytes, or -1
- * when unknown.
+ * when unknown; *oom_killed (when not NULL) says whether the kernel's OOM
+ * killer acted in it (oom_kill of memory.events above 0).
  */
-long long cgroup_attempt_end(struct job_cgroup *cg);
+long long cgroup_attempt_end(struct job_cgroup *cg, bool *oom_killed);
 /* Removes the cgroups of ended attempts whose processes have all exited. */
 void cgroup_collect(void);
 /*

@@ -28,7 +28,8 @@
 int memcg_parse_mountinfo(const char *line, char *mount, size_t mount_cap, char *root, size_t root_cap);
 /* One line of /proc/self/cgroup: 0 and the path when it is the v1 memory line ("4:memory:/a/b"), else -1. */
 int memcg_parse_cgroup(const char *line, char *path, size_t cap);
-/* The "oom_kill N" counter of a memory.oom_control text; -1 when it has none (kernels before 4.13). */
+/* The "oom_kill N" counter of a memory.oom_control (v1) or memory.events (v2) text; -1 when it has none
+ * (v1 before 4.13). */
 long long memcg_parse_oom_kills(const char *text);
 
 /*

@@ -569,13 +569,15 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 
 	ev_timer_stop(w->loop, &t->slow_timer);
 	/* Ends whatever of the attempt is left, wherever it went (setsid, a cleared environment). */
-	long long peak = cgroup_attempt_end(t->cgroup);
+	bool v2_oom_killed;
+	long long peak = cgroup_attempt_end(t->cgroup, &v2_oom_killed);
 	t->cgroup = NULL;
 	struct memcg_outcome memory;
 	memcg_attempt_end(t->memcg, result->status == RUNNER_SIGNAL && result->signal == SIGKILL, &memory);
 	t->memcg = NULL;
 	if (peak < 0)
 		peak = memory.peak_bytes;
+	memory.oom_killed = memory.oom_killed || v2_oom_killed;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	if (result->status == RUNNER_KILLED && t->cancelled) {
@@ -838,7 +840,7 @@ static void task_begin_attempt(struct task *t)
 	int saved = errno;
 	task_env_free(w, env);
 	if (t->run == NULL) {
-		cgroup_attempt_end(t->cgroup);
+		cgroup_attempt_end(t->cgroup, NULL);
 		t->cgroup = NULL;
 		struct memcg_outcome unused;
 		memcg_attempt_end(t->memcg, false, &unused);
