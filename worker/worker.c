@@ -577,7 +577,7 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 	t->memcg = NULL;
 	if (peak < 0)
 		peak = memory.peak_bytes;
-	memory.oom_killed = memory.oom_killed || v2_oom_killed;
+	memory.oom_killed = memory.oom_killed || v2_oom_killed || result->oom_killed;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	if (result->status == RUNNER_KILLED && t->cancelled) {
@@ -588,7 +588,8 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 		task_complete(t, result, peak > 0 ? peak : 0);
 	} else {
 		describe_failure(result, &failure, message, sizeof(message));
-		if (memory.oom_killed && (result->status == RUNNER_SIGNAL || result->status == RUNNER_EXIT_CODE))
+		if (memory.oom_killed && (result->status == RUNNER_SIGNAL || result->status == RUNNER_EXIT_CODE ||
+		                          result->status == RUNNER_HANDLER_LOST))
 			describe_memory_limit(w, peak, &failure, message, sizeof(message));
 		failure.peak_memory_bytes = peak > 0 ? peak : 0;
 		if (result->status == RUNNER_TIMEOUT)
@@ -1256,6 +1257,9 @@ static int worker_start_handlers(struct worker *w)
 		/* Per process: a CPU limit would count every job the process ever served. */
 		.limits = { .nofile = cfg->rlimit_nofile, .as = cfg->rlimit_as, .core = cfg->rlimit_core,
 		            .cpu = RUNNER_LIMIT_UNSET, .nice = cfg->nice },
+		/* A cgroup per process (not per job): the limits bound the process and all it serves at once. */
+		.cgroup_limits = { .memory_max = cfg->memory_max, .cpu_max = cfg->cpu_max, .pids_max = cfg->pids_max },
+		.token = w->token,
 	};
 	struct warm_callbacks callbacks = {
 		.done = task_warm_done,

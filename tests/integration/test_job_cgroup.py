@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import proc_alive, wait_until
+from harness import PYTHON, REPO, proc_alive, wait_until
 
 
 def cgroup2_mount():
@@ -412,3 +412,110 @@ def test_memory_cgroup_of_a_killed_worker_is_ended(memcg_v1, drover):
     wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its memory cgroup" % escapee)
     d.wait_until(lambda: not cgroup.exists(), 10, "the attempt's memory cgroup to be removed")
     assert "memcg: ending %s, left by a worker that is gone" % cgroup in d.log_text()
+
+
+# ---- persistent handler processes: a cgroup per process ------------------------------------------------------
+
+WARM_HANDLER = REPO / "tests" / "handlers" / "warmhandler.py"
+
+
+def warm_jobs(**jobs):
+    return dict({"handler": "%s %s" % (PYTHON, WARM_HANDLER), "handler_mode": "persistent", "max_concurrent": 1},
+                **jobs)
+
+
+def handler_pids(d):
+    return [h["pid"] for w in d.stats()["workers"] for h in w.get("handlers", []) if h.get("pid")]
+
+
+def cgroup_lines(pid):
+    """{"0": v2 path, "memory": v1 memory path} of pid."""
+    out = {}
+    for line in Path("/proc/%d/cgroup" % pid).read_text().splitlines():
+        num, controllers, path = line.split(":", 2)
+        out["0" if num == "0" else controllers] = path
+    return out
+
+
+def token_of(pid):
+    env = Path("/proc/%d/environ" % pid).read_bytes().split(b"\0")
+    return next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"DROVER_ATTEMPT_TOKEN="))
+
+
+def test_persistent_process_runs_in_a_cgroup_of_its_own_with_the_limits(cgroup_dir, drover):
+    """The cgroup is the process's (named after its token), not a job's: memory_max bounds the process (on
+    v2's memory.max where the hierarchy has it, else the v1 memory controller here)."""
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": warm_jobs(cgroup_root=str(cgroup_dir), memory_max="96M", max_concurrent=2,
+                                         handler_concurrency=2)})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    pid = handler_pids(d)[0]
+    token = token_of(pid)
+    lines = cgroup_lines(pid)
+    v2 = instance_dir(cgroup_dir, d.pid) / token
+    assert lines["0"].endswith("/%s/%s/%s" % (cgroup_dir.name, v2.parent.name, token)), lines
+    if v2_has_memory():
+        assert (v2 / "memory.max").read_text().strip() == str(96 * MIB)
+    else:
+        own = v1_memory_dir()
+        assert own is not None and lines["memory"].endswith("/drover.%d.%d/%s" % (d.pid, start_ticks(d.pid), token))
+        v1 = instance_dir(own, d.pid) / token
+        assert int((v1 / "memory.limit_in_bytes").read_text()) == 96 * MIB
+    ids = d.submit([{"id": "served-%d" % i, "sleep_ms": 20} for i in range(4)])
+    done, failed = d.wait_outcomes(ids, 30)
+    assert set(done) == set(ids), failed
+    assert all("peak_memory_bytes" not in done[i] for i in ids), "a shared process has no per-job peak"
+    assert d.stop() == 0
+    assert not v2.exists() and child_dirs(cgroup_dir) == []
+
+
+def test_persistent_process_over_memory_max_fails_its_job_with_memory_limit(memcg_v1, drover):
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": warm_jobs(memory_max="64M", max_attempts=2, retry_delay_ms=100)})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    first = handler_pids(d)[0]
+    d.submit([{"id": "greedy", "grow_mb": 256, "grow_once": str(d.tmp / "grown")}])
+    done, failed = d.wait_outcomes(["greedy"], 60)
+    assert "greedy" in done, failed  # retried; the next process served it
+    assert done["greedy"]["attempts"] == 2, done["greedy"]
+    assert done["greedy"]["result"]["pid"] != first
+    log = d.log_text()
+    assert "handler process %d: the OOM killer acted in its cgroup (memory_max = %d bytes" % (first, 64 * MIB) \
+        in log, log[-3000:]
+    assert "attempt 1 failed (handler went over memory_max (%d bytes)" % (64 * MIB) in log, log[-3000:]
+    assert "handler process %d was killed by the OOM killer over memory_max" % first in log, log[-3000:]
+    w = [w for w in d.stats()["workers"] if w["slot"] == 0][0]
+    assert w["handler_restarts"] == 1, w
+
+
+def test_persistent_process_over_memory_max_fails_with_memory_limit_when_out_of_attempts(memcg_v1, drover):
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": warm_jobs(memory_max="64M", max_attempts=1)})
+    d.submit([{"id": "greedy", "grow_mb": 256}])
+    done, failed = d.wait_outcomes(["greedy"], 60)
+    error = failed["greedy"]["error"]
+    assert error["reason"] == "memory_limit", failed["greedy"]
+    assert "memory_max (%d bytes)" % (64 * MIB) in error["message"], error
+    assert "peak_memory_bytes" not in failed["greedy"], failed["greedy"]
+
+
+def test_escapee_of_a_persistent_process_is_ended_when_the_process_is_replaced(cgroup_dir, drover):
+    """A descendant that left the process group and cleared its environment: neither the group kill nor the
+    token sweep finds it; the process's cgroup.kill does, when the process is recycled (handler_max_jobs)."""
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": warm_jobs(cgroup_root=str(cgroup_dir), handler_max_jobs=2)})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    first = handler_pids(d)[0]
+    pid_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "leaver", "escapee": str(pid_file)}])
+    done, failed = d.wait_outcomes(["leaver"], 30)
+    assert "leaver" in done, failed
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    assert os.getpgid(escapee) == escapee and proc_alive(first)
+    assert cgroup_lines(escapee)["0"] == cgroup_lines(first)["0"], "the escapee is in the process's cgroup"
+    d.submit([{"id": "last-of-first"}])  # its second job: then it is recycled
+    done, failed = d.wait_outcomes(["last-of-first"], 30)
+    assert "last-of-first" in done, failed
+    wait_until(lambda: not proc_alive(first), 15, "the recycled process to exit")
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its cgroup" % escapee)
+    d.wait_until(lambda: len(handler_pids(d)) == 1 and handler_pids(d)[0] != first, 20, "the replacement")
