@@ -157,8 +157,12 @@ int cgroupfs_instance_name(char *buf, size_t cap)
 
 bool cgroupfs_instance_stale(const char *name)
 {
+	static const char prefix[] = "drover.";
 	long long pid, started;
 	int used = 0;
+	if (strncmp(name, prefix, sizeof(prefix) - 1) != 0 ||
+	    strspn(name + sizeof(prefix) - 1, "0123456789.") != strlen(name + sizeof(prefix) - 1))
+		return false; /* digits only: sscanf alone would take signs and spaces */
 	if (sscanf(name, "drover.%lld.%lld%n", &pid, &started, &used) != 2 || name[used] != '\0' || pid <= 0 ||
 	    pid > INT_MAX || pid == getpid())
 		return false;
