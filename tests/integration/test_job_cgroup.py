@@ -519,3 +519,22 @@ def test_escapee_of_a_persistent_process_is_ended_when_the_process_is_replaced(c
     wait_until(lambda: not proc_alive(first), 15, "the recycled process to exit")
     wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its cgroup" % escapee)
     d.wait_until(lambda: len(handler_pids(d)) == 1 and handler_pids(d)[0] != first, 20, "the replacement")
+
+
+def test_upgrade_keeps_the_instance_directory_and_a_stop_still_clears_it(cgroup_dir, drover):
+    """USR2 re-executes the supervisor with its pid and start time: the same instance directory goes on
+    (the new image does not sweep it as a dead instance's), and the stop after it still removes it."""
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"cgroup_root": str(cgroup_dir)}})
+    ours = instance_dir(cgroup_dir, d.pid)
+    old_worker = d.wait_workers(1)["workers"][0]["pid"]
+    d.signal(signal.SIGUSR2)
+    d.wait_until(lambda: "upgraded to drover" in d.log_text(), 30, "the re-executed supervisor")
+    d.wait_until(lambda: [w.get("pid") for w in d.stats()["workers"]] not in ([old_worker], [None], []), 60,
+                 "the worker replaced")
+    ids = d.submit([{"id": "after-upgrade-%d" % i} for i in range(3)])
+    done, failed = d.wait_outcomes(ids, 30)
+    assert set(done) == set(ids), failed
+    assert instance_dirs(cgroup_dir) == [ours]
+    assert "left by a drover instance that is gone" not in d.log_text()
+    assert d.stop() == 0
+    assert child_dirs(cgroup_dir) == [], "drover left cgroups behind"
