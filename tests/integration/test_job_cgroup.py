@@ -538,3 +538,17 @@ def test_upgrade_keeps_the_instance_directory_and_a_stop_still_clears_it(cgroup_
     assert "left by a drover instance that is gone" not in d.log_text()
     assert d.stop() == 0
     assert child_dirs(cgroup_dir) == [], "drover left cgroups behind"
+
+
+def test_cgroup_of_a_persistent_process_goes_with_its_killed_worker(cgroup_dir, drover):
+    """kill -9 of the worker: the supervisor ends its processes' cgroups (named after their tokens, under the
+    worker's prefix) like its attempts'; the replacement's process gets a new one."""
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": warm_jobs(cgroup_root=str(cgroup_dir))})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    first = handler_pids(d)[0]
+    old = token_of(first)
+    assert old in job_cgroups(cgroup_dir)
+    os.kill(d.wait_workers(1)["workers"][0]["pid"], signal.SIGKILL)
+    d.wait_until(lambda: handler_pids(d) not in ([], [first]), 30, "the replacement worker's process")
+    d.wait_until(lambda: old not in job_cgroups(cgroup_dir), 10, "the dead worker's process cgroup to go")
+    assert job_cgroups(cgroup_dir) == [token_of(handler_pids(d)[0])]
