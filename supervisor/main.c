@@ -490,6 +490,7 @@ static void release_everything(struct supervisor *sup, char *pid_path)
 	control_close(sup->control);
 	http_close(sup->http);
 	pool_destroy(sup->pool);
+	cgroup_release(); /* after the last worker: the tree as it was found */
 	if (sup->pid_fd >= 0) {
 		if (unlink(pid_path) < 0 && errno != ENOENT)
 			log_warn("cannot remove pid file %s", pid_path);

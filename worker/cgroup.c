@@ -6,8 +6,13 @@
  * Delegate= documentation and runc/crun do the same): when drover's own
  * cgroup is the delegated one, the supervisor first moves itself into
  * <base>/supervisor (its workers, forked later, follow it), and attempts get
- * <base>/jobs/<attempt token>. A configured cgroup_root that drover is not in
- * needs no move. The hierarchy's root cgroup is never taken over: it is
+ * <base>/<instance>/<attempt token>, <instance> being cgroupfs.h's
+ * "drover.<pid>.<start time>" so that several instances can share a
+ * cgroup_root and each can tell a dead one's directory from a live one's. A
+ * configured cgroup_root that drover is not in needs no move. At exit
+ * (cgroup_release) the tree is left as it was found: the instance directory
+ * goes, and so do the controllers drover enabled and its supervisor leaf when
+ * nothing else uses them. The hierarchy's root cgroup is never taken over: it is
  * shared with the whole system, so drover running there is "not delegated"
  * (a container's root cgroup, seen through a cgroup namespace, is not the
  * hierarchy's: it is used).
@@ -36,6 +41,7 @@
 #endif
 
 #define CONTROLLER_COUNT 3
+#define SWEEP_SETTLE_MS 2000 /* at start and exit: killed processes of a dead instance exiting */
 static const char *const controller_names[CONTROLLER_COUNT] = { "memory", "cpu", "pids" };
 enum { CTL_MEMORY, CTL_CPU, CTL_PIDS };
 
@@ -44,8 +50,11 @@ struct job_cgroup {
 	int procs_fd;
 };
 
-static char jobs_dir[PATH_MAX]; /* "" = disabled */
-static bool controller_on[CONTROLLER_COUNT];
+static char jobs_dir[PATH_MAX]; /* <base>/<instance>; "" = disabled */
+static char base_dir[PATH_MAX];
+static bool moved_into_leaf;                     /* the supervisor left base_dir for base_dir/supervisor */
+static bool controller_on[CONTROLLER_COUNT];     /* in the attempts' cgroups */
+static bool enabled_in_base[CONTROLLER_COUNT];   /* base_dir's subtree_control had it off before us */
 
 bool cgroup_enabled(void)
 {
@@ -179,17 +188,19 @@ static int move_into_leaf(const char *base)
 	return cgroupfs_write(leaf, "cgroup.procs", pid);
 }
 
-/* Enables what base offers of memory, cpu, pids for base's and jobs' children; records what jobs got. */
+/* Enables what base offers of memory, cpu, pids for base's and jobs' children; records what jobs got. * What base had on before is remembered: cgroup_release turns off only what drover turned on. */
 static void enable_controllers(const char *base)
 {
-	char offered[512] = "";
+	char offered[512] = "", before[512] = "";
 	(void)read_line(base, "cgroup.controllers", offered, sizeof(offered));
+	(void)read_line(base, "cgroup.subtree_control", before, sizeof(before));
 	for (int i = 0; i < CONTROLLER_COUNT; i++) {
 		char plus[32];
 		snprintf(plus, sizeof(plus), "+%s", controller_names[i]);
-		controller_on[i] = has_word(offered, controller_names[i]) &&
-		                   cgroupfs_write(base, "cgroup.subtree_control", plus) == 0 &&
-		                   cgroupfs_write(jobs_dir, "cgroup.subtree_control", plus) == 0;
+		bool in_base = has_word(offered, controller_names[i]) &&
+		               cgroupfs_write(base, "cgroup.subtree_control", plus) == 0;
+		enabled_in_base[i] = in_base && !has_word(before, controller_names[i]);
+		controller_on[i] = in_base && cgroupfs_write(jobs_dir, "cgroup.subtree_control", plus) == 0;
 	}
 }
 
@@ -245,26 +256,46 @@ bool cgroup_prepare(const char *root, const struct cgroup_limits *wanted)
 	return enabled;
 }
 
+/* After an upgrade (exec) the supervisor is already in <base>/supervisor: its base is the parent. */
+static void leave_own_leaf(char *own)
+{
+	char *slash = strrchr(own, '/');
+	if (slash != NULL && strcmp(slash, "/supervisor") == 0) {
+		*slash = '\0';
+		moved_into_leaf = true;
+	}
+}
+
 static bool cgroup_prepare_v2(const char *root, const struct cgroup_limits *wanted)
 {
-	char base[PATH_MAX], why[PATH_MAX + 128];
+	char base[PATH_MAX], why[PATH_MAX + 128], instance[64];
 	jobs_dir[0] = '\0';
 	if (root != NULL && root[0] != '\0')
 		snprintf(base, sizeof(base), "%s", root);
 	else if (own_dir(base, sizeof(base), why, sizeof(why)) < 0)
 		goto fallback;
+	else
+		leave_own_leaf(base);
 	if (!writable_cgroup2(base, why, sizeof(why)))
 		goto fallback;
-	if (is_own_dir(base) && move_into_leaf(base) < 0) {
-		snprintf(why, sizeof(why), "cannot move drover into %s/supervisor: %s", base, strerror(errno));
-		goto fallback;
+	/* An upgrade re-runs this with drover already in the leaf: base is then no longer its own cgroup. */
+	if (!moved_into_leaf && is_own_dir(base)) {
+		if (move_into_leaf(base) < 0) {
+			snprintf(why, sizeof(why), "cannot move drover into %s/supervisor: %s", base, strerror(errno));
+			goto fallback;
+		}
+		moved_into_leaf = true;
 	}
-	if (snprintf(jobs_dir, sizeof(jobs_dir), "%s/jobs", base) >= (int)sizeof(jobs_dir) ||
+	cgroupfs_sweep_stale(base, true, "cgroup");
+	cgroupfs_settle(SWEEP_SETTLE_MS);
+	if (cgroupfs_instance_name(instance, sizeof(instance)) < 0 ||
+	    snprintf(jobs_dir, sizeof(jobs_dir), "%s/%s", base, instance) >= (int)sizeof(jobs_dir) ||
 	    (mkdir(jobs_dir, 0755) < 0 && errno != EEXIST)) {
-		snprintf(why, sizeof(why), "cannot create %s/jobs: %s", base, strerror(errno));
+		snprintf(why, sizeof(why), "cannot create a cgroup for drover's jobs under %s: %s", base, strerror(errno));
 		jobs_dir[0] = '\0';
 		goto fallback;
 	}
+	snprintf(base_dir, sizeof(base_dir), "%s", base);
 	enable_controllers(base);
 	report(base, wanted);
 	return true;
@@ -345,11 +376,23 @@ static void end_cgroup(const char *path)
 	cgroupfs_remove(path);
 }
 
-long long cgroup_attempt_end(struct job_cgroup *cg)
+/* Whether the OOM killer acted in path or below (memory.events counts its subtree; a new cgroup starts at 0). */
+static bool read_oom_killed(const char *path)
 {
+	char text[512];
+	return controller_on[CTL_MEMORY] && cgroupfs_read(path, "memory.events", text, sizeof(text)) == 0 &&
+	       memcg_parse_oom_kills(text) > 0;
+}
+
+long long cgroup_attempt_end(struct job_cgroup *cg, bool *oom_killed)
+{
+	if (oom_killed != NULL)
+		*oom_killed = false;
 	if (cg == NULL)
 		return -1;
 	long long peak = read_peak(cg->path);
+	if (oom_killed != NULL)
+		*oom_killed = read_oom_killed(cg->path);
 	close(cg->procs_fd);
 	end_cgroup(cg->path);
 	free(cg);
@@ -384,4 +427,57 @@ void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_seria
 void cgroup_collect(void)
 {
 	(void)cgroupfs_collect(); /* the v1 memory cgroups' too */
+}
+
+/* ---- exit ------------------------------------------------------------------------- */
+
+/* Whether base has a child cgroup other than drover's supervisor leaf (another instance's, the admin's). */
+static bool base_has_others(void)
+{
+	DIR *dir = opendir(base_dir);
+	if (dir == NULL)
+		return true;
+	bool others = false;
+	const struct dirent *de;
+	while (!others && (de = readdir(dir)) != NULL)
+		others = de->d_type == DT_DIR && strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0 &&
+		         !(moved_into_leaf && strcmp(de->d_name, "supervisor") == 0);
+	closedir(dir);
+	return others;
+}
+
+/* The controllers drover turned on in base, and its move into base/supervisor, undone when nothing else needs them. */
+static void restore_base(void)
+{
+	if (base_has_others())
+		return;
+	for (int i = 0; i < CONTROLLER_COUNT; i++) {
+		char minus[32];
+		snprintf(minus, sizeof(minus), "-%s", controller_names[i]);
+		if (enabled_in_base[i] && cgroupfs_write(base_dir, "cgroup.subtree_control", minus) < 0)
+			log_debug("cgroup: cannot turn the %s controller off in %s: %s", controller_names[i], base_dir,
+			          strerror(errno));
+	}
+	if (!moved_into_leaf)
+		return;
+	char pid[32], leaf[PATH_MAX + 16];
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	snprintf(leaf, sizeof(leaf), "%s/supervisor", base_dir);
+	if (cgroupfs_write(base_dir, "cgroup.procs", pid) < 0 || rmdir(leaf) < 0)
+		log_info("cgroup: %s stays: %s", leaf, strerror(errno)); /* a process that outlived drover is in it */
+}
+
+void cgroup_release(void)
+{
+	memcg_release();
+	if (!cgroup_enabled())
+		return;
+	cgroupfs_remove_tree(jobs_dir, true);
+	cgroupfs_settle(SWEEP_SETTLE_MS);
+	struct stat st;
+	if (stat(jobs_dir, &st) == 0)
+		log_warnx("cgroup: %s is left behind: processes in it did not exit", jobs_dir);
+	else
+		restore_base();
+	jobs_dir[0] = '\0';
 }

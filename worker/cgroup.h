@@ -47,9 +47,10 @@ int cgroup_attempt_procs_fd(const struct job_cgroup *cg);
  * SIGKILL to each pid of cgroup.procs where the kernel has no cgroup.kill),
  * reads its peak memory, removes it (later, from cgroup_collect, while killed
  * processes are still exiting) and frees cg. Returns the peak in bytes, or -1
- * when unknown.
+ * when unknown; *oom_killed (when not NULL) says whether the kernel's OOM
+ * killer acted in it (oom_kill of memory.events above 0).
  */
-long long cgroup_attempt_end(struct job_cgroup *cg);
+long long cgroup_attempt_end(struct job_cgroup *cg, bool *oom_killed);
 /* Removes the cgroups of ended attempts whose processes have all exited. */
 void cgroup_collect(void);
 /*
@@ -58,5 +59,12 @@ void cgroup_collect(void);
  * attempt tokens) and removes them, as cgroup_attempt_end would have.
  */
 void cgroup_end_worker(long long supervisor_pid, unsigned long long worker_serial);
+/*
+ * In the supervisor, at exit (not across an upgrade's exec), after the last
+ * worker: ends and removes drover's own cgroups (v2 and v1), children first,
+ * and undoes what it changed in the cgroup it was given when nothing else
+ * uses it, so that the tree is left as it was found.
+ */
+void cgroup_release(void);
 
 #endif

@@ -20,5 +20,26 @@ void cgroupfs_kill_all(const char *path);
 void cgroupfs_remove(const char *path);
 /* Retries the removals still waiting; whether any is left waiting. */
 bool cgroupfs_collect(void);
+/* Retries the waiting removals for up to max_ms while any is left (at start and at exit only). */
+void cgroupfs_settle(int max_ms);
+
+/*
+ * Each drover instance puts its cgroups in a directory of its own,
+ * "drover.<supervisor pid>.<its start time in clock ticks>", so that whose it
+ * is can be decided: it is stale when no process has that pid with that
+ * start time (a pid reused by another program does not keep it alive).
+ */
+int cgroupfs_instance_name(char *buf, size_t cap);
+/* Whether name is an instance directory's name whose instance is gone. */
+bool cgroupfs_instance_stale(const char *name);
+/*
+ * Removes the directory tree at path, children first, killing what is in it
+ * (kill_first: cgroup v2's cgroup.kill of path, which reaches every
+ * descendant, before the per-cgroup passes). What is still busy waits for
+ * cgroupfs_collect.
+ */
+void cgroupfs_remove_tree(const char *path, bool use_cgroup_kill);
+/* Removes every stale instance directory in parent (see cgroupfs_instance_stale); what says the log. */
+void cgroupfs_sweep_stale(const char *parent, bool use_cgroup_kill, const char *what);
 
 #endif

@@ -1,11 +1,12 @@
 /*
  * memcg: per-attempt cgroup v1 memory cgroups for memory_max (see memcg.h).
  *
- * The sweep at start is conservative: an attempt cgroup is touched only when
- * its name is an attempt token ("<supervisor pid>.<worker>.<attempt>") whose
- * supervisor pid is not running; an empty one is removed, processes in one are
- * killed first. Anything else (a live supervisor's, a name that is no token,
- * a pid now reused by another process) is left alone.
+ * Each instance's attempt cgroups live in <own>/drover.<pid>.<start time>
+ * (cgroupfs.h), removed at exit. The sweep at start is conservative: only an
+ * instance directory whose supervisor is gone (no process with that pid and
+ * start time) is touched, its processes killed, then it is removed children
+ * first. Anything else (a live instance's, a name of another form) is left
+ * alone.
  */
 #include "worker/memcg.h"
 #include "worker/cgroupfs.h"
@@ -25,8 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SWEEP_SETTLE_TRIES 100
-#define SWEEP_SETTLE_NS (20 * 1000 * 1000)
+#define SWEEP_SETTLE_MS 2000 /* at start and exit: killed processes exiting */
 
 struct memcg {
 	char path[PATH_MAX];
@@ -213,60 +213,35 @@ void memcg_end_prefix(const char *prefix)
 
 /* ---- start-up ------------------------------------------------------------------------------ */
 
-/* The supervisor pid an attempt token names ("<pid>.<worker>.<attempt>"), or -1 when name is no token. */
-static long long token_supervisor(const char *name)
-{
-	char *end;
-	errno = 0;
-	long long pid = strtoll(name, &end, 10);
-	if (errno != 0 || end == name || pid <= 0 || pid > INT_MAX || *end != '.')
-		return -1;
-	unsigned long long worker, attempt;
-	char tail;
-	if (sscanf(end, ".%llu.%llu%c", &worker, &attempt, &tail) != 2)
-		return -1;
-	return pid;
-}
-
-static void sweep_dead_supervisors(void)
-{
-	DIR *dir = opendir(jobs_dir);
-	if (dir == NULL) {
-		log_warn("memcg: cannot list %s", jobs_dir);
-		return;
-	}
-	char path[PATH_MAX];
-	const struct dirent *de;
-	while ((de = readdir(dir)) != NULL) {
-		long long pid = token_supervisor(de->d_name);
-		if (pid < 0 || pid == (long long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH ||
-		    snprintf(path, sizeof(path), "%s/%s", jobs_dir, de->d_name) >= (int)sizeof(path))
-			continue;
-		log_info("memcg: removing %s, left by supervisor %lld that is gone", path, pid);
-		end_cgroup(path);
-	}
-	closedir(dir);
-	/* Once, at start: give the killed processes a bounded moment to exit, so their cgroups go now. */
-	for (int i = 0; i < SWEEP_SETTLE_TRIES && cgroupfs_collect(); i++) {
-		const struct timespec pause = { 0, SWEEP_SETTLE_NS };
-		nanosleep(&pause, NULL);
-	}
-}
-
 bool memcg_prepare(char *why, size_t why_cap)
 {
 	char own[PATH_MAX];
 	jobs_dir[0] = '\0';
 	if (own_dir(own, sizeof(own), why, why_cap) < 0)
 		return false;
-	if (snprintf(jobs_dir, sizeof(jobs_dir), "%s/drover-jobs", own) >= (int)sizeof(jobs_dir) ||
+	char instance[64];
+	cgroupfs_sweep_stale(own, false, "memcg");
+	cgroupfs_settle(SWEEP_SETTLE_MS);
+	if (cgroupfs_instance_name(instance, sizeof(instance)) < 0 ||
+	    snprintf(jobs_dir, sizeof(jobs_dir), "%s/%s", own, instance) >= (int)sizeof(jobs_dir) ||
 	    (mkdir(jobs_dir, 0755) < 0 && errno != EEXIST)) {
-		snprintf(why, why_cap, "cannot create %s/drover-jobs: %s", own, strerror(errno));
+		snprintf(why, why_cap, "cannot create a memory cgroup for drover's jobs under %s: %s", own, strerror(errno));
 		jobs_dir[0] = '\0';
 		return false;
 	}
-	sweep_dead_supervisors();
 	return true;
+}
+
+void memcg_release(void)
+{
+	if (!memcg_enabled())
+		return;
+	cgroupfs_remove_tree(jobs_dir, false);
+	cgroupfs_settle(SWEEP_SETTLE_MS);
+	struct stat st;
+	if (stat(jobs_dir, &st) == 0)
+		log_warnx("memcg: %s is left behind: processes in it did not exit", jobs_dir);
+	jobs_dir[0] = '\0';
 }
 
 /* ---- one attempt ------------------------------------------------------------------------------ */

@@ -3,7 +3,7 @@
  * whose cgroup2 hierarchy has no memory controller (hybrid layouts: cgroup2
  * at /sys/fs/cgroup/unified, memory on v1 at /sys/fs/cgroup/memory).
  *
- * Each attempt gets <own memory cgroup>/drover-jobs/<attempt token> with
+ * Each attempt gets <own memory cgroup>/<instance>/<attempt token> with
  * memory.limit_in_bytes (and memory.memsw.limit_in_bytes, so swap does not
  * dodge it); the handler joins it before exec through a pre-opened
  * cgroup.procs fd. v1 lets an inner cgroup hold processes, so drover itself
@@ -28,17 +28,18 @@
 int memcg_parse_mountinfo(const char *line, char *mount, size_t mount_cap, char *root, size_t root_cap);
 /* One line of /proc/self/cgroup: 0 and the path when it is the v1 memory line ("4:memory:/a/b"), else -1. */
 int memcg_parse_cgroup(const char *line, char *path, size_t cap);
-/* The "oom_kill N" counter of a memory.oom_control text; -1 when it has none (kernels before 4.13). */
+/* The "oom_kill N" counter of a memory.oom_control (v1) or memory.events (v2) text; -1 when it has none
+ * (v1 before 4.13). */
 long long memcg_parse_oom_kills(const char *text);
 
 /*
- * Finds drover's own v1 memory cgroup, creates <own>/drover-jobs and sweeps
- * what supervisors that are gone left there. Returns true when attempts will
+ * Finds drover's own v1 memory cgroup, sweeps what instances that are gone
+ * left there and creates <own>/<instance> (cgroupfs.h). Returns true when attempts will
  * get a v1 memory cgroup; false (why in why) otherwise.
  */
 bool memcg_prepare(char *why, size_t why_cap);
 bool memcg_enabled(void);
-/* <own>/drover-jobs, "" when disabled. */
+/* <own>/<instance>, "" when disabled. */
 const char *memcg_jobs_dir(void);
 
 struct memcg;
@@ -61,5 +62,7 @@ int memcg_procs_fd(const struct memcg *cg);
 void memcg_attempt_end(struct memcg *cg, bool handler_sigkilled, struct memcg_outcome *out);
 /* Ends every attempt cgroup whose name starts with prefix ("<supervisor pid>.<worker serial>."). */
 void memcg_end_prefix(const char *prefix);
+/* At the supervisor's exit: ends and removes <own>/<instance> and what is in it. */
+void memcg_release(void);
 
 #endif

@@ -611,12 +611,12 @@ static pid_t spawn_joining(char *const *argv, char *const *envp, const char *wor
                           int nfds, const struct runner_limits *limits, int cgroup_procs_fd, int memcg_procs_fd);
 
 pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds,
-                   const struct runner_limits *limits, int cgroup_procs_fd)
+                   const struct runner_limits *limits, int cgroup_procs_fd, int memcg_procs_fd)
 {
-	return spawn_joining(argv, envp, working_dir, child_fds, nfds, limits, cgroup_procs_fd, -1);
+	return spawn_joining(argv, envp, working_dir, child_fds, nfds, limits, cgroup_procs_fd, memcg_procs_fd);
 }
 
-/* runner_spawn, the child also joining a cgroup v1 memory cgroup through memcg_procs_fd (>= 0). */
+/* runner_spawn's body; the child joins the cgroups whose cgroup.procs fds are >= 0. */
 static pid_t spawn_joining(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds,
                           int nfds, const struct runner_limits *limits, int cgroup_procs_fd, int memcg_procs_fd)
 {

@@ -46,6 +46,7 @@ struct runner_result {
 	long long duration_ms;
 	const char *detail;  /* persistent: the sentence of a HANDLER_ERROR or HANDLER_LOST, else NULL */
 	bool no_retry;       /* persistent: the handler said this job must not be retried */
+	bool oom_killed;     /* persistent: the process was lost to the OOM killer in its memory cgroup */
 	pid_t pid;           /* the handler's */
 };
 
@@ -117,12 +118,12 @@ void runner_child_exited(struct run *run, int wait_status);
  * The runner's spawn, also for other long-lived children (warm.h): argv in
  * its own process group, killed when the worker dies, signals reset,
  * child_fds[i] moved to fd i (nfds <= 4), every other fd closed, limits set
- * (NULL = none) and, when cgroup_procs_fd >= 0, that cgroup joined before
- * exec. The pid, or -1 with the clone's or the child's set-up/exec errno.
- * The caller reaps it.
+ * (NULL = none) and, when cgroup_procs_fd (v2) or memcg_procs_fd (the v1
+ * memory cgroup's) is >= 0, that cgroup joined before exec. The pid, or -1
+ * with the clone's or the child's set-up/exec errno. The caller reaps it.
  */
 pid_t runner_spawn(char *const *argv, char *const *envp, const char *working_dir, const int *child_fds, int nfds,
-                   const struct runner_limits *limits, int cgroup_procs_fd);
+                   const struct runner_limits *limits, int cgroup_procs_fd, int memcg_procs_fd);
 /* Runs not yet done. */
 size_t runner_active(void);
 

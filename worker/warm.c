@@ -14,6 +14,7 @@
 #include "shared/log.h"
 #include "shared/util.h"
 #include "worker/frame.h"
+#include "worker/memcg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -72,6 +73,9 @@ struct hproc {
 	char why[240];       /* why drover ended it; empty when it ended by itself */
 	bool killed, stdin_closed, release_jobs;
 	bool reaped;         /* its last answers are being read: it takes nothing more, is signalled no more */
+	bool oom_killed;     /* the OOM killer acted in its memory cgroup: its lost jobs say memory_limit */
+	struct job_cgroup *cgroup; /* its own cgroup v2, when drover has one */
+	struct memcg *memcg;       /* its own v1 memory cgroup, when memory_max is enforced there */
 };
 
 struct place {
@@ -361,6 +365,7 @@ static void job_finish(struct hproc *p, struct warm_job *job, enum runner_status
 	result.duration_ms = now_ms() - job->started_ms;
 	result.detail = detail;
 	result.no_retry = no_retry;
+	result.oom_killed = status == RUNNER_HANDLER_LOST && p->oom_killed;
 
 	ev_timer_stop(pool->loop, &job->timer);
 	if (status != RUNNER_HANDLER_LOST && status != RUNNER_KILLED) {
@@ -712,16 +717,55 @@ static void close_all(int *fds, int n)
 	}
 }
 
-static pid_t spawn_with_env(struct warm_pool *pool, const int child[3], unsigned long long *token)
+/* The process's own cgroups (v2, v1 memory), named after its token as an attempt's are; NULL where none. */
+static void proc_cgroups_create(struct hproc *p, const struct warm_pool *pool)
 {
-	char **env = pool->cb.env(pool->cb.arg, token);
+	struct attempt_token token = pool->set.token;
+	char var[96];
+	token.attempt = p->token;
+	if (attempt_token_format(var, sizeof(var), &token) < 0)
+		return;
+	const char *name = var + sizeof(ATTEMPT_TOKEN_VAR); /* past "DROVER_ATTEMPT_TOKEN=" */
+	p->cgroup = cgroup_attempt_create(name, &pool->set.cgroup_limits);
+	p->memcg = memcg_attempt_create(name, pool->set.cgroup_limits.memory_max);
+}
+
+/*
+ * Ends the process's cgroups: what is left in them is killed (cgroup.kill: a
+ * descendant that left its group too) and they are removed. Whether the OOM
+ * killer acted in them (sigkilled: it died of SIGKILL, which v1 before 4.13
+ * needs to tell); the peak goes to the log, since the jobs it held shared it.
+ */
+static bool proc_cgroups_end(struct hproc *p, bool sigkilled)
+{
+	bool v2_oom = false;
+	struct memcg_outcome v1;
+	long long peak = cgroup_attempt_end(p->cgroup, &v2_oom);
+	memcg_attempt_end(p->memcg, sigkilled, &v1);
+	p->cgroup = NULL;
+	p->memcg = NULL;
+	if (!v2_oom && !v1.oom_killed)
+		return false;
+	log_warnx("handler process %d: the OOM killer acted in its cgroup (memory_max = %lld bytes; process peak %lld "
+	          "bytes)",
+	          (int)p->pid, p->pool->set.cgroup_limits.memory_max, peak >= 0 ? peak : v1.peak_bytes);
+	return true;
+}
+
+static pid_t spawn_with_env(struct warm_pool *pool, const int child[3], struct hproc *p)
+{
+	char **env = pool->cb.env(pool->cb.arg, &p->token);
 	if (env == NULL) {
 		errno = ENOMEM;
 		return -1;
 	}
-	pid_t pid = runner_spawn(pool->set.argv, env, pool->set.working_dir, child, 3, &pool->set.limits, -1);
+	proc_cgroups_create(p, pool);
+	pid_t pid = runner_spawn(pool->set.argv, env, pool->set.working_dir, child, 3, &pool->set.limits,
+	                         cgroup_attempt_procs_fd(p->cgroup), memcg_procs_fd(p->memcg));
 	int saved = errno;
 	pool->cb.env_free(pool->cb.arg, env);
+	if (pid < 0)
+		(void)proc_cgroups_end(p, false);
 	errno = saved;
 	return pid;
 }
@@ -764,7 +808,7 @@ static void proc_spawn(struct place *pl)
 		spawn_failed(pl, err);
 		return;
 	}
-	p->pid = spawn_with_env(pool, child, &p->token);
+	p->pid = spawn_with_env(pool, child, p);
 	int err = errno;
 	close_all(child, 3);
 	if (p->pid < 0) {
@@ -853,6 +897,8 @@ bool warm_pool_child_exited(struct warm_pool *pool, pid_t pid, int wait_status)
 	if (p == NULL)
 		return false;
 	signal_group(p, SIGKILL); /* what is left of its group: nothing of it outlives it */
+	/* ... nor of its cgroup (what left the group); and whether the OOM killer ended it. */
+	p->oom_killed = proc_cgroups_end(p, WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGKILL);
 	p->reaped = true;
 	if (!p->killed)
 		proc_read_stdout(p, INT32_MAX); /* answers written just before it exited still count */
@@ -862,6 +908,8 @@ bool warm_pool_child_exited(struct warm_pool *pool, pid_t pid, int wait_status)
 	describe_wait_status(wait_status, status, sizeof(status));
 	if (p->why[0] != '\0')
 		snprintf(how, sizeof(how), "was killed by drover (%s)", p->why);
+	else if (p->oom_killed)
+		snprintf(how, sizeof(how), "was killed by the OOM killer over memory_max (%s)", status);
 	else
 		snprintf(how, sizeof(how), "ended (%s)", status);
 	bool asked = p->stdin_closed && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
@@ -922,6 +970,7 @@ void warm_pool_free(struct warm_pool *pool)
 	while ((p = LIST_FIRST(&pool->procs)) != NULL) {
 		LIST_REMOVE(p, link);
 		signal_group(p, SIGKILL);
+		(void)proc_cgroups_end(p, false);
 		struct warm_job *job;
 		while ((job = proc_pop_job(p)) != NULL) {
 			ev_timer_stop(pool->loop, &job->timer);

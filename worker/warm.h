@@ -8,6 +8,13 @@
  * kill the process after kill_grace_ms), recycles processes (handler_max_jobs,
  * handler_max_rss_mb) and restarts those that end with back-off.
  *
+ * Where drover has cgroups (cgroup.h, memcg.h) each process runs in one of
+ * its own, named after its attempt token, with memory_max, cpu_max and
+ * pids_max: they bound the process with every job it holds. When it is
+ * reaped the cgroup ends whatever is left of it (cgroup.kill: descendants
+ * that left its process group too), and an OOM kill in it fails its jobs
+ * with memory_limit rather than handler_lost.
+ *
  * Every job it takes ends with exactly one done() call carrying a
  * runner_result, like an exec-mode run, so the worker's job life (attempts,
  * retries, outcomes) is one code path. Like the runner, it does not reap: the
@@ -16,7 +23,9 @@
 #ifndef DROVER_WARM_H
 #define DROVER_WARM_H
 
+#include "shared/orphans.h"
 #include "shared/scoreboard.h"
+#include "worker/cgroup.h"
 #include "worker/runner.h"
 
 #include <ev.h>
@@ -33,6 +42,8 @@ struct warm_settings {
 	long long start_timeout_ms, timeout_ms, kill_grace_ms;
 	size_t max_result_bytes;
 	struct runner_limits limits; /* set on each process (rlimit_cpu counts its whole life, so it is left unset) */
+	struct cgroup_limits cgroup_limits; /* of each process's own cgroup, where drover has cgroups */
+	struct attempt_token token;         /* the worker's: a process's cgroup is named after its own token */
 };
 
 struct warm_callbacks {

@@ -569,13 +569,15 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 
 	ev_timer_stop(w->loop, &t->slow_timer);
 	/* Ends whatever of the attempt is left, wherever it went (setsid, a cleared environment). */
-	long long peak = cgroup_attempt_end(t->cgroup);
+	bool v2_oom_killed;
+	long long peak = cgroup_attempt_end(t->cgroup, &v2_oom_killed);
 	t->cgroup = NULL;
 	struct memcg_outcome memory;
 	memcg_attempt_end(t->memcg, result->status == RUNNER_SIGNAL && result->signal == SIGKILL, &memory);
 	t->memcg = NULL;
 	if (peak < 0)
 		peak = memory.peak_bytes;
+	memory.oom_killed = memory.oom_killed || v2_oom_killed || result->oom_killed;
 	if (t->board_index >= 0)
 		scoreboard_job_set_pgid(w->board, t->board_index, 0);
 	if (result->status == RUNNER_KILLED && t->cancelled) {
@@ -586,7 +588,8 @@ static void task_attempt_ended(struct task *t, const struct runner_result *resul
 		task_complete(t, result, peak > 0 ? peak : 0);
 	} else {
 		describe_failure(result, &failure, message, sizeof(message));
-		if (memory.oom_killed && (result->status == RUNNER_SIGNAL || result->status == RUNNER_EXIT_CODE))
+		if (memory.oom_killed && (result->status == RUNNER_SIGNAL || result->status == RUNNER_EXIT_CODE ||
+		                          result->status == RUNNER_HANDLER_LOST))
 			describe_memory_limit(w, peak, &failure, message, sizeof(message));
 		failure.peak_memory_bytes = peak > 0 ? peak : 0;
 		if (result->status == RUNNER_TIMEOUT)
@@ -838,7 +841,7 @@ static void task_begin_attempt(struct task *t)
 	int saved = errno;
 	task_env_free(w, env);
 	if (t->run == NULL) {
-		cgroup_attempt_end(t->cgroup);
+		cgroup_attempt_end(t->cgroup, NULL);
 		t->cgroup = NULL;
 		struct memcg_outcome unused;
 		memcg_attempt_end(t->memcg, false, &unused);
@@ -1254,6 +1257,9 @@ static int worker_start_handlers(struct worker *w)
 		/* Per process: a CPU limit would count every job the process ever served. */
 		.limits = { .nofile = cfg->rlimit_nofile, .as = cfg->rlimit_as, .core = cfg->rlimit_core,
 		            .cpu = RUNNER_LIMIT_UNSET, .nice = cfg->nice },
+		/* A cgroup per process (not per job): the limits bound the process and all it serves at once. */
+		.cgroup_limits = { .memory_max = cfg->memory_max, .cpu_max = cfg->cpu_max, .pids_max = cfg->pids_max },
+		.token = w->token,
 	};
 	struct warm_callbacks callbacks = {
 		.done = task_warm_done,

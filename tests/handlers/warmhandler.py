@@ -18,6 +18,9 @@ Job fields:
   error            answer an error frame with this text; retry from "retry" (default true)
   error_times      with error: only the first N attempts (counted by attempt number) fail
   grow_mb          keep this many MB allocated for the life of the process
+  grow_once        path: with grow_mb, only if it does not exist (creates it): the first attempt grows
+  escapee          path: fork a child that leaves the process group (setsid), writes its pid there and
+                   sleeps as /bin/sleep with an empty environment (no DROVER_ATTEMPT_TOKEN)
   progress         list of numbers sent as progress frames first
   stderr           write this line to stderr
   grandchild       path: fork a child in the process group that writes its pid there and sleeps
@@ -108,8 +111,15 @@ def run_job(frame, cancel):
     if job.get("stderr"):
         sys.stderr.write(job["stderr"] + "\n")
         sys.stderr.flush()
-    if job.get("grow_mb"):
+    if job.get("grow_mb") and (not job.get("grow_once") or once(job["grow_once"])):
         ballast.append(bytearray(os.urandom(16)) * (job["grow_mb"] * 65536))
+    if job.get("escapee"):
+        child = os.fork()
+        if child == 0:
+            os.setsid()
+            with open(job["escapee"], "w") as f:
+                f.write(str(os.getpid()))
+            os.execve("/bin/sleep", ["sleep", "60"], {})
     if job.get("grandchild"):
         child = os.fork()
         if child == 0:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import proc_alive, wait_until
+from harness import PYTHON, REPO, proc_alive, wait_until
 
 
 def cgroup2_mount():
@@ -61,17 +61,37 @@ def cgroup_dir():
     remove_tree(path)
 
 
+def instance_dirs(parent, pid=None):
+    """drover's per-instance directories in parent ("drover.<supervisor pid>.<start time>"), of pid or any."""
+    prefix = "drover.%d." % pid if pid is not None else "drover."
+    return sorted(p for p in parent.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def instance_dir(parent, pid):
+    found = instance_dirs(parent, pid)
+    assert len(found) == 1, (parent, pid, found)
+    return found[0]
+
+
+def start_ticks(pid):
+    return int(Path("/proc/%d/stat" % pid).read_text().rpartition(")")[2].split()[19])
+
+
 def job_cgroups(cgroup):
-    jobs = cgroup / "jobs"
-    return sorted(p.name for p in jobs.iterdir() if p.is_dir()) if jobs.exists() else []
+    """The attempts' cgroups under every drover instance directory of cgroup."""
+    return sorted(p.name for inst in instance_dirs(cgroup) for p in inst.iterdir() if p.is_dir())
+
+
+def child_dirs(path):
+    return sorted(p.name for p in path.iterdir() if p.is_dir())
 
 
 def test_escapee_is_ended_by_cgroup_kill(cgroup_dir, drover):
     d = drover(config={"supervisor": {"workers": 1},
                        "jobs": {"cgroup_root": str(cgroup_dir), "timeout_ms": 3000, "kill_grace_ms": 200,
                                 "max_attempts": 1}})
-    d.wait_until(lambda: "each job attempt runs in its own cgroup under %s/jobs" % cgroup_dir in d.log_text(),
-                 10, "the cgroup layout in the log")
+    layout = "each job attempt runs in its own cgroup under %s/drover.%d.%d" % (cgroup_dir, d.pid, start_ticks(d.pid))
+    d.wait_until(lambda: layout in d.log_text(), 10, "the cgroup layout in the log")
     pid_file = d.tmp / "escapee.pid"
     d.submit([{"id": "escaper", "escapee": str(pid_file), "sleep_ms": 30000}])
     d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
@@ -79,7 +99,7 @@ def test_escapee_is_ended_by_cgroup_kill(cgroup_dir, drover):
     # It left the job's process group and has no DROVER_ATTEMPT_TOKEN: only its cgroup still knows it.
     assert os.getpgid(escapee) == escapee
     own = Path("/proc/%d/cgroup" % escapee).read_text()
-    assert "/%s/jobs/" % cgroup_dir.name in own, own
+    assert "/%s/drover.%d." % (cgroup_dir.name, d.pid) in own, own
     assert len(job_cgroups(cgroup_dir)) == 1, job_cgroups(cgroup_dir)
 
     done, failed = d.wait_outcomes(["escaper"], 30)
@@ -130,7 +150,9 @@ def test_without_a_usable_cgroup_drover_falls_back_to_process_groups(drover):
 
 def test_own_delegated_cgroup_keeps_drover_in_a_leaf(cgroup_dir, drover, monkeypatch):
     """drover started inside a writable cgroup (as under systemd's Delegate=yes) uses it: the supervisor
-    and its workers move into <own>/supervisor, the jobs go under <own>/jobs."""
+    and its workers move into <own>/supervisor, the jobs go under <own>/drover.<pid>.<start time>; when it
+    stops, it moves back and leaves the cgroup as it found it (no child cgroup, no controller turned on)."""
+    subtree_before = (cgroup_dir / "cgroup.subtree_control").read_text()
     real_popen = subprocess.Popen
 
     def popen_in_cgroup(*args, **kwargs):
@@ -141,8 +163,8 @@ def test_own_delegated_cgroup_keeps_drover_in_a_leaf(cgroup_dir, drover, monkeyp
     d.start(wait=False)
     monkeypatch.undo()
     d.wait_ready()
-    d.wait_until(lambda: "each job attempt runs in its own cgroup under %s/jobs" % cgroup_dir in d.log_text(),
-                 10, "the cgroup layout in the log")
+    d.wait_until(lambda: "each job attempt runs in its own cgroup under %s/drover.%d." % (cgroup_dir, d.pid)
+                 in d.log_text(), 10, "the cgroup layout in the log")
     assert (cgroup_dir / "cgroup.procs").read_text().split() == [], "no process may stay in a cgroup with children"
     leaf = set(int(p) for p in (cgroup_dir / "supervisor" / "cgroup.procs").read_text().split())
     workers = d.wait_workers(2)
@@ -152,9 +174,12 @@ def test_own_delegated_cgroup_keeps_drover_in_a_leaf(cgroup_dir, drover, monkeyp
     d.submit([{"id": "inside", "cgroup_dump": str(record)}])
     done, failed = d.wait_outcomes(["inside"], 20)
     assert "inside" in done, failed
-    assert re.search(r"^0::/%s/jobs/%d\.\d+\.1$" % (re.escape(cgroup_dir.name), d.pid), record.read_text(), re.M), \
-        record.read_text()
+    assert re.search(r"^0::/%s/drover\.%d\.\d+/%d\.\d+\.1$" % (re.escape(cgroup_dir.name), d.pid, d.pid),
+                     record.read_text(), re.M), record.read_text()
     d.wait_until(lambda: job_cgroups(cgroup_dir) == [], 10, "the attempt's cgroup to be removed")
+    assert d.stop() == 0
+    assert child_dirs(cgroup_dir) == [], "drover left cgroups behind"
+    assert (cgroup_dir / "cgroup.subtree_control").read_text() == subtree_before
 
 
 def test_root_cgroup_is_not_taken_over(drover):
@@ -180,14 +205,68 @@ def test_escapee_of_a_killed_worker_is_ended(cgroup_dir, drover):
     d.submit([{"id": "orphaned", "escapee": str(pid_file), "sleep_ms": 30000}])
     d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
     escapee = int(pid_file.read_text())
+    attempt = Path("/proc/%d/cgroup" % escapee).read_text().strip().rsplit("/", 1)[1]
+    assert attempt in job_cgroups(cgroup_dir)
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its cgroup" % escapee)
     d.wait_until(lambda: "left by a worker that is gone" in d.log_text(), 10, "the supervisor's note")
+    d.wait_until(lambda: [w["pid"] for w in d.stats()["workers"] if w.get("pid")] not in ([], [worker]), 15,
+                 "the replacement worker")
+    d.wait_until(lambda: attempt not in job_cgroups(cgroup_dir), 10, "the dead worker's attempt cgroup to go")
+
+
+def test_stop_leaves_no_drover_cgroup_behind(cgroup_dir, drover):
+    """TERM with a job running and an escapee in its cgroup: everything drover made under cgroup_root goes,
+    children first, and the controllers it turned on there are off again."""
+    subtree_before = (cgroup_dir / "cgroup.subtree_control").read_text()
+    d = drover(config={"supervisor": {"workers": 2, "shutdown_timeout_ms": 500},
+                       "jobs": {"cgroup_root": str(cgroup_dir), "kill_grace_ms": 100}})
+    ids = d.submit([{"id": "quick-%d" % i} for i in range(4)])
+    done, failed = d.wait_outcomes(ids, 30)
+    assert set(done) == set(ids), failed
+    pid_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "running", "escapee": str(pid_file), "sleep_ms": 30000}])
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    assert len(instance_dirs(cgroup_dir, d.pid)) == 1
+    assert d.stop() == 0
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended" % escapee)
+    assert child_dirs(cgroup_dir) == [], "drover left cgroups behind"
+    assert (cgroup_dir / "cgroup.subtree_control").read_text() == subtree_before
+
+
+def test_stale_instance_of_a_killed_supervisor_is_swept_at_start(cgroup_dir, drover):
+    """kill -9 of the supervisor leaves its instance directory (and an escapee in it); the next start ends
+    and removes it. Only a dead instance's directory is touched: one named after a live process with its
+    start time (another instance) and any other name are left alone; a live pid with another start time
+    (the pid was reused) is dead."""
+    me = os.getpid()
+    live, other = cgroup_dir / ("drover.%d.%d" % (me, start_ticks(me))), cgroup_dir / "not-drovers"
+    reused = cgroup_dir / ("drover.%d.%d" % (me, start_ticks(me) + 1))
+    for path in (live, other, reused):
+        path.mkdir()
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"cgroup_root": str(cgroup_dir)}})
+    first = d.pid
+    old = instance_dir(cgroup_dir, first)
+    pid_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "stranded", "escapee": str(pid_file), "sleep_ms": 60000}], record=False)
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    d.signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    assert old.exists() and proc_alive(escapee), "nothing can clean up after kill -9 of the supervisor"
+    d.start()
+    assert d.pid != first
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended by the sweep" % escapee)
+    d.wait_until(lambda: not old.exists() and not reused.exists(), 10, "the dead instances' cgroups removed")
+    assert live.exists() and other.exists(), "a live instance's cgroup or another name was touched"
+    assert d.log_text().count("left by a drover instance that is gone") == 2, d.log_text()[-2000:]
+    assert len(instance_dirs(cgroup_dir, d.pid)) == 1
 
 
 # ---- memory_max on the cgroup v1 memory controller ---------------------------------------------------------
 # Where the cgroup2 hierarchy has no memory controller (this machine: cgroup2 at /sys/fs/cgroup/unified, memory
-# on v1 at /sys/fs/cgroup/memory), each attempt gets <own memory cgroup>/drover-jobs/<attempt token>.
+# on v1 at /sys/fs/cgroup/memory), each attempt gets <own memory cgroup>/drover.<pid>.<start>/<attempt token>.
 
 MIB = 1 << 20
 
@@ -221,13 +300,14 @@ def v2_has_memory():
 
 @pytest.fixture
 def memcg_v1():
-    """drover's v1 memory cgroup's jobs directory; skips where v1 is not what would enforce memory_max."""
+    """drover's own v1 memory cgroup (its instance directories go there); skips where v1 is not what would
+    enforce memory_max."""
     own = v1_memory_dir()
     if os.geteuid() != 0 or own is None or not os.access(own / "cgroup.procs", os.W_OK):
         pytest.skip("needs root and a writable cgroup v1 memory cgroup")
     if v2_has_memory():
         pytest.skip("the cgroup2 hierarchy has the memory controller: v2 enforces memory_max here")
-    return own / "drover-jobs"
+    return own
 
 
 def v1_memory_line(dump):
@@ -237,8 +317,9 @@ def v1_memory_line(dump):
 def test_handler_over_memory_max_is_killed_with_reason_memory_limit(memcg_v1, drover):
     d = drover(config={"supervisor": {"workers": 1},
                        "jobs": {"memory_max": "64M", "max_attempts": 2, "retry_delay_ms": 100}})
-    d.wait_until(lambda: "memory_max is enforced by the cgroup v1 memory controller under %s" % memcg_v1
-                 in d.log_text(), 10, "which hierarchy enforces memory_max, in the log")
+    d.wait_until(lambda: "memory_max is enforced by the cgroup v1 memory controller under %s/drover.%d.%d"
+                 % (memcg_v1, d.pid, start_ticks(d.pid)) in d.log_text(), 10,
+                 "which hierarchy enforces memory_max, in the log")
     dump, pid_file = d.tmp / "cgroup.txt", d.tmp / "hog.pid"
     d.submit([{"id": "hog", "touch_mb": 256, "cgroup_dump": str(dump), "pid_file": str(pid_file),
                "sleep_ms": 30000}])
@@ -255,9 +336,9 @@ def test_handler_over_memory_max_is_killed_with_reason_memory_limit(memcg_v1, dr
     # The last attempt ran in its own v1 memory cgroup, named after its attempt token; the handler and the
     # cgroups of both attempts are gone.
     cgroup = v1_memory_line(dump.read_text())
-    assert re.search(r"/drover-jobs/%d\.\d+\.2$" % d.pid, cgroup), cgroup
+    assert re.search(r"/drover\.%d\.\d+/%d\.\d+\.2$" % (d.pid, d.pid), cgroup), cgroup
     wait_until(lambda: not proc_alive(int(pid_file.read_text())), 10, "the handler to be gone")
-    d.wait_until(lambda: not [p for p in memcg_v1.iterdir() if p.name.startswith("%d." % d.pid)], 10,
+    d.wait_until(lambda: child_dirs(instance_dir(memcg_v1, d.pid)) == [], 10,
                  "the attempts' memory cgroups to be removed")
 
 
@@ -268,7 +349,7 @@ def test_handler_under_memory_max_completes_with_its_peak(memcg_v1, drover):
     assert "modest" in done, failed
     peak = done["modest"]["peak_memory_bytes"]
     assert 16 * MIB < peak <= 256 * MIB, done["modest"]
-    assert not [p for p in memcg_v1.iterdir() if p.name.startswith("%d." % d.pid)], "a memory cgroup is left"
+    assert child_dirs(instance_dir(memcg_v1, d.pid)) == [], "a memory cgroup is left"
 
 
 def test_without_memory_max_no_v1_memory_cgroup_is_made(memcg_v1, drover):
@@ -277,34 +358,41 @@ def test_without_memory_max_no_v1_memory_cgroup_is_made(memcg_v1, drover):
     d.submit([{"id": "unbounded", "cgroup_dump": str(dump)}])
     done, failed = d.wait_outcomes(["unbounded"], 20)
     assert "unbounded" in done, failed
-    assert "drover-jobs" not in v1_memory_line(dump.read_text()), dump.read_text()
+    assert "/drover." not in v1_memory_line(dump.read_text()), dump.read_text()
     assert "peak_memory_bytes" not in done["unbounded"], done["unbounded"]
     assert "memory_max is enforced" not in d.log_text()
 
 
-def test_leftovers_of_a_dead_supervisor_are_swept_at_start(memcg_v1, drover):
-    """Only cgroups named after a supervisor pid that is not running are touched: an empty one is removed,
-    the processes in one are killed first; one of a live pid is left alone."""
-    memcg_v1.mkdir(exist_ok=True)
+def test_stale_memory_cgroups_are_swept_at_start_and_none_left_at_stop(memcg_v1, drover):
+    """Only an instance directory whose supervisor is gone (no process with its pid and start time) is
+    touched: the processes in it are killed, its children removed, then it; a live one's is left alone.
+    A stop removes the instance's own."""
     gone = subprocess.Popen(["/bin/true"])
     gone.wait()  # its pid is not running now (reaped): a supervisor that died
-    empty, busy = memcg_v1 / ("%d.1.1" % gone.pid), memcg_v1 / ("%d.1.2" % gone.pid)
-    alive = memcg_v1 / ("%d.99.1" % os.getpid())
-    for path in (empty, busy, alive):
+    me = os.getpid()
+    stale, live = memcg_v1 / ("drover.%d.1" % gone.pid), memcg_v1 / ("drover.%d.%d" % (me, start_ticks(me)))
+    empty, busy = stale / ("%d.1.1" % gone.pid), stale / ("%d.1.2" % gone.pid)
+    for path in (stale, empty, busy, live):
         path.mkdir()
     sleeper = subprocess.Popen(["/bin/sleep", "300"])
     try:
         (busy / "cgroup.procs").write_text(str(sleeper.pid))
         d = drover(config={"supervisor": {"workers": 1}, "jobs": {"memory_max": "64M"}})
         assert sleeper.wait(timeout=10) == -signal.SIGKILL
-        d.wait_until(lambda: not empty.exists() and not busy.exists(), 10, "the dead supervisor's cgroups removed")
-        assert alive.exists(), "a live supervisor's cgroup was touched"
-        assert d.log_text().count("left by supervisor %d that is gone" % gone.pid) == 2, d.log_text()[-2000:]
+        d.wait_until(lambda: not stale.exists(), 10, "the dead instance's cgroups removed")
+        assert live.exists(), "a live instance's cgroup was touched"
+        assert d.log_text().count("left by a drover instance that is gone") == 1, d.log_text()[-2000:]
+        ids = d.submit([{"id": "bounded-%d" % i, "touch_mb": 4} for i in range(3)])
+        done, failed = d.wait_outcomes(ids, 30)
+        assert set(done) == set(ids), failed
+        ours = instance_dir(memcg_v1, d.pid)
+        assert d.stop() == 0
+        assert not ours.exists(), "the instance's memory cgroup is left behind"
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
-        for path in (empty, busy, alive):
+        for path in (empty, busy, stale, live):
             if path.exists():
                 path.rmdir()
 
@@ -318,9 +406,149 @@ def test_memory_cgroup_of_a_killed_worker_is_ended(memcg_v1, drover):
     d.submit([{"id": "orphaned", "escapee": str(pid_file), "cgroup_dump": str(dump), "sleep_ms": 30000}])
     d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
     escapee = int(pid_file.read_text())
-    cgroup = memcg_v1 / v1_memory_line(dump.read_text()).rsplit("/", 1)[1]
+    cgroup = instance_dir(memcg_v1, d.pid) / v1_memory_line(dump.read_text()).rsplit("/", 1)[1]
     assert str(escapee) in (cgroup / "cgroup.procs").read_text().split()
     os.kill(worker, signal.SIGKILL)
     wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its memory cgroup" % escapee)
     d.wait_until(lambda: not cgroup.exists(), 10, "the attempt's memory cgroup to be removed")
     assert "memcg: ending %s, left by a worker that is gone" % cgroup in d.log_text()
+
+
+# ---- persistent handler processes: a cgroup per process ------------------------------------------------------
+
+WARM_HANDLER = REPO / "tests" / "handlers" / "warmhandler.py"
+
+
+def warm_jobs(**jobs):
+    return dict({"handler": "%s %s" % (PYTHON, WARM_HANDLER), "handler_mode": "persistent", "max_concurrent": 1},
+                **jobs)
+
+
+def handler_pids(d):
+    return [h["pid"] for w in d.stats()["workers"] for h in w.get("handlers", []) if h.get("pid")]
+
+
+def cgroup_lines(pid):
+    """{"0": v2 path, "memory": v1 memory path} of pid."""
+    out = {}
+    for line in Path("/proc/%d/cgroup" % pid).read_text().splitlines():
+        num, controllers, path = line.split(":", 2)
+        out["0" if num == "0" else controllers] = path
+    return out
+
+
+def token_of(pid):
+    env = Path("/proc/%d/environ" % pid).read_bytes().split(b"\0")
+    return next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"DROVER_ATTEMPT_TOKEN="))
+
+
+def test_persistent_process_runs_in_a_cgroup_of_its_own_with_the_limits(cgroup_dir, drover):
+    """The cgroup is the process's (named after its token), not a job's: memory_max bounds the process (on
+    v2's memory.max where the hierarchy has it, else the v1 memory controller here)."""
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": warm_jobs(cgroup_root=str(cgroup_dir), memory_max="96M", max_concurrent=2,
+                                         handler_concurrency=2)})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    pid = handler_pids(d)[0]
+    token = token_of(pid)
+    lines = cgroup_lines(pid)
+    v2 = instance_dir(cgroup_dir, d.pid) / token
+    assert lines["0"].endswith("/%s/%s/%s" % (cgroup_dir.name, v2.parent.name, token)), lines
+    if v2_has_memory():
+        assert (v2 / "memory.max").read_text().strip() == str(96 * MIB)
+    else:
+        own = v1_memory_dir()
+        assert own is not None and lines["memory"].endswith("/drover.%d.%d/%s" % (d.pid, start_ticks(d.pid), token))
+        v1 = instance_dir(own, d.pid) / token
+        assert int((v1 / "memory.limit_in_bytes").read_text()) == 96 * MIB
+    ids = d.submit([{"id": "served-%d" % i, "sleep_ms": 20} for i in range(4)])
+    done, failed = d.wait_outcomes(ids, 30)
+    assert set(done) == set(ids), failed
+    assert all("peak_memory_bytes" not in done[i] for i in ids), "a shared process has no per-job peak"
+    assert d.stop() == 0
+    assert not v2.exists() and child_dirs(cgroup_dir) == []
+
+
+def test_persistent_process_over_memory_max_fails_its_job_with_memory_limit(memcg_v1, drover):
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": warm_jobs(memory_max="64M", max_attempts=2, retry_delay_ms=100)})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    first = handler_pids(d)[0]
+    d.submit([{"id": "greedy", "grow_mb": 256, "grow_once": str(d.tmp / "grown")}])
+    done, failed = d.wait_outcomes(["greedy"], 60)
+    assert "greedy" in done, failed  # retried; the next process served it
+    assert done["greedy"]["attempts"] == 2, done["greedy"]
+    assert done["greedy"]["result"]["pid"] != first
+    log = d.log_text()
+    assert "handler process %d: the OOM killer acted in its cgroup (memory_max = %d bytes" % (first, 64 * MIB) \
+        in log, log[-3000:]
+    assert "attempt 1 failed (handler went over memory_max (%d bytes)" % (64 * MIB) in log, log[-3000:]
+    assert "handler process %d was killed by the OOM killer over memory_max" % first in log, log[-3000:]
+    w = [w for w in d.stats()["workers"] if w["slot"] == 0][0]
+    assert w["handler_restarts"] == 1, w
+
+
+def test_persistent_process_over_memory_max_fails_with_memory_limit_when_out_of_attempts(memcg_v1, drover):
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": warm_jobs(memory_max="64M", max_attempts=1)})
+    d.submit([{"id": "greedy", "grow_mb": 256}])
+    done, failed = d.wait_outcomes(["greedy"], 60)
+    error = failed["greedy"]["error"]
+    assert error["reason"] == "memory_limit", failed["greedy"]
+    assert "memory_max (%d bytes)" % (64 * MIB) in error["message"], error
+    assert "peak_memory_bytes" not in failed["greedy"], failed["greedy"]
+
+
+def test_escapee_of_a_persistent_process_is_ended_when_the_process_is_replaced(cgroup_dir, drover):
+    """A descendant that left the process group and cleared its environment: neither the group kill nor the
+    token sweep finds it; the process's cgroup.kill does, when the process is recycled (handler_max_jobs)."""
+    d = drover(config={"supervisor": {"workers": 1},
+                       "jobs": warm_jobs(cgroup_root=str(cgroup_dir), handler_max_jobs=2)})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    first = handler_pids(d)[0]
+    pid_file = d.tmp / "escapee.pid"
+    d.submit([{"id": "leaver", "escapee": str(pid_file)}])
+    done, failed = d.wait_outcomes(["leaver"], 30)
+    assert "leaver" in done, failed
+    d.wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the escapee's pid")
+    escapee = int(pid_file.read_text())
+    assert os.getpgid(escapee) == escapee and proc_alive(first)
+    assert cgroup_lines(escapee)["0"] == cgroup_lines(first)["0"], "the escapee is in the process's cgroup"
+    d.submit([{"id": "last-of-first"}])  # its second job: then it is recycled
+    done, failed = d.wait_outcomes(["last-of-first"], 30)
+    assert "last-of-first" in done, failed
+    wait_until(lambda: not proc_alive(first), 15, "the recycled process to exit")
+    wait_until(lambda: not proc_alive(escapee), 10, "the escapee (pid %d) to be ended with its cgroup" % escapee)
+    d.wait_until(lambda: len(handler_pids(d)) == 1 and handler_pids(d)[0] != first, 20, "the replacement")
+
+
+def test_upgrade_keeps_the_instance_directory_and_a_stop_still_clears_it(cgroup_dir, drover):
+    """USR2 re-executes the supervisor with its pid and start time: the same instance directory goes on
+    (the new image does not sweep it as a dead instance's), and the stop after it still removes it."""
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": {"cgroup_root": str(cgroup_dir)}})
+    ours = instance_dir(cgroup_dir, d.pid)
+    old_worker = d.wait_workers(1)["workers"][0]["pid"]
+    d.signal(signal.SIGUSR2)
+    d.wait_until(lambda: "upgraded to drover" in d.log_text(), 30, "the re-executed supervisor")
+    d.wait_until(lambda: [w.get("pid") for w in d.stats()["workers"]] not in ([old_worker], [None], []), 60,
+                 "the worker replaced")
+    ids = d.submit([{"id": "after-upgrade-%d" % i} for i in range(3)])
+    done, failed = d.wait_outcomes(ids, 30)
+    assert set(done) == set(ids), failed
+    assert instance_dirs(cgroup_dir) == [ours]
+    assert "left by a drover instance that is gone" not in d.log_text()
+    assert d.stop() == 0
+    assert child_dirs(cgroup_dir) == [], "drover left cgroups behind"
+
+
+def test_cgroup_of_a_persistent_process_goes_with_its_killed_worker(cgroup_dir, drover):
+    """kill -9 of the worker: the supervisor ends its processes' cgroups (named after their tokens, under the
+    worker's prefix) like its attempts'; the replacement's process gets a new one."""
+    d = drover(config={"supervisor": {"workers": 1}, "jobs": warm_jobs(cgroup_root=str(cgroup_dir))})
+    d.wait_until(lambda: len(handler_pids(d)) == 1, 20, "the persistent process")
+    first = handler_pids(d)[0]
+    old = token_of(first)
+    assert old in job_cgroups(cgroup_dir)
+    os.kill(d.wait_workers(1)["workers"][0]["pid"], signal.SIGKILL)
+    d.wait_until(lambda: handler_pids(d) not in ([], [first]), 30, "the replacement worker's process")
+    d.wait_until(lambda: old not in job_cgroups(cgroup_dir), 10, "the dead worker's process cgroup to go")
+    assert job_cgroups(cgroup_dir) == [token_of(handler_pids(d)[0])]

@@ -68,3 +68,10 @@ Test(memcg, oom_control_counter)
 	cr_expect_eq(memcg_parse_oom_kills("oom_kill_disable 0\nunder_oom 1\n"), -1, "before kernel 4.13");
 	cr_expect_eq(memcg_parse_oom_kills(""), -1);
 }
+
+Test(memcg, v2_memory_events_counter)
+{
+	/* cgroup v2's memory.events: oom_group_kill must not be taken for oom_kill. */
+	cr_expect_eq(memcg_parse_oom_kills("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
+	cr_expect_eq(memcg_parse_oom_kills("low 0\nhigh 0\nmax 0\noom 0\noom_group_kill 2\noom_kill 0\n"), 0);
+}
