@@ -134,16 +134,33 @@ def write_progress(steps, gap_ms):
             time.sleep(gap_ms / 1000.0)
 
 
-def spawn_grandchild(pid_path, sleep_ms, ignore_term, setsid=False):
+def fork_recorded(pid_path, setsid):
+    """Forks; in the parent, returns False only once the child has written its pid to pid_path, so
+    that a handler that ends at once cannot have its child killed (by drover's end-of-attempt sweep)
+    before the test can know its pid. In the child, returns True."""
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid != 0:
-        return
-    # The grandchild: same process group (unless setsid), stdout/stderr still inherited.
+        os.close(ready_w)
+        os.read(ready_r, 1)  # EOF too: a child that died early must not hang the handler
+        os.close(ready_r)
+        return False
+    os.close(ready_r)
     if setsid:
         os.setsid()
-    if ignore_term:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     atomic_write(pid_path, str(os.getpid()))
+    os.close(ready_w)
+    return True
+
+
+def spawn_grandchild(pid_path, sleep_ms, ignore_term, setsid=False):
+    # The grandchild: same process group (unless setsid), stdout/stderr still inherited. SIGTERM is
+    # ignored from before the handshake: drover may signal the group as soon as the handler ends.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if ignore_term else None
+    if not fork_recorded(pid_path, setsid):
+        if ignore_term:
+            signal.signal(signal.SIGTERM, previous)
+        return
     deadline = time.monotonic() + sleep_ms / 1000.0
     while time.monotonic() < deadline:
         time.sleep(0.05)
@@ -151,11 +168,8 @@ def spawn_grandchild(pid_path, sleep_ms, ignore_term, setsid=False):
 
 
 def spawn_escapee(pid_path):
-    pid = os.fork()
-    if pid != 0:
+    if not fork_recorded(pid_path, setsid=True):
         return
-    os.setsid()
-    atomic_write(pid_path, str(os.getpid()))
     os.execve("/bin/sleep", ["sleep", "300"], {})
 
 
