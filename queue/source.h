@@ -49,7 +49,7 @@ struct job {
 	double duration_s;   /* of the completing attempt, for the duration histogram */
 	const char *failed_reason; /* set by the worker before a failed finish(): a static events.h reason */
 	int attempts_run;    /* set by the worker before finish(): attempts made, for droverctl jobs */
-	bool recorded;       /* settled by finish_recorded: an earlier delivery's outcome, counted by none */
+	bool recorded;       /* settled by finish_recorded: an earlier delivery's outcome, never counted by its dead worker */
 	void *backend;       /* the source's own per-job state */
 };
 

@@ -1119,7 +1119,8 @@ static void spool_finish(struct source *src, struct job *job, bool completed, co
  * (rename keeps a file's mtime, so the job file's is its enqueue time): an
  * outcome left by an earlier job with the same id does not count.
  */
-static bool outcome_matches(const struct spool *sp, const char *sub, const struct spool_claim *claim)
+static bool outcome_matches(const struct spool *sp, const char *sub, const struct spool_claim *claim,
+                            double *duration_s)
 {
 	const struct job *job = claim->job;
 	char file[SPOOL_OUTCOME_ID_MAX + 32], path[PATH_MAX];
@@ -1142,24 +1143,29 @@ static bool outcome_matches(const struct spool *sp, const char *sub, const struc
 	json_t *attempts = json_object_get(doc, "attempts");
 	bool same = id != NULL && strcmp(id, job->id) == 0 && json_is_integer(attempts) &&
 	            json_integer_value(attempts) >= 1 && json_integer_value(attempts) <= job->attempts_done;
+	json_t *duration_ms = json_object_get(doc, "duration_ms");
+	*duration_s = json_is_number(duration_ms) ? json_number_value(duration_ms) / 1000.0 : 0.0;
 	json_decref(doc);
 	return same;
 }
 
 /*
  * A worker died between renaming an outcome into complete/ or failed/ and
- * removing the job's file: the outcome stands, whichever attempt wrote it. Its directory is fsynced by
- * the group commit (the dead worker may not have got that far), and only
- * then does the job leave processing/, as after any outcome.
+ * removing the job's file: the outcome stands, whichever attempt wrote it.
+ * Its directory is fsynced by the group commit (the dead worker may not have
+ * got that far), and only then does the job leave processing/, as after any
+ * outcome. That worker died before counting it (it counts once the job file
+ * is gone), so this one counts it, with the document's duration.
  */
 static bool spool_finish_recorded(struct source *src, struct job *job)
 {
 	struct spool *sp = (struct spool *)src;
 	struct spool_claim *claim = job->backend;
 
-	if (outcome_matches(sp, "complete", claim))
+	double duration_s = 0.0;
+	if (outcome_matches(sp, "complete", claim, &duration_s))
 		claim->completed = true;
-	else if (outcome_matches(sp, "failed", claim))
+	else if (outcome_matches(sp, "failed", claim, &duration_s))
 		claim->completed = false;
 	else
 		return false;
@@ -1167,6 +1173,7 @@ static bool spool_finish_recorded(struct source *src, struct job *job)
 	         job->id, job->attempts_done, claim->completed ? "complete" : "failed");
 	job->recorded = true;
 	job->completed = claim->completed;
+	job->duration_s = duration_s;
 	push_written(sp, claim);
 	return true;
 }

@@ -1028,15 +1028,16 @@ static void source_settled(struct job *job, bool durable, void *arg)
 {
 	struct worker *w = arg;
 	struct log_fields fields = { .job_id = job->id };
-	/* recorded: an earlier delivery's outcome, not this worker's to count or list */
-	if (!durable)
+	/* recorded: an earlier delivery's outcome (spool), counted here since its worker died before it could */
+	if (!durable) {
 		log_job(LOG_LEVEL_WARN, &fields, "outcome not recorded; it stays in the queue");
-	else if (!job->recorded && job->completed)
+	} else if (job->completed) {
 		counters_update(w, count_completed, job->duration_s);
-	else if (!job->recorded) {
+	} else {
 		counters_update(w, count_failed, 0);
-		/* droverctl jobs lists it (Kafka has no failed/ to read) */
-		scoreboard_failure_add(w->board, job->id, job->failed_reason, job->attempts_run);
+		/* droverctl jobs lists it (Kafka has no failed/ to read; the spool's failed/ is read directly) */
+		if (!job->recorded)
+			scoreboard_failure_add(w->board, job->id, job->failed_reason, job->attempts_run);
 	}
 	worker_maybe_exit(w);
 }
