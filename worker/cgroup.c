@@ -472,12 +472,7 @@ void cgroup_release(void)
 	memcg_release();
 	if (!cgroup_enabled())
 		return;
-	cgroupfs_remove_tree(jobs_dir, true);
-	cgroupfs_settle(SWEEP_SETTLE_MS);
-	struct stat st;
-	if (stat(jobs_dir, &st) == 0)
-		log_warnx("cgroup: %s is left behind: processes in it did not exit", jobs_dir);
-	else
+	if (cgroupfs_release_tree(jobs_dir, true, SWEEP_SETTLE_MS, "cgroup"))
 		restore_base();
 	jobs_dir[0] = '\0';
 }

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -196,6 +197,17 @@ void cgroupfs_remove_tree(const char *path, bool use_cgroup_kill)
 		log_warn("cgroup: cannot write cgroup.kill of %s", path); /* the passes below do it then */
 	remove_children(path, 1);
 	cgroupfs_remove(path); /* queued after its children: retried until they are gone */
+}
+
+bool cgroupfs_release_tree(const char *path, bool use_cgroup_kill, int max_ms, const char *what)
+{
+	struct stat st;
+	cgroupfs_remove_tree(path, use_cgroup_kill);
+	cgroupfs_settle(max_ms);
+	if (stat(path, &st) < 0)
+		return true;
+	log_warnx("%s: %s is left behind: processes in it did not exit", what, path);
+	return false;
 }
 
 void cgroupfs_sweep_stale(const char *parent, bool use_cgroup_kill, const char *what)

@@ -39,6 +39,12 @@ bool cgroupfs_instance_stale(const char *name);
  * cgroupfs_collect.
  */
 void cgroupfs_remove_tree(const char *path, bool use_cgroup_kill);
+/*
+ * At exit: removes the tree at path (cgroupfs_remove_tree) and waits up to
+ * max_ms for what is in it to exit. True when it is gone; false, after a
+ * warning naming it (what: the log's prefix), when processes kept it.
+ */
+bool cgroupfs_release_tree(const char *path, bool use_cgroup_kill, int max_ms, const char *what);
 /* Removes every stale instance directory in parent (see cgroupfs_instance_stale); what says the log. */
 void cgroupfs_sweep_stale(const char *parent, bool use_cgroup_kill, const char *what);
 

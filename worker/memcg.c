@@ -236,11 +236,7 @@ void memcg_release(void)
 {
 	if (!memcg_enabled())
 		return;
-	cgroupfs_remove_tree(jobs_dir, false);
-	cgroupfs_settle(SWEEP_SETTLE_MS);
-	struct stat st;
-	if (stat(jobs_dir, &st) == 0)
-		log_warnx("memcg: %s is left behind: processes in it did not exit", jobs_dir);
+	(void)cgroupfs_release_tree(jobs_dir, false, SWEEP_SETTLE_MS, "memcg");
 	jobs_dir[0] = '\0';
 }
 
