@@ -77,7 +77,6 @@ def metric(d, series):
 
 # ---- the endpoint ---------------------------------------------------------------
 
-@pytest.mark.asan
 def _maps_microhttpd(pid):
     with open("/proc/%d/maps" % pid) as f:
         return any("libmicrohttpd" in line for line in f)
@@ -96,6 +95,7 @@ def test_the_library_is_loaded_only_when_http_listen_is_set(drover):
     assert get_ok(address(served), "/healthz").startswith("ok")
 
 
+@pytest.mark.asan
 def test_metrics_stats_and_healthz_over_http(drover):
     d = drover(config=http_config({"kafka": {"sasl_password": "hunter2-http-secret"}}))
     d.wait_workers(2)
