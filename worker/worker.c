@@ -193,8 +193,19 @@ static const char *const own_env_names[] = {
 };
 #define OWN_ENV_MAX 6
 
-/* A vector with room for OWN_ENV_MAX entries after base_env (without drover's own names); *n its length. */
-static char **env_start(const struct worker *w, size_t *n)
+static void env_abandon(char **env, size_t first_own, size_t n)
+{
+	for (size_t i = first_own; i < n; i++)
+		free(env[i]);
+	free(env);
+}
+
+/*
+ * A vector of base_env (without drover's own names) and the attempt token of
+ * attempt, with room for OWN_ENV_MAX entries in all; *n its length, and
+ * *first_own where drover's own (malloc'd) entries start. NULL on failure.
+ */
+static char **env_start(const struct worker *w, unsigned long long attempt, size_t *n, size_t *first_own)
 {
 	char **env = calloc(w->base_env_count + OWN_ENV_MAX + 1, sizeof(char *));
 	if (env == NULL)
@@ -207,31 +218,28 @@ static char **env_start(const struct worker *w, size_t *n)
 		if (!shadowed)
 			env[(*n)++] = w->base_env[i];
 	}
+	*first_own = *n;
+	struct attempt_token token = w->token;
+	char token_entry[128];
+	token.attempt = attempt;
+	if (attempt_token_format(token_entry, sizeof(token_entry), &token) < 0 ||
+	    (env[*n] = strdup(token_entry)) == NULL) {
+		env_abandon(env, *first_own, *n);
+		return NULL;
+	}
+	(*n)++;
 	return env;
-}
-
-static void env_abandon(char **env, size_t first_own, size_t n)
-{
-	for (size_t i = first_own; i < n; i++)
-		free(env[i]);
-	free(env);
 }
 
 /* base_env plus the six DROVER_* job variables; free with task_env_free. */
 static char **task_env(const struct task *t)
 {
 	const struct worker *w = t->worker;
-	size_t n;
-	char **env = env_start(w, &n);
+	size_t n, first_own;
+	char **env = env_start(w, t->token_attempt, &n, &first_own);
 	if (env == NULL)
 		return NULL;
-	size_t first_own = n;
-	struct attempt_token token = w->token;
-	char token_entry[128];
-	token.attempt = t->token_attempt;
-	int ok = attempt_token_format(token_entry, sizeof(token_entry), &token) == 0 &&
-	         (env[n++] = strdup(token_entry)) != NULL &&
-	         asprintf(&env[n++], "DROVER_JOB_ID=%s", t->job->id) >= 0 &&
+	int ok = asprintf(&env[n++], "DROVER_JOB_ID=%s", t->job->id) >= 0 &&
 	         asprintf(&env[n++], "DROVER_ATTEMPT=%d", t->attempt) >= 0 &&
 	         asprintf(&env[n++], "DROVER_WORKER=%d", w->slot) >= 0 &&
 	         asprintf(&env[n++], "DROVER_TIMEOUT_MS=%lld", w->cfg->timeout_ms) >= 0 &&
@@ -252,17 +260,12 @@ static char **task_env(const struct task *t)
 static char **process_env(void *arg, unsigned long long *token_serial)
 {
 	struct worker *w = arg;
-	size_t n;
-	char **env = env_start(w, &n);
+	size_t n, first_own;
+	*token_serial = ++w->token.attempt;
+	char **env = env_start(w, *token_serial, &n, &first_own);
 	if (env == NULL)
 		return NULL;
-	size_t first_own = n;
-	struct attempt_token token = w->token;
-	char token_entry[128];
-	token.attempt = *token_serial = ++w->token.attempt;
-	int ok = attempt_token_format(token_entry, sizeof(token_entry), &token) == 0 &&
-	         (env[n++] = strdup(token_entry)) != NULL &&
-	         (env[n++] = strdup("DROVER_HANDLER_MODE=persistent")) != NULL &&
+	int ok = (env[n++] = strdup("DROVER_HANDLER_MODE=persistent")) != NULL &&
 	         asprintf(&env[n++], "DROVER_PROTOCOL=%d", FRAME_PROTOCOL_VERSION) >= 0 &&
 	         asprintf(&env[n++], "DROVER_HANDLER_CONCURRENCY=%d", w->cfg->handler_concurrency) >= 0 &&
 	         asprintf(&env[n++], "DROVER_WORKER=%d", w->slot) >= 0;
